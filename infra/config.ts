@@ -1,0 +1,594 @@
+import * as pulumi from "@pulumi/pulumi";
+import { z } from "zod";
+import {
+  GPU_FAMILIES,
+  IMAGE_FAMILIES,
+  INSTANCE_TYPES,
+  TIER_NAMES,
+  TIERS,
+  isGpuInstanceType,
+  unfitReason,
+  type TierName,
+} from "../runtime/src/catalog";
+
+/**
+ * Every `crucible:*` stack setting, validated in one place before any resource is declared.
+ * Components receive the parsed {@link CrucibleConfig}; nothing else reads Pulumi config.
+ */
+
+export const ENVIRONMENTS = ["dev", "staging", "prod"] as const;
+export type Environment = (typeof ENVIRONMENTS)[number];
+
+const int = (min: number, max: number) =>
+  z
+    .number({ error: `must be a whole number from ${min} to ${max}` })
+    .int({ error: `must be a whole number from ${min} to ${max}` })
+    .min(min, { error: `must be a whole number from ${min} to ${max}` })
+    .max(max, { error: `must be a whole number from ${min} to ${max}` });
+const positive = () =>
+  z.number({ error: "must be a positive number" }).positive({ error: "must be a positive number" });
+const nonEmpty = (what: string) =>
+  z.string({ error: `must be ${what}` }).min(1, { error: `must be ${what}` });
+const oneOf = <T extends readonly [string, ...string[]]>(values: T) =>
+  z.enum(values, { error: `must be one of ${values.join(", ")}` });
+const bool = () => z.boolean({ error: "must be true or false" });
+const uniqueList = <T extends z.ZodType>(item: T, what: string) =>
+  z
+    .array(item, { error: `must be a list of ${what}` })
+    .refine((xs) => new Set(xs).size === xs.length, { error: `must not repeat ${what}` });
+
+const email = z.email({ error: "must be an email address such as finance@example.com" });
+const accountId = z.string().regex(/^\d{12}$/, { error: "must be a 12-digit AWS account id" });
+const cidr = z
+  .string()
+  .regex(/^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})\/(1[6-9]|2[0-4])$/, {
+    error: "must be an IPv4 CIDR block with a prefix from /16 to /24, such as 10.20.0.0/16",
+  })
+  .refine(
+    (v) =>
+      v
+        .split("/")[0]!
+        .split(".")
+        .every((o) => Number(o) <= 255),
+    {
+      error: "must be an IPv4 CIDR block with octets from 0 to 255",
+    },
+  );
+/** EventBridge-style schedule for Auto Scaling scheduled actions: five cron fields. */
+const cron = z.string().regex(/^(\S+\s+){4}\S+$/, {
+  error: 'must be a cron expression of five fields, such as "0 8 * * 1-5"',
+});
+const instanceTypeName = z.string().refine((v) => INSTANCE_TYPES.has(v), {
+  error: `must be a known instance type (${[...INSTANCE_TYPES.keys()].join(", ")})`,
+});
+
+const networkSchema = z.strictObject({
+  /** Address range of the VPC the stack creates. */
+  cidr,
+  /** Availability zones to spread subnets and nodes over. */
+  azCount: int(2, 6),
+  /** NAT for private subnets; with `none`, VPC endpoints carry all the nodes' AWS traffic. */
+  nat: oneOf(["none", "single", "onePerAz"]),
+  /** An existing VPC to use instead of creating one. */
+  existing: z
+    .strictObject({
+      vpcId: z
+        .string()
+        .regex(/^vpc-[0-9a-f]{8,17}$/, { error: "must be a VPC id such as vpc-0abc12345def67890" }),
+      privateSubnetIds: z
+        .array(
+          z.string().regex(/^subnet-[0-9a-f]{8,17}$/, {
+            error: "must be a subnet id such as subnet-0abc12345def67890",
+          }),
+        )
+        .min(2, { error: "must list private subnets in at least 2 availability zones" }),
+    })
+    .optional(),
+});
+
+const registrySchema = z.strictObject({
+  /** Image families this stack builds (or promotes). */
+  families: uniqueList(oneOf(IMAGE_FAMILIES), "image families").min(1, {
+    error: "must name at least one image family",
+  }),
+  /** `org/project/stack` of an upstream stack whose exported digests this stack runs instead of building. */
+  promoteFrom: z
+    .string()
+    .regex(/^[\w.-]+\/[\w.-]+\/[\w.-]+$/, {
+      error: "must be a stack reference of the form org/project/stack",
+    })
+    .optional(),
+  /** Accounts of downstream stacks allowed to pull. */
+  pullAccountIds: uniqueList(accountId, "account ids"),
+  /** Images kept per tag prefix by the lifecycle policy. */
+  keepImages: int(1, 1000),
+  untaggedExpiryDays: int(1, 365),
+});
+
+const limitsSchema = z.strictObject({
+  memoryMiB: int(128, 1024 * 1024).optional(),
+  vcpus: positive().optional(),
+  maxRuntimeSeconds: int(1, 7 * 24 * 3600).optional(),
+});
+
+const tierSchema = z.strictObject({
+  enabled: bool(),
+  instanceTypes: uniqueList(instanceTypeName, "instance types").min(1, {
+    error: "must list at least one instance type",
+  }),
+  minSize: int(0, 1000),
+  maxSize: int(0, 1000),
+  desired: int(0, 1000),
+  spot: z.strictObject({
+    enabled: bool(),
+    /** On-demand instances kept before any spot capacity. */
+    onDemandBase: int(0, 1000),
+    /** Share of capacity above the base that is on-demand. */
+    onDemandPercentage: int(0, 100),
+  }),
+  /** Stopped, pre-initialised instances for on-demand groups; never on spot groups. */
+  warmPool: z.strictObject({ minSize: int(0, 1000), maxPreparedCapacity: int(0, 1000) }).optional(),
+  /** Scheduled raises of minimum capacity, e.g. working hours. */
+  prewarmSchedule: z.array(
+    z.strictObject({
+      name: z.string().regex(/^[a-z0-9-]{1,40}$/, { error: "must be lowercase letters, digits and dashes" }),
+      recurrence: cron,
+      minSize: int(0, 1000),
+      timeZone: nonEmpty("an IANA time zone such as Europe/Berlin").optional(),
+    }),
+  ),
+  /** Jobs (waiting plus running) per in-service instance the scaling policy aims for. */
+  targetJobsPerInstance: positive(),
+  rootVolumeGiB: int(30, 16384),
+  /** SSM parameter of the node AMI; defaults to the ECS-optimized Amazon Linux 2023 image. */
+  amiParameter: z
+    .string()
+    .regex(/^\/[\w./-]+$/, { error: "must be an SSM parameter path such as /aws/service/..." })
+    .optional(),
+  /** Stack-specific job limits within the tier's ceilings. */
+  limits: limitsSchema.optional(),
+});
+export type TierConfig = z.infer<typeof tierSchema>;
+
+const tiersShape = Object.fromEntries(TIER_NAMES.map((t) => [t, tierSchema.optional()])) as Record<
+  TierName,
+  z.ZodOptional<typeof tierSchema>
+>;
+
+const fleetSchema = z.strictObject({
+  /** The environment's cap on the size of any one group. */
+  maxInstancesPerTier: int(1, 1000),
+  /** How often the agent extends a running job's message visibility. */
+  heartbeatSeconds: int(5, 300),
+  queue: z.strictObject({
+    visibilityTimeoutSeconds: int(30, 43200),
+    maxReceiveCount: int(1, 1000),
+    messageRetentionSeconds: int(60, 1209600),
+  }),
+  tiers: z.strictObject(tiersShape),
+});
+
+const thresholdSchema = z.strictObject({
+  type: oneOf(["ACTUAL", "FORECASTED"]),
+  percent: z
+    .number({ error: "must be a percentage from 1 to 1000" })
+    .min(1, { error: "must be a percentage from 1 to 1000" })
+    .max(1000, { error: "must be a percentage from 1 to 1000" }),
+});
+
+const workspacesSchema = z.strictObject({
+  /** Days after which job files expire. */
+  retentionDays: int(1, 3650),
+  /** Days after which checkpoints expire; at most retentionDays. */
+  checkpointRetentionDays: int(1, 3650).optional(),
+  noncurrentVersionDays: int(1, 365),
+  abortMultipartDays: int(1, 30),
+  /** Storage a project may use under its prefix, enforced by the runtime on upload. */
+  quotaGiBPerProject: positive(),
+  encryption: oneOf(["kms", "s3"]),
+});
+
+const budgetsSchema = z.strictObject({
+  monthlyLimitUsd: positive(),
+  /** Monthly limit per enabled tier, filtered by its `crucible:tier` tag. */
+  tiers: z.strictObject(
+    Object.fromEntries(TIER_NAMES.map((t) => [t, positive().optional()])) as Record<
+      TierName,
+      z.ZodOptional<z.ZodNumber>
+    >,
+  ),
+  thresholds: z.array(thresholdSchema).min(1, { error: "must list at least one threshold" }),
+  emails: uniqueList(email, "email addresses"),
+  /** Stop new spend in a tier when its budget is reached. */
+  enforce: bool(),
+});
+
+const alarmsSchema = z.strictObject({
+  /** Age of the oldest waiting job that raises an alarm. */
+  oldestJobAgeSeconds: int(60, 86400),
+});
+
+export const crucibleConfigSchema = z
+  .strictObject({
+    environment: oneOf(ENVIRONMENTS),
+    owner: nonEmpty("the owning team's name"),
+    costCenter: nonEmpty("a cost center code"),
+    network: networkSchema,
+    registry: registrySchema,
+    fleet: fleetSchema,
+    workspaces: workspacesSchema,
+    budgets: budgetsSchema,
+    alarms: alarmsSchema,
+  })
+  .superRefine(checkCrossFieldRules);
+
+export type CrucibleSettings = z.infer<typeof crucibleConfigSchema>;
+
+/** The validated stack configuration every component is built from. */
+export interface CrucibleConfig extends CrucibleSettings {
+  readonly stack: string;
+  readonly region: string;
+}
+
+type Ctx = z.RefinementCtx;
+
+function checkCrossFieldRules(cfg: z.infer<z.ZodObject<Record<string, z.ZodTypeAny>>>, ctx: Ctx): void {
+  const c = cfg as unknown as CrucibleSettings;
+  for (const name of TIER_NAMES) {
+    const tier = c.fleet.tiers[name];
+    if (tier) checkTier(name, tier, c.fleet.maxInstancesPerTier, ctx);
+  }
+  if (c.fleet.queue.visibilityTimeoutSeconds <= 2 * c.fleet.heartbeatSeconds) {
+    ctx.addIssue({
+      code: "custom",
+      path: ["fleet", "queue", "visibilityTimeoutSeconds"],
+      message: `must be more than twice fleet.heartbeatSeconds (${c.fleet.heartbeatSeconds}) so one missed heartbeat does not release a running job`,
+      input: c.fleet.queue.visibilityTimeoutSeconds,
+    });
+  }
+  for (const [name, limit] of Object.entries(c.budgets.tiers)) {
+    if (limit !== undefined && !c.fleet.tiers[name as TierName]?.enabled) {
+      ctx.addIssue({
+        code: "custom",
+        path: ["budgets", "tiers", name],
+        message: `is a budget for tier ${name}, which is not enabled in crucible:fleet.tiers`,
+        input: limit,
+      });
+    }
+  }
+  const { checkpointRetentionDays, retentionDays } = c.workspaces;
+  if (checkpointRetentionDays !== undefined && checkpointRetentionDays > retentionDays) {
+    ctx.addIssue({
+      code: "custom",
+      path: ["workspaces", "checkpointRetentionDays"],
+      message: `must be at most workspaces.retentionDays (${retentionDays})`,
+      input: checkpointRetentionDays,
+    });
+  }
+  const anyEnabled = TIER_NAMES.some((t) => c.fleet.tiers[t]?.enabled);
+  if (anyEnabled && !c.registry.families.includes("agent") && !c.registry.promoteFrom) {
+    ctx.addIssue({
+      code: "custom",
+      path: ["registry", "families"],
+      message: 'must include "agent": every node runs the agent image',
+      input: c.registry.families,
+    });
+  }
+}
+
+function checkTier(name: TierName, tier: TierConfig, cap: number, ctx: Ctx): void {
+  const at = (...rest: (string | number)[]) => ["fleet", "tiers", name, ...rest];
+  const catalog = TIERS[name];
+  tier.instanceTypes.forEach((type, i) => {
+    if (catalog.gpu && !isGpuInstanceType(type)) {
+      ctx.addIssue({
+        code: "custom",
+        path: at("instanceTypes", i),
+        message: `must be a GPU instance type (${GPU_FAMILIES.join(", ")})`,
+        input: type,
+      });
+    } else if (!catalog.allowedInstanceTypes.includes(type)) {
+      ctx.addIssue({
+        code: "custom",
+        path: at("instanceTypes", i),
+        message: `must be one of the tier's allowed instance types (${catalog.allowedInstanceTypes.join(", ")})`,
+        input: type,
+      });
+    } else {
+      const why = unfitReason({ ...catalog, ...tier.limits }, type);
+      if (why)
+        ctx.addIssue({
+          code: "custom",
+          path: at("instanceTypes", i),
+          message: `cannot run the tier: ${why}`,
+          input: type,
+        });
+    }
+  });
+  if (tier.minSize > tier.maxSize) {
+    ctx.addIssue({
+      code: "custom",
+      path: at("minSize"),
+      message: `must be at most maxSize (${tier.maxSize})`,
+      input: tier.minSize,
+    });
+  }
+  if (tier.desired < tier.minSize || tier.desired > tier.maxSize) {
+    ctx.addIssue({
+      code: "custom",
+      path: at("desired"),
+      message: `must lie between minSize (${tier.minSize}) and maxSize (${tier.maxSize})`,
+      input: tier.desired,
+    });
+  }
+  if (tier.maxSize > cap) {
+    ctx.addIssue({
+      code: "custom",
+      path: at("maxSize"),
+      message: `must be at most the environment cap fleet.maxInstancesPerTier (${cap})`,
+      input: tier.maxSize,
+    });
+  }
+  if (tier.warmPool && tier.spot.enabled) {
+    ctx.addIssue({
+      code: "custom",
+      path: at("warmPool"),
+      message:
+        "cannot be used on a spot group (warm pools only hold on-demand instances); set spot.enabled to false or use prewarmSchedule",
+      input: tier.warmPool,
+    });
+  }
+  if (
+    tier.warmPool &&
+    tier.warmPool.maxPreparedCapacity > 0 &&
+    tier.warmPool.maxPreparedCapacity < tier.warmPool.minSize
+  ) {
+    ctx.addIssue({
+      code: "custom",
+      path: at("warmPool", "maxPreparedCapacity"),
+      message: `must be at least warmPool.minSize (${tier.warmPool.minSize})`,
+      input: tier.warmPool.maxPreparedCapacity,
+    });
+  }
+  tier.prewarmSchedule.forEach((s, i) => {
+    if (s.minSize > tier.maxSize) {
+      ctx.addIssue({
+        code: "custom",
+        path: at("prewarmSchedule", i, "minSize"),
+        message: `must be at most maxSize (${tier.maxSize})`,
+        input: s.minSize,
+      });
+    }
+  });
+  const limits = tier.limits ?? {};
+  for (const key of ["memoryMiB", "vcpus", "maxRuntimeSeconds"] as const) {
+    const value = limits[key];
+    if (value !== undefined && value > catalog.ceilings[key]) {
+      ctx.addIssue({
+        code: "custom",
+        path: at("limits", key),
+        message: `must be at most the ${name} ceiling of ${catalog.ceilings[key]}`,
+        input: value,
+      });
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Defaults per environment: a stack file only states where it differs.
+
+type DeepPartial<T> = T extends readonly (infer _U)[]
+  ? T
+  : T extends object
+    ? { [K in keyof T]?: DeepPartial<T[K]> }
+    : T;
+
+const tierDefaults = (name: TierName, over: DeepPartial<TierConfig>): TierConfig =>
+  deepMerge(
+    {
+      enabled: false,
+      instanceTypes: [...TIERS[name].instanceTypes],
+      minSize: 0,
+      maxSize: 2,
+      desired: 0,
+      spot: { enabled: true, onDemandBase: 0, onDemandPercentage: 0 },
+      prewarmSchedule: [],
+      targetJobsPerInstance: TIERS[name].sharedNodes ? 4 : 1,
+      rootVolumeGiB: TIERS[name].gpu ? 200 : 50,
+    },
+    over,
+  );
+
+const common: DeepPartial<CrucibleSettings> = {
+  registry: {
+    families: ["cpu", "ml-cpu", "ml-cuda", "agent"],
+    pullAccountIds: [],
+    keepImages: 20,
+    untaggedExpiryDays: 3,
+  },
+  workspaces: {
+    retentionDays: 30,
+    noncurrentVersionDays: 7,
+    abortMultipartDays: 2,
+    quotaGiBPerProject: 100,
+    encryption: "kms",
+  },
+  budgets: {
+    tiers: {},
+    thresholds: [
+      { type: "ACTUAL", percent: 50 },
+      { type: "ACTUAL", percent: 80 },
+      { type: "ACTUAL", percent: 100 },
+      { type: "FORECASTED", percent: 100 },
+    ],
+    emails: [],
+    enforce: false,
+  },
+  fleet: {
+    heartbeatSeconds: 30,
+    queue: { visibilityTimeoutSeconds: 120, maxReceiveCount: 5, messageRetentionSeconds: 345600 },
+  },
+  alarms: { oldestJobAgeSeconds: 900 },
+};
+
+export const ENVIRONMENT_DEFAULTS: Record<Environment, DeepPartial<CrucibleSettings>> = {
+  dev: deepMerge(common, {
+    network: { cidr: "10.20.0.0/16", azCount: 2, nat: "none" },
+    fleet: {
+      maxInstancesPerTier: 4,
+      tiers: {
+        "cpu-small": tierDefaults("cpu-small", { enabled: true }),
+        "cpu-large": tierDefaults("cpu-large", { enabled: true }),
+        "gpu-small": tierDefaults("gpu-small", { enabled: true, maxSize: 1 }),
+        "gpu-medium": tierDefaults("gpu-medium", {}),
+        "gpu-large": tierDefaults("gpu-large", {}),
+      },
+    },
+    budgets: { monthlyLimitUsd: 500 },
+  }),
+  staging: deepMerge(common, {
+    network: { cidr: "10.30.0.0/16", azCount: 2, nat: "single" },
+    fleet: {
+      maxInstancesPerTier: 10,
+      tiers: {
+        "cpu-small": tierDefaults("cpu-small", { enabled: true, maxSize: 4 }),
+        "cpu-large": tierDefaults("cpu-large", { enabled: true, maxSize: 4 }),
+        "gpu-small": tierDefaults("gpu-small", { enabled: true, maxSize: 4 }),
+        "gpu-medium": tierDefaults("gpu-medium", { enabled: true, maxSize: 2 }),
+        "gpu-large": tierDefaults("gpu-large", {}),
+      },
+    },
+    budgets: { monthlyLimitUsd: 3000 },
+  }),
+  prod: deepMerge(common, {
+    network: { cidr: "10.40.0.0/16", azCount: 3, nat: "onePerAz" },
+    fleet: {
+      maxInstancesPerTier: 50,
+      tiers: {
+        "cpu-small": tierDefaults("cpu-small", { enabled: true, minSize: 1, desired: 1, maxSize: 20 }),
+        "cpu-large": tierDefaults("cpu-large", { enabled: true, maxSize: 20 }),
+        "gpu-small": tierDefaults("gpu-small", {
+          enabled: true,
+          minSize: 1,
+          desired: 1,
+          maxSize: 20,
+          spot: { enabled: false, onDemandBase: 0, onDemandPercentage: 100 },
+          warmPool: { minSize: 2, maxPreparedCapacity: 4 },
+        }),
+        "gpu-medium": tierDefaults("gpu-medium", { enabled: true, maxSize: 10 }),
+        "gpu-large": tierDefaults("gpu-large", { enabled: true, maxSize: 8 }),
+      },
+    },
+    budgets: { monthlyLimitUsd: 25000 },
+    alarms: { oldestJobAgeSeconds: 600 },
+  }),
+};
+
+function isPlainObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === "object" && v !== null && !Array.isArray(v);
+}
+
+/** Merges `over` into `base`: objects merge key by key, everything else (lists included) replaces. */
+export function deepMerge<T>(base: T, over: unknown): T {
+  if (!isPlainObject(base) || !isPlainObject(over)) return (over === undefined ? base : over) as T;
+  const out: Record<string, unknown> = { ...base };
+  for (const [k, v] of Object.entries(over)) out[k] = deepMerge(out[k], v);
+  return out as T;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Parsing and errors
+
+/** A stack configuration that failed validation; its message lists every problem, one per line. */
+export class ConfigError extends Error {
+  constructor(readonly problems: readonly string[]) {
+    super(`invalid stack configuration:\n  ${problems.join("\n  ")}`);
+    this.name = "ConfigError";
+  }
+}
+
+function keyPath(path: readonly PropertyKey[]): string {
+  const [head, ...rest] = path;
+  let out = `crucible:${String(head ?? "")}`;
+  for (const p of rest) out += typeof p === "number" ? `[${p}]` : `.${String(p)}`;
+  return out;
+}
+
+function describe(value: unknown): string {
+  if (value === undefined) return "nothing";
+  const text = JSON.stringify(value);
+  return text.length > 80 ? `${text.slice(0, 77)}...` : text;
+}
+
+/** The keys a strict object at `path` accepts, to name them when an unknown one appears. */
+function allowedKeysAt(path: readonly PropertyKey[]): string[] {
+  let schema: z.ZodType = crucibleConfigSchema;
+  for (const p of path) {
+    while (schema instanceof z.ZodOptional || schema instanceof z.ZodPipe) {
+      schema = schema instanceof z.ZodOptional ? (schema.unwrap() as z.ZodType) : (schema.in as z.ZodType);
+    }
+    if (schema instanceof z.ZodObject) schema = (schema.shape as Record<string, z.ZodType>)[String(p)]!;
+    else if (schema instanceof z.ZodArray) schema = schema.element as z.ZodType;
+    else return [];
+  }
+  while (schema instanceof z.ZodOptional) schema = schema.unwrap() as z.ZodType;
+  return schema instanceof z.ZodObject ? Object.keys(schema.shape) : [];
+}
+
+function formatIssue(issue: z.core.$ZodIssue): string[] {
+  if (issue.code === "unrecognized_keys") {
+    const allowed = allowedKeysAt(issue.path);
+    return issue.keys.map(
+      (k) => `${keyPath([...issue.path, k])} is not a known setting; allowed here: ${allowed.join(", ")}`,
+    );
+  }
+  if (issue.code === "invalid_type" && issue.input === undefined) {
+    return [`${keyPath(issue.path)} is required (${issue.message.replace(/^Invalid input: /, "")})`];
+  }
+  return [`${keyPath(issue.path)} ${issue.message}, got ${describe(issue.input)}`];
+}
+
+/** Reads a raw `crucible:*` value: structured values arrive from Pulumi as JSON text. */
+function decodeValue(raw: unknown): unknown {
+  if (typeof raw !== "string") return raw;
+  const trimmed = raw.trim();
+  if (!/^[[{]/.test(trimmed)) return raw;
+  try {
+    return JSON.parse(trimmed);
+  } catch {
+    return raw;
+  }
+}
+
+/**
+ * Validates a stack's `crucible:*` settings (keys without the namespace) over the defaults of its
+ * environment. The environment is `environment` when given, else the stack's name.
+ */
+export function parseCrucibleConfig(
+  settings: Readonly<Record<string, unknown>>,
+  context: { readonly stack: string; readonly region: string },
+): CrucibleConfig {
+  const decoded = Object.fromEntries(Object.entries(settings).map(([k, v]) => [k, decodeValue(v)]));
+  const environment = decoded.environment ?? context.stack;
+  const defaults = (ENVIRONMENTS as readonly unknown[]).includes(environment)
+    ? ENVIRONMENT_DEFAULTS[environment as Environment]
+    : {};
+  const result = crucibleConfigSchema.safeParse(deepMerge(defaults, { ...decoded, environment }), {
+    reportInput: true,
+  });
+  if (!result.success) throw new ConfigError(result.error.issues.flatMap(formatIssue));
+  return { ...result.data, stack: context.stack, region: context.region };
+}
+
+/** The stack's configuration, read once from the Pulumi engine and validated. */
+export function loadConfig(): CrucibleConfig {
+  const prefix = "crucible:";
+  const settings = Object.fromEntries(
+    Object.entries(pulumi.runtime.allConfig())
+      .filter(([k]) => k.startsWith(prefix))
+      .map(([k, v]) => [k.slice(prefix.length), v]),
+  );
+  const region = new pulumi.Config("aws").get("region");
+  if (!region) throw new ConfigError(["aws:region is required (the AWS region to deploy to), got nothing"]);
+  return parseCrucibleConfig(settings, { stack: pulumi.getStack(), region });
+}

@@ -1,0 +1,33 @@
+import * as aws from "@pulumi/aws";
+import type { CrucibleConfig } from "./config";
+
+/** Tag keys finance activates as cost allocation tags. */
+export const COST_TAGS = {
+  environment: "crucible:environment",
+  owner: "crucible:owner",
+  costCenter: "crucible:cost-center",
+  component: "crucible:component",
+  tier: "crucible:tier",
+} as const;
+
+/** Tags that identify a component's resources (and its tier's, where it has one) on the bill. */
+export function componentTags(component: string, tier?: string): Record<string, string> {
+  return { [COST_TAGS.component]: component, ...(tier ? { [COST_TAGS.tier]: tier } : {}) };
+}
+
+/**
+ * The AWS provider every resource uses: the stack's region, and default tags so every taggable
+ * resource carries the environment, owner and cost center without each component repeating them.
+ */
+export function awsProvider(config: CrucibleConfig): aws.Provider {
+  return new aws.Provider("aws", {
+    region: config.region as aws.Region,
+    defaultTags: {
+      tags: {
+        [COST_TAGS.environment]: config.environment,
+        [COST_TAGS.owner]: config.owner,
+        [COST_TAGS.costCenter]: config.costCenter,
+      },
+    },
+  });
+}

@@ -1,0 +1,112 @@
+import type { Tier } from "./tiers";
+
+/**
+ * The image matrix: families of job images (and the agent's) built from shared bases, with the
+ * version axes that name them. Infra builds and pushes exactly these; the runtime picks one per job.
+ */
+export const IMAGE_FAMILIES = ["cpu", "ml-cpu", "ml-cuda", "agent"] as const;
+export type ImageFamily = (typeof IMAGE_FAMILIES)[number];
+
+export interface VersionAxes {
+  readonly python?: string;
+  readonly torch?: string;
+  readonly cuda?: string;
+  readonly node?: string;
+}
+
+export interface ImageFamilySpec {
+  readonly family: ImageFamily;
+  readonly description: string;
+  /** Directory under `images/` holding the Dockerfile; the build context is `images/`. */
+  readonly dockerfile: string;
+  /** What `BASE_IMAGE` is: an upstream image, or another family of the matrix built first. */
+  readonly base: { readonly image: string } | { readonly family: ImageFamily };
+  readonly axes: VersionAxes;
+  /** True when every package comes from Debian's archive, so it builds with no image registry. */
+  readonly buildsOffline: boolean;
+  readonly gpu: boolean;
+  /** Whether jobs run in it (the agent image runs the agent, never a job). */
+  readonly runsJobs: boolean;
+}
+
+export const DEBIAN_BASE = "debian:trixie-slim";
+export const CUDA_BASE = "nvidia/cuda:12.6.3-cudnn-runtime-ubuntu24.04";
+
+export const IMAGE_MATRIX: Readonly<Record<ImageFamily, ImageFamilySpec>> = {
+  cpu: {
+    family: "cpu",
+    description: "Python with numpy, scipy, pandas, scikit-learn and matplotlib",
+    dockerfile: "images/cpu/Dockerfile",
+    base: { image: DEBIAN_BASE },
+    axes: { python: "3.13" },
+    buildsOffline: true,
+    gpu: false,
+    runsJobs: true,
+  },
+  "ml-cpu": {
+    family: "ml-cpu",
+    description: "the cpu image plus PyTorch for CPU",
+    dockerfile: "images/ml-cpu/Dockerfile",
+    base: { family: "cpu" },
+    axes: { python: "3.13", torch: "2.6" },
+    buildsOffline: true,
+    gpu: false,
+    runsJobs: true,
+  },
+  "ml-cuda": {
+    family: "ml-cuda",
+    description: "CUDA runtime with PyTorch for CUDA and the scientific Python stack",
+    dockerfile: "images/ml-cuda/Dockerfile",
+    base: { image: CUDA_BASE },
+    axes: { python: "3.12", torch: "2.6", cuda: "12.6" },
+    buildsOffline: false,
+    gpu: true,
+    runsJobs: true,
+  },
+  agent: {
+    family: "agent",
+    description: "Node.js and the Crucible runtime: the agent every node runs",
+    dockerfile: "images/agent/Dockerfile",
+    base: { image: DEBIAN_BASE },
+    axes: { node: "20" },
+    buildsOffline: true,
+    gpu: false,
+    runsJobs: false,
+  },
+};
+
+/** The tag of a family, derived from its axes: e.g. `torch2.6-cu12.6-py3.12`. */
+export function imageTag(family: ImageFamily): string {
+  const { python, torch, cuda, node } = IMAGE_MATRIX[family].axes;
+  const parts = [
+    torch && `torch${torch}`,
+    cuda && `cu${cuda}`,
+    python && `py${python}`,
+    node && `node${node}`,
+  ].filter((p): p is string => Boolean(p));
+  return parts.join("-");
+}
+
+/** The local reference of a family's image, e.g. `crucible/ml-cpu:torch2.6-py3.13`. */
+export function imageRef(family: ImageFamily, repositoryPrefix = "crucible"): string {
+  return `${repositoryPrefix}/${family}:${imageTag(family)}`;
+}
+
+/** Families in an order where each one's base family is built before it. */
+export function buildOrder(families: readonly ImageFamily[] = IMAGE_FAMILIES): ImageFamily[] {
+  const ordered: ImageFamily[] = [];
+  const visit = (family: ImageFamily): void => {
+    if (ordered.includes(family)) return;
+    const { base } = IMAGE_MATRIX[family];
+    if ("family" in base) visit(base.family);
+    ordered.push(family);
+  };
+  families.forEach(visit);
+  return ordered;
+}
+
+/** The family a job runs in: CUDA on GPU tiers, PyTorch on CPU when the code needs it, else the slim one. */
+export function jobImageFamily(tier: Pick<Tier, "gpu">, needs: { readonly torch: boolean }): ImageFamily {
+  if (tier.gpu) return "ml-cuda";
+  return needs.torch ? "ml-cpu" : "cpu";
+}
