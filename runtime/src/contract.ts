@@ -1,0 +1,156 @@
+import { z } from "zod";
+import { TIER_NAMES } from "./tiers";
+
+/**
+ * The contracts every launcher, the agent and the CLI share: what a job is, what comes back for it
+ * whatever happened, and how a running job is asked to stop. See DESIGN.md, "Contracts".
+ */
+
+export const REASONS = [
+  "exception",
+  "timeout",
+  "oom",
+  "exit_code",
+  "invalid_job",
+  "cancelled",
+  "interrupted",
+  "preempted",
+  "budget",
+] as const;
+export type Reason = (typeof REASONS)[number];
+
+/** Reasons a running job is stopped from outside, each with a checkpoint grace period. */
+export const STOP_REASONS = ["cancelled", "interrupted", "preempted", "budget"] as const;
+export type StopReason = (typeof STOP_REASONS)[number];
+
+/** Environment variable names a job may set: POSIX-style, and not the runtime's own. */
+export const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
+export const RESERVED_ENV =
+  /^(CRUCIBLE_|NVIDIA_|CUDA_VISIBLE_DEVICES$|PATH$|HOME$|USER$|PYTHONPATH$|PYTHONHOME$|LD_)/;
+
+export const jobIdSchema = z
+  .string()
+  .regex(/^[a-z0-9][a-z0-9-]{2,62}$/, { error: "must be 3-63 lowercase letters, digits and dashes" });
+
+export const jobSpecSchema = z.strictObject({
+  jobId: jobIdSchema,
+  /** A directory holding main.py, a .py file, or a code.zip. */
+  code: z.string().min(1, { error: "must be a path to a directory, a .py file or a code.zip" }),
+  tier: z.enum(TIER_NAMES, { error: `must be one of ${TIER_NAMES.join(", ")}` }),
+  /** Image reference; by default the matrix picks one from the tier and the code. */
+  image: z.string().min(1).optional(),
+  /** Seconds before the job is stopped; at most the tier's maximum runtime. */
+  timeoutSeconds: z.number().int().positive().optional(),
+  env: z
+    .record(
+      z
+        .string()
+        .regex(ENV_NAME, { error: "must be a valid environment variable name" })
+        .refine((k) => !RESERVED_ENV.test(k), { error: "is reserved for the runtime" }),
+      z.string().max(32 * 1024),
+    )
+    .default({}),
+  /** Host directory mounted at /workspace: checkpoints, outputs. Defaults to a fresh temporary one. */
+  workspaceDir: z.string().min(1).optional(),
+  /** Host directory mounted read-only at /datasets. */
+  datasetsDir: z.string().min(1).optional(),
+});
+export type JobSpec = z.infer<typeof jobSpecSchema>;
+export type JobSpecInput = z.input<typeof jobSpecSchema>;
+
+export const envelopeSchema = z.object({
+  jobId: z.string(),
+  status: z.enum(["success", "error"]),
+  reason: z.enum(REASONS).optional(),
+  /** What main() returned, as JSON. */
+  result: z.unknown().optional(),
+  error: z.object({ type: z.string(), message: z.string(), traceback: z.string().optional() }).optional(),
+  exitCode: z.number().int().nullable(),
+  /** Seconds from container start to exit. */
+  executionTime: z.number().nonnegative(),
+  timestamp: z.string(),
+  systemInfo: z.object({
+    python: z.string().optional(),
+    jobId: z.string(),
+    tier: z.enum(TIER_NAMES),
+    image: z.string(),
+    imageDigest: z.string().optional(),
+    node: z.string(),
+  }),
+  resources: z.object({
+    peakMemoryBytes: z.number().nonnegative().optional(),
+    cpuSeconds: z.number().nonnegative().optional(),
+  }),
+  logs: z.object({ stdout: z.string(), stderr: z.string(), truncated: z.boolean() }),
+  /** The last metrics the job reported through the progress protocol. */
+  metrics: z.record(z.string(), z.number()).optional(),
+});
+export type Envelope = z.infer<typeof envelopeSchema>;
+
+export interface ProgressEvent {
+  readonly jobId: string;
+  readonly step?: number;
+  readonly total?: number;
+  /** Named numbers the job reported: loss, lr, tokens_per_s, epoch... */
+  readonly metrics: Readonly<Record<string, number>>;
+  /** Where it came from: the runner's protocol, or a recognised log line. */
+  readonly source: "protocol" | "log";
+}
+
+/** Passed as an AbortSignal's reason to stop a running job: SIGTERM, `graceSeconds`, then SIGKILL. */
+export class StopRequest {
+  constructor(
+    readonly reason: StopReason,
+    readonly graceSeconds: number,
+  ) {}
+}
+
+export interface LaunchOptions {
+  /** Aborting it stops the job; its reason should be a {@link StopRequest} (default: cancelled). */
+  readonly signal?: AbortSignal;
+  readonly onProgress?: (event: ProgressEvent) => void;
+  readonly onLog?: (stream: "stdout" | "stderr", text: string) => void;
+}
+
+/** Runs one job to completion in a sandbox. Docker today, Kubernetes later: the agent and CLI see only this. */
+export interface Launcher {
+  /** Never rejects for anything the job did: every outcome is an envelope. */
+  run(spec: JobSpecInput, options?: LaunchOptions): Promise<Envelope>;
+  /** Removes sandboxes left behind by a crashed runtime; returns how many. */
+  gc(): Promise<number>;
+}
+
+/**
+ * The in-container contract between the launcher and the job runner (images/runner):
+ * the launcher mounts the job's code.zip read-only at {@link CONTAINER_PATHS.code}, an empty writable
+ * directory at {@link CONTAINER_PATHS.output}, and the workspace at /workspace; the runner writes its
+ * part of the envelope to `<output>/runner.json` (atomically) before it exits.
+ */
+export const CONTAINER_PATHS = {
+  code: "/crucible/input/code.zip",
+  output: "/crucible/output",
+  runnerResult: "/crucible/output/runner.json",
+  workspace: "/workspace",
+  checkpoints: "/workspace/checkpoints",
+  datasets: "/datasets",
+  tmp: "/tmp",
+} as const;
+
+/** A line a job prints (through `crucible.progress(...)`) to report progress; JSON follows the prefix. */
+export const PROGRESS_PREFIX = "##crucible:progress ";
+
+/** What the runner writes to `runner.json`. The launcher's own measurements always win over it. */
+export const runnerResultSchema = z.object({
+  status: z.enum(["success", "error"]),
+  reason: z.enum(["exception", "invalid_job"]).optional(),
+  result: z.unknown().optional(),
+  error: z.object({ type: z.string(), message: z.string(), traceback: z.string().optional() }).optional(),
+  python: z.string().optional(),
+  resources: z
+    .object({
+      peakMemoryBytes: z.number().nonnegative().optional(),
+      cpuSeconds: z.number().nonnegative().optional(),
+    })
+    .optional(),
+});
+export type RunnerResult = z.infer<typeof runnerResultSchema>;
