@@ -1,0 +1,189 @@
+import { MultiBar, Presets } from "cli-progress";
+import type { Command } from "commander";
+import { InvalidArgumentError } from "commander";
+import { randomBytes } from "node:crypto";
+import { CodeError, codeKind } from "../code-source";
+import type { Envelope, JobSpecInput, ProgressEvent } from "../contract";
+import { ENV_NAME, StopRequest } from "../contract";
+import { detect } from "../detect";
+import { DockerLauncher } from "../docker-launcher";
+import { checkJobSpec, InvalidJobError } from "../job-spec";
+import type { StreamName } from "../output";
+import { isTierName, TIER_NAMES } from "../tiers";
+import { cliLogger, EXIT, positiveSeconds, printJson, UsageError } from "./shared";
+
+interface RunFlags {
+  readonly tier?: string;
+  readonly image?: string;
+  readonly timeout?: number;
+  readonly env: Record<string, string>;
+  readonly workspace?: string;
+  readonly datasets?: string;
+  readonly grace: number;
+  readonly json?: boolean;
+}
+
+/** `crucible run PATH`: runs a job in a local sandbox and reports its envelope. */
+export function registerRun(program: Command): void {
+  program
+    .command("run")
+    .description("run job code in a sandboxed container on the local Docker engine")
+    .argument("<path>", "a directory holding main.py, a .py file or a code.zip")
+    .option("--tier <tier>", `resource tier (${TIER_NAMES.join(", ")}); default: detected from the code`)
+    .option("--image <image>", "image to run in; default: the matrix's image for the tier and the code")
+    .option(
+      "--timeout <seconds>",
+      "stop the job after this many seconds (at most the tier's limit)",
+      positiveSeconds,
+    )
+    .option("--env <K=V>", "set an environment variable for the job (repeatable)", collectEnv, {})
+    .option("--workspace <dir>", "host directory mounted at /workspace (kept after the run)")
+    .option("--datasets <dir>", "host directory mounted read-only at /datasets")
+    .option(
+      "--grace <seconds>",
+      "seconds a stopped job gets to checkpoint before SIGKILL",
+      positiveSeconds,
+      10,
+    )
+    .option("--json", "print only the result envelope, as JSON")
+    .action((path: string, flags: RunFlags) => runJob(path, flags));
+}
+
+function collectEnv(value: string, previous: Record<string, string>): Record<string, string> {
+  const eq = value.indexOf("=");
+  const name = eq < 0 ? value : value.slice(0, eq);
+  if (eq < 0 || !ENV_NAME.test(name)) {
+    throw new InvalidArgumentError(`must be NAME=VALUE with NAME like MY_VAR, got "${value}"`);
+  }
+  return { ...previous, [name]: value.slice(eq + 1) };
+}
+
+async function runJob(path: string, flags: RunFlags): Promise<void> {
+  if (flags.tier !== undefined && !isTierName(flags.tier)) {
+    throw new UsageError(`--tier must be one of ${TIER_NAMES.join(", ")}, got "${flags.tier}"`);
+  }
+  await codeKind(path).catch(asUsage);
+  let tier = flags.tier;
+  if (!tier) {
+    const found = await detect(path).catch(asUsage);
+    tier = found.tier;
+    if (!flags.json) process.stderr.write(`tier ${tier} (detected: ${found.reasons.join("; ")})\n`);
+  }
+  const spec: JobSpecInput = {
+    jobId: `run-${Date.now().toString(36)}-${randomBytes(3).toString("hex")}`,
+    code: path,
+    tier,
+    env: flags.env,
+    ...(flags.image && { image: flags.image }),
+    ...(flags.timeout && { timeoutSeconds: flags.timeout }),
+    ...(flags.workspace && { workspaceDir: flags.workspace }),
+    ...(flags.datasets && { datasetsDir: flags.datasets }),
+  };
+  try {
+    checkJobSpec(spec);
+  } catch (error) {
+    asUsage(error);
+  }
+
+  const display = flags.json ? undefined : new LiveDisplay(Boolean(process.stderr.isTTY));
+  const controller = new AbortController();
+  let interrupted = false;
+  const onSignal = (signal: NodeJS.Signals): void => {
+    if (interrupted) return;
+    interrupted = true;
+    process.stderr.write(`\n${signal}: stopping the job (up to ${flags.grace} s for it to checkpoint)...\n`);
+    controller.abort(new StopRequest("cancelled", flags.grace));
+  };
+  process.on("SIGINT", onSignal);
+  process.on("SIGTERM", onSignal);
+  let envelope: Envelope;
+  try {
+    envelope = await new DockerLauncher({ logger: cliLogger(), graceSeconds: flags.grace }).run(spec, {
+      signal: controller.signal,
+      ...(display && { onLog: display.log, onProgress: display.progress }),
+    });
+  } finally {
+    display?.stop();
+    process.off("SIGINT", onSignal);
+    process.off("SIGTERM", onSignal);
+  }
+  if (flags.json) printJson(envelope);
+  else summarize(envelope);
+  process.exitCode = envelope.status === "success" ? EXIT.ok : interrupted ? EXIT.interrupted : EXIT.failed;
+}
+
+function asUsage(error: unknown): never {
+  if (error instanceof CodeError || error instanceof InvalidJobError) throw new UsageError(error.message);
+  throw error;
+}
+
+function summarize(envelope: Envelope): void {
+  const where = `${envelope.systemInfo.tier}, ${envelope.systemInfo.image}`;
+  if (envelope.status === "success") {
+    process.stderr.write(
+      `job ${envelope.jobId} succeeded in ${envelope.executionTime.toFixed(2)} s (${where})\n`,
+    );
+    process.stdout.write(`${JSON.stringify(envelope.result ?? null, null, 2)}\n`);
+    return;
+  }
+  const error = envelope.error;
+  process.stderr.write(
+    `job ${envelope.jobId} failed (${envelope.reason}) after ${envelope.executionTime.toFixed(2)} s (${where})` +
+      `${error ? `\n${error.type}: ${error.message}` : ""}${error?.traceback ? `\n${error.traceback}` : ""}\n`,
+  );
+}
+
+/**
+ * Live output of a run: the job's lines as they come and, on a terminal, a progress bar under them once
+ * the job reports a total. Elsewhere the output passes through untouched.
+ */
+class LiveDisplay {
+  private bars: MultiBar | undefined;
+  private bar: ReturnType<MultiBar["create"]> | undefined;
+  private readonly partial: Record<StreamName, string> = { stdout: "", stderr: "" };
+
+  constructor(private readonly tty: boolean) {}
+
+  readonly log = (stream: StreamName, text: string): void => {
+    if (!this.bars) {
+      (stream === "stdout" ? process.stdout : process.stderr).write(text);
+      return;
+    }
+    // Above a bar only whole lines can be printed; hold the rest until its newline comes.
+    const lines = (this.partial[stream] + text).split("\n");
+    this.partial[stream] = lines.pop()!;
+    for (const line of lines) this.bars.log(`${line}\n`);
+  };
+
+  readonly progress = (event: ProgressEvent): void => {
+    if (!this.tty || event.step === undefined) return;
+    const metrics = Object.entries(event.metrics)
+      .map(([k, v]) => `${k} ${Number.isInteger(v) ? v : v.toPrecision(4)}`)
+      .join("  ");
+    if (!this.bar && event.total !== undefined && event.total > 0) {
+      this.bars = new MultiBar(
+        {
+          format: " {bar} {value}/{total} | {metrics}",
+          hideCursor: true,
+          clearOnComplete: false,
+          gracefulExit: false,
+          stream: process.stderr,
+        },
+        Presets.shades_classic,
+      );
+      this.bar = this.bars.create(event.total, 0, { metrics: "" });
+    }
+    if (event.total !== undefined) this.bar?.setTotal(event.total);
+    this.bar?.update(event.step, { metrics });
+  };
+
+  stop(): void {
+    if (!this.bars) return;
+    for (const stream of ["stdout", "stderr"] as const) {
+      if (this.partial[stream]) this.bars.log(`${this.partial[stream]}\n`);
+    }
+    // stop() draws the bar but not the lines still waiting above it.
+    this.bars.update();
+    this.bars.stop();
+  }
+}
