@@ -46,7 +46,7 @@ export class BoundedTail {
     const all = Buffer.concat(this.chunks);
     let start = Math.max(0, all.length - this.limit);
     // Cutting may land inside a UTF-8 sequence: skip its continuation bytes rather than show garbage.
-    while (start > 0 && start < all.length && (all[start]! & 0xc0) === 0x80) start++;
+    if (this.truncated) while (start < all.length && (all[start]! & 0xc0) === 0x80) start++;
     return all.subarray(start).toString("utf8");
   }
 }
