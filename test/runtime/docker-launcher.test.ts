@@ -81,7 +81,7 @@ describe("a well-behaved job", () => {
   });
 });
 
-describe("the sandbox holds against a job that tries to break it", () => {
+describe.concurrent("the sandbox holds against a job that tries to break it", () => {
   it("has no network: no route out, no DNS, no interface but loopback", async () => {
     const envelope = await runJob(
       [

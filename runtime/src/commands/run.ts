@@ -4,7 +4,7 @@ import { InvalidArgumentError } from "commander";
 import { randomBytes } from "node:crypto";
 import { CodeError, codeKind } from "../code-source";
 import type { Envelope, JobSpecInput, ProgressEvent } from "../contract";
-import { ENV_NAME, StopRequest } from "../contract";
+import { ENV_NAME, PROGRESS_PREFIX, StopRequest } from "../contract";
 import { detect } from "../detect";
 import { DockerLauncher } from "../docker-launcher";
 import { checkJobSpec, InvalidJobError } from "../job-spec";
@@ -145,15 +145,21 @@ class LiveDisplay {
   constructor(private readonly tty: boolean) {}
 
   readonly log = (stream: StreamName, text: string): void => {
-    if (!this.bars) {
+    if (!this.tty) {
       (stream === "stdout" ? process.stdout : process.stderr).write(text);
       return;
     }
-    // Above a bar only whole lines can be printed; hold the rest until its newline comes.
+    // On a terminal the bar shows progress reports, and above a bar only whole lines can be printed:
+    // hold the rest of a line until its newline comes.
     const lines = (this.partial[stream] + text).split("\n");
     this.partial[stream] = lines.pop()!;
-    for (const line of lines) this.bars.log(`${line}\n`);
+    for (const line of lines) if (!line.startsWith(PROGRESS_PREFIX)) this.print(stream, `${line}\n`);
   };
+
+  private print(stream: StreamName, line: string): void {
+    if (this.bars) this.bars.log(line);
+    else (stream === "stdout" ? process.stdout : process.stderr).write(line);
+  }
 
   readonly progress = (event: ProgressEvent): void => {
     if (!this.tty || event.step === undefined) return;
@@ -178,10 +184,10 @@ class LiveDisplay {
   };
 
   stop(): void {
-    if (!this.bars) return;
     for (const stream of ["stdout", "stderr"] as const) {
-      if (this.partial[stream]) this.bars.log(`${this.partial[stream]}\n`);
+      if (this.partial[stream]) this.print(stream, `${this.partial[stream]}\n`);
     }
+    if (!this.bars) return;
     // stop() draws the bar but not the lines still waiting above it.
     this.bars.update();
     this.bars.stop();
