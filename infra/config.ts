@@ -198,9 +198,17 @@ const budgetsSchema = z.strictObject({
     >,
   ),
   thresholds: z.array(thresholdSchema).min(1, { error: "must list at least one threshold" }),
-  emails: uniqueList(email, "email addresses"),
+  /** Email subscribers of every budget notification; AWS Budgets takes at most 10 per notification. */
+  emails: uniqueList(email, "email addresses").max(10, {
+    error: "must list at most 10 email addresses (AWS Budgets' limit per notification)",
+  }),
   /** Stop new spend in a tier when its budget is reached. */
   enforce: bool(),
+  /**
+   * Expected spot price as a discount on on-demand, for finance's estimates only (AWS publishes
+   * 60-90 % savings for spot; GPU types sit at the low end, so the default is cautious).
+   */
+  spotDiscountPercent: int(0, 90),
 });
 
 const alarmsSchema = z.strictObject({
@@ -423,6 +431,7 @@ const common: DeepPartial<CrucibleSettings> = {
     ],
     emails: [],
     enforce: false,
+    spotDiscountPercent: 60,
   },
   fleet: {
     heartbeatSeconds: 30,

@@ -1,0 +1,272 @@
+import { readFileSync } from "node:fs";
+import * as path from "node:path";
+import * as aws from "@pulumi/aws";
+import * as pulumi from "@pulumi/pulumi";
+import * as ts from "typescript";
+import type { TierName } from "../runtime/src/catalog";
+import { ENFORCED_BUDGETS_ENV, type EnforcedBudget } from "./budget-enforcer/handler";
+import type { CrucibleConfig } from "./config";
+import type { PolicyDocument } from "./policy-document";
+import { COST_TAGS, componentTags } from "./providers";
+
+/** Arguments of {@link Budgets}. */
+export interface BudgetsArgs {
+  /** The environment whose spend the budgets watch (its `crucible:environment` tag value). */
+  readonly environment: string;
+  /** Limits, thresholds, subscribers and enforcement, validated by `infra/config.ts`. */
+  readonly settings: CrucibleConfig["budgets"];
+  /** The encrypted topic every notification goes to (`Notifications.topicArn`). */
+  readonly topicArn: pulumi.Input<string>;
+  /**
+   * Each tier's Auto Scaling groups (`TierFleet.asgNames`): the groups enforcement pauses. A budgeted
+   * tier missing here is only notified about, never paused. Defaults to none.
+   */
+  readonly asgNamesByTier?: Partial<Record<TierName, pulumi.Input<string[]>>>;
+}
+
+/** One budget as finance reads it in the stack outputs. */
+export interface BudgetSummary {
+  readonly name: string;
+  /** `environment`, or the tier the budget is filtered to. */
+  readonly scope: "environment" | TierName;
+  readonly limitUsd: number;
+  readonly thresholds: CrucibleConfig["budgets"]["thresholds"];
+  readonly topicArn: pulumi.Output<string>;
+  readonly emails: readonly string[];
+  /** Whether reaching 100 % ACTUAL pauses the tier's groups. */
+  readonly enforced: boolean;
+}
+
+/**
+ * A monthly cost budget for the environment and one per budgeted tier, notifying the topic and the
+ * emails at each threshold; with enforcement on, a Lambda on the topic pauses a tier whose budget
+ * reports 100 % of ACTUAL spend.
+ */
+export class Budgets extends pulumi.ComponentResource {
+  public readonly budgets: BudgetSummary[];
+  /** ARN of the enforcement function; undefined when nothing is enforced. */
+  public readonly enforcerArn: pulumi.Output<string> | undefined;
+
+  constructor(name: string, args: BudgetsArgs, opts?: pulumi.ComponentResourceOptions) {
+    super("crucible:budgets:Budgets", name, {}, opts);
+    const { environment, settings, topicArn, asgNamesByTier } = { asgNamesByTier: {}, ...args };
+    const topic = pulumi.output(topicArn);
+
+    const scopes: { scope: BudgetSummary["scope"]; limitUsd: number }[] = [
+      { scope: "environment", limitUsd: settings.monthlyLimitUsd },
+      ...Object.entries(settings.tiers).flatMap(([tier, limitUsd]) =>
+        limitUsd === undefined ? [] : [{ scope: tier as TierName, limitUsd }],
+      ),
+    ];
+    const enforcedTiers = settings.enforce
+      ? scopes.flatMap(({ scope }) => (scope !== "environment" && asgNamesByTier[scope] ? [scope] : []))
+      : [];
+
+    this.budgets = scopes.map(({ scope, limitUsd }) => {
+      const budgetName = budgetNameFor(environment, scope);
+      new aws.budgets.Budget(
+        `${name}-${scope}`,
+        {
+          name: budgetName,
+          budgetType: "COST",
+          timeUnit: "MONTHLY",
+          limitAmount: limitUsd.toFixed(2),
+          limitUnit: "USD",
+          ...spendFilter(environment, scope),
+          notifications: settings.thresholds.map(({ type, percent }) => ({
+            notificationType: type,
+            comparisonOperator: "GREATER_THAN",
+            thresholdType: "PERCENTAGE",
+            threshold: percent,
+            subscriberSnsTopicArns: [topic],
+            ...(settings.emails.length ? { subscriberEmailAddresses: [...settings.emails] } : {}),
+          })),
+          tags: componentTags("budgets", scope === "environment" ? undefined : scope),
+        },
+        { parent: this },
+      );
+      return {
+        name: budgetName,
+        scope,
+        limitUsd,
+        thresholds: settings.thresholds,
+        topicArn: topic,
+        emails: settings.emails,
+        enforced: (enforcedTiers as string[]).includes(scope),
+      };
+    });
+
+    this.enforcerArn = enforcedTiers.length
+      ? budgetEnforcer(
+          name,
+          {
+            environment,
+            topic,
+            tiers: enforcedTiers.map((tier) => ({ tier, asgNames: pulumi.output(asgNamesByTier[tier]!) })),
+          },
+          this,
+        )
+      : undefined;
+    this.registerOutputs({ budgets: this.budgets, enforcerArn: this.enforcerArn });
+  }
+}
+
+/** Budget names are what the enforcer maps a notification back to a tier by. */
+export function budgetNameFor(environment: string, scope: BudgetSummary["scope"]): string {
+  return scope === "environment" ? `crucible-${environment}` : `crucible-${environment}-${scope}`;
+}
+
+/**
+ * The environment's spend by its cost allocation tag; a tier's by its tag AND the environment's, so a
+ * tier budget in an account shared by two environments counts only its own environment's nodes
+ * (`costFilters` can only OR values of one tag, hence the filter expression there).
+ */
+function spendFilter(
+  environment: string,
+  scope: BudgetSummary["scope"],
+): Pick<aws.budgets.BudgetArgs, "costFilters" | "filterExpression"> {
+  if (scope === "environment") {
+    return {
+      costFilters: [{ name: "TagKeyValue", values: [`user:${COST_TAGS.environment}$${environment}`] }],
+    };
+  }
+  const tag = (key: string, value: string) => ({ tags: { key, values: [value], matchOptions: ["EQUALS"] } });
+  return {
+    filterExpression: {
+      ands: [tag(COST_TAGS.environment, environment), tag(COST_TAGS.tier, scope)],
+    },
+  };
+}
+
+/** The handler module, transpiled on its own: it imports only the AWS SDK the Lambda runtime provides. */
+export function enforcerCode(): string {
+  const source = readFileSync(path.join(__dirname, "budget-enforcer", "handler.ts"), "utf8");
+  return ts.transpileModule(source, {
+    fileName: "handler.ts",
+    compilerOptions: {
+      module: ts.ModuleKind.CommonJS,
+      target: ts.ScriptTarget.ES2022,
+      esModuleInterop: true,
+    },
+  }).outputText;
+}
+
+interface EnforcerArgs {
+  readonly environment: string;
+  readonly topic: pulumi.Output<string>;
+  readonly tiers: readonly { readonly tier: TierName; readonly asgNames: pulumi.Output<string[]> }[];
+}
+
+/**
+ * The Lambda subscribed to the topic, allowed to resize only the enforced tiers' groups (and to record
+ * their previous sizes as tags on them) and to write its own log group.
+ */
+function budgetEnforcer(name: string, args: EnforcerArgs, parent: pulumi.Resource): pulumi.Output<string> {
+  const { environment, topic, tiers } = args;
+  const tags = componentTags("budgets");
+  const functionName = `crucible-${environment}-budget-enforcer`;
+  const { accountId } = aws.getCallerIdentityOutput({}, { parent });
+  const { partition } = aws.getPartitionOutput({}, { parent });
+  const { region } = aws.getRegionOutput({}, { parent });
+
+  const logGroup = new aws.cloudwatch.LogGroup(
+    `${name}-enforcer`,
+    { name: `/aws/lambda/${functionName}`, retentionInDays: 365, tags },
+    { parent },
+  );
+  const assumeRole: PolicyDocument = {
+    Version: "2012-10-17",
+    Statement: [
+      {
+        Effect: "Allow",
+        Principal: { Service: "lambda.amazonaws.com" },
+        Action: "sts:AssumeRole",
+      },
+    ],
+  };
+  const role = new aws.iam.Role(
+    `${name}-enforcer`,
+    {
+      description: `Pauses Crucible ${environment} tiers whose budget is spent`,
+      assumeRolePolicy: JSON.stringify(assumeRole),
+      tags,
+    },
+    { parent },
+  );
+  const allAsgNames = pulumi.all(tiers.map((t) => t.asgNames)).apply((lists) => lists.flat());
+  const asgArns = pulumi
+    .all([partition, region, accountId, allAsgNames])
+    .apply(([p, r, a, names]) =>
+      names.map((n) => `arn:${p}:autoscaling:${r}:${a}:autoScalingGroup:*:autoScalingGroupName/${n}`),
+    );
+  const policy: PolicyDocument = {
+    Version: "2012-10-17",
+    Statement: [
+      {
+        Sid: "PauseEnforcedTiers",
+        Effect: "Allow",
+        Action: ["autoscaling:UpdateAutoScalingGroup", "autoscaling:CreateOrUpdateTags"],
+        Resource: asgArns,
+      },
+      {
+        // DescribeAutoScalingGroups supports no resource-level permissions; it only reads sizes.
+        Sid: "ReadGroupSizes",
+        Effect: "Allow",
+        Action: "autoscaling:DescribeAutoScalingGroups",
+        Resource: "*",
+      },
+      {
+        Sid: "WriteOwnLogs",
+        Effect: "Allow",
+        Action: ["logs:CreateLogStream", "logs:PutLogEvents"],
+        Resource: pulumi.interpolate`${logGroup.arn}:*`,
+      },
+    ],
+  };
+  const rolePolicy = new aws.iam.RolePolicy(
+    `${name}-enforcer`,
+    { role: role.name, policy: pulumi.jsonStringify(policy) },
+    { parent },
+  );
+
+  const enforced = pulumi
+    .all(tiers.map((t) => t.asgNames))
+    .apply((lists) =>
+      JSON.stringify(
+        Object.fromEntries(
+          tiers.map(({ tier }, i): [string, EnforcedBudget] => [
+            budgetNameFor(environment, tier),
+            { tier, asgNames: lists[i]! },
+          ]),
+        ),
+      ),
+    );
+  const fn = new aws.lambda.Function(
+    `${name}-enforcer`,
+    {
+      name: functionName,
+      description: "Pauses a Crucible tier's Auto Scaling groups when its budget reports 100 % ACTUAL spend",
+      runtime: "nodejs20.x",
+      handler: "index.handler",
+      code: new pulumi.asset.AssetArchive({ "index.js": new pulumi.asset.StringAsset(enforcerCode()) }),
+      role: role.arn,
+      timeout: 60,
+      memorySize: 128,
+      environment: { variables: { [ENFORCED_BUDGETS_ENV]: enforced } },
+      loggingConfig: { logFormat: "Text", logGroup: logGroup.name },
+      tags,
+    },
+    { parent, dependsOn: [rolePolicy] },
+  );
+  const permission = new aws.lambda.Permission(
+    `${name}-enforcer`,
+    { action: "lambda:InvokeFunction", function: fn.name, principal: "sns.amazonaws.com", sourceArn: topic },
+    { parent },
+  );
+  new aws.sns.TopicSubscription(
+    `${name}-enforcer`,
+    { topic, protocol: "lambda", endpoint: fn.arn },
+    { parent, dependsOn: [permission] },
+  );
+  return fn.arn;
+}
