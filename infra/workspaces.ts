@@ -1,18 +1,12 @@
 import * as aws from "@pulumi/aws";
 import * as pulumi from "@pulumi/pulumi";
+import { CHECKPOINT_OBJECT_TAG } from "../runtime/src/contract";
 import type { CrucibleConfig } from "./config";
 import { type PolicyDocument, accountRoot } from "./policy-document";
 import { componentTags } from "./providers";
 
 /** Where job state lives in the workspaces bucket: `workspaces/<project>/<user>/jobs/<jobId>/`. */
 export const WORKSPACES_PREFIX = "workspaces/";
-
-/**
- * The object tag the agent puts on every checkpoint it uploads. Checkpoints sit at
- * `workspaces/<project>/<user>/jobs/<id>/checkpoints/`, which no S3 prefix filter can match (prefixes
- * do not wildcard), so their shorter lifecycle rule selects them by this tag instead.
- */
-export const CHECKPOINT_TAG = { key: "crucible:kind", value: "checkpoint" } as const;
 
 /** Arguments of {@link Workspaces}. */
 export interface WorkspacesArgs {
@@ -192,7 +186,10 @@ function expiryRules(settings: Settings): aws.types.input.s3.BucketLifecycleConf
       id: "expire-checkpoints",
       status: "Enabled",
       filter: {
-        and: { prefix: WORKSPACES_PREFIX, tags: { [CHECKPOINT_TAG.key]: CHECKPOINT_TAG.value } },
+        and: {
+          prefix: WORKSPACES_PREFIX,
+          tags: { [CHECKPOINT_OBJECT_TAG.key]: CHECKPOINT_OBJECT_TAG.value },
+        },
       },
       expiration: { days: settings.checkpointRetentionDays },
     });

@@ -136,6 +136,13 @@ export const CONTAINER_PATHS = {
   tmp: "/tmp",
 } as const;
 
+/**
+ * The S3 object tag the agent puts on every checkpoint it uploads under
+ * `workspaces/<project>/<user>/jobs/<id>/checkpoints/`: the bucket's shorter checkpoint lifecycle rule
+ * selects by it, because S3 prefix filters cannot wildcard the project, user and job levels.
+ */
+export const CHECKPOINT_OBJECT_TAG = { key: "crucible:kind", value: "checkpoint" } as const;
+
 /** A line a job prints (through `crucible.progress(...)`) to report progress; JSON follows the prefix. */
 export const PROGRESS_PREFIX = "##crucible:progress ";
 

@@ -21,6 +21,8 @@ export interface DeclaredResource {
   readonly custom: boolean;
   /** URN of the parent; the stack itself for top-level resources. */
   readonly parent: string | undefined;
+  /** Provider reference (`<provider urn>::<id>`) a custom resource was registered with; undefined for components. */
+  readonly provider: string | undefined;
   readonly inputs: Record<string, unknown>;
   /** What the mock engine answered: the inputs plus the ids and ARNs AWS would assign. */
   readonly state: Record<string, unknown>;
@@ -265,6 +267,7 @@ export async function runProgram(
           name: args.name,
           custom: args.custom ?? true,
           parent: undefined,
+          provider: args.provider || undefined,
           inputs: args.inputs as Record<string, unknown>,
           state,
         });
