@@ -1,4 +1,5 @@
 import { vi } from "vitest";
+import { ConfigError, parseCrucibleConfig } from "../infra/config";
 import { readStackConfig, runProgram, type Plan } from "../scripts/lib/mock-engine";
 
 export { STACKS, readStackConfig, type Plan, type DeclaredResource } from "../scripts/lib/mock-engine";
@@ -25,4 +26,24 @@ export function configWith(stack: string, overrides: Record<string, unknown>): R
     else config[key] = typeof value === "string" ? value : JSON.stringify(value);
   }
   return config;
+}
+
+/**
+ * What config validation reports for a stack's file with some keys replaced (as {@link configWith}
+ * takes them): one line per problem, empty when the result is valid. No program runs, so it is cheap.
+ */
+export function configProblems(stack: string, overrides: Record<string, unknown>): string[] {
+  const config = configWith(stack, overrides);
+  const settings = Object.fromEntries(
+    Object.entries(config)
+      .filter(([k]) => k.startsWith("crucible:"))
+      .map(([k, v]) => [k.slice("crucible:".length), v]),
+  );
+  try {
+    parseCrucibleConfig(settings, { stack, region: config["aws:region"] ?? "us-east-1" });
+  } catch (err) {
+    if (err instanceof ConfigError) return [...err.problems];
+    throw err;
+  }
+  return [];
 }
