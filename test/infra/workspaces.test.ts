@@ -163,7 +163,7 @@ describe.each(STACKS)("%s stack workspaces", (stack) => {
   it("lets the account, through IAM, administer the bucket key", () => {
     const key = plan.ofType("aws:kms/key:Key").find((k) => k.name === "workspaces-key");
     if (!key) return expect(expected.encryption).toBe("s3");
-    expect(JSON.parse(key.inputs.policy as string).Statement).toEqual([
+    expect((JSON.parse(key.inputs.policy as string) as { Statement: unknown }).Statement).toEqual([
       {
         Sid: "AccountAdministers",
         Effect: "Allow",
