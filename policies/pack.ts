@@ -1,0 +1,67 @@
+import type { Policies } from "@pulumi/policy";
+import {
+  asgMaxWithinCap,
+  ebsVolumesEncrypted,
+  gpuAsgsUseLaunchTemplates,
+  instanceTypesWithinTier,
+  launchTemplatesRequireImdsv2,
+  nodesHaveNoPublicIp,
+} from "./compute";
+import { policyConfigMatchesStack } from "./config";
+import { costAllocationTags, gpuStacksHaveBudgets } from "./cost";
+import { ecrImmutableTags, ecrLifecyclePolicies, ecrScanOnPush } from "./ecr";
+import { iamNoInlineAdminPolicies, iamNoWildcardActions, iamNodeRolesScoped } from "./iam";
+import { jobQueuesHaveDlq, snsTopicsEncrypted, sqsQueuesEncrypted } from "./messaging";
+import { agentConfigSandboxed, asgTiersHaveAgentConfig } from "./sandbox";
+import {
+  s3BucketPolicyRequiresTls,
+  s3BucketsEncrypted,
+  s3BucketsHavePublicAccessBlocks,
+  s3BucketsHaveTlsPolicy,
+  s3BucketsVersioned,
+  s3EncryptionConfigured,
+  s3PublicAccessBlocked,
+  s3VersioningEnabled,
+  s3WorkspacesExpire,
+} from "./s3";
+
+/** The pack's name, as `pulumi preview --policy-pack policies` reports it. */
+export const PACK_NAME = "crucible";
+
+/**
+ * Every policy of the pack, built fresh (tests and the config script import this module; only
+ * index.ts starts the pack's server).
+ */
+export function cruciblePolicies(): Policies {
+  return [
+    s3PublicAccessBlocked(),
+    s3BucketsHavePublicAccessBlocks(),
+    s3EncryptionConfigured(),
+    s3BucketsEncrypted(),
+    s3BucketPolicyRequiresTls(),
+    s3BucketsHaveTlsPolicy(),
+    s3VersioningEnabled(),
+    s3BucketsVersioned(),
+    s3WorkspacesExpire(),
+    ecrImmutableTags(),
+    ecrScanOnPush(),
+    ecrLifecyclePolicies(),
+    launchTemplatesRequireImdsv2(),
+    ebsVolumesEncrypted(),
+    nodesHaveNoPublicIp(),
+    instanceTypesWithinTier(),
+    asgMaxWithinCap(),
+    gpuAsgsUseLaunchTemplates(),
+    sqsQueuesEncrypted(),
+    snsTopicsEncrypted(),
+    jobQueuesHaveDlq(),
+    iamNoWildcardActions(),
+    iamNoInlineAdminPolicies(),
+    iamNodeRolesScoped(),
+    costAllocationTags(),
+    gpuStacksHaveBudgets(),
+    agentConfigSandboxed(),
+    asgTiersHaveAgentConfig(),
+    policyConfigMatchesStack(),
+  ];
+}

@@ -1,0 +1,94 @@
+import * as aws from "@pulumi/aws";
+import {
+  validateResourceOfType,
+  type ResourceValidationPolicy,
+  type StackValidationPolicy,
+} from "@pulumi/policy";
+import { configSchema, readSettings } from "./config";
+import { COST_TAG_KEYS, UNKNOWN, forStacksWith, known, ofTypes, parseJson, tierTag } from "./lib";
+
+/**
+ * The job sandbox as deployed: each tier's agent reads `/crucible/<environment>/<tier>/agent-config`,
+ * whose `sandbox` holds the facts the runtime derives from the container spec it will create
+ * (`sandboxFacts` of runtime/src/sandbox.ts). The pack checks those facts, not the code.
+ */
+
+export const agentConfigName = (environment: string, tier: string) =>
+  `/crucible/${environment}/${tier}/agent-config`;
+const AGENT_CONFIG = /^\/crucible\/[^/]+\/[^/]+\/agent-config$/;
+
+interface SandboxFacts {
+  networkMode?: unknown;
+  dockerSocketMounted?: unknown;
+  privileged?: unknown;
+}
+
+export function agentConfigSandboxed(): ResourceValidationPolicy {
+  return {
+    name: "agent-config-sandboxed",
+    description: "Each tier's agent config gives jobs no network, no Docker socket and no privileges.",
+    enforcementLevel: "mandatory",
+    validateResource: validateResourceOfType(aws.ssm.Parameter, (param, args, report) => {
+      if (typeof param.name !== "string" || !AGENT_CONFIG.test(param.name)) {
+        args.notApplicable("not an agent config parameter");
+      }
+      const config = parseJson(param.value ?? param.insecureValue) as { sandbox?: SandboxFacts } | undefined;
+      const sandbox = config?.sandbox;
+      if (typeof sandbox !== "object" || sandbox === null) {
+        report(
+          `${args.name}: ${param.name} must be JSON with a "sandbox" object (sandboxFacts(tier) from runtime/src/sandbox.ts).`,
+        );
+        return;
+      }
+      if (sandbox.networkMode !== "none") {
+        report(
+          `${args.name}: jobs must get no network; sandbox.networkMode is ${JSON.stringify(sandbox.networkMode)}, must be "none".`,
+        );
+      }
+      if (sandbox.dockerSocketMounted !== false) {
+        report(
+          `${args.name}: jobs must never see the Docker socket; sandbox.dockerSocketMounted must be false.`,
+        );
+      }
+      if (sandbox.privileged !== false) {
+        report(`${args.name}: jobs must not run privileged; sandbox.privileged must be false.`);
+      }
+    }),
+  };
+}
+
+export function asgTiersHaveAgentConfig(): StackValidationPolicy {
+  const name = "asg-tiers-have-agent-config";
+  return {
+    name,
+    description:
+      "Every tier with an Auto Scaling group has its agent config parameter, so its sandbox can be checked.",
+    enforcementLevel: "mandatory",
+    configSchema: configSchema("environment"),
+    validateStack: forStacksWith([aws.autoscaling.Group], (args, report) => {
+      const { environment } = readSettings(args, name, "environment");
+      const names = ofTypes(args.resources, [aws.ssm.Parameter]).map((p) =>
+        known(() => p.props.name as unknown),
+      );
+      for (const asg of ofTypes(args.resources, [aws.autoscaling.Group])) {
+        const tier = tierTag(asg.props);
+        if (tier === UNKNOWN) continue;
+        if (tier === undefined) {
+          report(
+            `Auto Scaling group ${asg.name}: tag it ${COST_TAG_KEYS.tier}=<tier> so its agent config can be found.`,
+            asg.urn,
+          );
+          continue;
+        }
+        const expected = agentConfigName(environment, tier);
+        if (!names.includes(expected) && !names.includes(UNKNOWN)) {
+          report(
+            `Auto Scaling group ${asg.name} runs tier ${tier} but the stack declares no SSM parameter ${expected}: ` +
+              `write it with the tier's queue, bucket, images and sandboxFacts("${tier}").`,
+            asg.urn,
+          );
+        }
+      }
+    }),
+  };
+}
