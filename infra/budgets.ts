@@ -58,9 +58,14 @@ export class Budgets extends pulumi.ComponentResource {
         limitUsd === undefined ? [] : [{ scope: tier as TierName, limitUsd }],
       ),
     ];
-    const enforcedTiers = settings.enforce
-      ? scopes.flatMap(({ scope }) => (scope !== "environment" && asgNamesByTier[scope] ? [scope] : []))
-      : [];
+    const budgetedTiers = scopes.flatMap(({ scope }) => (scope === "environment" ? [] : [scope]));
+    const enforcedTiers = settings.enforce ? budgetedTiers.filter((tier) => asgNamesByTier[tier]) : [];
+    for (const tier of budgetedTiers.filter((t) => settings.enforce && !asgNamesByTier[t])) {
+      pulumi.log.warn(
+        `budgets.enforce is on but tier ${tier} has no Auto Scaling groups to pause; its budget only notifies`,
+        this,
+      );
+    }
 
     this.budgets = scopes.map(({ scope, limitUsd }) => {
       const budgetName = budgetNameFor(environment, scope);

@@ -1,0 +1,260 @@
+import { createRequire } from "node:module";
+import * as path from "node:path";
+import { describe, expect, it } from "vitest";
+import {
+  ENFORCED_BUDGETS_ENV,
+  PAUSED_TAGS,
+  decide,
+  handle,
+  parseBudgetNotification,
+  pauseGroups,
+  resumeGroups,
+  type EnforcedBudget,
+  type SnsEvent,
+} from "../../../infra/budget-enforcer/handler";
+import { enforcerCode } from "../../../infra/budgets";
+import { ROOT } from "../../../scripts/lib/mock-engine";
+
+/**
+ * The plain-text message AWS Budgets publishes to an SNS topic, in the layout AWS sends (a captured
+ * notification: header, salutation, one sentence, then one "Label: value" line per fact).
+ */
+function budgetsMessage(opts: {
+  budget: string;
+  type: "ACTUAL" | "FORECASTED";
+  budgeted: string;
+  threshold: string;
+  amount: string;
+}): string {
+  return [
+    "AWS Budget Notification November 24, 2026",
+    "AWS Account 123456789012",
+    "",
+    "Dear AWS Customer,",
+    "",
+    `You requested that we alert you when the ${opts.type} Cost associated with your ${opts.budget} budget is greater than ${opts.threshold} for the current month. The ${opts.type} Cost associated with this budget is ${opts.amount}. You can find additional details below and by accessing the AWS Budgets dashboard [1].`,
+    "",
+    `Budget Name: ${opts.budget}`,
+    "Budget Type: Cost",
+    `Budgeted Amount: ${opts.budgeted}`,
+    `Alert Type: ${opts.type}`,
+    `Alert Threshold: > ${opts.threshold}`,
+    `${opts.type} Amount: ${opts.amount}`,
+    "",
+    "[1] https://console.aws.amazon.com/billing/home#/budgets",
+    "",
+  ].join("\n");
+}
+
+const ENFORCED: Record<string, EnforcedBudget> = {
+  "crucible-prod-gpu-small": {
+    tier: "gpu-small",
+    asgNames: ["crucible-prod-gpu-small-a", "crucible-prod-gpu-small-b"],
+  },
+  "crucible-prod-gpu-large": { tier: "gpu-large", asgNames: ["crucible-prod-gpu-large"] },
+};
+
+const gpuSmall = (type: "ACTUAL" | "FORECASTED", threshold: string, amount: string) =>
+  budgetsMessage({ budget: "crucible-prod-gpu-small", type, budgeted: "$9,000.00", threshold, amount });
+
+describe("reading an AWS Budgets notification", () => {
+  it("takes the budget, the alert type and the amounts, commas and all", () => {
+    expect(parseBudgetNotification(gpuSmall("ACTUAL", "$7,200.00", "$7,254.31"))).toEqual({
+      budgetName: "crucible-prod-gpu-small",
+      alertType: "ACTUAL",
+      budgetedUsd: 9000,
+      thresholdUsd: 7200,
+    });
+  });
+
+  it("is not fooled by other messages on the topic", () => {
+    const alarm = JSON.stringify({ AlarmName: "crucible-prod-dlq", NewStateValue: "ALARM" });
+    expect(parseBudgetNotification(alarm)).toBeUndefined();
+    expect(parseBudgetNotification("Budget Name: x\nAlert Type: ACTUAL")).toBeUndefined();
+  });
+});
+
+describe("the enforcement decision", () => {
+  it("does nothing at 50 % or 80 % ACTUAL", () => {
+    expect(decide(gpuSmall("ACTUAL", "$4,500.00", "$4,611.02"), ENFORCED)).toEqual({
+      action: "none",
+      reason: "crucible-prod-gpu-small: ACTUAL alert at 50 % of the budget",
+    });
+    expect(decide(gpuSmall("ACTUAL", "$7,200.00", "$7,254.31"), ENFORCED).action).toBe("none");
+  });
+
+  it("pauses exactly the tier's groups at 100 % ACTUAL", () => {
+    expect(decide(gpuSmall("ACTUAL", "$9,000.00", "$9,001.87"), ENFORCED)).toEqual({
+      action: "pause",
+      tier: "gpu-small",
+      asgNames: ["crucible-prod-gpu-small-a", "crucible-prod-gpu-small-b"],
+      reason: "crucible-prod-gpu-small: ACTUAL spend reached 100 % of $9000.00",
+    });
+    const large = budgetsMessage({
+      budget: "crucible-prod-gpu-large",
+      type: "ACTUAL",
+      budgeted: "$6,000.00",
+      threshold: "$7,200.00",
+      amount: "$7,300.00",
+    });
+    expect(decide(large, ENFORCED)).toMatchObject({ action: "pause", asgNames: ["crucible-prod-gpu-large"] });
+  });
+
+  it("never pauses on a forecast, even past 100 %", () => {
+    expect(decide(gpuSmall("FORECASTED", "$9,000.00", "$12,400.00"), ENFORCED)).toEqual({
+      action: "none",
+      reason: "crucible-prod-gpu-small: a FORECASTED alert never pauses a tier",
+    });
+  });
+
+  it("leaves budgets that are not enforced (the environment's, another stack's) alone", () => {
+    const env = budgetsMessage({
+      budget: "crucible-prod",
+      type: "ACTUAL",
+      budgeted: "$25,000.00",
+      threshold: "$25,000.00",
+      amount: "$25,100.00",
+    });
+    expect(decide(env, ENFORCED)).toEqual({ action: "none", reason: "budget crucible-prod is not enforced" });
+    expect(decide("hello", ENFORCED)).toEqual({ action: "none", reason: "not an AWS Budgets notification" });
+  });
+});
+
+/** An Auto Scaling API in memory: groups with sizes and tags, and the calls made to it. */
+function fakeAutoScaling(groups: Record<string, { min: number; max: number; desired: number }>) {
+  const tags = new Map<string, Map<string, string>>(Object.keys(groups).map((n) => [n, new Map()]));
+  const calls: string[] = [];
+  const send = (command: { constructor: { name: string }; input: unknown }): Promise<unknown> => {
+    const name = command.constructor.name;
+    const input = command.input as Record<string, unknown>;
+    calls.push(name);
+    switch (name) {
+      case "DescribeAutoScalingGroupsCommand":
+        return Promise.resolve({
+          AutoScalingGroups: (input.AutoScalingGroupNames as string[])
+            .filter((n) => groups[n])
+            .map((n) => ({
+              AutoScalingGroupName: n,
+              MinSize: groups[n]!.min,
+              MaxSize: groups[n]!.max,
+              DesiredCapacity: groups[n]!.desired,
+              Tags: [...tags.get(n)!].map(([Key, Value]) => ({ Key, Value })),
+            })),
+        });
+      case "CreateOrUpdateTagsCommand":
+        for (const t of input.Tags as { ResourceId: string; Key: string; Value: string }[])
+          tags.get(t.ResourceId)!.set(t.Key, t.Value);
+        return Promise.resolve({});
+      case "DeleteTagsCommand":
+        for (const t of input.Tags as { ResourceId: string; Key: string }[])
+          tags.get(t.ResourceId)!.delete(t.Key);
+        return Promise.resolve({});
+      case "UpdateAutoScalingGroupCommand": {
+        const g = groups[input.AutoScalingGroupName as string]!;
+        Object.assign(g, { min: input.MinSize, max: input.MaxSize, desired: input.DesiredCapacity });
+        return Promise.resolve({});
+      }
+      default:
+        return Promise.reject(new Error(`unexpected ${name}`));
+    }
+  };
+  return { groups, tags, calls, client: { send } as unknown as Parameters<typeof pauseGroups>[0] };
+}
+
+describe("pausing and resuming a tier's groups", () => {
+  it("records the previous sizes as tags, zeroes the group, and resumes to exactly them", async () => {
+    const api = fakeAutoScaling({ a: { min: 1, max: 24, desired: 3 }, b: { min: 0, max: 4, desired: 0 } });
+    const paused = await pauseGroups(api.client, ["a", "b", "gone"]);
+    expect(paused).toEqual([
+      {
+        asgName: "a",
+        outcome: "paused",
+        before: { minSize: 1, maxSize: 24, desiredCapacity: 3 },
+        after: { minSize: 0, maxSize: 0, desiredCapacity: 0 },
+      },
+      {
+        asgName: "b",
+        outcome: "paused",
+        before: { minSize: 0, maxSize: 4, desiredCapacity: 0 },
+        after: { minSize: 0, maxSize: 0, desiredCapacity: 0 },
+      },
+      { asgName: "gone", outcome: "missing" },
+    ]);
+    expect(Object.fromEntries(api.tags.get("a")!)).toEqual({
+      [PAUSED_TAGS.max]: "24",
+      [PAUSED_TAGS.min]: "1",
+      [PAUSED_TAGS.desired]: "3",
+    });
+    expect(api.groups.a).toEqual({ min: 0, max: 0, desired: 0 });
+
+    const resumed = await resumeGroups(api.client, ["a", "b"]);
+    expect(resumed.map((c) => [c.asgName, c.outcome, c.after])).toEqual([
+      ["a", "resumed", { minSize: 1, maxSize: 24, desiredCapacity: 3 }],
+      ["b", "resumed", { minSize: 0, maxSize: 4, desiredCapacity: 0 }],
+    ]);
+    expect(api.groups).toEqual({ a: { min: 1, max: 24, desired: 3 }, b: { min: 0, max: 4, desired: 0 } });
+    expect(api.tags.get("a")!.size).toBe(0);
+  });
+
+  it("a repeated notification never overwrites the sizes to restore", async () => {
+    const api = fakeAutoScaling({ a: { min: 1, max: 24, desired: 3 } });
+    await pauseGroups(api.client, ["a"]);
+    const again = await pauseGroups(api.client, ["a"]);
+    expect(again).toEqual([
+      { asgName: "a", outcome: "already-paused", before: { minSize: 0, maxSize: 0, desiredCapacity: 0 } },
+    ]);
+    expect(api.tags.get("a")!.get(PAUSED_TAGS.max)).toBe("24");
+  });
+
+  it("resuming a group that was never paused changes nothing", async () => {
+    const api = fakeAutoScaling({ a: { min: 1, max: 24, desired: 3 } });
+    expect((await resumeGroups(api.client, ["a"]))[0]!.outcome).toBe("not-paused");
+    expect(api.calls).toEqual(["DescribeAutoScalingGroupsCommand"]);
+  });
+});
+
+describe("the code the Lambda runs", () => {
+  /** Loads the transpiled handler the way Lambda does, recording what it requires. */
+  function loadDeployed(): { mod: { handle: typeof handle }; required: string[] } {
+    const required: string[] = [];
+    const realRequire = createRequire(path.join(ROOT, "package.json"));
+    const requireRecorded = (id: string): unknown => {
+      required.push(id);
+      return realRequire(id) as unknown;
+    };
+    const module = { exports: {} as Record<string, unknown> };
+    // eslint-disable-next-line @typescript-eslint/no-implied-eval -- evaluating the artifact is the point
+    new Function("require", "module", "exports", enforcerCode())(requireRecorded, module, module.exports);
+    return { mod: module.exports as unknown as { handle: typeof handle }, required };
+  }
+
+  it("needs nothing but the AWS SDK the nodejs20.x runtime ships", () => {
+    expect(loadDeployed().required).toEqual(["@aws-sdk/client-auto-scaling"]);
+  });
+
+  it("pauses the groups named in its environment when the 100 % ACTUAL notification arrives", async () => {
+    const { mod } = loadDeployed();
+    const api = fakeAutoScaling({ "crucible-prod-gpu-small-a": { min: 1, max: 24, desired: 2 } });
+    const event: SnsEvent = {
+      Records: [
+        { Sns: { MessageId: "m1", Message: gpuSmall("ACTUAL", "$4,500.00", "$4,611.02") } },
+        { Sns: { MessageId: "m2", Message: gpuSmall("ACTUAL", "$9,000.00", "$9,001.87") } },
+      ],
+    };
+    const env = {
+      [ENFORCED_BUDGETS_ENV]: JSON.stringify({
+        "crucible-prod-gpu-small": { tier: "gpu-small", asgNames: ["crucible-prod-gpu-small-a"] },
+      }),
+    };
+    const decisions = await mod.handle(event, api.client, env);
+    expect(decisions.map((d) => d.action)).toEqual(["none", "pause"]);
+    expect(api.groups["crucible-prod-gpu-small-a"]).toEqual({ min: 0, max: 0, desired: 0 });
+  });
+
+  it("refuses to run without the enforced budgets in its environment", async () => {
+    const { mod } = loadDeployed();
+    await expect(mod.handle({ Records: [] }, fakeAutoScaling({}).client, {})).rejects.toThrow(
+      `${ENFORCED_BUDGETS_ENV} is not set`,
+    );
+  });
+});
