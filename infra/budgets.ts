@@ -59,9 +59,10 @@ export class Budgets extends pulumi.ComponentResource {
       ),
     ];
     const budgetedTiers = scopes.flatMap(({ scope }) => (scope === "environment" ? [] : [scope]));
-    const enforcedTiers = settings.enforce ? budgetedTiers.filter((tier) => asgNamesByTier[tier]) : [];
-    for (const tier of budgetedTiers.filter((t) => settings.enforce && !asgNamesByTier[t])) {
-      pulumi.log.warn(
+    const hasGroups = (tier: TierName) => asgNamesByTier[tier] !== undefined;
+    const enforcedTiers = settings.enforce ? budgetedTiers.filter(hasGroups) : [];
+    for (const tier of budgetedTiers.filter((t) => settings.enforce && !hasGroups(t))) {
+      void pulumi.log.warn(
         `budgets.enforce is on but tier ${tier} has no Auto Scaling groups to pause; its budget only notifies`,
         this,
       );

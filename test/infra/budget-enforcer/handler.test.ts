@@ -5,12 +5,12 @@ import {
   ENFORCED_BUDGETS_ENV,
   PAUSED_TAGS,
   decide,
-  handle,
   parseBudgetNotification,
   pauseGroups,
   resumeGroups,
   type EnforcedBudget,
   type SnsEvent,
+  type handle,
 } from "../../../infra/budget-enforcer/handler";
 import { enforcerCode } from "../../../infra/budgets";
 import { ROOT } from "../../../scripts/lib/mock-engine";
@@ -224,7 +224,12 @@ describe("the code the Lambda runs", () => {
     };
     const module = { exports: {} as Record<string, unknown> };
     // eslint-disable-next-line @typescript-eslint/no-implied-eval -- evaluating the artifact is the point
-    new Function("require", "module", "exports", enforcerCode())(requireRecorded, module, module.exports);
+    const load = new Function("require", "module", "exports", enforcerCode()) as (
+      req: (id: string) => unknown,
+      mod: { exports: unknown },
+      exp: unknown,
+    ) => void;
+    load(requireRecorded, module, module.exports);
     return { mod: module.exports as unknown as { handle: typeof handle }, required };
   }
 
