@@ -1,0 +1,320 @@
+import { beforeAll, describe, expect, it } from "vitest";
+import type { TierName } from "../../runtime/src/catalog";
+import { ENFORCED_BUDGETS_ENV } from "../../infra/budget-enforcer/handler";
+import { Budgets, enforcerCode } from "../../infra/budgets";
+import { loadConfig } from "../../infra/config";
+import { MOCK_ACCOUNT_ID, runProgram } from "../../scripts/lib/mock-engine";
+import { STACKS, configProblems, configWith, readStackConfig, runStack, type Plan } from "../harness";
+
+const BUDGET = "aws:budgets/budget:Budget";
+const DEFAULT_THRESHOLDS = [
+  { type: "ACTUAL", percent: 50 },
+  { type: "ACTUAL", percent: 80 },
+  { type: "ACTUAL", percent: 100 },
+  { type: "FORECASTED", percent: 100 },
+];
+
+/** Each stack file's limits and subscribers. */
+const EXPECTED: Record<
+  (typeof STACKS)[number],
+  { total: number; tiers: Partial<Record<TierName, number>>; emails: string[]; enforce: boolean }
+> = {
+  dev: { total: 400, tiers: { "gpu-small": 250 }, emails: ["ml-platform-alerts@example.com"], enforce: true },
+  staging: {
+    total: 3000,
+    tiers: { "gpu-small": 1200, "gpu-medium": 800 },
+    emails: ["ml-platform-alerts@example.com", "finance-cloud@example.com"],
+    enforce: false,
+  },
+  prod: {
+    total: 25000,
+    tiers: { "gpu-small": 9000, "gpu-medium": 6000, "gpu-large": 6000 },
+    emails: ["ml-platform-alerts@example.com", "finance-cloud@example.com"],
+    enforce: false,
+  },
+};
+
+describe.each(STACKS)("%s stack budgets", (stack) => {
+  const expected = EXPECTED[stack];
+  let plan: Plan;
+  beforeAll(async () => {
+    plan = await runStack(stack);
+  });
+  const topicArn = () => plan.get("aws:sns/topic:Topic", "notifications-topic").state.arn;
+
+  it("declares one budget for the environment and one per budgeted tier, in the component", () => {
+    const component = plan.get("crucible:budgets:Budgets", "budgets");
+    const names = plan
+      .childrenOf(component.urn)
+      .filter((r) => r.type === BUDGET)
+      .map((r) => r.inputs.name);
+    expect(names).toEqual([
+      `crucible-${stack}`,
+      ...Object.keys(expected.tiers).map((t) => `crucible-${stack}-${t}`),
+    ]);
+    expect(plan.ofType(BUDGET)).toHaveLength(1 + Object.keys(expected.tiers).length);
+  });
+
+  it("budgets the environment's monthly cost by its cost allocation tag", () => {
+    expect(plan.get(BUDGET, "budgets-environment").inputs).toMatchObject({
+      name: `crucible-${stack}`,
+      budgetType: "COST",
+      timeUnit: "MONTHLY",
+      limitAmount: expected.total.toFixed(2),
+      limitUnit: "USD",
+      costFilters: [{ name: "TagKeyValue", values: [`user:crucible:environment$${stack}`] }],
+      tags: { "crucible:component": "budgets" },
+    });
+    expect(plan.get(BUDGET, "budgets-environment").inputs.filterExpression).toBeUndefined();
+  });
+
+  it("budgets each tier by its tag and the environment's together", () => {
+    for (const [tier, limit] of Object.entries(expected.tiers)) {
+      const budget = plan.get(BUDGET, `budgets-${tier}`).inputs;
+      expect(budget).toMatchObject({
+        name: `crucible-${stack}-${tier}`,
+        budgetType: "COST",
+        timeUnit: "MONTHLY",
+        limitAmount: limit.toFixed(2),
+        limitUnit: "USD",
+        tags: { "crucible:component": "budgets", "crucible:tier": tier },
+      });
+      expect(budget.filterExpression).toEqual({
+        ands: [
+          { tags: { key: "crucible:environment", values: [stack], matchOptions: ["EQUALS"] } },
+          { tags: { key: "crucible:tier", values: [tier], matchOptions: ["EQUALS"] } },
+        ],
+      });
+      expect(budget.costFilters).toBeUndefined();
+    }
+  });
+
+  it("notifies the topic and the emails at ACTUAL 50/80/100 % and FORECASTED 100 %", () => {
+    for (const budget of plan.ofType(BUDGET)) {
+      expect(budget.inputs.notifications).toEqual(
+        DEFAULT_THRESHOLDS.map(({ type, percent }) => ({
+          notificationType: type,
+          comparisonOperator: "GREATER_THAN",
+          thresholdType: "PERCENTAGE",
+          threshold: percent,
+          subscriberSnsTopicArns: [topicArn()],
+          subscriberEmailAddresses: expected.emails,
+        })),
+      );
+    }
+  });
+
+  it("exports every budget for finance: name, limit, thresholds, topic, subscribers", () => {
+    expect(plan.outputs.budgets).toEqual(
+      [
+        { scope: "environment", name: `crucible-${stack}`, limitUsd: expected.total },
+        ...Object.entries(expected.tiers).map(([tier, limitUsd]) => ({
+          scope: tier,
+          name: `crucible-${stack}-${tier}`,
+          limitUsd,
+        })),
+      ].map((b) => ({
+        ...b,
+        thresholds: DEFAULT_THRESHOLDS,
+        topicArn: topicArn(),
+        emails: expected.emails,
+        enforced: false,
+      })),
+    );
+  });
+
+  it("declares no enforcer while no budgeted tier has groups to pause", () => {
+    expect(plan.ofType("aws:lambda/function:Function")).toEqual([]);
+  });
+});
+
+const TOPIC = `arn:aws:sns:us-east-1:${MOCK_ACCOUNT_ID}:notifications-topic`;
+
+/** Only the Budgets component, with the stack's config and the given groups, under the mock engine. */
+function budgetsOnly(
+  stack: string,
+  asgNamesByTier: Partial<Record<TierName, string[]>>,
+  config = readStackConfig(stack),
+) {
+  return runProgram(stack, {
+    config,
+    load: () =>
+      Promise.resolve({
+        default: () => {
+          const cfg = loadConfig();
+          const budgets = new Budgets("budgets", {
+            environment: cfg.environment,
+            settings: cfg.budgets,
+            topicArn: TOPIC,
+            asgNamesByTier,
+          });
+          return { budgets: budgets.budgets, enforcerArn: budgets.enforcerArn };
+        },
+      }),
+  });
+}
+
+describe("enforcement wiring (dev: enforce on, gpu-small budgeted)", () => {
+  const ASGS = ["crucible-dev-gpu-small-a1b2", "crucible-dev-gpu-small-c3d4"];
+  let plan: Plan;
+  beforeAll(async () => {
+    plan = await budgetsOnly("dev", { "gpu-small": ASGS, "cpu-small": ["crucible-dev-cpu-small"] });
+  });
+  const fn = () => plan.get("aws:lambda/function:Function", "budgets-enforcer");
+  const logGroup = () => plan.get("aws:cloudwatch/logGroup:LogGroup", "budgets-enforcer");
+  const role = () => plan.get("aws:iam/role:Role", "budgets-enforcer");
+
+  it("subscribes the function to the topic, after SNS may invoke it from that topic only", () => {
+    const permission = plan.get("aws:lambda/permission:Permission", "budgets-enforcer").inputs;
+    expect(permission).toEqual({
+      action: "lambda:InvokeFunction",
+      function: "crucible-dev-budget-enforcer",
+      principal: "sns.amazonaws.com",
+      sourceArn: TOPIC,
+    });
+    const subscriptions = plan.ofType("aws:sns/topicSubscription:TopicSubscription");
+    expect(subscriptions.map((s) => s.inputs)).toEqual([
+      { topic: TOPIC, protocol: "lambda", endpoint: fn().state.arn },
+    ]);
+  });
+
+  it("runs the transpiled handler on nodejs20.x, naming the tier's groups by budget", async () => {
+    expect(fn().inputs).toMatchObject({
+      name: "crucible-dev-budget-enforcer",
+      runtime: "nodejs20.x",
+      handler: "index.handler",
+      role: role().state.arn,
+      timeout: 60,
+      loggingConfig: { logFormat: "Text", logGroup: "/aws/lambda/crucible-dev-budget-enforcer" },
+    });
+    const env = (fn().inputs.environment as { variables: Record<string, string> }).variables;
+    // cpu-small has groups but no budget: nothing to enforce there.
+    expect(JSON.parse(env[ENFORCED_BUDGETS_ENV]!)).toEqual({
+      "crucible-dev-gpu-small": { tier: "gpu-small", asgNames: ASGS },
+    });
+    // Assets arrive from the engine as they were declared: their fields may still be promises.
+    const code = fn().inputs.code as { assets: Promise<Record<string, { text: Promise<string> }>> };
+    const assets = await code.assets;
+    expect(Object.keys(assets)).toEqual(["index.js"]);
+    expect(await assets["index.js"]!.text).toBe(enforcerCode());
+  });
+
+  it("may resize only those groups, read sizes, and write its own log group", () => {
+    expect(logGroup().inputs).toMatchObject({
+      name: "/aws/lambda/crucible-dev-budget-enforcer",
+      retentionInDays: 365,
+    });
+    expect(JSON.parse(role().inputs.assumeRolePolicy as string)).toEqual({
+      Version: "2012-10-17",
+      Statement: [
+        { Effect: "Allow", Principal: { Service: "lambda.amazonaws.com" }, Action: "sts:AssumeRole" },
+      ],
+    });
+    const policy = plan.get("aws:iam/rolePolicy:RolePolicy", "budgets-enforcer").inputs;
+    expect(policy.role).toBe(role().state.name);
+    expect(JSON.parse(policy.policy as string)).toEqual({
+      Version: "2012-10-17",
+      Statement: [
+        {
+          Sid: "PauseEnforcedTiers",
+          Effect: "Allow",
+          Action: ["autoscaling:UpdateAutoScalingGroup", "autoscaling:CreateOrUpdateTags"],
+          Resource: ASGS.map(
+            (n) =>
+              `arn:aws:autoscaling:us-east-1:${MOCK_ACCOUNT_ID}:autoScalingGroup:*:autoScalingGroupName/${n}`,
+          ),
+        },
+        {
+          Sid: "ReadGroupSizes",
+          Effect: "Allow",
+          Action: "autoscaling:DescribeAutoScalingGroups",
+          Resource: "*",
+        },
+        {
+          Sid: "WriteOwnLogs",
+          Effect: "Allow",
+          Action: ["logs:CreateLogStream", "logs:PutLogEvents"],
+          Resource: `${logGroup().state.arn as string}:*`,
+        },
+      ],
+    });
+  });
+
+  it("marks the enforced budget in finance's summary", () => {
+    const summary = plan.outputs.budgets as { name: string; enforced: boolean }[];
+    expect(summary.map((b) => [b.name, b.enforced])).toEqual([
+      ["crucible-dev", false],
+      ["crucible-dev-gpu-small", true],
+    ]);
+    expect(plan.outputs.enforcerArn).toBe(fn().state.arn);
+  });
+});
+
+describe("enforcement off", () => {
+  it("declares no function even where groups are known", async () => {
+    const plan = await budgetsOnly("staging", { "gpu-small": ["g1"], "gpu-medium": ["g2"] });
+    expect(plan.ofType("aws:lambda/function:Function")).toEqual([]);
+    expect(plan.ofType("aws:iam/role:Role")).toEqual([]);
+  });
+
+  it("custom thresholds reach every budget exactly", async () => {
+    const thresholds = [
+      { type: "ACTUAL", percent: 90 },
+      { type: "FORECASTED", percent: 120 },
+    ];
+    const config = configWith("prod", {
+      "crucible:budgets": { monthlyLimitUsd: 100, thresholds, emails: [] },
+    });
+    const plan = await budgetsOnly("prod", {}, config);
+    const [budget] = plan.ofType(BUDGET);
+    expect(plan.ofType(BUDGET)).toHaveLength(1);
+    expect(budget!.inputs.notifications).toEqual(
+      thresholds.map(({ type, percent }) => ({
+        notificationType: type,
+        comparisonOperator: "GREATER_THAN",
+        thresholdType: "PERCENTAGE",
+        threshold: percent,
+        subscriberSnsTopicArns: [TOPIC],
+      })),
+    );
+  });
+});
+
+describe("bad budgets config names the key", () => {
+  it("a threshold below 1 %", () => {
+    expect(
+      configProblems("prod", { "crucible:budgets": { thresholds: [{ type: "ACTUAL", percent: 0.5 }] } }),
+    ).toEqual(["crucible:budgets.thresholds[0].percent must be a percentage from 1 to 1000, got 0.5"]);
+  });
+
+  it("a threshold above 1000 %", () => {
+    expect(
+      configProblems("prod", {
+        "crucible:budgets": {
+          thresholds: [
+            { type: "ACTUAL", percent: 100 },
+            { type: "FORECASTED", percent: 1001 },
+          ],
+        },
+      }),
+    ).toEqual(["crucible:budgets.thresholds[1].percent must be a percentage from 1 to 1000, got 1001"]);
+  });
+
+  it("a threshold of an unknown type", () => {
+    expect(
+      configProblems("dev", { "crucible:budgets": { thresholds: [{ type: "ACTUALS", percent: 100 }] } }),
+    ).toEqual(['crucible:budgets.thresholds[0].type must be one of ACTUAL, FORECASTED, got "ACTUALS"']);
+  });
+
+  it("a budget for a tier the stack does not enable", () => {
+    expect(configProblems("staging", { "crucible:budgets": { tiers: { "gpu-large": 500 } } })).toEqual([
+      "crucible:budgets.tiers.gpu-large is a budget for tier gpu-large, which is not enabled in crucible:fleet.tiers, got 500",
+    ]);
+  });
+
+  it("a spot discount outside 0-90 %", () => {
+    expect(configProblems("dev", { "crucible:budgets": { spotDiscountPercent: 95 } })).toEqual([
+      "crucible:budgets.spotDiscountPercent must be a whole number from 0 to 90, got 95",
+    ]);
+  });
+});
