@@ -66,11 +66,11 @@ export function jobQueuesHaveDlq(): StackValidationPolicy {
       let targetsUnknown = false;
       for (const s of sources) {
         (s.propertyDependencies?.redrivePolicy ?? [])
-          .filter((d) => queues.includes(d))
+          .filter((d) => d !== s && queues.includes(d))
           .forEach((d) => dlqs.add(d));
         const arn = deadLetterTarget(() => s.props.redrivePolicy as unknown);
         if (arn === UNKNOWN) targetsUnknown = true;
-        else queues.filter((q) => keys(q, "arn").includes(arn)).forEach((q) => dlqs.add(q));
+        else queues.filter((q) => q !== s && keys(q, "arn").includes(arn)).forEach((q) => dlqs.add(q));
       }
       const standalone = join(queues, redrives, "queueUrl", (q) => keys(q, "url", "id"));
 

@@ -1,0 +1,112 @@
+import { describe, expect, it } from "vitest";
+import { agentConfigSandboxed, asgTiersHaveAgentConfig } from "../../policies/sandbox";
+import {
+  UNKNOWN_VALUE,
+  messages,
+  urnOf,
+  validateResource,
+  validateStack,
+  type TestResource,
+} from "./run-policy";
+
+const PARAM = "aws:ssm/parameter:Parameter";
+const facts = {
+  networkMode: "none",
+  readonlyRootfs: true,
+  privileged: false,
+  capDrop: ["ALL"],
+  noNewPrivileges: true,
+  dockerSocketMounted: false,
+  gpuCount: 1,
+  memoryMiB: 14336,
+  pidsLimit: 1024,
+};
+const agentConfig = (sandbox: object, name = "/crucible/dev/gpu-small/agent-config"): TestResource => ({
+  type: PARAM,
+  name: "fleet-gpu-small-agent-config",
+  props: {
+    name,
+    type: "String",
+    value: JSON.stringify({ tier: "gpu-small", queueUrl: "https://sqs/x", bucket: "b", images: {}, sandbox }),
+  },
+});
+
+describe("agent-config-sandboxed", () => {
+  const policy = agentConfigSandboxed();
+
+  it("passes a sandbox with no network, no socket, no privileges", async () => {
+    expect((await validateResource(policy, agentConfig(facts))).violations).toEqual([]);
+  });
+
+  it("fails host networking and a mounted Docker socket", async () => {
+    const o = await validateResource(
+      policy,
+      agentConfig({ ...facts, networkMode: "host", dockerSocketMounted: true }),
+    );
+    expect(messages(o)).toEqual([
+      'fleet-gpu-small-agent-config: jobs must get no network; sandbox.networkMode is "host", must be "none".',
+      "fleet-gpu-small-agent-config: jobs must never see the Docker socket; sandbox.dockerSocketMounted must be false.",
+    ]);
+  });
+
+  it("fails a config without sandbox facts", async () => {
+    const o = await validateResource(policy, {
+      ...agentConfig(facts),
+      props: { name: "/crucible/dev/gpu-small/agent-config", value: "{}" },
+    });
+    expect(messages(o)).toEqual([
+      'fleet-gpu-small-agent-config: /crucible/dev/gpu-small/agent-config must be JSON with a "sandbox" object (sandboxFacts(tier) from runtime/src/sandbox.ts).',
+    ]);
+  });
+
+  it("does not apply to other parameters, and leaves an unknown value to the engine's advisory note", async () => {
+    expect((await validateResource(policy, agentConfig({}, "/crucible/dev/other"))).notApplicable).toBe(
+      "not an agent config parameter",
+    );
+    const pending = await validateResource(policy, {
+      ...agentConfig(facts),
+      props: { name: "/crucible/dev/gpu-small/agent-config", value: UNKNOWN_VALUE.string },
+    });
+    expect(pending.violations).toEqual([]);
+    expect(pending.unknown).toBe("string value at .value can't be known during preview");
+  });
+});
+
+describe("asg-tiers-have-agent-config", () => {
+  const policy = asgTiersHaveAgentConfig();
+  const group = (tier?: string): TestResource => ({
+    type: "aws:autoscaling/group:Group",
+    name: `fleet-${tier ?? "untagged"}`,
+    props: { maxSize: 1, tags: tier ? [{ key: "crucible:tier", value: tier, propagateAtLaunch: true }] : [] },
+  });
+
+  it("passes a tier whose parameter exists", async () => {
+    const o = await validateStack(policy, [group("gpu-small"), agentConfig(facts)], { environment: "dev" });
+    expect(o.violations).toEqual([]);
+  });
+
+  it("fails a tier without its parameter, naming the parameter", async () => {
+    const o = await validateStack(policy, [group("gpu-small"), group("cpu-small"), agentConfig(facts)], {
+      environment: "dev",
+    });
+    expect(o.violations).toEqual([
+      {
+        message:
+          'Auto Scaling group fleet-cpu-small runs tier cpu-small but the stack declares no SSM parameter /crucible/dev/cpu-small/agent-config: write it with the tier\'s queue, bucket, images and sandboxFacts("cpu-small").',
+        urn: urnOf("aws:autoscaling/group:Group", "fleet-cpu-small"),
+      },
+    ]);
+  });
+
+  it("looks the parameter up in the configured environment", async () => {
+    const o = await validateStack(policy, [group("gpu-small"), agentConfig(facts)], { environment: "prod" });
+    expect(messages(o)[0]).toMatch(/no SSM parameter \/crucible\/prod\/gpu-small\/agent-config/);
+  });
+
+  it("fails a group without a tier tag", async () => {
+    const o = await validateStack(policy, [group()], { environment: "dev" });
+    expect(messages(o)).toEqual([
+      "Auto Scaling group fleet-untagged: tag it crucible:tier=<tier> so its agent config can be found.",
+    ]);
+  });
+});
