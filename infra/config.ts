@@ -10,6 +10,7 @@ import {
   unfitReason,
   type TierName,
 } from "../runtime/src/catalog";
+import { PUBLIC_SUBNET_PREFIX, publicSubnetRoom, publicSubnetsFor } from "./cidr";
 
 /**
  * Every `crucible:*` stack setting, validated in one place before any resource is declared.
@@ -273,6 +274,7 @@ function checkCrossFieldRules(cfg: z.infer<z.ZodObject<Record<string, z.ZodTypeA
       input: checkpointRetentionDays,
     });
   }
+  checkNetwork(c.network, ctx);
   const anyEnabled = TIER_NAMES.some((t) => c.fleet.tiers[t]?.enabled);
   if (anyEnabled && !c.registry.families.includes("agent") && !c.registry.promoteFrom) {
     ctx.addIssue({
@@ -280,6 +282,20 @@ function checkCrossFieldRules(cfg: z.infer<z.ZodObject<Record<string, z.ZodTypeA
       path: ["registry", "families"],
       message: 'must include "agent": every node runs the agent image',
       input: c.registry.families,
+    });
+  }
+}
+
+function checkNetwork(network: CrucibleSettings["network"], ctx: Ctx): void {
+  if (network.existing) return;
+  const prefix = Number(network.cidr.split("/")[1]);
+  const needed = publicSubnetsFor(network.nat, network.azCount);
+  if (needed > publicSubnetRoom(prefix)) {
+    ctx.addIssue({
+      code: "custom",
+      path: ["network", "cidr"],
+      message: `must leave room for the ${needed} public /${PUBLIC_SUBNET_PREFIX} NAT subnets of nat ${network.nat} over ${network.azCount} zones (a /${prefix} holds ${publicSubnetRoom(prefix)}); use a larger range such as /22`,
+      input: network.cidr,
     });
   }
 }

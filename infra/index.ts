@@ -2,8 +2,11 @@ import { TIER_NAMES, TIERS } from "../runtime/src/catalog";
 import { Budgets } from "./budgets";
 import { loadConfig } from "./config";
 import { tierHourlyCosts } from "./finance";
+import { Network } from "./network";
 import { Notifications } from "./notifications";
+import { Operations } from "./operations";
 import { awsProvider } from "./providers";
+import { JobQueues } from "./queues";
 import { Workspaces } from "./workspaces";
 
 // Wiring only: every concern is a component in its own module; outputs are what CI and finance read.
@@ -18,6 +21,24 @@ export const tiers = Object.fromEntries(
   enabledTiers.map((t) => [t, { ...TIERS[t], ...config.fleet.tiers[t]?.limits }]),
 );
 
+// Nodes live in private subnets; with nat "none", VPC endpoints carry all their AWS traffic.
+const net = new Network("network", { settings: config.network, region: config.region }, { provider: aws });
+export const network = {
+  vpcId: net.vpcId,
+  vpcCidr: net.vpcCidr,
+  privateSubnetIds: net.privateSubnetIds,
+  nodeSecurityGroupId: net.nodeSecurityGroupId,
+  fixedCostCounts: net.fixedCostCounts,
+};
+
+// Jobs wait in their tier's queue; the agent and the fleet's scaling read these.
+const jobQueues = new JobQueues(
+  "queues",
+  { tiers: enabledTiers, settings: config.fleet.queue },
+  { provider: aws },
+);
+export const queues = jobQueues.byTier;
+
 // Budgets and alarms share one encrypted topic; finance reads the budgets and cost figures below.
 const notifications = new Notifications(
   "notifications",
@@ -30,6 +51,20 @@ const budgetSet = new Budgets(
   { environment: config.environment, settings: config.budgets, topicArn: notifications.topicArn },
   { provider: aws },
 );
+
+// Alarms notify the same topic as budgets. ASG names join the dashboard once the fleet is wired in.
+const operations = new Operations(
+  "operations",
+  {
+    stack: config.stack,
+    region: config.region,
+    queues: jobQueues.byTier,
+    alarmTopicArn: notifications.topicArn,
+    oldestJobAgeSeconds: config.alarms.oldestJobAgeSeconds,
+  },
+  { provider: aws },
+);
+export const dashboardName = operations.dashboardName;
 
 export const notificationTopicArn = notifications.topicArn;
 export const storage = {

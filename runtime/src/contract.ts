@@ -143,6 +143,21 @@ export const CONTAINER_PATHS = {
  */
 export const CHECKPOINT_OBJECT_TAG = { key: "crucible:kind", value: "checkpoint" } as const;
 
+/**
+ * The CloudWatch metrics the agent publishes for every job it finishes or hands back, each a count of 1
+ * (unit Count) with the one dimension `Tier`; the stack's dashboard plots them per tier.
+ */
+export const JOB_METRICS = {
+  namespace: "Crucible/Jobs",
+  dimension: "Tier",
+  /** The envelope's status is `success`. */
+  succeeded: "JobsSucceeded",
+  /** The envelope's status is `error` (any reason): the job is finished and will not run again. */
+  failed: "JobsFailed",
+  /** Stopped for a spot interruption or scale-in with no envelope: the message returns to the queue. */
+  interrupted: "JobsInterrupted",
+} as const;
+
 /** A line a job prints (through `crucible.progress(...)`) to report progress; JSON follows the prefix. */
 export const PROGRESS_PREFIX = "##crucible:progress ";
 

@@ -177,6 +177,23 @@ function mockCall(args: pulumi.runtime.MockCallArgs, region: string): Record<str
       const short = region.replace(/-(\w)\w*-/, (_m, c: string) => c).replace(/-/g, "");
       return { id: region, names, zoneIds: names.map((_, i) => `${short}-az${i + 1}`), state: "available" };
     }
+    case "aws:ec2/getPrefixList:getPrefixList": {
+      // AWS-managed service prefix lists are named com.amazonaws.<region>.<service>.
+      const name = (inputs.name as string | undefined) ?? `com.amazonaws.${region}.s3`;
+      return { id: `pl-${hex(name, 8)}`, name, cidrBlocks: ["52.216.0.0/15", "54.231.0.0/16"] };
+    }
+    case "aws:ec2/getVpc:getVpc": {
+      const id = inputs.id as string;
+      return {
+        id,
+        arn: `arn:aws:ec2:${region}:${MOCK_ACCOUNT_ID}:vpc/${id}`,
+        cidrBlock: `10.${parseInt(hex(id, 2), 16) % 200}.0.0/16`,
+        enableDnsHostnames: true,
+        enableDnsSupport: true,
+        state: "available",
+        ownerId: MOCK_ACCOUNT_ID,
+      };
+    }
     case "aws:index/getCallerIdentity:getCallerIdentity":
       return {
         accountId: MOCK_ACCOUNT_ID,
@@ -297,20 +314,25 @@ export async function runProgram(
   let exported: Record<string, unknown> = {};
   // A program that throws (bad config) must fail this call, not leave Pulumi's own promises rejected.
   let failure: unknown;
-  await pulumi.runtime.runInPulumiStack(async () => {
-    try {
-      const mod = (await load()) as Record<string, unknown>;
-      const program = (mod.default ?? mod) as unknown;
-      exported = (typeof program === "function" ? await (program as () => unknown)() : program) as Record<
-        string,
-        unknown
-      >;
-    } catch (err) {
-      failure = err;
-    }
-    return failure ? {} : exported;
+  // An apply that throws (a check that needs a data source's answer) leaves Pulumi's promises rejected
+  // with no handler; the language host fails the run with it, and so does this, naming the root cause.
+  const unhandled = await withUnhandledRejections(async () => {
+    await pulumi.runtime.runInPulumiStack(async () => {
+      try {
+        const mod = (await load()) as Record<string, unknown>;
+        const program = (mod.default ?? mod) as unknown;
+        exported = (typeof program === "function" ? await (program as () => unknown)() : program) as Record<
+          string,
+          unknown
+        >;
+      } catch (err) {
+        failure = err;
+      }
+      return failure ? {} : exported;
+    });
+    await pulumi.runtime.disconnect();
   });
-  await pulumi.runtime.disconnect();
+  failure ??= unhandled;
   if (failure instanceof Error) throw failure;
   if (failure !== undefined) throw new Error(`the program failed: ${JSON.stringify(failure)}`);
   const outputs = (await resolveDeep(
@@ -326,6 +348,41 @@ export async function runProgram(
     };
   });
   return makePlan(stack, resources, outputs);
+}
+
+/**
+ * Runs `fn` owning the process's unhandled rejections, as Pulumi's language host does, and returns the
+ * first. Like the host, it stops at that failure: the resource whose inputs failed never finishes
+ * registering, so Pulumi would wait for it forever (the next run's `setMocks` resets that state).
+ */
+async function withUnhandledRejections(fn: () => Promise<void>): Promise<Error | undefined> {
+  const previous = process.listeners("unhandledRejection");
+  let first: Error | undefined;
+  let seen = 0;
+  let failed!: () => void;
+  const failure = new Promise<void>((resolve) => (failed = resolve));
+  const record = (reason: unknown) => {
+    seen += 1;
+    if (first) return;
+    const message = reason instanceof Error ? reason.message : String(reason);
+    // Pulumi wraps the cause once per property it was serialising.
+    first = new Error(message.replace(/^(error serializing property "[^"]*": )+/, ""));
+    failed();
+  };
+  process.removeAllListeners("unhandledRejection");
+  process.on("unhandledRejection", record);
+  try {
+    await Promise.race([fn(), failure]);
+    // Rejections are reported once the microtask queue drains: collect the rest of a failure's here.
+    for (let before = -1; before !== seen;) {
+      before = seen;
+      await new Promise((resolve) => setImmediate(resolve));
+    }
+  } finally {
+    process.off("unhandledRejection", record);
+    for (const listener of previous) process.on("unhandledRejection", listener);
+  }
+  return first;
 }
 
 function makePlan(stack: string, resources: DeclaredResource[], outputs: Record<string, unknown>): Plan {

@@ -1,0 +1,293 @@
+import * as aws from "@pulumi/aws";
+import * as pulumi from "@pulumi/pulumi";
+import type { CrucibleConfig } from "./config";
+import { publicSubnetsFor, subnetLayout } from "./cidr";
+import { componentTags } from "./providers";
+
+/**
+ * AWS services the nodes call, reached through interface endpoints when the VPC has no NAT: image
+ * pulls (ECR api + dkr), the job queue, logs and metrics, role credentials, Session Manager, and the
+ * agent's scale-in protection and lifecycle actions. S3 (workspaces, ECR layers) goes through the
+ * free gateway endpoint instead.
+ */
+export const INTERFACE_ENDPOINT_SERVICES = [
+  "ecr.api",
+  "ecr.dkr",
+  "sqs",
+  "logs",
+  "monitoring",
+  "sts",
+  "ssm",
+  "ssmmessages",
+  "ec2messages",
+  "autoscaling",
+] as const;
+
+const HTTPS = { protocol: "tcp", fromPort: 443, toPort: 443 } as const;
+
+/** Arguments of {@link Network}. */
+export interface NetworkArgs {
+  /** The stack's network settings, validated by `infra/config.ts`. */
+  readonly settings: CrucibleConfig["network"];
+  /** The stack's region: endpoint service names and the S3 prefix list are regional. */
+  readonly region: string;
+}
+
+/** What the network costs every month whatever runs on it, as counts (finance applies the prices). */
+export interface NetworkFixedCostCounts {
+  readonly natGateways: number;
+  readonly interfaceEndpoints: number;
+  /** Interface endpoints × the availability zones each is placed in (each is billed per AZ). */
+  readonly interfaceEndpointAzs: number;
+}
+
+/**
+ * Where the nodes run: private subnets in `azCount` zones, egress through NAT (per `nat`) or through
+ * VPC endpoints alone, and a node security group that admits nothing and lets out only HTTPS.
+ *
+ * With `existing`, the stack uses the given VPC and subnets and creates only the node security group:
+ * routing, NAT and endpoints stay with whoever owns that VPC (a second interface endpoint with private
+ * DNS for the same service cannot be added to a VPC that already has one). There `nat` states what
+ * the VPC provides: anything but `none` lets nodes reach AWS over the internet on 443.
+ */
+export class Network extends pulumi.ComponentResource {
+  public readonly vpcId: pulumi.Output<string>;
+  public readonly vpcCidr: pulumi.Output<string>;
+  public readonly privateSubnetIds: pulumi.Output<string[]>;
+  public readonly nodeSecurityGroupId: pulumi.Output<string>;
+  public readonly natGatewayCount: number;
+  public readonly interfaceEndpointCount: number;
+  public readonly fixedCostCounts: NetworkFixedCostCounts;
+
+  constructor(name: string, args: NetworkArgs, opts?: pulumi.ComponentResourceOptions) {
+    super("crucible:network:Network", name, {}, opts);
+    const { settings, region } = args;
+    const tags = componentTags("network");
+    const hasNat = settings.nat !== "none";
+    const s3PrefixListId = aws.ec2.getPrefixListOutput(
+      { name: `com.amazonaws.${region}.s3` },
+      { parent: this },
+    ).id;
+
+    let vpc: { id: pulumi.Output<string>; cidr: pulumi.Output<string>; subnetIds: pulumi.Output<string[]> };
+    let natGateways = 0;
+    let interfaceEndpoints = 0;
+    if (settings.existing) {
+      const found = aws.ec2.getVpcOutput({ id: settings.existing.vpcId }, { parent: this });
+      vpc = {
+        id: found.id,
+        cidr: found.cidrBlock,
+        subnetIds: pulumi.output([...settings.existing.privateSubnetIds]),
+      };
+    } else {
+      const built = buildVpc(name, settings, region, tags, this);
+      vpc = built;
+      natGateways = built.natGateways;
+      interfaceEndpoints = built.interfaceEndpoints;
+    }
+
+    const nodes = new aws.ec2.SecurityGroup(
+      `${name}-nodes`,
+      {
+        vpcId: vpc.id,
+        description: "Crucible nodes: no inbound; outbound HTTPS to AWS only",
+        ingress: [],
+        egress: [
+          { ...HTTPS, cidrBlocks: [vpc.cidr], description: "VPC interface endpoints" },
+          { ...HTTPS, prefixListIds: [s3PrefixListId], description: "S3 through the gateway endpoint" },
+          ...(hasNat ? [{ ...HTTPS, cidrBlocks: ["0.0.0.0/0"], description: "AWS APIs through NAT" }] : []),
+        ],
+        tags: { ...tags, Name: `${name}-nodes` },
+      },
+      { parent: this },
+    );
+
+    this.vpcId = vpc.id;
+    this.vpcCidr = vpc.cidr;
+    this.privateSubnetIds = vpc.subnetIds;
+    this.nodeSecurityGroupId = nodes.id;
+    this.natGatewayCount = natGateways;
+    this.interfaceEndpointCount = interfaceEndpoints;
+    this.fixedCostCounts = {
+      natGateways,
+      interfaceEndpoints,
+      interfaceEndpointAzs: settings.existing ? 0 : interfaceEndpoints * settings.azCount,
+    };
+    this.registerOutputs({
+      vpcId: this.vpcId,
+      vpcCidr: this.vpcCidr,
+      privateSubnetIds: this.privateSubnetIds,
+      nodeSecurityGroupId: this.nodeSecurityGroupId,
+      fixedCostCounts: this.fixedCostCounts,
+    });
+  }
+}
+
+/** The VPC, its subnets, routing, NAT and endpoints; returns what the rest of the stack needs. */
+function buildVpc(
+  name: string,
+  settings: CrucibleConfig["network"],
+  region: string,
+  tags: Record<string, string>,
+  parent: pulumi.Resource,
+) {
+  const { azCount, nat, cidr } = settings;
+  const zones = availabilityZones(azCount, parent);
+  const vpc = new aws.ec2.Vpc(
+    `${name}-vpc`,
+    {
+      cidrBlock: cidr,
+      // Interface endpoints' private DNS names need both.
+      enableDnsSupport: true,
+      enableDnsHostnames: true,
+      tags: { ...tags, Name: `${name}-vpc` },
+    },
+    { parent },
+  );
+  const layout = subnetLayout(cidr, azCount, publicSubnetsFor(nat, azCount));
+  const subnet = (kind: "private" | "public", i: number, cidrBlock: string) =>
+    new aws.ec2.Subnet(
+      `${name}-${kind}-${i}`,
+      {
+        vpcId: vpc.id,
+        cidrBlock,
+        availabilityZone: zones.apply((z) => z[i]!),
+        mapPublicIpOnLaunch: false,
+        tags: { ...tags, Name: `${name}-${kind}-${i}` },
+      },
+      { parent },
+    );
+  const privateSubnets = layout.private.map((block, i) => subnet("private", i, block));
+  const natIds = natGateways(
+    name,
+    vpc,
+    layout.public.map((block, i) => subnet("public", i, block)),
+    tags,
+    parent,
+  );
+
+  const routeTables = privateSubnets.map((s, i) => {
+    const table = new aws.ec2.RouteTable(
+      `${name}-private-${i}`,
+      {
+        vpcId: vpc.id,
+        // A single NAT serves every zone; one per zone keeps a zone's egress up when another's fails.
+        routes: natIds.length ? [{ cidrBlock: "0.0.0.0/0", natGatewayId: natIds[i % natIds.length]! }] : [],
+        tags: { ...tags, Name: `${name}-private-${i}` },
+      },
+      { parent },
+    );
+    new aws.ec2.RouteTableAssociation(
+      `${name}-private-${i}`,
+      { subnetId: s.id, routeTableId: table.id },
+      { parent },
+    );
+    return table;
+  });
+
+  new aws.ec2.VpcEndpoint(
+    `${name}-s3`,
+    {
+      vpcId: vpc.id,
+      serviceName: `com.amazonaws.${region}.s3`,
+      vpcEndpointType: "Gateway",
+      routeTableIds: routeTables.map((t) => t.id),
+      tags: { ...tags, Name: `${name}-s3` },
+    },
+    { parent },
+  );
+  const services = nat === "none" ? INTERFACE_ENDPOINT_SERVICES : [];
+  if (services.length) {
+    const endpointGroup = new aws.ec2.SecurityGroup(
+      `${name}-endpoints`,
+      {
+        vpcId: vpc.id,
+        description: "Crucible VPC interface endpoints: HTTPS from the VPC only",
+        ingress: [{ ...HTTPS, cidrBlocks: [vpc.cidrBlock], description: "HTTPS from the VPC" }],
+        egress: [],
+        tags: { ...tags, Name: `${name}-endpoints` },
+      },
+      { parent },
+    );
+    for (const service of services) {
+      new aws.ec2.VpcEndpoint(
+        `${name}-${service.replace(".", "-")}`,
+        {
+          vpcId: vpc.id,
+          serviceName: `com.amazonaws.${region}.${service}`,
+          vpcEndpointType: "Interface",
+          privateDnsEnabled: true,
+          subnetIds: privateSubnets.map((s) => s.id),
+          securityGroupIds: [endpointGroup.id],
+          tags: { ...tags, Name: `${name}-${service}` },
+        },
+        { parent },
+      );
+    }
+  }
+
+  return {
+    id: vpc.id,
+    cidr: vpc.cidrBlock,
+    subnetIds: pulumi.all(privateSubnets.map((s) => s.id)),
+    natGateways: natIds.length,
+    interfaceEndpoints: services.length,
+  };
+}
+
+/** An internet gateway and a NAT gateway in each public subnet; none without public subnets. */
+function natGateways(
+  name: string,
+  vpc: aws.ec2.Vpc,
+  publicSubnets: aws.ec2.Subnet[],
+  tags: Record<string, string>,
+  parent: pulumi.Resource,
+): pulumi.Output<string>[] {
+  if (!publicSubnets.length) return [];
+  const igw = new aws.ec2.InternetGateway(
+    `${name}-igw`,
+    { vpcId: vpc.id, tags: { ...tags, Name: `${name}-igw` } },
+    { parent },
+  );
+  const publicTable = new aws.ec2.RouteTable(
+    `${name}-public`,
+    {
+      vpcId: vpc.id,
+      routes: [{ cidrBlock: "0.0.0.0/0", gatewayId: igw.id }],
+      tags: { ...tags, Name: `${name}-public` },
+    },
+    { parent },
+  );
+  return publicSubnets.map((s, i) => {
+    new aws.ec2.RouteTableAssociation(
+      `${name}-public-${i}`,
+      { subnetId: s.id, routeTableId: publicTable.id },
+      { parent },
+    );
+    const ip = new aws.ec2.Eip(
+      `${name}-nat-${i}`,
+      { domain: "vpc", tags: { ...tags, Name: `${name}-nat-${i}` } },
+      { parent },
+    );
+    return new aws.ec2.NatGateway(
+      `${name}-nat-${i}`,
+      { allocationId: ip.id, subnetId: s.id, tags: { ...tags, Name: `${name}-nat-${i}` } },
+      { parent, dependsOn: [igw] },
+    ).id;
+  });
+}
+
+/**
+ * The region's first `count` available zones. The region's zone count is only known from AWS, so a
+ * config asking for more fails here rather than in `infra/config.ts`.
+ */
+function availabilityZones(count: number, parent: pulumi.Resource): pulumi.Output<string[]> {
+  return aws.getAvailabilityZonesOutput({ state: "available" }, { parent }).names.apply((names) => {
+    if (names.length < count) {
+      throw new Error(
+        `crucible:network.azCount must be at most the ${names.length} availability zones the region has (${names.join(", ")}), got ${count}`,
+      );
+    }
+    return names.slice(0, count);
+  });
+}
