@@ -1,0 +1,233 @@
+import type { BudgetSummary } from "../../infra/budgets";
+import type { FixedCostItem, TierHourlyCost } from "../../infra/finance";
+import { HOURS_PER_MONTH, usd } from "../../infra/prices";
+import { TIER_NAMES, isTierName, type TierName } from "../../runtime/src/catalog";
+import type { Plan } from "./mock-engine";
+
+/**
+ * The cost report finance reads without Pulumi: a stack's budgets, tier prices, fixed costs and an
+ * estimate of a month, built from the outputs of the offline plan (what `pulumi up` would export).
+ */
+
+export const FORMATS = ["md", "csv", "json"] as const;
+export type Format = (typeof FORMATS)[number];
+
+type Budget = Omit<BudgetSummary, "topicArn"> & { readonly topicArn: string };
+
+export interface EstimateLine {
+  readonly item: string;
+  readonly detail: string;
+  readonly monthlyUsd: number;
+}
+
+export interface CostReport {
+  readonly stack: string;
+  readonly region: string;
+  readonly budgets: readonly Budget[];
+  readonly tiers: readonly ({ readonly tier: TierName } & TierHourlyCost)[];
+  readonly fixed: readonly FixedCostItem[];
+  readonly estimate: {
+    readonly lines: readonly EstimateLine[];
+    readonly totalUsd: number;
+    /** The estimate as a share of the environment's monthly budget, in percent. */
+    readonly percentOfBudget: number;
+  };
+}
+
+/** Parses `--gpu-hours gpu-small=200,gpu-medium=50`: job hours per month for tiers the stack enables. */
+export function parseGpuHours(text: string, enabled: readonly string[]): Map<TierName, number> {
+  const hours = new Map<TierName, number>();
+  for (const entry of text.split(",").map((e) => e.trim())) {
+    const match = /^([^=\s]+)\s*=\s*(\S+)$/.exec(entry);
+    if (!match) throw new Error(`--gpu-hours: "${entry}" is not tier=hours, such as gpu-small=200`);
+    const [, tier, value] = match as unknown as [string, string, string];
+    if (!isTierName(tier))
+      throw new Error(`--gpu-hours: unknown tier "${tier}"; tiers are ${TIER_NAMES.join(", ")}`);
+    if (!enabled.includes(tier)) {
+      throw new Error(
+        `--gpu-hours: tier ${tier} is not enabled in this stack; enabled: ${enabled.join(", ")}`,
+      );
+    }
+    const n = Number(value);
+    if (!/^\d+(\.\d+)?$/.test(value) || !Number.isFinite(n)) {
+      throw new Error(`--gpu-hours: hours for ${tier} must be a non-negative number, got "${value}"`);
+    }
+    if (hours.has(tier)) throw new Error(`--gpu-hours: tier ${tier} is given twice`);
+    hours.set(tier, n);
+  }
+  return hours;
+}
+
+function required<T>(plan: Plan, key: string): T {
+  const value = plan.outputs[key];
+  if (value === undefined) {
+    throw new Error(
+      `stack ${plan.stack} exports no ${key}; the cost report needs infra/index.ts to export it`,
+    );
+  }
+  return value as T;
+}
+
+const money = (x: number, digits = 2) =>
+  `$${x.toLocaleString("en-US", { minimumFractionDigits: digits, maximumFractionDigits: digits })}`;
+const rate = (x: number) => `$${x.toFixed(4)}`;
+const unitPrice = (f: FixedCostItem) =>
+  f.unit === "hour" ? `${rate(f.unitPriceUsd)}/h` : `${money(f.unitPriceUsd)}/month`;
+
+/** The report of a planned stack for the given job hours per tier (tiers not given run 0 hours). */
+export function buildReport(plan: Plan, gpuHours: ReadonlyMap<TierName, number>): CostReport {
+  const budgets = required<Budget[]>(plan, "budgets");
+  const hourly = required<Partial<Record<TierName, TierHourlyCost>>>(plan, "tierHourlyCost");
+  const fixed = required<FixedCostItem[]>(plan, "fixedMonthlyCost");
+  const tiers = TIER_NAMES.flatMap((tier) => (hourly[tier] ? [{ tier, ...hourly[tier] }] : []));
+
+  const fixedTotal = usd(fixed.reduce((sum, f) => sum + f.monthlyUsd, 0));
+  const lines: EstimateLine[] = [
+    {
+      item: "fixed costs",
+      detail: fixed.map((f) => `${f.count} ${f.item}`).join(", "),
+      monthlyUsd: fixedTotal,
+    },
+  ];
+  for (const t of tiers) {
+    if (t.minInstances > 0) {
+      lines.push({
+        item: `${t.tier} always-on`,
+        detail: `${t.minInstances} × ${t.nodeInstanceType} × ${HOURS_PER_MONTH} h × ${rate(t.nodeExpectedHourlyUsd)}`,
+        monthlyUsd: usd(t.minInstances * HOURS_PER_MONTH * t.nodeExpectedHourlyUsd),
+      });
+    }
+    const h = gpuHours.get(t.tier);
+    if (h !== undefined) {
+      lines.push({
+        item: `${t.tier} jobs`,
+        detail: `${h} h × ${rate(t.expectedHourlyUsd)}`,
+        monthlyUsd: usd(h * t.expectedHourlyUsd),
+      });
+    }
+  }
+  const totalUsd = usd(lines.reduce((sum, l) => sum + l.monthlyUsd, 0));
+  const envBudget = budgets.find((b) => b.scope === "environment");
+  return {
+    stack: plan.stack,
+    region: String(plan.outputs.region),
+    budgets,
+    tiers,
+    fixed,
+    estimate: {
+      lines,
+      totalUsd,
+      percentOfBudget: envBudget ? Math.round((totalUsd / envBudget.limitUsd) * 1000) / 10 : 0,
+    },
+  };
+}
+
+const thresholdsText = (b: Budget) => b.thresholds.map((t) => `${t.type} ${t.percent} %`).join(", ");
+const subscribersText = (b: Budget) => ["SNS topic", ...b.emails].join(", ");
+
+function markdown(r: CostReport): string {
+  const table = (head: string[], rows: string[][]) =>
+    [
+      `| ${head.join(" | ")} |`,
+      `| ${head.map(() => "---").join(" | ")} |`,
+      ...rows.map((x) => `| ${x.join(" | ")} |`),
+    ].join("\n");
+  return [
+    `# Cost report: stack ${r.stack} (${r.region})`,
+    "",
+    "## Budgets (monthly, cost)",
+    "",
+    table(
+      ["budget", "covers", "limit", "notifies at", "subscribers", "pauses the tier at 100 %"],
+      r.budgets.map((b) => [
+        b.name,
+        b.scope,
+        money(b.limitUsd),
+        thresholdsText(b),
+        subscribersText(b),
+        b.enforced ? "yes" : "no",
+      ]),
+    ),
+    "",
+    `Topic: ${r.budgets[0]?.topicArn ?? "none"}`,
+    "",
+    "## Tier prices (per job hour)",
+    "",
+    table(
+      ["tier", "on-demand", "spot", "on-demand share", "expected", "always-on instances"],
+      r.tiers.map((t) => [
+        t.tier,
+        rate(t.onDemandHourlyUsd),
+        rate(t.spotHourlyUsd),
+        `${Math.round(t.onDemandShare * 100)} %`,
+        rate(t.expectedHourlyUsd),
+        t.minInstances ? `${t.minInstances} × ${t.nodeInstanceType}` : "0",
+      ]),
+    ),
+    "",
+    "## Fixed monthly costs (list prices)",
+    "",
+    table(
+      ["item", "count", "unit price", "per month", "source"],
+      r.fixed.map((f) => [f.item, String(f.count), unitPrice(f), money(f.monthlyUsd), f.source]),
+    ),
+    "",
+    "## Estimate of a month",
+    "",
+    table(
+      ["item", "how", "per month"],
+      [
+        ...r.estimate.lines.map((l) => [l.item, l.detail, money(l.monthlyUsd)]),
+        [
+          "**total**",
+          `${r.estimate.percentOfBudget} % of the environment budget`,
+          `**${money(r.estimate.totalUsd)}**`,
+        ],
+      ],
+    ),
+    "",
+    "Always-on instances are billed all month; job hours on them are counted again, so the estimate errs high.",
+    "",
+  ].join("\n");
+}
+
+function csvCell(value: string | number): string {
+  const text = String(value);
+  return /[",\n]/.test(text) ? `"${text.replace(/"/g, '""')}"` : text;
+}
+
+function csv(r: CostReport): string {
+  const rows: (string | number)[][] = [["section", "name", "detail", "amount_usd"]];
+  for (const b of r.budgets)
+    rows.push([
+      "budget",
+      b.name,
+      `${b.scope}; ${thresholdsText(b)}; ${subscribersText(b)}`,
+      b.limitUsd.toFixed(2),
+    ]);
+  for (const t of r.tiers) {
+    rows.push(["tier-hourly", t.tier, "on-demand", t.onDemandHourlyUsd.toFixed(4)]);
+    rows.push(["tier-hourly", t.tier, "spot", t.spotHourlyUsd.toFixed(4)]);
+    rows.push([
+      "tier-hourly",
+      t.tier,
+      `expected (${Math.round(t.onDemandShare * 100)} % on-demand)`,
+      t.expectedHourlyUsd.toFixed(4),
+    ]);
+  }
+  for (const f of r.fixed)
+    rows.push(["fixed-monthly", f.item, `${f.count} × ${unitPrice(f)}`, f.monthlyUsd.toFixed(2)]);
+  for (const l of r.estimate.lines) rows.push(["estimate", l.item, l.detail, l.monthlyUsd.toFixed(2)]);
+  rows.push([
+    "estimate",
+    "total",
+    `${r.estimate.percentOfBudget} % of the environment budget`,
+    r.estimate.totalUsd.toFixed(2),
+  ]);
+  return `${rows.map((row) => row.map(csvCell).join(",")).join("\n")}\n`;
+}
+
+export function renderReport(report: CostReport, format: Format): string {
+  if (format === "json") return `${JSON.stringify(report, null, 2)}\n`;
+  return format === "csv" ? csv(report) : markdown(report);
+}
