@@ -1,7 +1,7 @@
 import { TIER_NAMES, TIERS } from "../runtime/src/catalog";
 import { Budgets } from "./budgets";
 import { loadConfig } from "./config";
-import { tierHourlyCosts } from "./finance";
+import { fixedMonthlyCosts, tierHourlyCosts } from "./finance";
 import { Network } from "./network";
 import { Notifications } from "./notifications";
 import { Operations } from "./operations";
@@ -78,3 +78,8 @@ export const storage = {
 };
 export const budgets = budgetSet.budgets;
 export const tierHourlyCost = tierHourlyCosts(config);
+export const fixedMonthlyCost = fixedMonthlyCosts(config.region, {
+  natGateways: net.fixedCostCounts.natGateways,
+  interfaceEndpointAzs: net.fixedCostCounts.interfaceEndpointAzs,
+  kmsKeys: [notifications.kmsKeyArn, workspaces.kmsKeyArn].filter(Boolean).length,
+});
