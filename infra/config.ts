@@ -76,13 +76,12 @@ const networkSchema = z.strictObject({
       vpcId: z
         .string()
         .regex(/^vpc-[0-9a-f]{8,17}$/, { error: "must be a VPC id such as vpc-0abc12345def67890" }),
-      privateSubnetIds: z
-        .array(
-          z.string().regex(/^subnet-[0-9a-f]{8,17}$/, {
-            error: "must be a subnet id such as subnet-0abc12345def67890",
-          }),
-        )
-        .min(2, { error: "must list private subnets in at least 2 availability zones" }),
+      privateSubnetIds: uniqueList(
+        z.string().regex(/^subnet-[0-9a-f]{8,17}$/, {
+          error: "must be a subnet id such as subnet-0abc12345def67890",
+        }),
+        "private subnet ids (one per availability zone)",
+      ).min(2, { error: "must list private subnets in at least 2 availability zones" }),
     })
     .optional(),
 });

@@ -210,8 +210,9 @@ function buildVpc(
       { parent },
     );
     for (const service of services) {
+      const id = `${name}-${service.replace(".", "-")}`;
       new aws.ec2.VpcEndpoint(
-        `${name}-${service.replace(".", "-")}`,
+        id,
         {
           vpcId: vpc.id,
           serviceName: `com.amazonaws.${region}.${service}`,
@@ -219,7 +220,7 @@ function buildVpc(
           privateDnsEnabled: true,
           subnetIds: privateSubnets.map((s) => s.id),
           securityGroupIds: [endpointGroup.id],
-          tags: { ...tags, Name: `${name}-${service}` },
+          tags: { ...tags, Name: id },
         },
         { parent },
       );

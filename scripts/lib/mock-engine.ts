@@ -19,6 +19,8 @@ export interface DeclaredResource {
   readonly type: string;
   readonly name: string;
   readonly custom: boolean;
+  /** The id the mock engine gave a custom resource (what other resources' inputs name it by). */
+  readonly id: string | undefined;
   /** URN of the parent; the stack itself for top-level resources. */
   readonly parent: string | undefined;
   /** Provider reference (`<provider urn>::<id>`) a custom resource was registered with; undefined for components. */
@@ -117,6 +119,10 @@ function mockState(
       state.url = `https://sqs.${region}.amazonaws.com/${MOCK_ACCOUNT_ID}/${queueName}`;
       break;
     }
+    case "aws:cloudwatch/eventRule:EventRule":
+      state.name ??= `${name}-${hex(seed, 7)}`;
+      state.arn = `arn:aws:events:${region}:${MOCK_ACCOUNT_ID}:rule/${state.name as string}`;
+      break;
     case "aws:sns/topic:Topic":
       state.name ??= `${name}-${hex(seed, 7)}`;
       state.arn = `arn:aws:sns:${region}:${MOCK_ACCOUNT_ID}:${state.name as string}`;
@@ -280,6 +286,7 @@ export async function runProgram(
         const { id, state } = mockState(args, region);
         declared.push({
           urn: "",
+          id: args.custom === false ? undefined : id,
           type: args.type,
           name: args.name,
           custom: args.custom ?? true,
