@@ -7,6 +7,7 @@ import { Notifications } from "./notifications";
 import { Operations } from "./operations";
 import { awsProvider } from "./providers";
 import { JobQueues } from "./queues";
+import { Registry } from "./registry";
 import { Workspaces } from "./workspaces";
 
 // Wiring only: every concern is a component in its own module; outputs are what CI and finance read.
@@ -38,6 +39,14 @@ const jobQueues = new JobQueues(
   { provider: aws },
 );
 export const queues = jobQueues.byTier;
+
+// Images are built here, or promoted from the upstream stack by digest.
+const registry = new Registry(
+  "registry",
+  { environment: config.environment, registry: config.registry },
+  { provider: aws },
+);
+export const imageRefs = registry.imageRefs;
 
 // Budgets and alarms share one encrypted topic; finance reads the budgets and cost figures below.
 const notifications = new Notifications(

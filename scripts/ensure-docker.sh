@@ -33,8 +33,8 @@ start_engine() {
 # Base images the Dockerfiles name that are built from Debian's archive alone.
 offline_bases() {
   node_modules/.bin/tsx -e '
-    import { IMAGE_MATRIX } from "./runtime/src/image-matrix";
-    const bases = new Set(Object.values(IMAGE_MATRIX).filter((f) => f.buildsOffline && "image" in f.base).map((f) => (f.base as { image: string }).image));
+    import { IMAGE_MATRIX, upstreamImages } from "./runtime/src/image-matrix";
+    const bases = new Set(Object.values(IMAGE_MATRIX).filter((f) => f.buildsOffline).flatMap((f) => upstreamImages(f.family)));
     console.log([...bases].join("\n"));'
 }
 

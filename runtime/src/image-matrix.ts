@@ -17,10 +17,14 @@ export interface VersionAxes {
 export interface ImageFamilySpec {
   readonly family: ImageFamily;
   readonly description: string;
-  /** Directory under `images/` holding the Dockerfile; the build context is `images/`. */
+  /** The Dockerfile, relative to the repository root, which is the build context (see .dockerignore). */
   readonly dockerfile: string;
   /** What `BASE_IMAGE` is: an upstream image, or another family of the matrix built first. */
   readonly base: { readonly image: string } | { readonly family: ImageFamily };
+  /** Files and directories (from the repository root) whose content the image is built from. */
+  readonly inputs: readonly string[];
+  /** Upstream image of a build stage other than the base (`BUILDER_IMAGE`), where the Dockerfile has one. */
+  readonly builder?: string;
   readonly axes: VersionAxes;
   /** True when every package comes from Debian's archive, so it builds with no image registry. */
   readonly buildsOffline: boolean;
@@ -30,13 +34,15 @@ export interface ImageFamilySpec {
 }
 
 export const DEBIAN_BASE = "debian:trixie-slim";
-export const CUDA_BASE = "nvidia/cuda:12.6.3-cudnn-runtime-ubuntu24.04";
+/** NVIDIA's smallest CUDA image: PyTorch's wheels bring their own cuDNN and cuBLAS, so no second copy. */
+export const CUDA_BASE = "nvidia/cuda:12.6.3-base-ubuntu24.04";
 
 export const IMAGE_MATRIX: Readonly<Record<ImageFamily, ImageFamilySpec>> = {
   cpu: {
     family: "cpu",
     description: "Python with numpy, scipy, pandas, scikit-learn and matplotlib",
     dockerfile: "images/cpu/Dockerfile",
+    inputs: ["images/cpu", "images/lib", "images/runner"],
     base: { image: DEBIAN_BASE },
     axes: { python: "3.13" },
     buildsOffline: true,
@@ -47,7 +53,9 @@ export const IMAGE_MATRIX: Readonly<Record<ImageFamily, ImageFamilySpec>> = {
     family: "ml-cpu",
     description: "the cpu image plus PyTorch for CPU",
     dockerfile: "images/ml-cpu/Dockerfile",
+    inputs: ["images/ml-cpu", "images/lib", "images/runner"],
     base: { family: "cpu" },
+    builder: DEBIAN_BASE,
     axes: { python: "3.13", torch: "2.6" },
     buildsOffline: true,
     gpu: false,
@@ -57,6 +65,7 @@ export const IMAGE_MATRIX: Readonly<Record<ImageFamily, ImageFamilySpec>> = {
     family: "ml-cuda",
     description: "CUDA runtime with PyTorch for CUDA and the scientific Python stack",
     dockerfile: "images/ml-cuda/Dockerfile",
+    inputs: ["images/ml-cuda", "images/lib", "images/runner"],
     base: { image: CUDA_BASE },
     axes: { python: "3.12", torch: "2.6", cuda: "12.6" },
     buildsOffline: false,
@@ -67,6 +76,15 @@ export const IMAGE_MATRIX: Readonly<Record<ImageFamily, ImageFamilySpec>> = {
     family: "agent",
     description: "Node.js and the Crucible runtime: the agent every node runs",
     dockerfile: "images/agent/Dockerfile",
+    inputs: [
+      "images/agent",
+      "images/lib",
+      "runtime/src",
+      "runtime/templates",
+      "runtime/package.json",
+      "runtime/tsconfig.build.json",
+      "package-lock.json",
+    ],
     base: { image: DEBIAN_BASE },
     axes: { node: "20" },
     buildsOffline: true,
@@ -90,6 +108,32 @@ export function imageTag(family: ImageFamily): string {
 /** The local reference of a family's image, e.g. `crucible/ml-cpu:torch2.6-py3.13`. */
 export function imageRef(family: ImageFamily, repositoryPrefix = "crucible"): string {
   return `${repositoryPrefix}/${family}:${imageTag(family)}`;
+}
+
+/** The `--build-arg`s of a family: its base (and builder) images and its version axes. */
+export function buildArgs(family: ImageFamily, repositoryPrefix = "crucible"): Record<string, string> {
+  const { base, builder, axes } = IMAGE_MATRIX[family];
+  const args: Record<string, string> = {
+    BASE_IMAGE: "image" in base ? base.image : imageRef(base.family, repositoryPrefix),
+    ...(builder && { BUILDER_IMAGE: builder }),
+  };
+  const names = {
+    python: "PYTHON_VERSION",
+    torch: "TORCH_VERSION",
+    cuda: "CUDA_VERSION",
+    node: "NODE_VERSION",
+  };
+  for (const [axis, name] of Object.entries(names)) {
+    const value = axes[axis as keyof VersionAxes];
+    if (value) args[name] = value;
+  }
+  return args;
+}
+
+/** Upstream images a family's build pulls (its base when that is not a family, and its builder). */
+export function upstreamImages(family: ImageFamily): string[] {
+  const { base, builder } = IMAGE_MATRIX[family];
+  return [...("image" in base ? [base.image] : []), ...(builder ? [builder] : [])];
 }
 
 /** Families in an order where each one's base family is built before it. */

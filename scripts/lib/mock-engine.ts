@@ -155,20 +155,24 @@ function mockState(
       state.imageName = inputs.imageName;
       break;
     case "pulumi:pulumi:StackReference":
-      state.outputs = upstreamOutputs(inputs.name as string, region);
+      state.outputs = upstreamOutputs(inputs.name as string);
       break;
   }
   return { id, state };
 }
 
+/** The account and region of every upstream stack a promoting stack references. */
+export const UPSTREAM_ACCOUNT_ID = MOCK_ACCOUNT_ID;
+export const UPSTREAM_REGION = "us-east-1";
+
 /** What an upstream stack (the `promoteFrom` of a promoting stack) exports: its images by digest. */
-function upstreamOutputs(stackName: string, region: string): Record<string, unknown> {
+function upstreamOutputs(stackName: string): Record<string, unknown> {
   const families = ["cpu", "ml-cpu", "ml-cuda", "agent"];
   return {
     imageRefs: Object.fromEntries(
       families.map((f) => [
         f,
-        `${MOCK_ACCOUNT_ID}.dkr.ecr.${region}.amazonaws.com/crucible-${f}@sha256:${hex(`${stackName}/${f}`, 64)}`,
+        `${UPSTREAM_ACCOUNT_ID}.dkr.ecr.${UPSTREAM_REGION}.amazonaws.com/crucible/${stackName.split("/").pop()}/${f}@sha256:${hex(`${stackName}/${f}`, 64)}`,
       ]),
     ),
   };
@@ -183,6 +187,15 @@ function mockCall(args: pulumi.runtime.MockCallArgs, region: string): Record<str
       const short = region.replace(/-(\w)\w*-/, (_m, c: string) => c).replace(/-/g, "");
       return { id: region, names, zoneIds: names.map((_, i) => `${short}-az${i + 1}`), state: "available" };
     }
+    case "aws:ecr/getAuthorizationToken:getAuthorizationToken":
+      return {
+        id: region,
+        authorizationToken: Buffer.from("AWS:mock-token").toString("base64"),
+        userName: "AWS",
+        password: "mock-token",
+        proxyEndpoint: `https://${(inputs.registryId as string | undefined) ?? MOCK_ACCOUNT_ID}.dkr.ecr.${region}.amazonaws.com`,
+        expiresAt: "2026-01-01T12:00:00Z",
+      };
     case "aws:ec2/getPrefixList:getPrefixList": {
       // AWS-managed service prefix lists are named com.amazonaws.<region>.<service>.
       const name = (inputs.name as string | undefined) ?? `com.amazonaws.${region}.s3`;
