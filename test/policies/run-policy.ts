@@ -8,6 +8,7 @@ import type {
   StackValidationArgs,
   StackValidationPolicy,
 } from "@pulumi/policy";
+import { specialSecretSig, specialSigKey } from "@pulumi/pulumi/runtime/rpc";
 import { sdkProxy } from "../../policies/lib";
 
 const { UnknownValueError, unknownCheckingProxy } = sdkProxy;
@@ -51,6 +52,25 @@ export interface Outcome {
   /** The advisory note the engine prints when a policy read a value unknown during preview. */
   readonly unknown?: string;
 }
+
+/**
+ * Props as the pack's server hands them to policies: secrets unwrapped to their plain values (what
+ * @pulumi/policy's deserializeProperties does), undefined properties dropped, nothing shared with the caller.
+ */
+function fromWire(value: unknown): unknown {
+  if (Array.isArray(value)) return value.map(fromWire);
+  if (typeof value !== "object" || value === null) return value;
+  const record = value as Record<string, unknown>;
+  if (record[specialSigKey] === specialSecretSig) return fromWire(record.value);
+  return Object.fromEntries(
+    Object.entries(record)
+      .filter(([, v]) => v !== undefined)
+      .map(([k, v]) => [k, fromWire(v)]),
+  );
+}
+
+const wireProps = (props: Record<string, unknown>) =>
+  unknownCheckingProxy(fromWire(props) as Record<string, unknown>);
 
 class NotApplicable extends Error {
   constructor(readonly reason: string) {
@@ -107,7 +127,7 @@ export async function validateResource(
   const violations: { message: string }[] = [];
   const outcomes: Outcome[] = [];
   for (const validate of validations) {
-    const props = unknownCheckingProxy<Record<string, unknown>>(structuredClone(resource.props));
+    const props = wireProps(resource.props);
     const args: ResourceValidationArgs = {
       ...common(config),
       type: resource.type,
@@ -137,7 +157,7 @@ export async function validateStack(
   config: Record<string, unknown> = {},
 ): Promise<Outcome> {
   const built = resources.map((r) => {
-    const props = unknownCheckingProxy<Record<string, unknown>>(structuredClone(r.props));
+    const props = wireProps(r.props);
     const resource: PolicyResource = {
       type: r.type,
       props,

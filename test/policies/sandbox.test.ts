@@ -1,3 +1,4 @@
+import { specialSecretSig, specialSigKey } from "@pulumi/pulumi/runtime/rpc";
 import { describe, expect, it } from "vitest";
 import { agentConfigSandboxed, asgTiersHaveAgentConfig } from "../../policies/sandbox";
 import {
@@ -36,6 +37,14 @@ describe("agent-config-sandboxed", () => {
 
   it("passes a sandbox with no network, no socket, no privileges", async () => {
     expect((await validateResource(policy, agentConfig(facts))).violations).toEqual([]);
+  });
+
+  it("reads a value the SDK marked secret, as the engine unwraps it for policies", async () => {
+    const param = agentConfig(facts);
+    const secret = { [specialSigKey]: specialSecretSig, value: param.props.value };
+    expect(
+      (await validateResource(policy, { ...param, props: { ...param.props, value: secret } })).violations,
+    ).toEqual([]);
   });
 
   it("fails host networking and a mounted Docker socket", async () => {
