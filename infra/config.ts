@@ -197,7 +197,13 @@ const budgetsSchema = z.strictObject({
       z.ZodOptional<z.ZodNumber>
     >,
   ),
-  thresholds: z.array(thresholdSchema).min(1, { error: "must list at least one threshold" }),
+  thresholds: z
+    .array(thresholdSchema)
+    .min(1, { error: "must list at least one threshold" })
+    .max(10, { error: "must list at most 10 thresholds (AWS Budgets' limit per budget)" })
+    .refine((ts) => new Set(ts.map((t) => `${t.type} ${t.percent}`)).size === ts.length, {
+      error: "must not repeat a threshold (the same type and percent)",
+    }),
   /** Email subscribers of every budget notification; AWS Budgets takes at most 10 per notification. */
   emails: uniqueList(email, "email addresses").max(10, {
     error: "must list at most 10 email addresses (AWS Budgets' limit per notification)",

@@ -300,6 +300,22 @@ describe("bad budgets config names the key", () => {
     ).toEqual(["crucible:budgets.thresholds[1].percent must be a percentage from 1 to 1000, got 1001"]);
   });
 
+  it("a repeated threshold, which AWS Budgets would refuse", () => {
+    const twice = { type: "ACTUAL", percent: 80 };
+    expect(configProblems("dev", { "crucible:budgets": { thresholds: [twice, twice] } })).toEqual([
+      'crucible:budgets.thresholds must not repeat a threshold (the same type and percent), got [{"type":"ACTUAL","percent":80},{"type":"ACTUAL","percent":80}]',
+    ]);
+  });
+
+  it("more thresholds than a budget may have", () => {
+    const thresholds = Array.from({ length: 11 }, (_, i) => ({ type: "ACTUAL", percent: 10 * (i + 1) }));
+    expect(configProblems("dev", { "crucible:budgets": { thresholds } })).toEqual([
+      expect.stringMatching(
+        /^crucible:budgets\.thresholds must list at most 10 thresholds \(AWS Budgets' limit per budget\), got /,
+      ),
+    ]);
+  });
+
   it("a threshold of an unknown type", () => {
     expect(
       configProblems("dev", { "crucible:budgets": { thresholds: [{ type: "ACTUALS", percent: 100 }] } }),
