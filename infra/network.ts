@@ -144,6 +144,12 @@ function buildVpc(
     },
     { parent },
   );
+  // Adopted with no rules: anything launched into the VPC without a group of its own gets no traffic.
+  new aws.ec2.DefaultSecurityGroup(
+    `${name}-default`,
+    { vpcId: vpc.id, ingress: [], egress: [], tags: { ...tags, Name: `${name}-default` } },
+    { parent },
+  );
   const layout = subnetLayout(cidr, azCount, publicSubnetsFor(nat, azCount));
   const subnet = (kind: "private" | "public", i: number, cidrBlock: string) =>
     new aws.ec2.Subnet(

@@ -13,6 +13,7 @@ const T = {
   eip: "aws:ec2/eip:Eip",
   endpoint: "aws:ec2/vpcEndpoint:VpcEndpoint",
   sg: "aws:ec2/securityGroup:SecurityGroup",
+  defaultSg: "aws:ec2/defaultSecurityGroup:DefaultSecurityGroup",
 } as const;
 
 interface Rule {
@@ -205,6 +206,12 @@ describe.each(Object.entries(EXPECTED))("%s stack network", (stack, want) => {
     ]);
   });
 
+  it("strips every rule from the VPC's default security group", () => {
+    const [group, ...rest] = plan.ofType(T.defaultSg);
+    expect(rest).toEqual([]);
+    expect(group!.inputs).toMatchObject({ vpcId: plan.ofType(T.vpc)[0]!.id, ingress: [], egress: [] });
+  });
+
   it("exports the ids the fleet needs and the counts finance prices", () => {
     const network = plan.outputs.network as Record<string, unknown>;
     const interfaceEndpoints = want.nat === "none" ? INTERFACE_ENDPOINT_SERVICES.length : 0;
@@ -222,7 +229,7 @@ describe.each(Object.entries(EXPECTED))("%s stack network", (stack, want) => {
   });
 
   it("tags every network resource as the network component's", () => {
-    for (const type of [T.vpc, T.subnet, T.routeTable, T.igw, T.nat, T.eip, T.endpoint, T.sg]) {
+    for (const type of [T.vpc, T.subnet, T.routeTable, T.igw, T.nat, T.eip, T.endpoint, T.sg, T.defaultSg]) {
       for (const r of plan.ofType(type)) {
         expect(r.inputs.tags).toMatchObject({ "crucible:component": "network", Name: r.name });
       }
@@ -246,7 +253,17 @@ describe("an existing VPC", () => {
   });
 
   it("creates no VPC, subnets, routes, NAT or endpoints: only the node security group", () => {
-    for (const type of [T.vpc, T.subnet, T.routeTable, T.association, T.igw, T.nat, T.eip, T.endpoint]) {
+    for (const type of [
+      T.vpc,
+      T.subnet,
+      T.routeTable,
+      T.association,
+      T.igw,
+      T.nat,
+      T.eip,
+      T.endpoint,
+      T.defaultSg,
+    ]) {
       expect(plan.ofType(type)).toEqual([]);
     }
     expect(plan.ofType(T.sg).map((g) => g.name)).toEqual(["network-nodes"]);
