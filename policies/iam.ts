@@ -126,6 +126,16 @@ export const RESOURCE_STAR_ONLY_ACTIONS: readonly string[] = [
   "xray:PutTelemetryRecords",
 ];
 
+/**
+ * A statement on `Resource: "*"` that a condition confines to resources carrying a tag (attribute-based
+ * access, e.g. `autoscaling:ResourceTag/crucible:tier`) names its resources as surely as an ARN would.
+ */
+function scopedByTag(s: Statement): boolean {
+  return Object.values(s.Condition ?? {}).some((clause) =>
+    Object.keys(clause).some((k) => /ResourceTag\//.test(k)),
+  );
+}
+
 /** A role EC2 instances assume: its trust policy names the EC2 service. */
 function isNodeRole(role: PolicyResource): boolean {
   const trusted = known(() =>
@@ -179,7 +189,7 @@ export function iamNodeRolesScoped(): StackValidationPolicy {
           const statements = known(() => statementsOf(doc.read()) ?? []);
           if (statements === UNKNOWN) continue;
           for (const s of statements.filter(allows)) {
-            if (!resourcesOf(s).includes("*")) continue;
+            if (!resourcesOf(s).includes("*") || scopedByTag(s)) continue;
             const writes = actionsOf(s).filter(
               (a) => !isReadOnlyAction(a) && !RESOURCE_STAR_ONLY_ACTIONS.includes(a),
             );

@@ -122,6 +122,16 @@ describe("iam-node-roles-scoped", () => {
     ]);
   });
 
+  it("accepts writes on * that a condition confines to the tier's tagged resources", async () => {
+    const abac = doc({
+      Effect: "Allow",
+      Action: ["autoscaling:CompleteLifecycleAction", "autoscaling:SetInstanceHealth"],
+      Resource: "*",
+      Condition: { StringEquals: { "autoscaling:ResourceTag/crucible:tier": "gpu-small" } },
+    });
+    expect((await validateStack(policy, [nodeRole(), rolePolicy("node", abac)])).violations).toEqual([]);
+  });
+
   it("follows attachments to managed policies", async () => {
     const wide = doc({ Effect: "Allow", Action: "autoscaling:SetDesiredCapacity", Resource: "*" });
     const o = await validateStack(policy, [
