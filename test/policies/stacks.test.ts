@@ -1,8 +1,9 @@
-import type { StackValidationPolicy } from "@pulumi/policy";
+import type { PolicyResource, StackValidationPolicy } from "@pulumi/policy";
 import { beforeAll, describe, expect, it } from "vitest";
 import { COST_TAGS } from "../../infra/providers";
 import { COST_TAG_KEYS } from "../../policies/lib";
 import { cruciblePolicies } from "../../policies/pack";
+import { isWorkspacesBucket } from "../../policies/s3";
 import { policyPackConfig, stackConfig } from "../../scripts/lib/policy-config";
 import { STACKS, runStack, type DeclaredResource, type Plan } from "../harness";
 import {
@@ -100,6 +101,13 @@ describe.each(STACKS)("the %s stack under the whole pack", (stack) => {
     });
     expect(outcome.violations.length).toBeGreaterThan(0);
     expect(outcome.violations[0]?.message).toContain(`the policy config says environment "${other}"`);
+  });
+
+  it("recognises the workspaces bucket, so its expiry is checked", () => {
+    const buckets = toTestResources(plan, "state").filter((r) => r.type === "aws:s3/bucket:Bucket");
+    expect(
+      buckets.filter((b) => isWorkspacesBucket(b as unknown as PolicyResource)).map((b) => b.name),
+    ).toEqual(["workspaces-workspaces"]);
   });
 
   it("was actually checked: the policies for what the stack declares applied to it", () => {
