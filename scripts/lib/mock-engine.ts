@@ -352,6 +352,10 @@ export async function runProgram(
     });
     await pulumi.runtime.disconnect();
   });
+  if (unhandled) {
+    // The abandoned registrations would otherwise be reported as leaked promises when the process exits.
+    pulumi.runtime.resetOptions("crucible", stack, 1, "", "", false, "");
+  }
   failure ??= unhandled;
   if (failure instanceof Error) throw failure;
   if (failure !== undefined) throw new Error(`the program failed: ${JSON.stringify(failure)}`);
