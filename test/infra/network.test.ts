@@ -237,7 +237,11 @@ describe.each(Object.entries(EXPECTED))("%s stack network", (stack, want) => {
   });
 });
 
-describe("an existing VPC", () => {
+// `nat` then states what the existing VPC provides.
+describe.each([
+  ["single", true],
+  ["none", false],
+] as const)("an existing VPC with nat %s", (nat, internet) => {
   const existing = {
     vpcId: "vpc-0abc12345def67890",
     privateSubnetIds: ["subnet-0aaa12345def67890", "subnet-0bbb12345def67890"],
@@ -247,7 +251,7 @@ describe("an existing VPC", () => {
     plan = await runStack(
       "staging",
       configWith("staging", {
-        "crucible:network": { cidr: "10.30.0.0/16", azCount: 2, nat: "single", existing },
+        "crucible:network": { cidr: "10.30.0.0/16", azCount: 2, nat, existing },
       }),
     );
   });
@@ -269,7 +273,7 @@ describe("an existing VPC", () => {
     expect(plan.ofType(T.sg).map((g) => g.name)).toEqual(["network-nodes"]);
   });
 
-  it("uses the given ids, and the VPC's own range (from AWS) for the node rules", () => {
+  it(`uses the given ids, the VPC's own range (from AWS), and ${internet ? "opens" : "closes"} 443 to the internet`, () => {
     const nodes = plan.get(T.sg, "network-nodes");
     const network = plan.outputs.network as { vpcCidr: string };
     expect(network.vpcCidr).toMatch(/^10\.\d+\.0\.0\/16$/);
@@ -279,7 +283,7 @@ describe("an existing VPC", () => {
     expect((nodes.inputs.egress as Rule[]).map((r) => r.cidrBlocks ?? r.prefixListIds)).toEqual([
       [network.vpcCidr],
       [expect.stringMatching(/^pl-/)],
-      ["0.0.0.0/0"],
+      ...(internet ? [["0.0.0.0/0"]] : []),
     ]);
     expect(plan.outputs.network).toMatchObject({
       vpcId: existing.vpcId,
