@@ -121,7 +121,8 @@ def main(argv):
     sys.stdout.flush()
     sys.stderr.flush()
     with os.fdopen(result_fd, "w", encoding="utf-8") as channel:
-        json.dump(result, channel)
+        # One line: the supervisor stops reading at the newline, whoever else holds the pipe open.
+        channel.write(json.dumps(result) + "\n")
     return EXIT_CODES[result.get("reason", "success")]
 
 

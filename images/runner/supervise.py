@@ -9,6 +9,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -26,7 +27,21 @@ RUN_JOB = os.path.join(os.path.dirname(os.path.abspath(__file__)), "run_job.py")
 MAX_RESULT_BYTES = 16 * 1024 * 1024 - 64 * 1024
 MAX_CODE_FILES = 10_000
 MAX_CODE_BYTES = 1024 * 1024 * 1024
+# How long the message may trail the child's exit (it is written before, so this is only scheduling).
+READ_GRACE_SECONDS = 5
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
+
+
+def clear_result():
+    """Removes whatever the job left at runner.json (a forged file, a link, a directory)."""
+    path = os.path.join(OUTPUT_DIR, RESULT_NAME)
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
 
 
 def write_result(payload):
@@ -44,9 +59,16 @@ def code_space():
     return min(MAX_CODE_BYTES, stats.f_bavail * stats.f_frsize)
 
 
-def read_all(fd, limit, into):
-    with os.fdopen(fd, "rb") as channel:
-        into.append(channel.read(limit + 1))
+def read_message(fd, limit, into):
+    """Reads one newline-terminated message: not until EOF, since processes the job forked hold the pipe."""
+    received = b""
+    with os.fdopen(fd, "rb", buffering=0) as channel:
+        while len(received) <= limit and b"\n" not in received:
+            chunk = channel.read(64 * 1024)
+            if not chunk:
+                break
+            received += chunk
+    into.append(received.split(b"\n", 1)[0])
 
 
 def run_child():
@@ -63,10 +85,12 @@ def run_child():
         signal.signal(number, lambda received, _frame: child.send_signal(received))
     # Read while the child runs: a result bigger than the pipe's buffer would otherwise block it.
     message = []
-    reader = threading.Thread(target=read_all, args=(read_fd, MAX_RESULT_BYTES + 64 * 1024, message))
+    reader = threading.Thread(
+        target=read_message, args=(read_fd, MAX_RESULT_BYTES + 64 * 1024, message), daemon=True
+    )
     reader.start()
     returncode = child.wait()
-    reader.join()
+    reader.join(timeout=READ_GRACE_SECONDS)
     status = 128 - returncode if returncode < 0 else returncode
     return status, (message[0] if message else b"")
 
@@ -76,13 +100,17 @@ def outcome_of(status, message):
         # Killed by a signal (SIGKILL at the deadline, the OOM killer, SIGTERM it did not handle): the
         # launcher knows why from the engine; anything said here would only be a guess.
         return None
+    if not message and status != 0:
+        # It exited on its own before main() returned (os._exit, a crash in native code): the exit code,
+        # which the launcher reads from the engine, is the whole story.
+        return None
     if not message:
         return {
             "status": "error",
             "reason": "exception",
             "error": {
                 "type": "NoResult",
-                "message": f"the job's process exited with code {status} before main() returned",
+                "message": "the job's process exited with code 0 before main() returned a result",
             },
         }
     try:
@@ -106,6 +134,7 @@ def main():
         print(f"crucible: invalid job: {error}", file=sys.stderr)
         return 2
     status, message = run_child()
+    clear_result()
     outcome = outcome_of(status, message)
     if outcome is not None:
         usage = resource.getrusage(resource.RUSAGE_CHILDREN)
