@@ -1,7 +1,6 @@
-import { AutoScalingClient, DescribeAutoScalingGroupsCommand } from "@aws-sdk/client-auto-scaling";
+import { AutoScalingClient } from "@aws-sdk/client-auto-scaling";
 import { Command, Option } from "commander";
-import { PAUSED_TAGS, resumeGroups } from "../infra/budget-enforcer/handler";
-import { COST_TAGS } from "../infra/providers";
+import { findPausedGroups, resumeGroups } from "../infra/budget-enforcer/handler";
 import { TIER_NAMES } from "../runtime/src/catalog";
 
 /**
@@ -10,26 +9,6 @@ import { TIER_NAMES } from "../runtime/src/catalog";
  * tags; this restores them and removes the tags. The enforcer's log prints the exact `--asg` command.
  * Raise the budget (or wait for the next month) first, or the next notification pauses it again.
  */
-
-async function pausedGroupsOf(
-  client: AutoScalingClient,
-  tier: string,
-  environment?: string,
-): Promise<string[]> {
-  const filters = [
-    { Name: "tag-key", Values: [PAUSED_TAGS.max] },
-    { Name: `tag:${COST_TAGS.tier}`, Values: [tier] },
-    ...(environment ? [{ Name: `tag:${COST_TAGS.environment}`, Values: [environment] }] : []),
-  ];
-  const names: string[] = [];
-  let NextToken: string | undefined;
-  do {
-    const page = await client.send(new DescribeAutoScalingGroupsCommand({ Filters: filters, NextToken }));
-    names.push(...(page.AutoScalingGroups ?? []).map((g) => g.AutoScalingGroupName!));
-    NextToken = page.NextToken;
-  } while (NextToken);
-  return names;
-}
 
 async function main(): Promise<void> {
   const opts = new Command("budget-resume")
@@ -48,7 +27,7 @@ async function main(): Promise<void> {
         .split(",")
         .map((n) => n.trim())
         .filter(Boolean)
-    : await pausedGroupsOf(client, opts.tier!, opts.environment);
+    : await findPausedGroups(client, opts.tier!, opts.environment);
   if (!names.length) {
     process.stdout.write(`no paused groups found for tier ${opts.tier}\n`);
     return;

@@ -220,6 +220,34 @@ export async function resumeGroups(client: Sender, asgNames: readonly string[]):
   return changes;
 }
 
+/**
+ * The groups of a tier that carry a pause record (`--tier` of `npm run budget-resume`), optionally
+ * only those of one environment. Relies on the groups' `crucible:tier` / `crucible:environment` tags.
+ */
+export async function findPausedGroups(
+  client: Sender,
+  tier: string,
+  environment?: string,
+): Promise<string[]> {
+  const Filters = [
+    { Name: "tag-key", Values: [PAUSED_TAGS.max] },
+    { Name: "tag:crucible:tier", Values: [tier] },
+    ...(environment ? [{ Name: "tag:crucible:environment", Values: [environment] }] : []),
+  ];
+  const names: string[] = [];
+  let NextToken: string | undefined;
+  do {
+    const page = await client.send(new DescribeAutoScalingGroupsCommand({ Filters, NextToken }));
+    names.push(
+      ...(page.AutoScalingGroups ?? []).flatMap((g) =>
+        g.AutoScalingGroupName ? [g.AutoScalingGroupName] : [],
+      ),
+    );
+    NextToken = page.NextToken;
+  } while (NextToken);
+  return names;
+}
+
 /** The part of an SNS event the handler reads. */
 export interface SnsEvent {
   readonly Records: readonly { readonly Sns: { readonly Message: string; readonly MessageId?: string } }[];

@@ -5,6 +5,7 @@ import {
   ENFORCED_BUDGETS_ENV,
   PAUSED_TAGS,
   decide,
+  findPausedGroups,
   parseBudgetNotification,
   pauseGroups,
   resumeGroups,
@@ -121,8 +122,20 @@ describe("the enforcement decision", () => {
 });
 
 /** An Auto Scaling API in memory: groups with sizes and tags, and the calls made to it. */
-function fakeAutoScaling(groups: Record<string, { min: number; max: number; desired: number }>) {
-  const tags = new Map<string, Map<string, string>>(Object.keys(groups).map((n) => [n, new Map()]));
+function fakeAutoScaling(
+  groups: Record<string, { min: number; max: number; desired: number }>,
+  initialTags: Record<string, Record<string, string>> = {},
+) {
+  const tags = new Map<string, Map<string, string>>(
+    Object.keys(groups).map((n) => [n, new Map(Object.entries(initialTags[n] ?? {}))]),
+  );
+  /** DescribeAutoScalingGroups filters: `tag-key` (has the key) and `tag:<key>` (has one of the values). */
+  const matches = (name: string, filters: { Name: string; Values: string[] }[]) =>
+    filters.every(({ Name, Values }) =>
+      Name === "tag-key"
+        ? Values.some((k) => tags.get(name)!.has(k))
+        : Values.includes(tags.get(name)!.get(Name.replace(/^tag:/, "")) ?? ""),
+    );
   const calls: string[] = [];
   const send = (command: { constructor: { name: string }; input: unknown }): Promise<unknown> => {
     const name = command.constructor.name;
@@ -131,8 +144,11 @@ function fakeAutoScaling(groups: Record<string, { min: number; max: number; desi
     switch (name) {
       case "DescribeAutoScalingGroupsCommand":
         return Promise.resolve({
-          AutoScalingGroups: (input.AutoScalingGroupNames as string[])
+          AutoScalingGroups: ((input.AutoScalingGroupNames as string[] | undefined) ?? Object.keys(groups))
             .filter((n) => groups[n])
+            .filter((n) =>
+              matches(n, (input.Filters as { Name: string; Values: string[] }[] | undefined) ?? []),
+            )
             .map((n) => ({
               AutoScalingGroupName: n,
               MinSize: groups[n]!.min,
@@ -204,6 +220,23 @@ describe("pausing and resuming a tier's groups", () => {
       { asgName: "a", outcome: "already-paused", before: { minSize: 0, maxSize: 0, desiredCapacity: 0 } },
     ]);
     expect(api.tags.get("a")!.get(PAUSED_TAGS.max)).toBe("24");
+  });
+
+  it("finds a tier's paused groups by their tags, optionally in one environment", async () => {
+    const group = { min: 0, max: 0, desired: 0 };
+    const paused = { [PAUSED_TAGS.max]: "4" };
+    const api = fakeAutoScaling(
+      { dev: { ...group }, staging: { ...group }, running: { ...group }, other: { ...group } },
+      {
+        dev: { ...paused, "crucible:tier": "gpu-small", "crucible:environment": "dev" },
+        staging: { ...paused, "crucible:tier": "gpu-small", "crucible:environment": "staging" },
+        running: { "crucible:tier": "gpu-small", "crucible:environment": "dev" },
+        other: { ...paused, "crucible:tier": "gpu-large", "crucible:environment": "dev" },
+      },
+    );
+    expect(await findPausedGroups(api.client, "gpu-small")).toEqual(["dev", "staging"]);
+    expect(await findPausedGroups(api.client, "gpu-small", "staging")).toEqual(["staging"]);
+    expect(await findPausedGroups(api.client, "cpu-small")).toEqual([]);
   });
 
   it("resuming a group that was never paused changes nothing", async () => {
