@@ -1,6 +1,4 @@
 import Dockerode from "dockerode";
-import type { ChildProcess } from "node:child_process";
-import { spawn } from "node:child_process";
 import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -8,29 +6,9 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { envelopeSchema } from "../../runtime/src/contract";
 import { imageRef } from "../../runtime/src/image-matrix";
 import { TIER_NAMES, TIERS } from "../../runtime/src/tiers";
+import { crucible } from "../cli";
 
 const IMAGE = process.env.CRUCIBLE_TEST_JOB_IMAGE ?? imageRef("cpu");
-const TSX = join(__dirname, "../../node_modules/.bin/tsx");
-const BIN = join(__dirname, "../../runtime/src/bin/crucible.ts");
-
-interface Done {
-  readonly code: number | null;
-  readonly stdout: string;
-  readonly stderr: string;
-}
-
-function crucible(args: string[], onStdout?: (text: string, child: ChildProcess) => void): Promise<Done> {
-  const child = spawn(TSX, [BIN, ...args], { env: { ...process.env, CRUCIBLE_LOG_LEVEL: "error" } });
-  let stdout = "";
-  let stderr = "";
-  child.stdout.on("data", (chunk: Buffer) => {
-    stdout += chunk.toString();
-    onStdout?.(stdout, child);
-  });
-  child.stderr.on("data", (chunk: Buffer) => (stderr += chunk.toString()));
-  return new Promise((resolve) => child.on("close", (code) => resolve({ code, stdout, stderr })));
-}
-
 let dir: string;
 
 beforeAll(async () => {
