@@ -1,8 +1,10 @@
 import { Command, CommanderError } from "commander";
 import { registerDetect } from "./commands/detect";
+import { registerEstimate } from "./commands/estimate";
 import { registerGc } from "./commands/gc";
 import { registerRun } from "./commands/run";
 import { EXIT, UsageError } from "./commands/shared";
+import { registerTemplates } from "./commands/templates";
 import { registerTiers } from "./commands/tiers";
 
 /**
@@ -19,6 +21,8 @@ export function buildCli(): Command {
   registerTiers(program);
   registerDetect(program);
   registerGc(program);
+  registerTemplates(program);
+  registerEstimate(program);
   return program;
 }
 

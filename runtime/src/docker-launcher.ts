@@ -212,7 +212,10 @@ export class DockerLauncher implements Launcher {
       output.end();
       const { State: state, Image: imageDigest } = await this.engine.inspect(id, ctx);
       const runner = await readRunnerResult(job.outputDir);
-      if (runner.problem) log.warn({ problem: runner.problem }, "no usable runner result");
+      // A job stopped from outside rarely gets to write its result; only an unexplained absence is news.
+      if (runner.problem) {
+        log[stopper.delivered ? "debug" : "warn"]({ problem: runner.problem }, "no usable runner result");
+      }
       const exitCode = typeof state.ExitCode === "number" ? state.ExitCode : waited;
       const outcome = judge({
         stop: stopper.delivered,

@@ -1,18 +1,17 @@
 import { MultiBar, Presets } from "cli-progress";
 import type { Command } from "commander";
-import { InvalidArgumentError } from "commander";
 import { randomBytes } from "node:crypto";
 import { CodeError, codeKind } from "../code-source";
 import type { Envelope, JobSpecInput, ProgressEvent } from "../contract";
-import { ENV_NAME, PROGRESS_PREFIX, StopRequest } from "../contract";
+import { PROGRESS_PREFIX, StopRequest } from "../contract";
 import { detect } from "../detect";
 import { DockerLauncher } from "../docker-launcher";
 import { checkJobSpec, InvalidJobError } from "../job-spec";
 import type { StreamName } from "../output";
 import { isTierName, TIER_NAMES } from "../tiers";
-import { cliLogger, EXIT, positiveSeconds, printJson, UsageError } from "./shared";
+import { cliLogger, collectEnv, EXIT, positiveSeconds, printJson, UsageError } from "./shared";
 
-interface RunFlags {
+export interface RunFlags {
   readonly tier?: string;
   readonly image?: string;
   readonly timeout?: number;
@@ -49,16 +48,12 @@ export function registerRun(program: Command): void {
     .action((path: string, flags: RunFlags) => runJob(path, flags));
 }
 
-function collectEnv(value: string, previous: Record<string, string>): Record<string, string> {
-  const eq = value.indexOf("=");
-  const name = eq < 0 ? value : value.slice(0, eq);
-  if (eq < 0 || !ENV_NAME.test(name)) {
-    throw new InvalidArgumentError(`must be NAME=VALUE with NAME like MY_VAR, got "${value}"`);
-  }
-  return { ...previous, [name]: value.slice(eq + 1) };
-}
-
-async function runJob(path: string, flags: RunFlags): Promise<void> {
+/** The job spec a command's flags describe: the tier detected from the code when none is given. */
+export async function jobSpecFromFlags(
+  path: string,
+  flags: Pick<RunFlags, "tier" | "image" | "timeout" | "env" | "workspace" | "datasets" | "json">,
+  jobIdPrefix = "run",
+): Promise<JobSpecInput> {
   if (flags.tier !== undefined && !isTierName(flags.tier)) {
     throw new UsageError(`--tier must be one of ${TIER_NAMES.join(", ")}, got "${flags.tier}"`);
   }
@@ -70,7 +65,7 @@ async function runJob(path: string, flags: RunFlags): Promise<void> {
     if (!flags.json) process.stderr.write(`tier ${tier} (detected: ${found.reasons.join("; ")})\n`);
   }
   const spec: JobSpecInput = {
-    jobId: `run-${Date.now().toString(36)}-${randomBytes(3).toString("hex")}`,
+    jobId: `${jobIdPrefix}-${Date.now().toString(36)}-${randomBytes(3).toString("hex")}`,
     code: path,
     tier,
     env: flags.env,
@@ -84,6 +79,11 @@ async function runJob(path: string, flags: RunFlags): Promise<void> {
   } catch (error) {
     asUsage(error);
   }
+  return spec;
+}
+
+async function runJob(path: string, flags: RunFlags): Promise<void> {
+  const spec = await jobSpecFromFlags(path, flags);
 
   const display = flags.json ? undefined : new LiveDisplay(Boolean(process.stderr.isTTY));
   const controller = new AbortController();

@@ -1,4 +1,5 @@
 import { InvalidArgumentError } from "commander";
+import { ENV_NAME } from "../contract";
 import type { Logger } from "../logger";
 import { createLogger } from "../logger";
 
@@ -26,4 +27,14 @@ export function positiveSeconds(value: string): number {
     throw new InvalidArgumentError(`must be a whole number of seconds greater than 0, got "${value}"`);
   }
   return seconds;
+}
+
+/** A commander collector for repeatable `--env NAME=VALUE` flags. */
+export function collectEnv(value: string, previous: Record<string, string>): Record<string, string> {
+  const eq = value.indexOf("=");
+  const name = eq < 0 ? value : value.slice(0, eq);
+  if (eq < 0 || !ENV_NAME.test(name)) {
+    throw new InvalidArgumentError(`must be NAME=VALUE with NAME like MY_VAR, got "${value}"`);
+  }
+  return { ...previous, [name]: value.slice(eq + 1) };
 }

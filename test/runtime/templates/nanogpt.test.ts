@@ -48,6 +48,7 @@ afterAll(() => rm(root, { recursive: true, force: true }));
 
 describe("the nanogpt template in the ml-cpu image, through crucible run", () => {
   let uninterrupted: Trained;
+  let measuredSeconds = 0;
 
   it("trains to completion: checkpoints written, loss well below ln 65, text sampled", async () => {
     const workspace = join(root, "straight");
@@ -56,6 +57,7 @@ describe("the nanogpt template in the ml-cpu image, through crucible run", () =>
     const envelope = envelopeOf(stdout);
     expect(envelope.systemInfo.image).toBe(imageRef("ml-cpu"));
     uninterrupted = envelope.result as Trained;
+    measuredSeconds = envelope.executionTime;
     expect(uninterrupted.iterations).toBe(ITERS);
     expect(uninterrupted.resumed_from).toBeNull();
     // An untrained model over 65 characters starts near ln 65 = 4.17.
@@ -66,6 +68,31 @@ describe("the nanogpt template in the ml-cpu image, through crucible run", () =>
     expect(await readdir(join(workspace, "checkpoints"))).toContain("latest.pt");
     expect(await readdir(join(workspace, "metrics"))).not.toEqual([]);
   }, 600_000);
+
+  it("estimates the same run's time within a factor of two from a short calibration", async () => {
+    const { code, stdout, stderr } = await crucible([
+      "estimate",
+      TEMPLATE,
+      "--tier",
+      "cpu-large",
+      "--env",
+      "NANOGPT_CONFIG=tiny",
+      "--iters",
+      String(ITERS),
+      "--json",
+    ]);
+    expect(code, stderr).toBe(0);
+    const estimate = JSON.parse(stdout) as {
+      seconds: number;
+      steps: number;
+      costUsd: number;
+      hourlyUsd: number;
+    };
+    expect(estimate.steps).toBe(ITERS);
+    expect(estimate.seconds).toBeGreaterThan(measuredSeconds / 2);
+    expect(estimate.seconds).toBeLessThan(measuredSeconds * 2);
+    expect(estimate.costUsd).toBeCloseTo((estimate.seconds / 3600) * estimate.hourlyUsd, 10);
+  }, 300_000);
 
   it("checkpoints on Ctrl-C, then resumes where it stopped and ends on the same loss curve", async () => {
     const workspace = join(root, "resumed");
