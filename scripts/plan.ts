@@ -29,7 +29,16 @@ const HIGHLIGHTS: Record<string, readonly string[]> = {
   "aws:cloudwatch/metricAlarm:MetricAlarm": ["metricName", "dimensions", "threshold"],
   "aws:cloudwatch/eventRule:EventRule": ["eventPattern"],
   "aws:s3/bucketLifecycleConfiguration:BucketLifecycleConfiguration": ["rules"],
-  "aws:budgets/budget:Budget": ["limitAmount", "limitUnit", "timeUnit", "notifications"],
+  "aws:budgets/budget:Budget": [
+    "name",
+    "limitAmount",
+    "limitUnit",
+    "timeUnit",
+    "costFilters",
+    "filterExpression",
+    "notifications",
+  ],
+  "aws:lambda/function:Function": ["runtime", "handler", "environment"],
   "aws:ecr/repository:Repository": ["imageTagMutability", "imageScanningConfiguration.scanOnPush"],
   "docker:index/image:Image": ["imageName"],
 };
