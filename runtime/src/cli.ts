@@ -1,4 +1,5 @@
 import { Command, CommanderError } from "commander";
+import { registerDatasets } from "./commands/datasets";
 import { registerDetect } from "./commands/detect";
 import { registerEstimate } from "./commands/estimate";
 import { registerGc } from "./commands/gc";
@@ -23,6 +24,7 @@ export function buildCli(): Command {
   registerGc(program);
   registerTemplates(program);
   registerEstimate(program);
+  registerDatasets(program);
   return program;
 }
 
