@@ -13,7 +13,7 @@ export function runStack(stack: string, config?: Record<string, string>): Promis
     config: config ?? readStackConfig(stack),
     load: async () => {
       vi.resetModules();
-      return import("../infra/index");
+      return import("../infra/index.js");
     },
   });
 }
