@@ -3,6 +3,7 @@ import { registerDatasets } from "./commands/datasets";
 import { registerDetect } from "./commands/detect";
 import { registerEstimate } from "./commands/estimate";
 import { registerGc } from "./commands/gc";
+import { registerPlatform } from "./commands/platform";
 import { registerRun } from "./commands/run";
 import { EXIT, UsageError } from "./commands/shared";
 import { registerTemplates } from "./commands/templates";
@@ -25,6 +26,7 @@ export function buildCli(): Command {
   registerTemplates(program);
   registerEstimate(program);
   registerDatasets(program);
+  registerPlatform(program);
   return program;
 }
 

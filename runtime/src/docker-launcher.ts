@@ -21,6 +21,7 @@ import type { Logger } from "./logger";
 import { createLogger } from "./logger";
 import { JobOutput } from "./output";
 import { containerSpec, LABELS, sandboxUser } from "./sandbox";
+import type { ImageFamily } from "./image-matrix";
 import type { TierLimits, TierName } from "./tiers";
 import { isTierName, TIER_NAMES } from "./tiers";
 
@@ -38,6 +39,8 @@ export interface DockerLauncherOptions {
   readonly tierOverrides?: Partial<Record<TierName, Partial<TierLimits>>>;
   /** Bytes of each output stream kept in the envelope. Defaults to 64 KiB. */
   readonly tailBytes?: number;
+  /** Images to run per family instead of the local matrix tags. Defaults to none. */
+  readonly images?: Partial<Record<ImageFamily, string>>;
 }
 
 /** Largest runner.json read back; a bigger result is reported as an error instead of read into memory. */
@@ -76,7 +79,11 @@ export class DockerLauncher implements Launcher {
   async run(input: JobSpecInput, options: LaunchOptions = {}): Promise<Envelope> {
     let job: PreparedJob;
     try {
-      job = await prepareJob(input, { tierOverrides: this.options.tierOverrides, user: sandboxUser() });
+      job = await prepareJob(input, {
+        tierOverrides: this.options.tierOverrides,
+        user: sandboxUser(),
+        ...(this.options.images && { images: this.options.images }),
+      });
     } catch (error) {
       if (error instanceof InvalidJobError) return this.invalidJobEnvelope(input, error);
       throw error;

@@ -8,6 +8,7 @@ import type { CodeKind } from "./code-source";
 import { codeKind, CodeError, packageCode, readSources } from "./code-source";
 import type { Detection } from "./detect";
 import { detectSources } from "./detect";
+import type { ImageFamily } from "./image-matrix";
 import { imageRef, jobImageFamily } from "./image-matrix";
 import type { SandboxUser } from "./sandbox";
 import { effectiveTier } from "./sandbox";
@@ -93,6 +94,8 @@ export interface PrepareOptions {
   readonly tierOverrides?: Partial<Record<TierName, Partial<TierLimits>>>;
   /** Who the job runs as; directories the job writes are handed to this user when the runtime is root. */
   readonly user: SandboxUser;
+  /** The image of each family where it is not the local matrix tag (on a node: ECR references by digest). */
+  readonly images?: Partial<Record<ImageFamily, string>>;
 }
 
 /** The prefix of scratch directories; `gc` removes only directories named like this. */
@@ -109,7 +112,8 @@ export async function prepareJob(input: JobSpecInput, options: PrepareOptions): 
   const code = resolve(spec.code);
   const kind = await asInvalidJob("code", () => codeKind(code));
   const detection = spec.image ? undefined : await asInvalidJob("code", () => detectCode(code, kind));
-  const image = spec.image ?? imageRef(jobImageFamily(tier, { torch: detection?.needs.torch ?? false }));
+  const family = jobImageFamily(tier, { torch: detection?.needs.torch ?? false });
+  const image = spec.image ?? options.images?.[family] ?? imageRef(family);
   const datasetsDir = spec.datasetsDir && (await existingDirectory("datasetsDir", spec.datasetsDir));
   const workspace = spec.workspaceDir && resolve(spec.workspaceDir);
   if (workspace) await ensureWorkspace(workspace);

@@ -1,0 +1,281 @@
+import { S3Client } from "@aws-sdk/client-s3";
+import { SQSClient } from "@aws-sdk/client-sqs";
+import type { Command } from "commander";
+import { randomBytes } from "node:crypto";
+import { userInfo } from "node:os";
+import { Agent } from "../agent";
+import type { Envelope } from "../contract";
+import { DockerLauncher } from "../docker-launcher";
+import type { ImageFamily } from "../image-matrix";
+import { JobQueue } from "../job-queue";
+import type { JobAddress } from "../job-store";
+import { jobAddressSchema, JobStore } from "../job-store";
+import type { Logger } from "../logger";
+import { startLocalPlatform } from "../local-platform";
+import { seedCheckpoints, submitJob } from "../submit";
+import type { TierName } from "../tiers";
+import { isTierName, TIER_NAMES } from "../tiers";
+import { jobSpecFromFlags } from "./run";
+import { cliLogger, collectEnv, EXIT, positiveSeconds, printJson, UsageError } from "./shared";
+
+/**
+ * Where the platform is: the workspaces bucket, each tier's queue, the region, and (locally) the
+ * endpoint. From the environment a stack's outputs set up (see the README), flags first.
+ */
+interface Platform {
+  readonly store: JobStore;
+  queue(tier: TierName): JobQueue;
+}
+
+interface Owner {
+  readonly project: string;
+  readonly user: string;
+}
+
+function env(name: string): string | undefined {
+  const value = process.env[name];
+  return value === undefined || value === "" ? undefined : value;
+}
+
+function platformFromEnv(logger: Logger): Platform {
+  const bucket = env("CRUCIBLE_BUCKET");
+  if (!bucket)
+    throw new UsageError(
+      "CRUCIBLE_BUCKET is not set: name the workspaces bucket (stack output storage.bucketName)",
+    );
+  const region = env("AWS_REGION") ?? "us-east-1";
+  const endpoint = env("CRUCIBLE_ENDPOINT");
+  const s3 = new S3Client({ region, ...(endpoint && { endpoint, forcePathStyle: true }) });
+  const sqs = new SQSClient({ region, ...(endpoint && { endpoint }) });
+  const queues = parseQueues(env("CRUCIBLE_QUEUES"));
+  return {
+    store: new JobStore(s3, bucket, logger, env("CRUCIBLE_WORKSPACES_PREFIX") ?? "workspaces/"),
+    queue: (tier) => {
+      const url = queues[tier];
+      if (!url)
+        throw new UsageError(
+          `CRUCIBLE_QUEUES has no queue URL for tier ${tier} (stack output queues.${tier}.queueUrl)`,
+        );
+      return new JobQueue(sqs, url, logger);
+    },
+  };
+}
+
+function parseQueues(text: string | undefined): Partial<Record<TierName, string>> {
+  if (!text) return {};
+  try {
+    return JSON.parse(text) as Partial<Record<TierName, string>>;
+  } catch {
+    throw new UsageError(
+      `CRUCIBLE_QUEUES must be JSON like {"cpu-small": "https://sqs..."}, got ${text.slice(0, 80)}`,
+    );
+  }
+}
+
+function ownerOf(flags: { project?: string; user?: string }): Owner {
+  const user = (flags.user ?? env("CRUCIBLE_USER") ?? userInfo().username)
+    .toLowerCase()
+    .replace(/[^a-z0-9._-]/g, "-");
+  return { project: flags.project ?? env("CRUCIBLE_PROJECT") ?? "default", user };
+}
+
+function address(owner: Owner, jobId: string): JobAddress {
+  const parsed = jobAddressSchema.safeParse({ ...owner, jobId });
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0];
+    throw new UsageError(
+      `${issue?.path.join(".")} ${issue?.message}, got "${String((owner as never)[issue?.path[0] as never] ?? jobId)}"`,
+    );
+  }
+  return parsed.data;
+}
+
+const newJobId = (): string => `job-${Date.now().toString(36)}-${randomBytes(3).toString("hex")}`;
+
+function ownerOptions(command: Command): Command {
+  return command
+    .option("--project <project>", "project the job belongs to (default: $CRUCIBLE_PROJECT or default)")
+    .option("--user <user>", "user the job belongs to (default: $CRUCIBLE_USER or your login)");
+}
+
+interface SubmitFlags {
+  readonly tier?: string;
+  readonly image?: string;
+  readonly timeout?: number;
+  readonly env: Record<string, string>;
+  readonly project?: string;
+  readonly user?: string;
+  readonly resumeFrom?: string;
+  readonly json?: boolean;
+}
+
+function submitOptions(command: Command): Command {
+  return ownerOptions(command)
+    .argument("<path>", "a directory holding main.py, a .py file or a code.zip")
+    .option("--tier <tier>", `resource tier (${TIER_NAMES.join(", ")}); default: detected from the code`)
+    .option("--image <image>", "image to run in; default: the matrix's image for the tier and the code")
+    .option("--timeout <seconds>", "stop the job after this many seconds", positiveSeconds)
+    .option("--env <K=V>", "set an environment variable for the job (repeatable)", collectEnv, {})
+    .option("--resume-from <job>", "start from another job's latest checkpoints")
+    .option("--json", "print JSON");
+}
+
+async function submitFrom(platform: Platform, path: string, flags: SubmitFlags): Promise<JobAddress> {
+  const spec = await jobSpecFromFlags(path, { ...flags, json: true });
+  const owner = ownerOf(flags);
+  const target = address(owner, newJobId());
+  const tier = spec.tier;
+  if (flags.resumeFrom) await seedCheckpoints(platform.store, address(owner, flags.resumeFrom), target);
+  const { code: _code, jobId: _jobId, ...stored } = spec;
+  return submitJob(platform.store, platform.queue(tier), {
+    path,
+    address: target,
+    spec: { ...stored, jobId: target.jobId },
+    quotaGiB: Number(env("CRUCIBLE_QUOTA_GIB") ?? 100),
+  });
+}
+
+function summarize(envelope: Envelope, json: boolean | undefined): void {
+  if (json) printJson(envelope);
+  else if (envelope.status === "success")
+    process.stdout.write(`${JSON.stringify(envelope.result ?? null, null, 2)}\n`);
+  else
+    process.stderr.write(
+      `job ${envelope.jobId} failed (${envelope.reason}): ${envelope.error?.message ?? ""}\n`,
+    );
+  process.exitCode = envelope.status === "success" ? EXIT.ok : EXIT.failed;
+}
+
+/** submit, status, result, logs, cancel and agent against a stack; `local run` on the embedded platform. */
+export function registerPlatform(program: Command): void {
+  submitOptions(program.command("submit").description("queue a job on the platform")).action(
+    async (path: string, flags: SubmitFlags) => {
+      const queued = await submitFrom(platformFromEnv(cliLogger()), path, flags);
+      if (flags.json) printJson(queued);
+      else process.stdout.write(`${queued.jobId}\n`);
+    },
+  );
+
+  ownerOptions(program.command("status").description("a job's state").argument("<job>", "job id")).action(
+    async (jobId: string, flags: Owner) => {
+      const state = await platformFromEnv(cliLogger()).store.getState(address(ownerOf(flags), jobId));
+      if (!state) throw new UsageError(`no job ${jobId} in ${ownerOf(flags).project}/${ownerOf(flags).user}`);
+      printJson(state);
+    },
+  );
+
+  ownerOptions(program.command("result").description("a finished job's envelope").argument("<job>", "job id"))
+    .option("--json", "print the whole envelope")
+    .action(async (jobId: string, flags: Owner & { json?: boolean }) => {
+      const envelope = await platformFromEnv(cliLogger()).store.getEnvelope(address(ownerOf(flags), jobId));
+      if (!envelope)
+        throw new UsageError(`job ${jobId} has no result yet (see \`crucible status ${jobId}\`)`);
+      summarize(envelope, flags.json);
+    });
+
+  ownerOptions(program.command("logs").description("a finished job's output").argument("<job>", "job id"))
+    .option("--stderr", "the error stream instead of the output")
+    .action(async (jobId: string, flags: Owner & { stderr?: boolean }) => {
+      const text = await platformFromEnv(cliLogger()).store.getLog(
+        address(ownerOf(flags), jobId),
+        flags.stderr ? "stderr" : "stdout",
+      );
+      if (text === undefined) throw new UsageError(`job ${jobId} has no logs yet`);
+      process.stdout.write(text);
+    });
+
+  ownerOptions(
+    program.command("cancel").description("cancel a queued or running job").argument("<job>", "job id"),
+  ).action(async (jobId: string, flags: Owner) => {
+    const { store } = platformFromEnv(cliLogger());
+    const target = address(ownerOf(flags), jobId);
+    if (!(await store.getState(target)))
+      throw new UsageError(`no job ${jobId} in ${target.project}/${target.user}`);
+    await store.requestCancel(target);
+    process.stdout.write(`cancel requested for ${jobId}; the agent stops it within seconds\n`);
+  });
+
+  program
+    .command("agent")
+    .description("run a node's agent: take the tier's jobs from its queue and run them")
+    .option("--tier <tier>", "the tier this node serves (default: $CRUCIBLE_TIER)")
+    .option("--queue-url <url>", "the tier's queue (default: $CRUCIBLE_QUEUE_URL)")
+    .option(
+      "--concurrency <n>",
+      "jobs at once (default: $CRUCIBLE_CONCURRENCY, else the tier's)",
+      positiveSeconds,
+    )
+    .action(async (flags: { tier?: string; queueUrl?: string; concurrency?: number }) => {
+      const logger = cliLogger();
+      const tier = flags.tier ?? env("CRUCIBLE_TIER");
+      if (!tier || !isTierName(tier))
+        throw new UsageError(`--tier must be one of ${TIER_NAMES.join(", ")}, got "${tier ?? ""}"`);
+      const queueUrl = flags.queueUrl ?? env("CRUCIBLE_QUEUE_URL");
+      if (!queueUrl) throw new UsageError("--queue-url (or CRUCIBLE_QUEUE_URL) must name the tier's queue");
+      const platform = platformFromEnv(logger);
+      const sqs = new SQSClient({
+        region: env("AWS_REGION") ?? "us-east-1",
+        ...(env("CRUCIBLE_ENDPOINT") && { endpoint: env("CRUCIBLE_ENDPOINT") }),
+      });
+      const images = env("CRUCIBLE_IMAGES")
+        ? (JSON.parse(env("CRUCIBLE_IMAGES")!) as Partial<Record<ImageFamily, string>>)
+        : undefined;
+      const concurrency =
+        flags.concurrency ?? (env("CRUCIBLE_CONCURRENCY") ? Number(env("CRUCIBLE_CONCURRENCY")) : undefined);
+      const agent = new Agent({
+        tier,
+        queue: new JobQueue(sqs, queueUrl, logger),
+        store: platform.store,
+        launcher: new DockerLauncher({ logger, ...(images && { images }) }),
+        logger,
+        ...(concurrency && { concurrency }),
+        ...(env("CRUCIBLE_HEARTBEAT_SECONDS") && {
+          heartbeatSeconds: Number(env("CRUCIBLE_HEARTBEAT_SECONDS")),
+        }),
+        ...(env("CRUCIBLE_VISIBILITY_TIMEOUT_SECONDS") && {
+          visibilitySeconds: Number(env("CRUCIBLE_VISIBILITY_TIMEOUT_SECONDS")),
+        }),
+      });
+      const onSignal = (): void => agent.stop("interrupted");
+      process.once("SIGTERM", onSignal);
+      process.once("SIGINT", onSignal);
+      await agent.run();
+    });
+
+  submitOptions(
+    program
+      .command("local")
+      .description("the whole platform on this machine: embedded SQS/S3, an agent, the local Docker engine")
+      .command("run")
+      .description("submit a job to the embedded platform, run it with a local agent, and print its result"),
+  ).action(async (path: string, flags: SubmitFlags) => {
+    const logger = cliLogger();
+    const tier = (await jobSpecFromFlags(path, { ...flags, json: true })).tier;
+    const platform = await startLocalPlatform({ tiers: [tier], logger });
+    const agent = new Agent({
+      tier,
+      queue: platform.queue(tier),
+      store: platform.store,
+      launcher: new DockerLauncher({ logger }),
+      logger,
+      concurrency: 1,
+      waitSeconds: 1,
+    });
+    const running = agent.run();
+    try {
+      const queued = await submitFrom(platform, path, flags);
+      if (!flags.json)
+        process.stderr.write(`job ${queued.jobId} queued on ${tier}; waiting for the local agent...\n`);
+      const envelope = await new Promise<Envelope>((resolve) => {
+        agent.on("finished", (done, result) => {
+          if (done.jobId === queued.jobId) resolve(result);
+        });
+      });
+      summarize(envelope, flags.json);
+    } finally {
+      agent.stop("interrupted", 0);
+      await running;
+      await platform.stop();
+    }
+  });
+}

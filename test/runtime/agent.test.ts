@@ -1,0 +1,251 @@
+import { GetQueueAttributesCommand, ReceiveMessageCommand, SendMessageCommand } from "@aws-sdk/client-sqs";
+import { GetObjectCommand } from "@aws-sdk/client-s3";
+import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import pino from "pino";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { Agent } from "../../runtime/src/agent";
+import type { Envelope } from "../../runtime/src/contract";
+import { DockerLauncher } from "../../runtime/src/docker-launcher";
+import { imageRef } from "../../runtime/src/image-matrix";
+import type { JobAddress } from "../../runtime/src/job-store";
+import type { LocalPlatform } from "../../runtime/src/local-platform";
+import { startLocalPlatform } from "../../runtime/src/local-platform";
+import { submitJob } from "../../runtime/src/submit";
+
+const logger = pino({ level: process.env.AGENT_TEST_LOG ?? "silent" });
+const launcher = new DockerLauncher({ logger, graceSeconds: 5 });
+const TIER = "cpu-large";
+const WAIT_MS = 60_000;
+
+let platform: LocalPlatform;
+let root: string;
+let counter = 0;
+
+function newAgent(): Agent {
+  return new Agent({
+    tier: TIER,
+    queue: platform.queue(TIER),
+    store: platform.store,
+    launcher,
+    logger,
+    concurrency: 2,
+    waitSeconds: 1,
+    heartbeatSeconds: 1,
+    visibilitySeconds: 5,
+    checkpointSeconds: 1,
+    cancelPollSeconds: 1,
+    graceSeconds: 5,
+  });
+}
+
+/** Writes main.py and submits it; the job is addressed under project "demo", user "ada". */
+async function submit(code: string): Promise<JobAddress> {
+  const jobId = `agent-${process.pid}-${++counter}`;
+  const dir = join(root, jobId);
+  await mkdir(dir);
+  await writeFile(join(dir, "main.py"), code);
+  return submitJob(platform.store, platform.queue(TIER), {
+    path: dir,
+    address: { project: "demo", user: "ada", jobId },
+    spec: { jobId, tier: TIER, image: imageRef("cpu"), env: {} },
+    quotaGiB: 1,
+  });
+}
+
+/** Resolves with the first `event` an agent emits for the job, or fails after a timeout. */
+function next<T extends unknown[]>(
+  agent: Agent,
+  event: "finished" | "handedBack" | "started",
+  jobId: string,
+): Promise<T> {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(
+      () => reject(new Error(`no ${event} for ${jobId} within ${WAIT_MS} ms`)),
+      WAIT_MS,
+    );
+    const listener = (...args: unknown[]): void => {
+      if ((args[0] as JobAddress).jobId !== jobId) return;
+      clearTimeout(timer);
+      agent.off(event, listener);
+      resolve(args as T);
+    };
+    agent.on(event, listener);
+  });
+}
+
+async function queueDepth(url: string): Promise<number> {
+  const out = await platform.sqs.send(
+    new GetQueueAttributesCommand({
+      QueueUrl: url,
+      AttributeNames: ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+    }),
+  );
+  return (
+    Number(out.Attributes?.ApproximateNumberOfMessages ?? 0) +
+    Number(out.Attributes?.ApproximateNumberOfMessagesNotVisible ?? 0)
+  );
+}
+
+async function object(key: string): Promise<string> {
+  const out = await platform.s3.send(new GetObjectCommand({ Bucket: platform.bucket, Key: key }));
+  return out.Body!.transformToString();
+}
+
+beforeAll(async () => {
+  root = await mkdtemp(join(tmpdir(), "crucible-agent-test-"));
+  platform = await startLocalPlatform({
+    tiers: [TIER],
+    logger,
+    maxReceiveCount: 2,
+    visibilityTimeoutSeconds: 5,
+  });
+});
+
+afterAll(async () => {
+  await platform.stop();
+  await rm(root, { recursive: true, force: true });
+});
+
+describe("the agent on the local platform", () => {
+  it("runs a queued job and stores its envelope, logs and outputs, and deletes its message", async () => {
+    const agent = newAgent();
+    const running = agent.run();
+    try {
+      const address = await submit(
+        [
+          "from crucible import output_dir",
+          "def main():",
+          '    (output_dir() / "model.txt").write_text("weights")',
+          '    print("trained", flush=True)',
+          '    return {"accuracy": 0.9}',
+        ].join("\n"),
+      );
+      const [, envelope] = await next<[JobAddress, Envelope]>(agent, "finished", address.jobId);
+      expect(envelope).toMatchObject({ status: "success", result: { accuracy: 0.9 } });
+      const prefix = platform.store.jobPrefix(address);
+      expect(prefix).toBe(`workspaces/demo/ada/jobs/${address.jobId}/`);
+      expect(await platform.store.getEnvelope(address)).toEqual(envelope);
+      expect(await object(`${prefix}logs/stdout.txt`)).toBe("trained\n");
+      expect(await object(`${prefix}outputs/model.txt`)).toBe("weights");
+      expect(await platform.store.getState(address)).toMatchObject({ status: "succeeded", attempts: 1 });
+      expect(await queueDepth(platform.queue(TIER).queueUrl)).toBe(0);
+    } finally {
+      agent.stop();
+      await running;
+    }
+  });
+
+  it("finishes a job that fails on its own merits once, and never runs a finished job again", async () => {
+    const agent = newAgent();
+    const running = agent.run();
+    try {
+      const address = await submit('def main():\n    raise ValueError("bad data")\n');
+      const [, envelope] = await next<[JobAddress, Envelope]>(agent, "finished", address.jobId);
+      expect(envelope).toMatchObject({ status: "error", reason: "exception", error: { type: "ValueError" } });
+      expect(await platform.store.getState(address)).toMatchObject({ status: "failed", attempts: 1 });
+      // A duplicate delivery of a finished job is dropped without running it.
+      let started = false;
+      agent.on("started", (a) => (started ||= a.jobId === address.jobId));
+      await platform.queue(TIER).send(address);
+      await expect.poll(() => queueDepth(platform.queue(TIER).queueUrl), { timeout: WAIT_MS }).toBe(0);
+      expect(started).toBe(false);
+      expect(await platform.store.getState(address)).toMatchObject({ attempts: 1 });
+    } finally {
+      agent.stop();
+      await running;
+    }
+  });
+
+  it("sends a poison message to the dead-letter queue after maxReceiveCount, with the reason logged", async () => {
+    const agent = newAgent();
+    const problems: string[] = [];
+    agent.on("poison", (problem) => problems.push(problem));
+    const running = agent.run();
+    try {
+      await platform.sqs.send(
+        new SendMessageCommand({ QueueUrl: platform.queue(TIER).queueUrl, MessageBody: "not json" }),
+      );
+      const dlq = platform.dlqUrl(TIER);
+      await expect.poll(() => queueDepth(dlq), { timeout: WAIT_MS }).toBe(1);
+      expect(problems[0]).toBe('the message body is not JSON: "not json"');
+      const moved = await platform.sqs.send(new ReceiveMessageCommand({ QueueUrl: dlq, WaitTimeSeconds: 1 }));
+      expect(moved.Messages?.[0]?.Body).toBe("not json");
+    } finally {
+      agent.stop();
+      await running;
+    }
+  });
+
+  it("sees a cancel request within seconds and stops the job as cancelled", async () => {
+    const agent = newAgent();
+    const running = agent.run();
+    try {
+      const address = await submit("import time\ndef main():\n    time.sleep(300)\n");
+      await next(agent, "started", address.jobId);
+      const finished = next<[JobAddress, Envelope]>(agent, "finished", address.jobId);
+      const asked = performance.now();
+      await platform.store.requestCancel(address);
+      const [, envelope] = await finished;
+      expect(envelope).toMatchObject({ status: "error", reason: "cancelled" });
+      expect(performance.now() - asked).toBeLessThan(20_000);
+      expect(await platform.store.getState(address)).toMatchObject({ status: "cancelled" });
+    } finally {
+      agent.stop();
+      await running;
+    }
+  });
+
+  it("hands an interrupted job back with its checkpoint, and another agent resumes it", async () => {
+    const job = [
+      "import os, signal, time",
+      "from crucible import checkpoint_dir, progress",
+      "def main():",
+      '    path = checkpoint_dir() / "step"',
+      "    start = int(path.read_text()) if path.exists() else 0",
+      "    stop = []",
+      "    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))",
+      "    step = start",
+      "    while step < 40:",
+      "        if stop:",
+      "            path.write_text(str(step))",
+      '            return {"stopped": step}',
+      "        step += 1",
+      "        progress(step=step, total=40)",
+      "        time.sleep(0.1)",
+      '    return {"resumed_from": start, "steps": step}',
+    ].join("\n");
+    const first = newAgent();
+    const firstRun = first.run();
+    const address = await submit(job);
+    // Stopped once it has made progress, so its SIGTERM handler is in place.
+    await new Promise<void>((resolve) =>
+      first.on("progress", (a, event) => {
+        if (a.jobId === address.jobId && (event.step ?? 0) >= 3) resolve();
+      }),
+    );
+    const handedBack = next<[JobAddress, string]>(first, "handedBack", address.jobId);
+    first.stop("interrupted", 5);
+    const [, reason] = await handedBack;
+    await firstRun;
+    expect(reason).toBe("interrupted");
+    expect(await platform.store.getState(address)).toMatchObject({ status: "queued", attempts: 1 });
+    const saved = Number(await object(`${platform.store.jobPrefix(address)}checkpoints/step`));
+
+    const second = newAgent();
+    const secondRun = second.run();
+    try {
+      const [, envelope] = await next<[JobAddress, Envelope]>(second, "finished", address.jobId);
+      expect(envelope).toMatchObject({ status: "success", result: { resumed_from: saved, steps: 40 } });
+      expect(await platform.store.getState(address)).toMatchObject({
+        status: "succeeded",
+        attempts: 2,
+        resumedFromCheckpoint: true,
+      });
+    } finally {
+      second.stop();
+      await secondRun;
+    }
+  });
+});
