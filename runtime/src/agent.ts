@@ -47,6 +47,8 @@ export interface AgentEvents {
   /** Stopped with the node (spot interruption, scale-in): checkpoints saved, message back on the queue. */
   handedBack: [address: JobAddress, reason: StopReason];
   poison: [problem: string, messageId: string];
+  /** Running the job failed for a reason outside it (the store, the engine); its message returns. */
+  failed: [address: JobAddress, error: unknown];
 }
 
 const FINAL_STATUS = { success: "succeeded", error: "failed" } as const;
@@ -150,6 +152,7 @@ export class Agent extends EventEmitter<AgentEvents> {
       await this.runJob(address, message, stop, log);
     } catch (error) {
       log.error({ err: error }, "handling the job failed; its message returns to the queue");
+      this.emit("failed", address, error);
       await queue.release(message.receiptHandle).catch(() => undefined);
     }
   }

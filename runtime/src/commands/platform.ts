@@ -266,9 +266,13 @@ export function registerPlatform(program: Command): void {
       const queued = await submitFrom(platform, path, flags);
       if (!flags.json)
         process.stderr.write(`job ${queued.jobId} queued on ${tier}; waiting for the local agent...\n`);
-      const envelope = await new Promise<Envelope>((resolve) => {
+      const envelope = await new Promise<Envelope>((resolve, reject) => {
         agent.on("finished", (done, result) => {
           if (done.jobId === queued.jobId) resolve(result);
+        });
+        // With one local agent a retry meets the same engine: the first failure is the answer.
+        agent.on("failed", (done, error) => {
+          if (done.jobId === queued.jobId) reject(error instanceof Error ? error : new Error(String(error)));
         });
       });
       summarize(envelope, flags.json);
