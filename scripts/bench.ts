@@ -137,7 +137,9 @@ async function main(): Promise<void> {
     console.log(`  ratio launcher/docker run = ${(launcherMs / dockerMs).toFixed(3)} (goal <= 1.0)`);
 
     const cli = () =>
-      run(join(__dirname, "../node_modules/.bin/tsx"), [
+      run(process.execPath, [
+        "--import",
+        "tsx",
         join(__dirname, "../runtime/src/bin/crucible.ts"),
         "run",
         code,

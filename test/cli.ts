@@ -2,8 +2,8 @@ import type { ChildProcess } from "node:child_process";
 import { spawn } from "node:child_process";
 import { join } from "node:path";
 
-const TSX = join(__dirname, "../node_modules/.bin/tsx");
-const BIN = join(__dirname, "../runtime/src/bin/crucible.ts");
+const ROOT = join(__dirname, "..");
+const BIN = join(ROOT, "runtime/src/bin/crucible.ts");
 
 export interface Done {
   readonly code: number | null;
@@ -20,7 +20,10 @@ export function crucible(
   onStdout?: (text: string, child: ChildProcess) => void,
   env: NodeJS.ProcessEnv = {},
 ): Promise<Done> {
-  const child = spawn(TSX, [BIN, ...args], {
+  // tsx as a loader in the same process: its wrapper process would SIGKILL a child that takes more
+  // than 30 ms to acknowledge Ctrl-C, which is the very moment the CLI is stopping its container.
+  const child = spawn(process.execPath, ["--import", "tsx", BIN, ...args], {
+    cwd: ROOT,
     env: { ...process.env, CRUCIBLE_LOG_LEVEL: "error", ...env },
   });
   let stdout = "";
