@@ -1,11 +1,13 @@
+import type { TierName } from "../runtime/src/catalog";
 import { TIER_NAMES, TIERS } from "../runtime/src/catalog";
 import { Budgets } from "./budgets";
 import { loadConfig } from "./config";
 import { fixedMonthlyCosts, tierHourlyCosts } from "./finance";
+import { TierFleet } from "./fleet";
 import { Network } from "./network";
 import { Notifications } from "./notifications";
 import { Operations } from "./operations";
-import { awsProvider } from "./providers";
+import { awsProvider, stackTags } from "./providers";
 import { JobQueues } from "./queues";
 import { Registry } from "./registry";
 import { Workspaces } from "./workspaces";
@@ -55,13 +57,66 @@ const notifications = new Notifications(
   { provider: aws },
 );
 const workspaces = new Workspaces("workspaces", { settings: config.workspaces }, { provider: aws });
+// One fleet per enabled tier: nodes that start the agent by digest against the tier's queue.
+const fleets = Object.fromEntries(
+  enabledTiers.map((tier) => {
+    const queue = jobQueues.byTier[tier]!;
+    const fleet = new TierFleet(
+      `fleet-${tier}`,
+      {
+        environment: config.environment,
+        stackTags: stackTags(config),
+        tier,
+        settings: config.fleet.tiers[tier]!,
+        heartbeatSeconds: config.fleet.heartbeatSeconds,
+        visibilityTimeoutSeconds: config.fleet.queue.visibilityTimeoutSeconds,
+        subnetIds: net.privateSubnetIds,
+        securityGroupId: net.nodeSecurityGroupId,
+        queue: { url: queue.queueUrl, arn: queue.queueArn, name: queue.queueName },
+        workspaces: {
+          bucketName: workspaces.bucketName,
+          bucketArn: workspaces.bucketArn,
+          prefix: workspaces.workspacesPrefix,
+          datasetsBucketArn: workspaces.datasetsBucketArn,
+          quotaGiB: workspaces.quotaGiBPerProject,
+        },
+        agentImage: registry.imageRefs.agent!,
+        jobImages: Object.fromEntries(
+          Object.entries(registry.imageRefs).filter(([family]) => family !== "agent"),
+        ),
+        repositoryArns: Object.values(registry.repositoryArns),
+      },
+      { provider: aws },
+    );
+    return [tier, fleet];
+  }),
+);
+const asgNamesByTier = Object.fromEntries(Object.entries(fleets).map(([tier, f]) => [tier, f.asgNames]));
+export const fleet = Object.fromEntries(
+  Object.entries(fleets).map(([tier, f]) => [
+    tier,
+    {
+      queueUrl: jobQueues.byTier[tier as TierName]!.queueUrl,
+      asgNames: f.asgNames,
+      launchTemplateId: f.launchTemplateId,
+      agentConfigParameter: f.agentConfigParameter,
+      capacity: f.capacity,
+    },
+  ]),
+);
+
 const budgetSet = new Budgets(
   "budgets",
-  { environment: config.environment, settings: config.budgets, topicArn: notifications.topicArn },
+  {
+    environment: config.environment,
+    settings: config.budgets,
+    topicArn: notifications.topicArn,
+    asgNamesByTier,
+  },
   { provider: aws },
 );
 
-// Alarms notify the same topic as budgets. ASG names join the dashboard once the fleet is wired in.
+// Alarms notify the same topic as budgets; the dashboard follows each tier's groups.
 const operations = new Operations(
   "operations",
   {
@@ -70,6 +125,7 @@ const operations = new Operations(
     queues: jobQueues.byTier,
     alarmTopicArn: notifications.topicArn,
     oldestJobAgeSeconds: config.alarms.oldestJobAgeSeconds,
+    asgNamesByTier,
   },
   { provider: aws },
 );

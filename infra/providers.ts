@@ -22,12 +22,18 @@ export function componentTags(component: string, tier?: string): Record<string, 
 export function awsProvider(config: CrucibleConfig): aws.Provider {
   return new aws.Provider("aws", {
     region: config.region as aws.Region,
-    defaultTags: {
-      tags: {
-        [COST_TAGS.environment]: config.environment,
-        [COST_TAGS.owner]: config.owner,
-        [COST_TAGS.costCenter]: config.costCenter,
-      },
-    },
+    defaultTags: { tags: stackTags(config) },
   });
+}
+
+/**
+ * The provider's default tags. Resources whose tags the provider cannot default (an Auto Scaling group's
+ * tags are blocks that propagate to instances) repeat them from here.
+ */
+export function stackTags(config: Pick<CrucibleConfig, "environment" | "owner" | "costCenter">) {
+  return {
+    [COST_TAGS.environment]: config.environment,
+    [COST_TAGS.owner]: config.owner,
+    [COST_TAGS.costCenter]: config.costCenter,
+  };
 }

@@ -175,3 +175,48 @@ export function containerSpec(input: SandboxInput): Dockerode.ContainerCreateOpt
     },
   };
 }
+
+/** What a tier's sandbox guarantees, as the fleet publishes it for the policy pack to check. */
+export interface SandboxFacts {
+  readonly networkMode: string;
+  readonly readonlyRootfs: boolean;
+  readonly privileged: boolean;
+  readonly capDrop: readonly string[];
+  readonly noNewPrivileges: boolean;
+  readonly dockerSocketMounted: boolean;
+  readonly gpuCount: number;
+  readonly memoryMiB: number;
+  readonly pidsLimit: number;
+}
+
+/** The facts of a tier's sandbox, read off the very container spec the launcher creates (never restated). */
+export function sandboxFacts(name: TierName): SandboxFacts {
+  const { tier } = effectiveTier(name);
+  const spec = containerSpec({
+    jobId: "sandbox-facts",
+    tier,
+    image: "crucible/facts",
+    env: {},
+    user: ROOTLESS_FALLBACK_USER,
+    hostPaths: { codeZip: "/code.zip", output: "/output", workspace: "/workspace", datasets: "/datasets" },
+    owner: { pid: 0, host: "facts" },
+    scratchDir: "/scratch",
+    graceSeconds: 10,
+  });
+  const host = spec.HostConfig ?? {};
+  // dockerode types these two as any; containerSpec sets both as string lists.
+  const capDrop = (host.CapDrop ?? []) as string[];
+  const securityOpt = (host.SecurityOpt ?? []) as string[];
+  const mounts = [...(host.Mounts ?? []).map((m) => m.Source ?? ""), ...(host.Binds ?? [])];
+  return {
+    networkMode: host.NetworkMode ?? "default",
+    readonlyRootfs: host.ReadonlyRootfs === true,
+    privileged: host.Privileged === true,
+    capDrop,
+    noNewPrivileges: securityOpt.includes("no-new-privileges:true"),
+    dockerSocketMounted: mounts.some((m) => m.includes("docker.sock")),
+    gpuCount: (host.DeviceRequests ?? []).reduce((n, r) => n + (r.Count ?? 0), 0),
+    memoryMiB: (host.Memory ?? 0) / MiB,
+    pidsLimit: host.PidsLimit ?? 0,
+  };
+}

@@ -118,13 +118,27 @@ describe.each(STACKS)("%s stack budgets", (stack) => {
         thresholds: DEFAULT_THRESHOLDS,
         topicArn: topicArn(),
         emails: expected.emails,
-        enforced: false,
+        // The environment's budget is never enforced: it has no groups of its own to pause.
+        enforced: expected.enforce && b.scope !== "environment",
       })),
     );
   });
 
-  it("declares no enforcer while no budgeted tier has groups to pause", () => {
-    expect(plan.ofType("aws:lambda/function:Function")).toEqual([]);
+  it("declares the enforcer only where the stack enforces, naming each budgeted tier's fleet group", () => {
+    const functions = plan.ofType("aws:lambda/function:Function");
+    if (!expected.enforce) {
+      expect(functions).toEqual([]);
+      return;
+    }
+    const env = (functions[0]!.inputs.environment as { variables: Record<string, string> }).variables;
+    expect(JSON.parse(env[ENFORCED_BUDGETS_ENV]!)).toEqual(
+      Object.fromEntries(
+        Object.keys(expected.tiers).map((tier) => [
+          `crucible-${stack}-${tier}`,
+          { tier, asgNames: [`crucible-${stack}-${tier}`] },
+        ]),
+      ),
+    );
   });
 });
 

@@ -36,9 +36,11 @@ describe.each(Object.entries(EXPECTED))("%s stack operations", (stack, want) => 
   const topicArn = () => plan.outputs.notificationTopicArn as string;
 
   it("declares exactly two alarms per enabled tier", () => {
+    const component = plan.get("crucible:operations:Operations", "operations");
     expect(
       plan
-        .ofType(ALARM)
+        .childrenOf(component.urn)
+        .filter((r) => r.type === ALARM)
         .map((a) => a.name)
         .sort(),
     ).toEqual(
