@@ -19,7 +19,7 @@ export function crucible(
   args: string[],
   onStdout?: (text: string, child: ChildProcess) => void,
   env: NodeJS.ProcessEnv = {},
-): Promise<Done> {
+): Promise<Done> & { readonly child: ChildProcess } {
   // tsx as a loader in the same process: its wrapper process would SIGKILL a child that takes more
   // than 30 ms to acknowledge Ctrl-C, which is the very moment the CLI is stopping its container.
   const child = spawn(process.execPath, ["--import", "tsx", BIN, ...args], {
@@ -33,5 +33,6 @@ export function crucible(
     onStdout?.(stdout, child);
   });
   child.stderr.on("data", (chunk: Buffer) => (stderr += chunk.toString()));
-  return new Promise((resolve) => child.on("close", (code) => resolve({ code, stdout, stderr })));
+  const done = new Promise<Done>((resolve) => child.on("close", (code) => resolve({ code, stdout, stderr })));
+  return Object.assign(done, { child });
 }

@@ -41,6 +41,8 @@ export interface AgentOptions {
 }
 
 export interface AgentEvents {
+  /** How many messages the agent holds, each time that changes (the node's scale-in protection follows). */
+  load: [running: number];
   started: [address: JobAddress];
   progress: [address: JobAddress, event: ProgressEvent];
   finished: [address: JobAddress, envelope: Envelope];
@@ -130,8 +132,12 @@ export class Agent extends EventEmitter<AgentEvents> {
 
   private take(message: ReceivedJob): void {
     const stop = new AbortController();
-    const promise = this.handle(message, stop).finally(() => this.active.delete(message.messageId));
+    const promise = this.handle(message, stop).finally(() => {
+      this.active.delete(message.messageId);
+      this.emit("load", this.active.size);
+    });
     this.active.set(message.messageId, { promise, stop });
+    this.emit("load", this.active.size);
   }
 
   private async handle(message: ReceivedJob, stop: AbortController): Promise<void> {

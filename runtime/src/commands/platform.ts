@@ -1,3 +1,5 @@
+import { AutoScalingClient } from "@aws-sdk/client-auto-scaling";
+import { CloudWatchClient } from "@aws-sdk/client-cloudwatch";
 import { S3Client } from "@aws-sdk/client-s3";
 import { SQSClient } from "@aws-sdk/client-sqs";
 import type { Command } from "commander";
@@ -12,6 +14,8 @@ import type { JobAddress } from "../job-store";
 import { jobAddressSchema, JobStore } from "../job-store";
 import type { Logger } from "../logger";
 import { startLocalPlatform } from "../local-platform";
+import type { Departure } from "../node-lifecycle";
+import { cloudWatchOutcomes, InstanceMetadata, NodeLifecycle } from "../node-lifecycle";
 import { seedCheckpoints, submitJob } from "../submit";
 import type { TierName } from "../tiers";
 import { isTierName, TIER_NAMES } from "../tiers";
@@ -59,6 +63,50 @@ function platformFromEnv(logger: Logger): Platform {
       return new JobQueue(sqs, url, logger);
     },
   };
+}
+
+/** A whole number of seconds (or jobs) from the environment, or undefined when unset. */
+function wholeNumberEnv(name: string): number | undefined {
+  const text = env(name);
+  if (text === undefined) return undefined;
+  const value = Number(text);
+  if (!/^\d+$/.test(text.trim()) || value <= 0)
+    throw new UsageError(`${name} must be a whole number greater than 0, got "${text}"`);
+  return value;
+}
+
+/**
+ * On a fleet node (the launch template's user data sets CRUCIBLE_ASG_NAME and the hook names), the
+ * agent follows its instance's Auto Scaling lifecycle and publishes job outcomes to CloudWatch.
+ */
+function fleetNodeFromEnv(
+  logger: Logger,
+): { lifecycle: NodeLifecycle; recordOutcome: ReturnType<typeof cloudWatchOutcomes> } | undefined {
+  const name = env("CRUCIBLE_ASG_NAME");
+  if (!name) return undefined;
+  const launchHook = env("CRUCIBLE_LAUNCH_HOOK");
+  const terminationHook = env("CRUCIBLE_TERMINATION_HOOK");
+  if (!launchHook || !terminationHook)
+    throw new UsageError(
+      `CRUCIBLE_ASG_NAME is set (${name}), so CRUCIBLE_LAUNCH_HOOK and CRUCIBLE_TERMINATION_HOOK must name its lifecycle hooks`,
+    );
+  const region = env("AWS_REGION") ?? "us-east-1";
+  return {
+    lifecycle: new NodeLifecycle({
+      metadata: new InstanceMetadata(),
+      autoscaling: new AutoScalingClient({ region }),
+      group: { name, launchHook, terminationHook },
+      logger,
+    }),
+    recordOutcome: cloudWatchOutcomes(new CloudWatchClient({ region }), logger),
+  };
+}
+
+function aborted(signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    if (signal.aborted) resolve();
+    else signal.addEventListener("abort", () => resolve(), { once: true });
+  });
 }
 
 function parseQueues(text: string | undefined): Partial<Record<TierName, string>> {
@@ -220,8 +268,25 @@ export function registerPlatform(program: Command): void {
       const images = env("CRUCIBLE_IMAGES")
         ? (JSON.parse(env("CRUCIBLE_IMAGES")!) as Partial<Record<ImageFamily, string>>)
         : undefined;
-      const concurrency =
-        flags.concurrency ?? (env("CRUCIBLE_CONCURRENCY") ? Number(env("CRUCIBLE_CONCURRENCY")) : undefined);
+      const concurrency = flags.concurrency ?? wholeNumberEnv("CRUCIBLE_CONCURRENCY");
+      const heartbeatSeconds = wholeNumberEnv("CRUCIBLE_HEARTBEAT_SECONDS");
+      const visibilitySeconds = wholeNumberEnv("CRUCIBLE_VISIBILITY_TIMEOUT_SECONDS");
+      const graceSeconds = wholeNumberEnv("CRUCIBLE_GRACE_SECONDS");
+      const node = fleetNodeFromEnv(logger);
+
+      const signals = new AbortController();
+      const onSignal = (): void => signals.abort();
+      process.once("SIGTERM", onSignal);
+      process.once("SIGINT", onSignal);
+      const early = await node?.lifecycle.join(signals.signal);
+      if (signals.signal.aborted) return;
+      if (early) {
+        // Restarted on a node already on its way out: take nothing, wait to be stopped.
+        logger.warn({ departure: early }, "node is leaving; not taking jobs");
+        await node?.lifecycle.leave(early);
+        await aborted(signals.signal);
+        return;
+      }
       const agent = new Agent({
         tier,
         queue: new JobQueue(sqs, queueUrl, logger),
@@ -229,17 +294,24 @@ export function registerPlatform(program: Command): void {
         launcher: new DockerLauncher({ logger, ...(images && { images }) }),
         logger,
         ...(concurrency && { concurrency }),
-        ...(env("CRUCIBLE_HEARTBEAT_SECONDS") && {
-          heartbeatSeconds: Number(env("CRUCIBLE_HEARTBEAT_SECONDS")),
-        }),
-        ...(env("CRUCIBLE_VISIBILITY_TIMEOUT_SECONDS") && {
-          visibilitySeconds: Number(env("CRUCIBLE_VISIBILITY_TIMEOUT_SECONDS")),
-        }),
+        ...(heartbeatSeconds && { heartbeatSeconds }),
+        ...(visibilitySeconds && { visibilitySeconds }),
+        ...(graceSeconds && { graceSeconds }),
+        ...(node && { recordOutcome: node.recordOutcome }),
       });
-      const onSignal = (): void => agent.stop("interrupted");
-      process.once("SIGTERM", onSignal);
-      process.once("SIGINT", onSignal);
+      signals.signal.addEventListener("abort", () => agent.stop("interrupted"), { once: true });
+      let departure: Departure | undefined;
+      const unwatch = node?.lifecycle.watch(agent, (leaving) => {
+        departure = leaving;
+        agent.stop("interrupted");
+      });
       await agent.run();
+      unwatch?.();
+      if (node && departure) {
+        await node.lifecycle.leave(departure);
+        // Exiting would let Docker restart the agent: wait for the instance to stop instead.
+        await aborted(signals.signal);
+      }
     });
 
   submitOptions(

@@ -1,0 +1,214 @@
+import { AutoScalingClient } from "@aws-sdk/client-auto-scaling";
+import { CloudWatchClient } from "@aws-sdk/client-cloudwatch";
+import { EventEmitter } from "node:events";
+import pino from "pino";
+import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import type { Departure } from "../../runtime/src/node-lifecycle";
+import { cloudWatchOutcomes, InstanceMetadata, NodeLifecycle } from "../../runtime/src/node-lifecycle";
+import type { QueryCall } from "../ec2-node";
+import { Ec2Node } from "../ec2-node";
+
+const logger = pino({ level: "silent" });
+const CREDENTIALS = { accessKeyId: "test", secretAccessKey: "test" };
+const GROUP = {
+  name: "crucible-prod-gpu-small",
+  launchHook: "crucible-prod-gpu-small-launch",
+  terminationHook: "crucible-prod-gpu-small-terminate",
+};
+
+let node: Ec2Node;
+let endpoint: string;
+
+beforeEach(async () => {
+  node = new Ec2Node();
+  endpoint = await node.start();
+  node.metadata.set("instance-id", "i-0abc");
+});
+
+afterEach(async () => {
+  await node.stop();
+});
+
+function lifecycle(): NodeLifecycle {
+  return new NodeLifecycle({
+    metadata: new InstanceMetadata(endpoint),
+    autoscaling: new AutoScalingClient({ endpoint, region: "us-west-2", credentials: CREDENTIALS }),
+    group: GROUP,
+    logger,
+    pollSeconds: 0.05,
+  });
+}
+
+const hookCompletion = (hook: string) => ({
+  AutoScalingGroupName: GROUP.name,
+  LifecycleHookName: hook,
+  InstanceId: "i-0abc",
+  LifecycleActionResult: "CONTINUE",
+});
+
+const actions = (): string[] => node.calls.map((c) => c.action);
+
+describe("InstanceMetadata", () => {
+  it("reads with a session token (IMDSv2), and a missing path as undefined", async () => {
+    const metadata = new InstanceMetadata(endpoint);
+    expect(await metadata.get("instance-id")).toBe("i-0abc");
+    expect(await metadata.get("spot/instance-action")).toBeUndefined();
+  });
+
+  it("fails with the path and status when the service refuses", async () => {
+    node.issuesTokens = false;
+    await expect(new InstanceMetadata(endpoint).get("instance-id")).rejects.toThrow(
+      "instance metadata token request answered 403",
+    );
+  });
+});
+
+describe("joining the group", () => {
+  it("completes the launch hook with CONTINUE once in service, and serves", async () => {
+    node.metadata.set("autoscaling/target-lifecycle-state", "InService");
+    expect(await lifecycle().join()).toBeUndefined();
+    expect(node.calls).toEqual([
+      {
+        action: "CompleteLifecycleAction",
+        params: expect.objectContaining(hookCompletion(GROUP.launchHook)) as QueryCall["params"],
+      },
+    ]);
+  });
+
+  it("completes the hook for the warm pool without serving, then again when put in service", async () => {
+    node.metadata.set("autoscaling/target-lifecycle-state", "Warmed:Stopped");
+    let served = false;
+    const joining = lifecycle()
+      .join()
+      .then((departure) => {
+        served = true;
+        return departure;
+      });
+    await node.nextCall("CompleteLifecycleAction");
+    expect(served).toBe(false);
+    node.metadata.set("autoscaling/target-lifecycle-state", "InService");
+    expect(await joining).toBeUndefined();
+    expect(actions()).toEqual(["CompleteLifecycleAction", "CompleteLifecycleAction"]);
+  });
+
+  it("still serves when no launch action is pending (an agent restarted on a node in service)", async () => {
+    node.metadata.set("autoscaling/target-lifecycle-state", "InService");
+    node.failing.set("CompleteLifecycleAction", "ValidationError");
+    expect(await lifecycle().join()).toBeUndefined();
+  });
+
+  it("takes nothing on a node that already has a spot notice or is terminating", async () => {
+    node.metadata.set("autoscaling/target-lifecycle-state", "InService");
+    node.metadata.set("spot/instance-action", '{"action":"terminate","time":"2026-12-02T16:00:00Z"}');
+    expect(await lifecycle().join()).toBe("spot-interruption");
+    node.metadata.delete("spot/instance-action");
+    node.metadata.set("autoscaling/target-lifecycle-state", "Terminated");
+    expect(await lifecycle().join()).toBe("scale-in");
+    expect(node.calls).toEqual([]);
+  });
+
+  it("refuses to run where there is no instance id", async () => {
+    node.metadata.delete("instance-id");
+    await expect(lifecycle().join()).rejects.toThrow(/no instance-id/);
+  });
+});
+
+describe("serving", () => {
+  async function serving(): Promise<{ life: NodeLifecycle; agent: EventEmitter<{ load: [number] }> }> {
+    node.metadata.set("autoscaling/target-lifecycle-state", "InService");
+    const life = lifecycle();
+    await life.join();
+    node.calls.length = 0;
+    return { life, agent: new EventEmitter<{ load: [number] }>() };
+  }
+
+  it("holds scale-in protection exactly while jobs run, with one call per change", async () => {
+    const { life, agent } = await serving();
+    const unwatch = life.watch(agent, () => undefined);
+    try {
+      agent.emit("load", 1);
+      agent.emit("load", 2);
+      const on = await node.nextCall("SetInstanceProtection");
+      expect(on.params).toMatchObject({
+        AutoScalingGroupName: GROUP.name,
+        "InstanceIds.member.1": "i-0abc",
+        ProtectedFromScaleIn: "true",
+      });
+      agent.emit("load", 1);
+      agent.emit("load", 0);
+      const off = await node.nextCall(
+        "SetInstanceProtection",
+        (c) => c.params.ProtectedFromScaleIn === "false",
+      );
+      expect(off.params["InstanceIds.member.1"]).toBe("i-0abc");
+      expect(actions()).toEqual(["SetInstanceProtection", "SetInstanceProtection"]);
+    } finally {
+      unwatch();
+    }
+  });
+
+  it("reports a spot notice once, and lets the instance go at the notice's deadline", async () => {
+    const { life, agent } = await serving();
+    const departures: Departure[] = [];
+    const departed = new Promise<void>((resolve) => {
+      const unwatch = life.watch(agent, (departure) => {
+        departures.push(departure);
+        unwatch();
+        resolve();
+      });
+    });
+    node.metadata.set("spot/instance-action", '{"action":"terminate","time":"2026-12-02T16:00:00Z"}');
+    await departed;
+    await life.leave("spot-interruption");
+    expect(departures).toEqual(["spot-interruption"]);
+    expect(node.calls).toEqual([]);
+  });
+
+  it("on scale-in, completes the termination hook once its jobs are handed back", async () => {
+    const { life, agent } = await serving();
+    const departure = await new Promise<Departure>((resolve) => {
+      const unwatch = life.watch(agent, (leaving) => {
+        unwatch();
+        resolve(leaving);
+      });
+      node.metadata.set("autoscaling/target-lifecycle-state", "Terminated");
+    });
+    expect(departure).toBe("scale-in");
+    await life.leave(departure);
+    expect(node.calls).toEqual([
+      {
+        action: "CompleteLifecycleAction",
+        params: expect.objectContaining(hookCompletion(GROUP.terminationHook)) as QueryCall["params"],
+      },
+    ]);
+  });
+});
+
+describe("job outcome metrics", () => {
+  const cloudwatch = () =>
+    new CloudWatchClient({ endpoint, region: "us-west-2", credentials: CREDENTIALS, maxAttempts: 1 });
+
+  it("publishes a count of 1 per outcome in Crucible/Jobs, by tier", async () => {
+    await cloudWatchOutcomes(cloudwatch(), logger)("succeeded", "gpu-small");
+    await cloudWatchOutcomes(cloudwatch(), logger)("interrupted", "cpu-large");
+    const metric = (name: string, tier: string) => ({
+      action: "PutMetricData",
+      params: {
+        Namespace: "Crucible/Jobs",
+        MetricData: [
+          { MetricName: name, Dimensions: [{ Name: "Tier", Value: tier }], Value: 1, Unit: "Count" },
+        ],
+      },
+    });
+    expect(node.calls).toEqual([
+      metric("JobsSucceeded", "gpu-small"),
+      metric("JobsInterrupted", "cpu-large"),
+    ]);
+  });
+
+  it("never fails the job it counts when CloudWatch refuses", async () => {
+    node.failing.set("PutMetricData", "Throttling");
+    await expect(cloudWatchOutcomes(cloudwatch(), logger)("failed", "gpu-small")).resolves.toBeUndefined();
+    expect(actions()).toEqual(["PutMetricData"]);
+  });
+});
