@@ -284,6 +284,17 @@ export function dashboardBody(input: {
       ),
       stat: "Sum",
     },
+    {
+      title: "Job cost at on-demand price (USD)",
+      metrics: tiers.map((t) => [
+        JOB_METRICS.namespace,
+        JOB_METRICS.costUsd,
+        JOB_METRICS.dimension,
+        t.tier,
+        { label: t.tier },
+      ]),
+      stat: "Sum",
+    },
   ];
   const widgets = panels
     .filter((p) => p.metrics.length > 0)

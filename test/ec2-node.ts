@@ -17,7 +17,7 @@ export interface QueryCall {
  * session token is refused, as the launch template requires) and the query API that Auto Scaling and
  * CloudWatch speak, recording every call so tests see exactly what the real SDK clients sent.
  */
-export class Ec2Node extends EventEmitter<{ call: [QueryCall] }> {
+export class Ec2Node extends EventEmitter<{ call: [QueryCall]; read: [string] }> {
   /** Metadata paths under `/latest/meta-data/`; a missing path answers 404, as on EC2. */
   readonly metadata = new Map<string, string>();
   readonly calls: QueryCall[] = [];
@@ -57,6 +57,24 @@ export class Ec2Node extends EventEmitter<{ call: [QueryCall] }> {
     });
   }
 
+  /** Resolves after `count` more reads of a metadata path: proof that a poller looked and saw no change. */
+  reads(path: string, count: number, ms = 20_000): Promise<void> {
+    return new Promise((resolve, reject) => {
+      let left = count;
+      const timer = setTimeout(() => {
+        this.off("read", listener);
+        reject(new Error(`${path} was not read ${count} times within ${ms} ms`));
+      }, ms);
+      const listener = (read: string): void => {
+        if (read !== path || --left > 0) return;
+        clearTimeout(timer);
+        this.off("read", listener);
+        resolve();
+      };
+      this.on("read", listener);
+    });
+  }
+
   private async answer(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const body = await new Promise<string>((resolve) => {
       let text = "";
@@ -73,7 +91,9 @@ export class Ec2Node extends EventEmitter<{ call: [QueryCall] }> {
     }
     if (req.method === "GET" && url.pathname.startsWith("/latest/meta-data/")) {
       if (!this.tokens.has(String(req.headers["x-aws-ec2-metadata-token"]))) return reply(res, 401, "");
-      const value = this.metadata.get(url.pathname.slice("/latest/meta-data/".length));
+      const path = url.pathname.slice("/latest/meta-data/".length);
+      const value = this.metadata.get(path);
+      this.emit("read", path);
       return value === undefined ? reply(res, 404, "Not Found") : reply(res, 200, value);
     }
     const target = req.headers["x-amz-target"];

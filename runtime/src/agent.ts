@@ -2,7 +2,7 @@ import { EventEmitter } from "node:events";
 import { mkdir, mkdtemp, rm } from "node:fs/promises";
 import { cpus, hostname, tmpdir } from "node:os";
 import { join } from "node:path";
-import type { Envelope, Launcher, ProgressEvent, StopReason } from "./contract";
+import type { Envelope, JobOutcome, Launcher, ProgressEvent, StopReason } from "./contract";
 import { StopRequest } from "./contract";
 import type { ReceivedJob } from "./job-queue";
 import type { JobQueue } from "./job-queue";
@@ -36,8 +36,8 @@ export interface AgentOptions {
   readonly waitSeconds?: number;
   /** Where jobs' code and workspaces are staged. Defaults to the system's temporary directory. */
   readonly scratchRoot?: string;
-  /** Records an outcome (e.g. as a CloudWatch metric). Defaults to none. */
-  readonly recordOutcome?: (outcome: "succeeded" | "failed" | "interrupted", tier: TierName) => Promise<void>;
+  /** Records each attempt's outcome (e.g. as CloudWatch metrics). Defaults to none. */
+  readonly recordOutcome?: (outcome: JobOutcome) => Promise<void>;
 }
 
 export interface AgentEvents {
@@ -258,7 +258,11 @@ export class Agent extends EventEmitter<AgentEvents> {
           note: `handed back: ${reason} on ${this.settings.node}`,
         });
         await queue.release(message.receiptHandle);
-        await this.settings.recordOutcome?.("interrupted", this.settings.tier);
+        await this.settings.recordOutcome?.({
+          outcome: "interrupted",
+          tier: this.settings.tier,
+          seconds: envelope.executionTime,
+        });
         log.info({ reason, checkpoints: uploaded.size }, "job handed back with its checkpoints");
         this.emit("handedBack", address, reason);
         return;
@@ -285,10 +289,11 @@ export class Agent extends EventEmitter<AgentEvents> {
       envelope.reason === "cancelled" ? "cancelled" : FINAL_STATUS[envelope.status];
     await store.updateState(address, { status, finishedAt: new Date().toISOString() });
     await queue.delete(message.receiptHandle);
-    await this.settings.recordOutcome?.(
-      envelope.status === "success" ? "succeeded" : "failed",
-      this.settings.tier,
-    );
+    await this.settings.recordOutcome?.({
+      outcome: envelope.status === "success" ? "succeeded" : "failed",
+      tier: this.settings.tier,
+      seconds: envelope.executionTime,
+    });
     log.info({ status, reason: envelope.reason }, "job finished");
     this.emit("finished", address, envelope);
   }

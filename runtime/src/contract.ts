@@ -144,8 +144,9 @@ export const CONTAINER_PATHS = {
 export const CHECKPOINT_OBJECT_TAG = { key: "crucible:kind", value: "checkpoint" } as const;
 
 /**
- * The CloudWatch metrics the agent publishes for every job it finishes or hands back, each a count of 1
- * (unit Count) with the one dimension `Tier`; the stack's dashboard plots them per tier.
+ * The CloudWatch metrics the agent publishes for every job it finishes or hands back, with the one
+ * dimension `Tier`: a count of 1 under the outcome's name, the attempt's run time, and its cost at the
+ * tier's on-demand price (an upper bound on spot). The stack's dashboard plots them per tier.
  */
 export const JOB_METRICS = {
   namespace: "Crucible/Jobs",
@@ -156,7 +157,18 @@ export const JOB_METRICS = {
   failed: "JobsFailed",
   /** Stopped for a spot interruption or scale-in with no envelope: the message returns to the queue. */
   interrupted: "JobsInterrupted",
+  /** Seconds the attempt ran (unit Seconds). */
+  seconds: "JobSeconds",
+  /** The attempt's run time at the tier's on-demand hourly price, in USD (unit None). */
+  costUsd: "JobCostUsd",
 } as const;
+
+/** One finished or handed-back attempt, as the agent reports it. */
+export interface JobOutcome {
+  readonly outcome: "succeeded" | "failed" | "interrupted";
+  readonly tier: string;
+  readonly seconds: number;
+}
 
 /** A line a job prints (through `crucible.progress(...)`) to report progress; JSON follows the prefix. */
 export const PROGRESS_PREFIX = "##crucible:progress ";

@@ -2,9 +2,10 @@ import type { AutoScalingClient } from "@aws-sdk/client-auto-scaling";
 import { CompleteLifecycleActionCommand, SetInstanceProtectionCommand } from "@aws-sdk/client-auto-scaling";
 import type { CloudWatchClient } from "@aws-sdk/client-cloudwatch";
 import { PutMetricDataCommand } from "@aws-sdk/client-cloudwatch";
+import type { JobOutcome } from "./contract";
 import { JOB_METRICS } from "./contract";
 import type { Logger } from "./logger";
-import type { TierName } from "./tiers";
+import { getTier, isTierName } from "./tiers";
 
 /** The variable the AWS SDKs read for a non-default instance metadata endpoint. */
 export const METADATA_ENDPOINT_ENV = "AWS_EC2_METADATA_SERVICE_ENDPOINT";
@@ -56,8 +57,11 @@ export interface ScalingGroup {
   readonly terminationHook: string;
 }
 
-/** Why the node is going away, as the metadata service tells it. */
-export type Departure = "spot-interruption" | "scale-in";
+/**
+ * Why the node is going away, as the metadata service tells it: a spot notice (two minutes), a
+ * rebalance recommendation (capacity rebalancing is replacing it), or its group terminating it.
+ */
+export type Departure = "spot-interruption" | "rebalance" | "scale-in";
 
 /** What the node's agent sees of it: serve jobs, or leave. */
 export interface AgentSignals {
@@ -105,7 +109,7 @@ export class NodeLifecycle {
     for (;;) {
       const departure = await this.departure();
       if (departure) return departure;
-      const target = await metadata.get("autoscaling/target-lifecycle-state");
+      const target = await this.targetState();
       if (target !== completedFor && (target === "InService" || target?.startsWith("Warmed:"))) {
         completedFor = target;
         try {
@@ -149,20 +153,33 @@ export class NodeLifecycle {
     };
   }
 
-  /** Lets a terminating instance go now that its jobs are handed back (scale-in waits for it). */
-  async leave(departure: Departure): Promise<void> {
+  /**
+   * Once its jobs are handed back, lets the instance go: as soon as the group is terminating it (at once
+   * on scale-in; after a spot notice or rebalance, when the group's termination reaches the hook) the
+   * termination hook is completed instead of waiting out its timeout. Resolves then, or on `signal`.
+   */
+  async leave(signal?: AbortSignal): Promise<void> {
     await this.protection;
-    // A spot instance goes at its notice's deadline whatever the hook says; a scale-in waits for it.
-    if (departure === "scale-in") await this.completeHook(this.options.group.terminationHook);
-    this.options.logger.info({ instanceId: this.instanceId, departure }, "node released");
+    while (!signal?.aborted) {
+      if ((await this.targetState()) === "Terminated") {
+        await this.completeHook(this.options.group.terminationHook);
+        this.options.logger.info({ instanceId: this.instanceId }, "termination hook completed");
+        return;
+      }
+      await pause(this.pollSeconds, signal);
+    }
   }
 
   private async departure(): Promise<Departure | undefined> {
     const { metadata } = this.options;
     if (await metadata.get("spot/instance-action")) return "spot-interruption";
-    return (await metadata.get("autoscaling/target-lifecycle-state")) === "Terminated"
-      ? "scale-in"
-      : undefined;
+    if ((await this.targetState()) === "Terminated") return "scale-in";
+    if (await metadata.get("events/recommendations/rebalance")) return "rebalance";
+    return undefined;
+  }
+
+  private targetState(): Promise<string | undefined> {
+    return this.options.metadata.get("autoscaling/target-lifecycle-state");
   }
 
   private protect(wanted: boolean): void {
@@ -197,22 +214,26 @@ export class NodeLifecycle {
   }
 }
 
-/** Publishes each finished or handed-back job as a count of 1 in {@link JOB_METRICS}, by tier. */
+/** Publishes each finished or handed-back attempt as {@link JOB_METRICS}: a count, its time and cost. */
 export function cloudWatchOutcomes(
   cloudwatch: CloudWatchClient,
   logger: Logger,
-): (outcome: "succeeded" | "failed" | "interrupted", tier: TierName) => Promise<void> {
-  return async (outcome, tier) => {
+): (outcome: JobOutcome) => Promise<void> {
+  return async ({ outcome, tier, seconds }) => {
+    const dimensions = [{ Name: JOB_METRICS.dimension, Value: tier }];
+    const hourly = isTierName(tier) ? getTier(tier).onDemandHourlyUsd : 0;
     try {
       await cloudwatch.send(
         new PutMetricDataCommand({
           Namespace: JOB_METRICS.namespace,
           MetricData: [
+            { MetricName: JOB_METRICS[outcome], Dimensions: dimensions, Unit: "Count", Value: 1 },
+            { MetricName: JOB_METRICS.seconds, Dimensions: dimensions, Unit: "Seconds", Value: seconds },
             {
-              MetricName: JOB_METRICS[outcome],
-              Dimensions: [{ Name: JOB_METRICS.dimension, Value: tier }],
-              Unit: "Count",
-              Value: 1,
+              MetricName: JOB_METRICS.costUsd,
+              Dimensions: dimensions,
+              Unit: "None",
+              Value: Math.round(((hourly * seconds) / 3600) * 1e6) / 1e6,
             },
           ],
         }),

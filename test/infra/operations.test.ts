@@ -170,6 +170,10 @@ describe.each(Object.entries(EXPECTED))("%s stack operations", (stack, want) => 
         ),
       );
       expect(widget("Job outcomes").stat).toBe("Sum");
+      expect(widget("Job cost at on-demand price (USD)")).toMatchObject({
+        metrics: want.tiers.map((t) => ["Crucible/Jobs", "JobCostUsd", "Tier", t, { label: t }]),
+        stat: "Sum",
+      });
     });
 
     it("plots spot interruptions and rebalance recommendations", () => {
@@ -256,7 +260,7 @@ describe("dashboard body", () => {
         { label: "gpu-small gpu-small-spot" },
       ],
     ]);
-    expect(widgets).toHaveLength(8);
+    expect(widgets).toHaveLength(9);
   });
 
   it("leaves out instance widgets while no group is known", () => {
@@ -272,6 +276,7 @@ describe("dashboard body", () => {
       "Dead letters",
       "Spot interruption warnings and rebalance recommendations (region)",
       "Job outcomes",
+      "Job cost at on-demand price (USD)",
     ]);
   });
 });

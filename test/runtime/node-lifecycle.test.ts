@@ -147,34 +147,49 @@ describe("serving", () => {
     }
   });
 
-  it("reports a spot notice once, and lets the instance go at the notice's deadline", async () => {
-    const { life, agent } = await serving();
-    const departures: Departure[] = [];
-    const departed = new Promise<void>((resolve) => {
+  /** Watches until the node reports a departure; resolves with every departure reported by then. */
+  function departures(life: NodeLifecycle, agent: EventEmitter<{ load: [number] }>): Promise<Departure[]> {
+    const seen: Departure[] = [];
+    return new Promise((resolve) => {
       const unwatch = life.watch(agent, (departure) => {
-        departures.push(departure);
+        seen.push(departure);
         unwatch();
-        resolve();
+        resolve(seen);
       });
     });
-    node.metadata.set("spot/instance-action", '{"action":"terminate","time":"2026-12-02T16:00:00Z"}');
-    await departed;
-    await life.leave("spot-interruption");
-    expect(departures).toEqual(["spot-interruption"]);
-    expect(node.calls).toEqual([]);
-  });
+  }
+
+  it.each([
+    ["spot/instance-action", '{"action":"terminate","time":"2026-12-02T16:00:00Z"}', "spot-interruption"],
+    ["events/recommendations/rebalance", '{"noticeTime":"2026-12-02T16:00:00Z"}', "rebalance"],
+  ])(
+    "reports %s once, then completes the termination hook only when the group terminates the node",
+    async (path, notice, expected) => {
+      const { life, agent } = await serving();
+      const reported = departures(life, agent);
+      node.metadata.set(path, notice);
+      expect(await reported).toEqual([expected]);
+      const looked = node.reads("autoscaling/target-lifecycle-state", 2);
+      const leaving = life.leave();
+      await looked;
+      expect(node.calls).toEqual([]);
+      node.metadata.set("autoscaling/target-lifecycle-state", "Terminated");
+      await leaving;
+      expect(node.calls).toEqual([
+        {
+          action: "CompleteLifecycleAction",
+          params: expect.objectContaining(hookCompletion(GROUP.terminationHook)) as QueryCall["params"],
+        },
+      ]);
+    },
+  );
 
   it("on scale-in, completes the termination hook once its jobs are handed back", async () => {
     const { life, agent } = await serving();
-    const departure = await new Promise<Departure>((resolve) => {
-      const unwatch = life.watch(agent, (leaving) => {
-        unwatch();
-        resolve(leaving);
-      });
-      node.metadata.set("autoscaling/target-lifecycle-state", "Terminated");
-    });
-    expect(departure).toBe("scale-in");
-    await life.leave(departure);
+    const reported = departures(life, agent);
+    node.metadata.set("autoscaling/target-lifecycle-state", "Terminated");
+    expect(await reported).toEqual(["scale-in"]);
+    await life.leave();
     expect(node.calls).toEqual([
       {
         action: "CompleteLifecycleAction",
@@ -182,33 +197,51 @@ describe("serving", () => {
       },
     ]);
   });
+
+  it("stops waiting for the termination when the agent is stopped", async () => {
+    const { life } = await serving();
+    const stop = new AbortController();
+    const leaving = life.leave(stop.signal);
+    stop.abort();
+    await leaving;
+    expect(node.calls).toEqual([]);
+  });
 });
 
 describe("job outcome metrics", () => {
   const cloudwatch = () =>
     new CloudWatchClient({ endpoint, region: "us-west-2", credentials: CREDENTIALS, maxAttempts: 1 });
 
-  it("publishes a count of 1 per outcome in Crucible/Jobs, by tier", async () => {
-    await cloudWatchOutcomes(cloudwatch(), logger)("succeeded", "gpu-small");
-    await cloudWatchOutcomes(cloudwatch(), logger)("interrupted", "cpu-large");
-    const metric = (name: string, tier: string) => ({
-      action: "PutMetricData",
-      params: {
-        Namespace: "Crucible/Jobs",
-        MetricData: [
-          { MetricName: name, Dimensions: [{ Name: "Tier", Value: tier }], Value: 1, Unit: "Count" },
-        ],
-      },
-    });
+  it("publishes each attempt's count, run time and on-demand cost in Crucible/Jobs, by tier", async () => {
+    const record = cloudWatchOutcomes(cloudwatch(), logger);
+    await record({ outcome: "succeeded", tier: "gpu-small", seconds: 1800 });
+    await record({ outcome: "interrupted", tier: "cpu-large", seconds: 36 });
+    const metrics = (name: string, tier: string, seconds: number, costUsd: number) => {
+      const Dimensions = [{ Name: "Tier", Value: tier }];
+      return {
+        action: "PutMetricData",
+        params: {
+          Namespace: "Crucible/Jobs",
+          MetricData: [
+            { MetricName: name, Dimensions, Unit: "Count", Value: 1 },
+            { MetricName: "JobSeconds", Dimensions, Unit: "Seconds", Value: seconds },
+            { MetricName: "JobCostUsd", Dimensions, Unit: "None", Value: costUsd },
+          ],
+        },
+      };
+    };
+    // Half an hour of gpu-small at $0.526/h; 36 s of cpu-large at $0.096/h.
     expect(node.calls).toEqual([
-      metric("JobsSucceeded", "gpu-small"),
-      metric("JobsInterrupted", "cpu-large"),
+      metrics("JobsSucceeded", "gpu-small", 1800, 0.263),
+      metrics("JobsInterrupted", "cpu-large", 36, 0.00096),
     ]);
   });
 
   it("never fails the job it counts when CloudWatch refuses", async () => {
     node.failing.set("PutMetricData", "Throttling");
-    await expect(cloudWatchOutcomes(cloudwatch(), logger)("failed", "gpu-small")).resolves.toBeUndefined();
+    await expect(
+      cloudWatchOutcomes(cloudwatch(), logger)({ outcome: "failed", tier: "gpu-small", seconds: 5 }),
+    ).resolves.toBeUndefined();
     expect(actions()).toEqual(["PutMetricData"]);
   });
 });

@@ -283,7 +283,7 @@ export function registerPlatform(program: Command): void {
       if (early) {
         // Restarted on a node already on its way out: take nothing, wait to be stopped.
         logger.warn({ departure: early }, "node is leaving; not taking jobs");
-        await node?.lifecycle.leave(early);
+        await node?.lifecycle.leave(signals.signal);
         await aborted(signals.signal);
         return;
       }
@@ -308,7 +308,7 @@ export function registerPlatform(program: Command): void {
       await agent.run();
       unwatch?.();
       if (node && departure) {
-        await node.lifecycle.leave(departure);
+        await node.lifecycle.leave(signals.signal);
         // Exiting would let Docker restart the agent: wait for the instance to stop instead.
         await aborted(signals.signal);
       }
