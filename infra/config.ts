@@ -166,6 +166,36 @@ const fleetSchema = z.strictObject({
     messageRetentionSeconds: int(60, 1209600),
   }),
   tiers: z.strictObject(tiersShape),
+  /** How long a node takes to take jobs once scaling asks for it; the scaling simulation reads these. */
+  startup: z.strictObject({
+    /**
+     * Launch of a fresh instance to its agent taking jobs: boot, agent image pull, launch hook. At most
+     * the launch hook's timeout. Defaults to 240.
+     */
+    coldBootSeconds: int(10, 900),
+    /** Start of a stopped warm-pool instance to its agent taking jobs (≤ coldBootSeconds). Defaults to 60. */
+    warmStartSeconds: int(5, 900),
+  }),
+  /** The timing of the scaling policies, as the scaling simulation models them. */
+  scaling: z.strictObject({
+    /** Period of the metrics the policies read. Defaults to 60, the group metrics' 1-minute granularity. */
+    metricPeriodSeconds: int(60, 3600),
+    /**
+     * Queue growth to a scale-out (and the from-zero alarm to its action): metric publication plus the
+     * alarm's datapoints. Defaults to 180, target tracking's 3 one-minute datapoints.
+     */
+    scaleOutDelaySeconds: int(0, 3600),
+    /** How long spare capacity lasts before it is scaled in. Defaults to 900 (15 one-minute datapoints). */
+    scaleInCooldownSeconds: int(0, 86400),
+  }),
+  /**
+   * Interruptions per spot instance-hour, a Poisson rate the scaling simulation draws from. Defaults to
+   * 0.01 (one per 100 instance-hours): cautious, well above the Spot Instance Advisor's worst bucket.
+   */
+  spotInterruptionsPerHour: z
+    .number({ error: "must be a number from 0 to 10" })
+    .min(0, { error: "must be a number from 0 to 10" })
+    .max(10, { error: "must be a number from 0 to 10" }),
 });
 
 const thresholdSchema = z.strictObject({
@@ -258,6 +288,14 @@ function checkCrossFieldRules(cfg: z.infer<z.ZodObject<Record<string, z.ZodTypeA
       path: ["fleet", "queue", "visibilityTimeoutSeconds"],
       message: `must be more than twice fleet.heartbeatSeconds (${c.fleet.heartbeatSeconds}) so one missed heartbeat does not release a running job`,
       input: c.fleet.queue.visibilityTimeoutSeconds,
+    });
+  }
+  if (c.fleet.startup.warmStartSeconds > c.fleet.startup.coldBootSeconds) {
+    ctx.addIssue({
+      code: "custom",
+      path: ["fleet", "startup", "warmStartSeconds"],
+      message: `must be at most fleet.startup.coldBootSeconds (${c.fleet.startup.coldBootSeconds}): a warm instance has already booted`,
+      input: c.fleet.startup.warmStartSeconds,
     });
   }
   for (const [name, limit] of Object.entries(c.budgets.tiers)) {
@@ -457,6 +495,9 @@ const common: DeepPartial<CrucibleSettings> = {
   fleet: {
     heartbeatSeconds: 30,
     queue: { visibilityTimeoutSeconds: 120, maxReceiveCount: 5, messageRetentionSeconds: 345600 },
+    startup: { coldBootSeconds: 240, warmStartSeconds: 60 },
+    scaling: { metricPeriodSeconds: 60, scaleOutDelaySeconds: 180, scaleInCooldownSeconds: 900 },
+    spotInterruptionsPerHour: 0.01,
   },
   alarms: { oldestJobAgeSeconds: 900 },
 };

@@ -1,8 +1,8 @@
 import * as aws from "@pulumi/aws";
 import * as pulumi from "@pulumi/pulumi";
-import type { TierName } from "../runtime/src/catalog";
+import type { ImageFamily, Tier, TierName } from "../runtime/src/catalog";
 import { JOB_METRICS } from "../runtime/src/contract";
-import { getTier } from "../runtime/src/catalog";
+import { getTier, jobImageFamily } from "../runtime/src/catalog";
 import { sandboxFacts } from "../runtime/src/sandbox";
 import type { CrucibleConfig, TierConfig } from "./config";
 import type { PolicyDocument } from "./policy-document";
@@ -16,10 +16,22 @@ export const DEFAULT_AMI_PARAMETERS = {
 
 /** Jobs waiting plus running per in-service instance, guarded so an empty group never divides by zero. */
 export const JOBS_PER_INSTANCE = "IF(m3 > 0, (m1 + m2) / m3, m1 + m2)";
-/** 1 while jobs wait and no instance is in service: the alarm that brings a group up from zero. */
-export const WAITING_WITH_NO_INSTANCE = "IF(m3 == 0 AND m1 > 0, 1, 0)";
+/**
+ * 1 while jobs wait, no instance is in service and none is wanted: the alarm that brings a group up from
+ * zero. The desired capacity (m4) must be zero too, or its ExactCapacity 1 would cancel instances that
+ * are still booting after a burst.
+ */
+export const WAITING_WITH_NO_INSTANCE = "IF(m3 == 0 AND m4 == 0 AND m1 > 0, 1, 0)";
+/** Seconds an interrupted job gets to checkpoint: half a spot notice, leaving the rest for uploads. */
+export const DEFAULT_GRACE_SECONDS = 60;
 /** Boot, image pull and the agent's readiness; past it, an instance that never reported ready is dropped. */
 export const LAUNCH_HOOK_TIMEOUT_SECONDS = 900;
+/** Days the agent's own log (not jobs' logs, which the agent uploads to the workspace) is kept. */
+export const AGENT_LOG_RETENTION_DAYS = 30;
+
+/** The CloudWatch log group a tier's agents write to. */
+export const agentLogGroupName = (environment: string, tier: string) =>
+  `/crucible/${environment}/${tier}/agent`;
 
 /** The settings that define a tier's capacity, as finance and the scaling simulation read them. */
 export interface TierCapacity {
@@ -41,7 +53,10 @@ export interface TierFleetArgs {
   /** Seconds between the agent's heartbeats, and the visibility it extends a running job's message to. */
   readonly heartbeatSeconds: number;
   readonly visibilityTimeoutSeconds: number;
-  /** Seconds an interrupted job gets to checkpoint; the termination hook waits at least this long. */
+  /**
+   * Seconds an interrupted job gets to checkpoint; the termination hook waits at least this long.
+   * Defaults to {@link DEFAULT_GRACE_SECONDS}.
+   */
   readonly graceSeconds?: number;
   readonly subnetIds: pulumi.Input<pulumi.Input<string>[]>;
   readonly securityGroupId: pulumi.Input<string>;
@@ -56,12 +71,16 @@ export interface TierFleetArgs {
     readonly prefix: pulumi.Input<string>;
     readonly datasetsBucketArn: pulumi.Input<string>;
     readonly quotaGiB: pulumi.Input<number>;
+    /** The buckets' KMS key, which nodes need to read and write objects; undefined with SSE-S3. */
+    readonly kmsKeyArn?: pulumi.Input<string>;
   };
   /** The agent image by digest, and each job family's. */
   readonly agentImage: pulumi.Input<string>;
   readonly jobImages: Readonly<Record<string, pulumi.Input<string>>>;
   /** Repositories nodes pull from. */
   readonly repositoryArns: readonly pulumi.Input<string>[];
+  /** Days the agent's log group keeps its events. Defaults to {@link AGENT_LOG_RETENTION_DAYS}. */
+  readonly logRetentionDays?: number;
 }
 
 /**
@@ -75,6 +94,7 @@ export class TierFleet extends pulumi.ComponentResource {
   readonly launchTemplateId: pulumi.Output<string>;
   readonly roleArn: pulumi.Output<string>;
   readonly agentConfigParameter: pulumi.Output<string>;
+  readonly agentLogGroupName: pulumi.Output<string>;
   readonly capacity: TierCapacity;
 
   constructor(name: string, args: TierFleetArgs, opts?: pulumi.ComponentResourceOptions) {
@@ -87,6 +107,8 @@ export class TierFleet extends pulumi.ComponentResource {
     const partition = aws.getPartitionOutput({}, { parent: this });
     const groupArn = pulumi.interpolate`arn:${partition.partition}:autoscaling:${region.name}:${identity.accountId}:autoScalingGroup:*:autoScalingGroupName/${groupName}`;
     const parameterName = `/crucible/${environment}/${tier}/agent-config`;
+    const catalog = getTier(tier);
+    const grace = args.graceSeconds ?? DEFAULT_GRACE_SECONDS;
 
     const agentConfig = new aws.ssm.Parameter(
       `${name}-agent-config`,
@@ -100,6 +122,18 @@ export class TierFleet extends pulumi.ComponentResource {
           images: args.jobImages,
           sandbox: sandboxFacts(tier),
         }),
+        tags,
+      },
+      { parent: this },
+    );
+
+    // The agent's stdout and stderr, shipped by the Docker engine's awslogs driver: a node that failed
+    // its launch hook is gone by the time anyone looks, and its log must not go with it.
+    const agentLog = new aws.cloudwatch.LogGroup(
+      `${name}-agent`,
+      {
+        name: agentLogGroupName(environment, tier),
+        retentionInDays: args.logRetentionDays ?? AGENT_LOG_RETENTION_DAYS,
         tags,
       },
       { parent: this },
@@ -128,9 +162,12 @@ export class TierFleet extends pulumi.ComponentResource {
             bucketArn: args.workspaces.bucketArn,
             prefix: args.workspaces.prefix,
             datasetsBucketArn: args.workspaces.datasetsBucketArn,
+            kmsKeyArn: args.workspaces.kmsKeyArn,
+            regionName: region.name,
             repositoryArns: args.repositoryArns,
             groupArn,
             parameterArn: agentConfig.arn,
+            logGroupArn: agentLog.arn,
           }),
         ),
       },
@@ -146,7 +183,6 @@ export class TierFleet extends pulumi.ComponentResource {
     );
     const profile = new aws.iam.InstanceProfile(`${name}-node`, { role: role.name, tags }, { parent: this });
 
-    const catalog = getTier(tier);
     const ami = aws.ssm.getParameterOutput(
       {
         name:
@@ -191,14 +227,17 @@ export class TierFleet extends pulumi.ComponentResource {
             args.workspaces.quotaGiB,
             pulumi.output(args.jobImages),
             region.name,
+            agentLog.name,
           ])
-          .apply(([agentImage, queueUrl, bucket, prefix, quota, images, regionName]) =>
+          .apply(([agentImage, queueUrl, bucket, prefix, quota, images, regionName, logGroup]) =>
             Buffer.from(
               userData({
                 tier,
                 gpu: catalog.gpu !== undefined,
                 agentImage,
+                jobImages: tierJobImages(catalog, images),
                 regionName,
+                logGroup,
                 groupName,
                 env: {
                   CRUCIBLE_TIER: tier,
@@ -212,6 +251,7 @@ export class TierFleet extends pulumi.ComponentResource {
                   CRUCIBLE_ASG_NAME: groupName,
                   CRUCIBLE_LAUNCH_HOOK: `${groupName}-launch`,
                   CRUCIBLE_TERMINATION_HOOK: `${groupName}-terminate`,
+                  CRUCIBLE_GRACE_SECONDS: String(grace),
                   AWS_REGION: regionName,
                 },
               }),
@@ -228,7 +268,6 @@ export class TierFleet extends pulumi.ComponentResource {
     );
 
     const spot = settings.spot.enabled;
-    const grace = args.graceSeconds ?? 120;
     const group = new aws.autoscaling.Group(
       `${name}-nodes`,
       {
@@ -253,14 +292,16 @@ export class TierFleet extends pulumi.ComponentResource {
               },
             }
           : { launchTemplate: { id: template.id, version: "$Latest" } }),
-        ...(settings.warmPool && {
-          warmPool: {
-            poolState: "Stopped",
-            minSize: settings.warmPool.minSize,
-            maxGroupPreparedCapacity: settings.warmPool.maxPreparedCapacity,
-            instanceReusePolicy: { reuseOnScaleIn: true },
-          },
-        }),
+        // Warm pools hold stopped on-demand instances only (config rejects one on a spot group).
+        ...(!spot &&
+          settings.warmPool && {
+            warmPool: {
+              poolState: "Stopped",
+              minSize: settings.warmPool.minSize,
+              maxGroupPreparedCapacity: settings.warmPool.maxPreparedCapacity,
+              instanceReusePolicy: { reuseOnScaleIn: true },
+            },
+          }),
         // The scaling metric math reads GroupInServiceInstances: group metrics must be on.
         metricsGranularity: "1Minute",
         enabledMetrics: [
@@ -387,6 +428,16 @@ export class TierFleet extends pulumi.ComponentResource {
             },
           },
           {
+            id: "m4",
+            metric: {
+              namespace: "AWS/AutoScaling",
+              metricName: "GroupDesiredCapacity",
+              dimensions: { AutoScalingGroupName: group.name },
+              stat: "Maximum",
+              period: 60,
+            },
+          },
+          {
             id: "e1",
             expression: WAITING_WITH_NO_INSTANCE,
             label: "waiting with no instance",
@@ -405,6 +456,10 @@ export class TierFleet extends pulumi.ComponentResource {
           autoscalingGroupName: group.name,
           recurrence: schedule.recurrence,
           minSize: schedule.minSize,
+          // The provider sends an unset size as 0, which would shrink the group to nothing (or fail on
+          // min > max); -1 leaves the maximum and the desired capacity to the group and its scaling.
+          maxSize: -1,
+          desiredCapacity: -1,
           ...(schedule.timeZone && { timeZone: schedule.timeZone }),
         },
         { parent: this },
@@ -415,10 +470,11 @@ export class TierFleet extends pulumi.ComponentResource {
     this.launchTemplateId = template.id;
     this.roleArn = role.arn;
     this.agentConfigParameter = agentConfig.name;
+    this.agentLogGroupName = agentLog.name;
     this.capacity = {
       minSize: settings.minSize,
       maxSize: settings.maxSize,
-      warmPool: settings.warmPool ?? null,
+      warmPool: (!spot && settings.warmPool) || null,
       spot: spot
         ? { onDemandBase: settings.spot.onDemandBase, onDemandPercentage: settings.spot.onDemandPercentage }
         : null,
@@ -428,20 +484,30 @@ export class TierFleet extends pulumi.ComponentResource {
     this.registerOutputs({
       asgNames: this.asgNames,
       launchTemplateId: this.launchTemplateId,
+      agentLogGroupName: this.agentLogGroupName,
       capacity: this.capacity,
     });
   }
 }
 
-/** What a node may do: its tier's queue, its workspace prefix, pulls, its own group's hooks, metrics. */
+/**
+ * What a node may do: its tier's queue, its workspace prefix (and the buckets' key, through S3 only),
+ * pulls, its own group's hooks, its job metrics and its agent's log.
+ */
 export function nodePolicy(scope: {
   readonly queueArn: pulumi.Input<string>;
   readonly bucketArn: pulumi.Input<string>;
   readonly prefix: pulumi.Input<string>;
   readonly datasetsBucketArn: pulumi.Input<string>;
+  /** The buckets' KMS key; undefined where they use S3-managed keys. */
+  readonly kmsKeyArn?: pulumi.Input<string>;
+  /** The stack's region: the key is usable only through this region's S3. */
+  readonly regionName: pulumi.Input<string>;
   readonly repositoryArns: readonly pulumi.Input<string>[];
   readonly groupArn: pulumi.Input<string>;
   readonly parameterArn: pulumi.Input<string>;
+  /** The tier's agent log group. */
+  readonly logGroupArn: pulumi.Input<string>;
 }): PolicyDocument {
   return {
     Version: "2012-10-17",
@@ -476,6 +542,21 @@ export function nodePolicy(scope: {
         Action: ["s3:GetObject", "s3:ListBucket"],
         Resource: [scope.datasetsBucketArn, pulumi.interpolate`${scope.datasetsBucketArn}/*`],
       },
+      // SSE-KMS objects: reading needs Decrypt, writing GenerateDataKey. The key policy leaves its use
+      // to IAM, so without this a node could neither fetch a job's code nor upload its result.
+      ...(scope.kmsKeyArn === undefined
+        ? []
+        : [
+            {
+              Sid: "WorkspacesKey",
+              Effect: "Allow" as const,
+              Action: ["kms:Decrypt", "kms:GenerateDataKey"],
+              Resource: scope.kmsKeyArn,
+              Condition: {
+                StringEquals: { "kms:ViaService": pulumi.interpolate`s3.${scope.regionName}.amazonaws.com` },
+              },
+            },
+          ]),
       // The one wildcard resource: ECR issues registry tokens account-wide, and the token only reads.
       { Sid: "RegistryToken", Effect: "Allow", Action: "ecr:GetAuthorizationToken", Resource: "*" },
       {
@@ -502,20 +583,55 @@ export function nodePolicy(scope: {
         Condition: { StringEquals: { "cloudwatch:namespace": JOB_METRICS.namespace } },
       },
       { Sid: "AgentConfig", Effect: "Allow", Action: "ssm:GetParameter", Resource: scope.parameterArn },
+      {
+        // The Docker engine's awslogs driver writes the agent's output; the group itself is declared here.
+        Sid: "AgentLog",
+        Effect: "Allow",
+        Action: ["logs:CreateLogStream", "logs:PutLogEvents"],
+        Resource: pulumi.interpolate`${scope.logGroupArn}:*`,
+      },
     ],
   };
 }
 
-/** The node's boot script: the GPU check, the agent's directories, an ECR login and the agent by digest. */
+/**
+ * The job images a tier's agent can choose (runtime/src/image-matrix.ts `jobImageFamily`), of those the
+ * stack has. The launcher runs only images already on the engine, so the node pulls them at boot.
+ */
+export function tierJobImages(tier: Pick<Tier, "gpu">, images: Readonly<Record<string, string>>): string[] {
+  const families = new Set<ImageFamily>([
+    jobImageFamily(tier, { torch: false }),
+    jobImageFamily(tier, { torch: true }),
+  ]);
+  return [...families].flatMap((f) => (images[f] === undefined ? [] : [images[f]]));
+}
+
+/** `<account>.dkr.ecr.<region>.amazonaws.com/...` → the registry's host and region. */
+function ecrRegistry(image: string, fallbackRegion: string): { host: string; region: string } {
+  const host = image.split("/")[0]!;
+  const region = /^\d{12}\.dkr\.ecr\.([a-z0-9-]+)\.amazonaws\.com(\.cn)?$/.exec(host)?.[1];
+  return { host, region: region ?? fallbackRegion };
+}
+
+/**
+ * The node's boot script: the GPU check, the agent's directories, an ECR login per registry, the tier's
+ * job images and the agent, all by digest, the agent logging to its CloudWatch group.
+ */
 export function userData(input: {
   readonly tier: string;
   readonly gpu: boolean;
   readonly agentImage: string;
+  /** Job images to pull before the agent starts, by digest. */
+  readonly jobImages: readonly string[];
   readonly regionName: string;
+  /** The CloudWatch log group the agent's output goes to. */
+  readonly logGroup: string;
   readonly groupName: string;
   readonly env: Readonly<Record<string, string>>;
 }): string {
-  const registry = input.agentImage.split("/")[0]!;
+  const images = [input.agentImage, ...input.jobImages];
+  // An ECR token is valid only in the registry's own region: a promoted stack pulls from its upstream's.
+  const registries = new Map(images.map((i) => ecrRegistry(i, input.regionName)).map((r) => [r.host, r]));
   const envFlags = Object.entries(input.env)
     .map(([k, v]) => `  -e ${k}=${shellQuote(v)} \\`)
     .join("\n");
@@ -531,9 +647,14 @@ export function userData(input: {
         ]
       : []),
     "install -d -o 1000 -g 1000 /var/lib/crucible /var/lib/crucible/tmp",
-    `aws ecr get-login-password --region ${input.regionName} | docker login --username AWS --password-stdin ${registry}`,
-    `docker pull ${input.agentImage}`,
+    ...[...registries.values()].map(
+      (r) =>
+        `aws ecr get-login-password --region ${r.region} | docker login --username AWS --password-stdin ${r.host}`,
+    ),
+    "# The launcher never pulls: a job's image must be on the engine before the agent takes a job.",
+    ...[...new Set(images)].map((i) => `docker pull ${i}`),
     "docker run -d --name crucible-agent --restart=always --network host \\",
+    `  --log-driver awslogs --log-opt awslogs-group=${input.logGroup} --log-opt awslogs-region=${input.regionName} --log-opt awslogs-create-group=false \\`,
     '  --group-add "$(stat -c %g /var/run/docker.sock)" \\',
     "  -v /var/run/docker.sock:/var/run/docker.sock -v /var/lib/crucible:/var/lib/crucible \\",
     "  -e TMPDIR=/var/lib/crucible/tmp \\",

@@ -79,6 +79,7 @@ const fleets = Object.fromEntries(
           prefix: workspaces.workspacesPrefix,
           datasetsBucketArn: workspaces.datasetsBucketArn,
           quotaGiB: workspaces.quotaGiBPerProject,
+          kmsKeyArn: workspaces.kmsKeyArn,
         },
         agentImage: registry.imageRefs.agent!,
         jobImages: Object.fromEntries(
@@ -100,6 +101,7 @@ export const fleet = Object.fromEntries(
       asgNames: f.asgNames,
       launchTemplateId: f.launchTemplateId,
       agentConfigParameter: f.agentConfigParameter,
+      agentLogGroup: f.agentLogGroupName,
       capacity: f.capacity,
     },
   ]),

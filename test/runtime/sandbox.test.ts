@@ -1,8 +1,13 @@
+import Dockerode from "dockerode";
+import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import type { TierName } from "../../runtime/src/catalog";
 import { TIER_NAMES } from "../../runtime/src/catalog";
-import type { SandboxInput } from "../../runtime/src/sandbox";
-import { containerSpec, effectiveTier } from "../../runtime/src/sandbox";
+import { imageRef } from "../../runtime/src/image-matrix";
+import type { SandboxFacts, SandboxInput } from "../../runtime/src/sandbox";
+import { containerSpec, effectiveTier, sandboxFacts } from "../../runtime/src/sandbox";
 
 const GiB = 2 ** 30;
 const MiB = 2 ** 20;
@@ -204,4 +209,102 @@ describe("effectiveTier", () => {
       "tier override cpu-small.pidsLimit must be a positive number, got 0",
     );
   });
+});
+
+describe("sandboxFacts", () => {
+  /** What the fleet publishes for each tier, written out: the policy pack checks these values. */
+  const FACTS: Record<"cpu-small" | "gpu-small", SandboxFacts> = {
+    "cpu-small": {
+      networkMode: "none",
+      readonlyRootfs: true,
+      privileged: false,
+      capDrop: ["ALL"],
+      noNewPrivileges: true,
+      dockerSocketMounted: false,
+      gpuCount: 0,
+      memoryMiB: 512,
+      pidsLimit: 128,
+    },
+    "gpu-small": {
+      networkMode: "none",
+      readonlyRootfs: true,
+      privileged: false,
+      capDrop: ["ALL"],
+      noNewPrivileges: true,
+      dockerSocketMounted: false,
+      gpuCount: 1,
+      memoryMiB: 14 * 1024,
+      pidsLimit: 1024,
+    },
+  };
+
+  it.each(Object.keys(FACTS) as (keyof typeof FACTS)[])("states the sandbox of %s", (tier) => {
+    expect(sandboxFacts(tier)).toEqual(FACTS[tier]);
+  });
+
+  it.each(TIER_NAMES)("agrees with the container spec the launcher builds for %s", (tier) => {
+    const host = containerSpec(
+      input(tier, { hostPaths: { codeZip: "/c", output: "/o", workspace: "/w", datasets: "/d" } }),
+    ).HostConfig!;
+    expect(sandboxFacts(tier)).toEqual({
+      networkMode: host.NetworkMode,
+      readonlyRootfs: host.ReadonlyRootfs,
+      privileged: host.Privileged,
+      // dockerode types these two as any; containerSpec sets both as string lists.
+      capDrop: host.CapDrop as string[],
+      noNewPrivileges: (host.SecurityOpt as string[]).includes("no-new-privileges:true"),
+      dockerSocketMounted: (host.Mounts ?? []).some((m) => m.Source?.includes("docker.sock")),
+      gpuCount: (host.DeviceRequests ?? []).reduce((n, r) => n + (r.Count ?? 0), 0),
+      memoryMiB: host.Memory! / MiB,
+      pidsLimit: host.PidsLimit,
+    });
+  });
+
+  // The engine itself is the judge: create (never start) each tier's container and read back what it holds.
+  it.each(["cpu-small", "gpu-small"] as const)(
+    "matches what the Docker engine creates for %s",
+    async (tier) => {
+      const docker = new Dockerode();
+      const dir = await mkdtemp(join(tmpdir(), "crucible-facts-"));
+      const hostPaths = {
+        codeZip: join(dir, "code.zip"),
+        output: join(dir, "output"),
+        workspace: join(dir, "workspace"),
+        datasets: join(dir, "datasets"),
+      };
+      await writeFile(hostPaths.codeZip, "");
+      for (const d of [hostPaths.output, hostPaths.workspace, hostPaths.datasets]) await mkdir(d);
+      // The CPU quota is no sandbox fact, and the test engine may have fewer CPUs than the tier asks for.
+      const limits = effectiveTier(tier).tier;
+      const container = await docker.createContainer(
+        containerSpec(
+          input(tier, {
+            jobId: `facts-${process.pid}-${tier}`,
+            tier: { ...limits, vcpus: 1 },
+            image: imageRef("cpu"),
+            hostPaths,
+            scratchDir: dir,
+          }),
+        ),
+      );
+      try {
+        const host = (await container.inspect()).HostConfig;
+        const mounts = [...(host.Mounts ?? []).map((m) => m.Source ?? ""), ...(host.Binds ?? [])];
+        expect({
+          networkMode: host.NetworkMode,
+          readonlyRootfs: host.ReadonlyRootfs,
+          privileged: host.Privileged,
+          capDrop: host.CapDrop as string[],
+          noNewPrivileges: ((host.SecurityOpt ?? []) as string[]).includes("no-new-privileges:true"),
+          dockerSocketMounted: mounts.some((m) => m.includes("docker.sock")),
+          gpuCount: (host.DeviceRequests ?? []).reduce((n, r) => n + (r.Count ?? 0), 0),
+          memoryMiB: (host.Memory ?? 0) / MiB,
+          pidsLimit: host.PidsLimit,
+        }).toEqual(sandboxFacts(tier));
+      } finally {
+        await container.remove({ force: true });
+        await rm(dir, { recursive: true, force: true });
+      }
+    },
+  );
 });
