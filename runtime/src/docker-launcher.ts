@@ -1,5 +1,5 @@
 import Dockerode from "dockerode";
-import { constants as fsConstants } from "node:fs";
+import { constants as fsConstants, readFileSync } from "node:fs";
 import { open, rm } from "node:fs/promises";
 import { constants as osConstants, hostname, tmpdir } from "node:os";
 import { basename, dirname, join, resolve } from "node:path";
@@ -20,6 +20,7 @@ import { disposeJob, InvalidJobError, prepareJob, SCRATCH_PREFIX } from "./job-s
 import type { Logger } from "./logger";
 import { createLogger } from "./logger";
 import { JobOutput } from "./output";
+import type { ProcessOwner } from "./sandbox";
 import { containerSpec, LABELS, sandboxUser } from "./sandbox";
 import type { ImageFamily } from "./image-matrix";
 import type { TierLimits, TierName } from "./tiers";
@@ -64,7 +65,7 @@ export class DockerLauncher implements Launcher {
   private readonly logger: Logger;
   private readonly node: string;
   private readonly graceSeconds: number;
-  private readonly owner = { pid: process.pid, host: hostname() };
+  private readonly owner = thisProcess();
 
   constructor(private readonly options: DockerLauncherOptions = {}) {
     this.logger = options.logger ?? createLogger();
@@ -103,7 +104,9 @@ export class DockerLauncher implements Launcher {
     const containers = await this.engine.listByLabel({ [LABELS.managed]: "true" });
     const orphans = containers.filter((c) => {
       const pid = Number(c.Labels[LABELS.ownerPid]);
-      return c.Labels[LABELS.ownerHost] === this.owner.host && Number.isInteger(pid) && !processAlive(pid);
+      if (c.Labels[LABELS.ownerHost] !== this.owner.host || !Number.isInteger(pid)) return false;
+      const start = c.Labels[LABELS.ownerStart];
+      return !processAlive(pid) || (start !== undefined && processStart(pid) !== start);
     });
     const removed = await Promise.all(
       orphans.map(async (c) => {
@@ -202,7 +205,10 @@ export class DockerLauncher implements Launcher {
       const attached = await this.engine.attach(id, ctx, (stream, chunk) => output.write(stream, chunk));
       if (stopper.pending) return stoppedBeforeStart();
       await this.engine.start(id, ctx);
-      log.info({ tier: tier.name, image: job.image, timeoutSeconds: job.timeoutSeconds }, "job started");
+      log.info(
+        { tier: tier.name, image: job.image, timeoutSeconds: job.timeoutSeconds },
+        "container started",
+      );
       await stopper.started(id);
       const deadline = setTimeout(
         () => stopper.request({ reason: "timeout", graceSeconds: this.graceSeconds }),
@@ -243,7 +249,7 @@ export class DockerLauncher implements Launcher {
       });
       log.info(
         { status: result.status, reason: result.reason, exitCode, seconds: result.executionTime },
-        "job finished",
+        "container finished",
       );
       return result;
     } finally {
@@ -510,6 +516,22 @@ function epochSeconds(timestamp: string): number | undefined {
 
 function signalName(signal: number): string | undefined {
   return Object.entries(osConstants.signals).find(([, n]) => n === signal)?.[0];
+}
+
+/** A process's start time in clock ticks after boot (field 22 of /proc/PID/stat), where Linux tells it. */
+function processStart(pid: number): string | undefined {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    // The command name (field 2) may hold spaces and parentheses: count fields after its closing one.
+    return stat.slice(stat.lastIndexOf(")") + 2).split(" ")[19];
+  } catch {
+    return undefined;
+  }
+}
+
+function thisProcess(): ProcessOwner {
+  const start = processStart(process.pid);
+  return { pid: process.pid, host: hostname(), ...(start !== undefined && { start }) };
 }
 
 function processAlive(pid: number): boolean {

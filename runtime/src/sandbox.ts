@@ -11,6 +11,11 @@ export const LABELS = {
   /** The process that owns the container, so a later `gc` can tell whether it is still alive. */
   ownerPid: "crucible.owner-pid",
   ownerHost: "crucible.owner-host",
+  /**
+   * When the owner started (Linux: clock ticks after boot). A restarted agent container reuses its
+   * predecessor's pid, so the pid alone would keep a dead agent's containers looking owned.
+   */
+  ownerStart: "crucible.owner-start",
   /** Host directory with the job's code zip and output, removed with the container. */
   scratch: "crucible.scratch",
 } as const;
@@ -90,13 +95,20 @@ export interface SandboxInput {
     readonly workspace: string;
     readonly datasets?: string;
   };
-  readonly owner: { readonly pid: number; readonly host: string };
+  readonly owner: ProcessOwner;
   readonly scratchDir: string;
   /** Seconds between SIGTERM and SIGKILL when the engine itself stops the container. */
   readonly graceSeconds: number;
 }
 
 const MiB = 1024 * 1024;
+
+/** The process a container belongs to: alive only while a process with that pid and start time runs. */
+export interface ProcessOwner {
+  readonly pid: number;
+  readonly host: string;
+  readonly start?: string;
+}
 
 /**
  * The one place a job's container is defined: no network, read-only root, capped `/tmp`, memory without
@@ -127,6 +139,7 @@ export function containerSpec(input: SandboxInput): Dockerode.ContainerCreateOpt
       [LABELS.tier]: tier.name,
       [LABELS.ownerPid]: String(input.owner.pid),
       [LABELS.ownerHost]: input.owner.host,
+      ...(input.owner.start !== undefined && { [LABELS.ownerStart]: input.owner.start }),
       [LABELS.scratch]: input.scratchDir,
     },
     AttachStdin: false,

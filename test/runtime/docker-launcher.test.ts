@@ -1,5 +1,6 @@
 import Dockerode from "dockerode";
 import { spawnSync } from "node:child_process";
+import { readFileSync } from "node:fs";
 import { mkdir, mkdtemp, readFile, rm, symlink, writeFile } from "node:fs/promises";
 import { hostname, tmpdir } from "node:os";
 import { join } from "node:path";
@@ -457,7 +458,8 @@ describe("every outcome is a truthful envelope", () => {
 describe("gc", () => {
   it("removes containers whose owner process is gone, and only those", async () => {
     const dead = spawnSync("true").pid;
-    const make = (pid: number, jobId: string) =>
+    const ownStart = readFileSync("/proc/self/stat", "utf8").split(") ")[1]!.split(" ")[19]!;
+    const make = (pid: number, jobId: string, start?: string) =>
       engine.create(
         {
           Image: IMAGE,
@@ -467,20 +469,23 @@ describe("gc", () => {
             [LABELS.tier]: "cpu-small",
             [LABELS.ownerPid]: String(pid),
             [LABELS.ownerHost]: hostname(),
+            ...(start !== undefined && { [LABELS.ownerStart]: start }),
           },
         },
         { jobId },
       );
     const orphan = await make(dead, `t-gc-orphan-${process.pid}`);
-    const owned = await make(process.pid, `t-gc-owned-${process.pid}`);
+    // A restarted agent container gets its predecessor's pid: the start time tells them apart.
+    const reused = await make(process.pid, `t-gc-reused-${process.pid}`, "1");
+    const owned = await make(process.pid, `t-gc-owned-${process.pid}`, ownStart);
     try {
-      expect(await launcher.gc()).toBeGreaterThanOrEqual(1);
+      expect(await launcher.gc()).toBeGreaterThanOrEqual(2);
       const left = (await engine.listByLabel({ [LABELS.managed]: "true" })).map((c) => c.Id);
       expect(left).not.toContain(orphan);
+      expect(left).not.toContain(reused);
       expect(left).toContain(owned);
     } finally {
-      await engine.remove(orphan, {});
-      await engine.remove(owned, {});
+      for (const id of [orphan, reused, owned]) await engine.remove(id, {});
     }
   });
 });

@@ -272,6 +272,7 @@ export function registerPlatform(program: Command): void {
       const heartbeatSeconds = wholeNumberEnv("CRUCIBLE_HEARTBEAT_SECONDS");
       const visibilitySeconds = wholeNumberEnv("CRUCIBLE_VISIBILITY_TIMEOUT_SECONDS");
       const graceSeconds = wholeNumberEnv("CRUCIBLE_GRACE_SECONDS");
+      const checkpointSeconds = wholeNumberEnv("CRUCIBLE_CHECKPOINT_SECONDS");
       const node = fleetNodeFromEnv(logger);
 
       const signals = new AbortController();
@@ -287,13 +288,18 @@ export function registerPlatform(program: Command): void {
         await aborted(signals.signal);
         return;
       }
+      const launcher = new DockerLauncher({ logger, ...(images && { images }) });
+      // A predecessor killed mid-job left its containers running; their messages return to the queue.
+      const orphans = await launcher.gc();
+      if (orphans > 0) logger.warn({ orphans }, "removed job containers of a dead agent");
       const agent = new Agent({
         tier,
         queue: new JobQueue(sqs, queueUrl, logger),
         store: platform.store,
-        launcher: new DockerLauncher({ logger, ...(images && { images }) }),
+        launcher,
         logger,
         ...(concurrency && { concurrency }),
+        ...(checkpointSeconds && { checkpointSeconds }),
         ...(heartbeatSeconds && { heartbeatSeconds }),
         ...(visibilitySeconds && { visibilitySeconds }),
         ...(graceSeconds && { graceSeconds }),
