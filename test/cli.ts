@@ -7,6 +7,8 @@ const BIN = join(ROOT, "runtime/src/bin/crucible.ts");
 
 export interface Done {
   readonly code: number | null;
+  /** The signal that ended the process, when one did. */
+  readonly signal: NodeJS.Signals | null;
   readonly stdout: string;
   readonly stderr: string;
 }
@@ -33,6 +35,8 @@ export function crucible(
     onStdout?.(stdout, child);
   });
   child.stderr.on("data", (chunk: Buffer) => (stderr += chunk.toString()));
-  const done = new Promise<Done>((resolve) => child.on("close", (code) => resolve({ code, stdout, stderr })));
+  const done = new Promise<Done>((resolve) =>
+    child.on("close", (code, signal) => resolve({ code, signal, stdout, stderr })),
+  );
   return Object.assign(done, { child });
 }

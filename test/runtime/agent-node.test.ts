@@ -64,6 +64,7 @@ const protection = (value: "true" | "false") => (c: { params: Record<string, unk
 describe("crucible agent on a fleet node", () => {
   it("joins its group, holds scale-in protection while it works, publishes outcomes, and on scale-in hands its job back before letting the instance go", async () => {
     const agent = crucible(["agent", "--tier", TIER], undefined, {
+      CRUCIBLE_LOG_LEVEL: "info",
       CRUCIBLE_BUCKET: platform.bucket,
       CRUCIBLE_ENDPOINT: platform.endpoint,
       CRUCIBLE_QUEUE_URL: platform.queue(TIER).queueUrl,
@@ -132,7 +133,10 @@ describe("crucible agent on a fleet node", () => {
       agent.child.kill("SIGTERM");
     }
     const done = await agent;
-    expect(done.code).toBe(0);
+    expect({ code: done.code, signal: done.signal, stderr: done.stderr.slice(-2000) }).toMatchObject({
+      code: 0,
+      signal: null,
+    });
     // Stopped by its node: it took nothing more after letting the instance go.
     expect(node.calls.at(-1)?.action).toBe("CompleteLifecycleAction");
   });

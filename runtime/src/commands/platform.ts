@@ -276,9 +276,10 @@ export function registerPlatform(program: Command): void {
       const node = fleetNodeFromEnv(logger);
 
       const signals = new AbortController();
+      // Every signal, not just the first: a second SIGTERM must not kill an agent handing jobs back.
       const onSignal = (): void => signals.abort();
-      process.once("SIGTERM", onSignal);
-      process.once("SIGINT", onSignal);
+      process.on("SIGTERM", onSignal);
+      process.on("SIGINT", onSignal);
       const early = await node?.lifecycle.join(signals.signal);
       if (signals.signal.aborted) return;
       if (early) {
