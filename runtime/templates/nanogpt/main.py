@@ -307,8 +307,10 @@ def train(name: str, cfg: Config) -> dict:
             }
         )
 
-    step_model = torch.compile(model) if cfg.compile and device == "cuda" else model
-    autocast = torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=device == "cuda")
+    # NANOGPT_FAST=0 trains eager in fp32: the baseline `npm run bench:nanogpt` measures against.
+    fast = os.environ.get("NANOGPT_FAST", "1") != "0"
+    step_model = torch.compile(model) if fast and cfg.compile and device == "cuda" else model
+    autocast = torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=fast and device == "cuda")
 
     @torch.no_grad()
     def evaluate(it: int) -> dict[str, float]:
@@ -382,6 +384,7 @@ def train(name: str, cfg: Config) -> dict:
             "loss_curve": losses,
             "sample": sample,
             "device": device,
+            "fast": fast,
         }
     finally:
         tracker.close()
