@@ -64,6 +64,8 @@ const FINAL_STATUS = { success: "succeeded", error: "failed" } as const;
 export class Agent extends EventEmitter<AgentEvents> {
   private readonly active = new Map<string, { promise: Promise<void>; stop: AbortController }>();
   private stopping: { reason: StopReason; graceSeconds: number } | undefined;
+  /** Settles once the receive loop has ended, its last long poll included. */
+  private polling: Promise<void> = Promise.resolve();
   private readonly settings: Required<Omit<AgentOptions, "recordOutcome">> &
     Pick<AgentOptions, "recordOutcome">;
 
@@ -91,8 +93,19 @@ export class Agent extends EventEmitter<AgentEvents> {
 
   /** Runs until {@link stop}; resolves once every job it took is finished or handed back. */
   async run(): Promise<void> {
-    const { logger, tier, concurrency, waitSeconds } = this.settings;
-    logger.info({ tier, concurrency, queueUrl: this.settings.queue.queueUrl }, "agent started");
+    const { logger, tier } = this.settings;
+    logger.info(
+      { tier, concurrency: this.settings.concurrency, queueUrl: this.settings.queue.queueUrl },
+      "agent started",
+    );
+    this.polling = this.receiveUntilStopped();
+    await this.polling;
+    await Promise.all([...this.active.values()].map((a) => a.promise));
+    logger.info({ tier, reason: this.stopping?.reason }, "agent stopped");
+  }
+
+  private async receiveUntilStopped(): Promise<void> {
+    const { logger, concurrency, waitSeconds } = this.settings;
     while (!this.stopping) {
       if (this.active.size >= concurrency) {
         await Promise.race([...this.active.values()].map((a) => a.promise));
@@ -116,8 +129,6 @@ export class Agent extends EventEmitter<AgentEvents> {
       }
       for (const message of received) this.take(message);
     }
-    await Promise.all([...this.active.values()].map((a) => a.promise));
-    logger.info({ tier, reason: this.stopping?.reason }, "agent stopped");
   }
 
   /** Stops taking jobs and stops the running ones with `reason`, giving each `graceSeconds` to checkpoint. */
@@ -257,6 +268,9 @@ export class Agent extends EventEmitter<AgentEvents> {
           status: "queued",
           note: `handed back: ${reason} on ${this.settings.node}`,
         });
+        // Released only once this agent's last long poll is over: released sooner, that poll could take
+        // the message again, and every receive counts towards the dead-letter queue's maxReceiveCount.
+        await this.polling;
         await queue.release(message.receiptHandle);
         await this.settings.recordOutcome?.({
           outcome: "interrupted",

@@ -1,4 +1,3 @@
-import { GetQueueAttributesCommand } from "@aws-sdk/client-sqs";
 import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -9,6 +8,7 @@ import type { JobAddress } from "../../runtime/src/job-store";
 import type { LocalPlatform } from "../../runtime/src/local-platform";
 import { startLocalPlatform } from "../../runtime/src/local-platform";
 import { submitJob } from "../../runtime/src/submit";
+import { queueDepth } from "../../scripts/lib/soak";
 import { crucible } from "../cli";
 import { Ec2Node } from "../ec2-node";
 
@@ -49,15 +49,6 @@ async function submit(name: string, code: string): Promise<JobAddress> {
   });
 }
 
-/** Resolves once `check` holds, looking every 200 ms, or fails after `ms`. */
-async function until(what: string, check: () => Promise<boolean>, ms = 60_000): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`${what} did not happen within ${ms} ms`);
-    await new Promise((resolve) => setTimeout(resolve, 200));
-  }
-}
-
 const protection = (value: "true" | "false") => (c: { params: Record<string, unknown> }) =>
   c.params.ProtectedFromScaleIn === value;
 
@@ -94,10 +85,9 @@ describe("crucible agent on a fleet node", () => {
       await node.nextCall("SetInstanceProtection", protection("false"));
 
       const long = await submit("long", "import time\ndef main():\n    time.sleep(300)\n");
-      await until(
-        "the long job starting",
-        async () => (await platform.store.getState(long))?.status === "running",
-      );
+      await expect
+        .poll(async () => (await platform.store.getState(long))?.status, { timeout: 60_000 })
+        .toBe("running");
       node.metadata.set("autoscaling/target-lifecycle-state", "Terminated");
       const released = await node.nextCall("CompleteLifecycleAction", (c) =>
         String(c.params.LifecycleHookName).endsWith("-terminate"),
@@ -105,13 +95,8 @@ describe("crucible agent on a fleet node", () => {
       expect(released.params).toMatchObject({ InstanceId: "i-0node", LifecycleActionResult: "CONTINUE" });
 
       expect(await platform.store.getState(long)).toMatchObject({ status: "queued" });
-      const depth = await platform.sqs.send(
-        new GetQueueAttributesCommand({
-          QueueUrl: platform.queue(TIER).queueUrl,
-          AttributeNames: ["ApproximateNumberOfMessages"],
-        }),
-      );
-      expect(depth.Attributes?.ApproximateNumberOfMessages).toBe("1");
+      // Handed back: the message is in the queue again, for another node.
+      expect(await queueDepth(platform, platform.queue(TIER).queueUrl)).toBe(1);
       expect(
         node.calls.map((c) =>
           c.action === "PutMetricData"
@@ -137,6 +122,8 @@ describe("crucible agent on a fleet node", () => {
       code: 0,
       signal: null,
     });
+    // It waited to be stopped instead of exiting (Docker would restart it on the departing node).
+    expect(done.stderr).toContain('"signal":"SIGTERM","msg":"signal received; stopping"');
     // Stopped by its node: it took nothing more after letting the instance go.
     expect(node.calls.at(-1)?.action).toBe("CompleteLifecycleAction");
   });

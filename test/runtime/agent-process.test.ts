@@ -15,15 +15,6 @@ import { AgentProcess, localAgentEnv, runSoak } from "../../scripts/lib/soak";
 const logger = pino({ level: "silent" });
 const TIER = "cpu-large";
 
-/** Resolves once `check` holds, looking every 200 ms, or fails after `ms`. */
-async function until(what: string, check: () => Promise<boolean>, ms = 60_000): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`${what} did not happen within ${ms} ms`);
-    await new Promise((resolve) => setTimeout(resolve, 200));
-  }
-}
-
 describe("an agent killed mid-job (SIGKILL)", () => {
   let platform: LocalPlatform;
   let root: string;
@@ -86,18 +77,17 @@ describe("an agent killed mid-job (SIGKILL)", () => {
     const first = new AgentProcess(TIER, env);
     let second: AgentProcess | undefined;
     try {
-      await until("a checkpoint past step 5 uploaded", async () => (await uploadedStep()) >= 5);
+      await expect.poll(uploadedStep, { timeout: 60_000 }).toBeGreaterThanOrEqual(5);
       expect(await first.kill("SIGKILL")).toBeNull();
       const saved = await uploadedStep();
       // The dead agent's container runs on, orphaned, until the next agent on this host starts.
       expect(await containers()).toHaveLength(1);
 
       second = new AgentProcess(TIER, env);
-      await until("the job finishing on the new agent", async () =>
-        Boolean(await platform.store.getEnvelope(address)),
-      );
+      await expect
+        .poll(async () => (await platform.store.getEnvelope(address))?.status, { timeout: 60_000 })
+        .toBe("success");
       const envelope = await platform.store.getEnvelope(address);
-      expect(envelope).toMatchObject({ status: "success" });
       const resumedFrom = (envelope?.result as { resumed_from: number }).resumed_from;
       // The uploads run every second: the resumed run starts at least where the last one seen stood.
       expect(resumedFrom).toBeGreaterThanOrEqual(saved);
@@ -106,7 +96,8 @@ describe("an agent killed mid-job (SIGKILL)", () => {
         attempts: 2,
         resumedFromCheckpoint: true,
       });
-      expect(second.jobsLogged("job finished")).toEqual([jobId]);
+      // The envelope is stored before the agent deletes the message and logs the finish.
+      await expect.poll(() => second?.jobsLogged("job finished"), { timeout: 10_000 }).toEqual([jobId]);
       expect(second.lines.some((l) => l.msg === "removed orphaned job container" && l.jobId === jobId)).toBe(
         true,
       );

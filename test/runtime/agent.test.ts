@@ -1,4 +1,4 @@
-import { GetQueueAttributesCommand, ReceiveMessageCommand, SendMessageCommand } from "@aws-sdk/client-sqs";
+import { ReceiveMessageCommand, SendMessageCommand } from "@aws-sdk/client-sqs";
 import { GetObjectCommand } from "@aws-sdk/client-s3";
 import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
@@ -13,6 +13,7 @@ import type { JobAddress } from "../../runtime/src/job-store";
 import type { LocalPlatform } from "../../runtime/src/local-platform";
 import { startLocalPlatform } from "../../runtime/src/local-platform";
 import { submitJob } from "../../runtime/src/submit";
+import { queueDepth } from "../../scripts/lib/soak";
 
 const logger = pino({ level: process.env.AGENT_TEST_LOG ?? "silent" });
 const launcher = new DockerLauncher({ logger, graceSeconds: 5 });
@@ -75,19 +76,6 @@ function next<T extends unknown[]>(
   });
 }
 
-async function queueDepth(url: string): Promise<number> {
-  const out = await platform.sqs.send(
-    new GetQueueAttributesCommand({
-      QueueUrl: url,
-      AttributeNames: ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
-    }),
-  );
-  return (
-    Number(out.Attributes?.ApproximateNumberOfMessages ?? 0) +
-    Number(out.Attributes?.ApproximateNumberOfMessagesNotVisible ?? 0)
-  );
-}
-
 async function object(key: string): Promise<string> {
   const out = await platform.s3.send(new GetObjectCommand({ Bucket: platform.bucket, Key: key }));
   return out.Body!.transformToString();
@@ -130,7 +118,7 @@ describe("the agent on the local platform", () => {
       expect(await object(`${prefix}logs/stdout.txt`)).toBe("trained\n");
       expect(await object(`${prefix}outputs/model.txt`)).toBe("weights");
       expect(await platform.store.getState(address)).toMatchObject({ status: "succeeded", attempts: 1 });
-      expect(await queueDepth(platform.queue(TIER).queueUrl)).toBe(0);
+      expect(await queueDepth(platform, platform.queue(TIER).queueUrl)).toBe(0);
     } finally {
       agent.stop();
       await running;
@@ -149,7 +137,9 @@ describe("the agent on the local platform", () => {
       let started = false;
       agent.on("started", (a) => (started ||= a.jobId === address.jobId));
       await platform.queue(TIER).send(address);
-      await expect.poll(() => queueDepth(platform.queue(TIER).queueUrl), { timeout: WAIT_MS }).toBe(0);
+      await expect
+        .poll(() => queueDepth(platform, platform.queue(TIER).queueUrl), { timeout: WAIT_MS })
+        .toBe(0);
       expect(started).toBe(false);
       expect(await platform.store.getState(address)).toMatchObject({ attempts: 1 });
     } finally {
@@ -168,7 +158,7 @@ describe("the agent on the local platform", () => {
         new SendMessageCommand({ QueueUrl: platform.queue(TIER).queueUrl, MessageBody: "not json" }),
       );
       const dlq = platform.dlqUrl(TIER);
-      await expect.poll(() => queueDepth(dlq), { timeout: WAIT_MS }).toBe(1);
+      await expect.poll(() => queueDepth(platform, dlq), { timeout: WAIT_MS }).toBe(1);
       expect(problems[0]).toBe('the message body is not JSON: "not json"');
       const moved = await platform.sqs.send(new ReceiveMessageCommand({ QueueUrl: dlq, WaitTimeSeconds: 1 }));
       expect(moved.Messages?.[0]?.Body).toBe("not json");

@@ -102,10 +102,19 @@ function fleetNodeFromEnv(
   };
 }
 
+/** Resolves on abort, keeping the process alive until then (a pending promise alone does not). */
 function aborted(signal: AbortSignal): Promise<void> {
   return new Promise((resolve) => {
-    if (signal.aborted) resolve();
-    else signal.addEventListener("abort", () => resolve(), { once: true });
+    if (signal.aborted) return resolve();
+    const keepAlive = setInterval(() => undefined, 60_000);
+    signal.addEventListener(
+      "abort",
+      () => {
+        clearInterval(keepAlive);
+        resolve();
+      },
+      { once: true },
+    );
   });
 }
 
@@ -277,7 +286,10 @@ export function registerPlatform(program: Command): void {
 
       const signals = new AbortController();
       // Every signal, not just the first: a second SIGTERM must not kill an agent handing jobs back.
-      const onSignal = (): void => signals.abort();
+      const onSignal = (signal: NodeJS.Signals): void => {
+        logger.info({ signal }, "signal received; stopping");
+        signals.abort();
+      };
       process.on("SIGTERM", onSignal);
       process.on("SIGINT", onSignal);
       const early = await node?.lifecycle.join(signals.signal);
