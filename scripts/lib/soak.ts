@@ -206,7 +206,8 @@ export async function runSoak(options: SoakOptions): Promise<SoakReport> {
   }
 }
 
-async function queueDepth(platform: LocalPlatform, url: string): Promise<number> {
+/** Messages in a local queue, waiting or in flight. */
+export async function queueDepth(platform: LocalPlatform, url: string): Promise<number> {
   const out = await platform.sqs.send(
     new GetQueueAttributesCommand({
       QueueUrl: url,
