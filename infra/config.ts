@@ -252,6 +252,53 @@ const alarmsSchema = z.strictObject({
   oldestJobAgeSeconds: int(60, 86400),
 });
 
+/** The account's GitHub OIDC provider: declared by this stack, the one already there, or named by ARN. */
+const oidcProviderChoice = z
+  .string()
+  .refine(
+    (v) =>
+      v === "declare" ||
+      v === "existing" ||
+      /^arn:aws[a-z-]*:iam::\d{12}:oidc-provider\/token\.actions\.githubusercontent\.com$/.test(v),
+    {
+      error:
+        'must be "declare", "existing" or the ARN of the account\'s GitHub OIDC provider (arn:aws:iam::<account>:oidc-provider/token.actions.githubusercontent.com)',
+    },
+  );
+
+const ciSchema = z.strictObject({
+  /** The repository whose GitHub Actions workflows preview and deploy this stack, through OIDC. */
+  github: z.strictObject({
+    /** `owner/name`: every role's trust policy names it. */
+    repository: z
+      .string()
+      .regex(/^[A-Za-z0-9](?:[A-Za-z0-9]|-(?=[A-Za-z0-9])){0,38}\/(?!\.\.?$)[A-Za-z0-9._-]{1,100}$/, {
+        error: "must be a GitHub repository as owner/name, such as acme/crucible",
+      }),
+    /** The branch whose pushes deploy a dev stack without a GitHub environment. Defaults to main. */
+    branch: z
+      .string()
+      .regex(/^(?!\/)(?!.*\/\/)(?!.*\/$)(?!.*\.\.)[A-Za-z0-9._/-]{1,255}$/, {
+        error: "must be a branch name such as main (letters, digits, ., _, - and /, no wildcards)",
+      })
+      .optional(),
+    /** GitHub environments whose jobs may deploy this stack. Defaults to the stack's environment. */
+    environments: uniqueList(
+      z.string().regex(/^[A-Za-z0-9._-]{1,255}$/, {
+        error: "must be a GitHub environment name (letters, digits, ., _ and -)",
+      }),
+      "GitHub environments",
+    )
+      .min(1, { error: "must name at least one GitHub environment" })
+      .optional(),
+    /**
+     * The account's OIDC provider for token.actions.githubusercontent.com (an account holds one per URL):
+     * `declare` it in this stack, use the `existing` one, or name it by ARN. Defaults to declare.
+     */
+    oidcProvider: oidcProviderChoice.optional(),
+  }),
+});
+
 export const crucibleConfigSchema = z
   .strictObject({
     environment: oneOf(ENVIRONMENTS),
@@ -263,6 +310,8 @@ export const crucibleConfigSchema = z
     workspaces: workspacesSchema,
     budgets: budgetsSchema,
     alarms: alarmsSchema,
+    /** CI's access to the stack's account (OIDC provider and roles); absent: none is declared. */
+    ci: ciSchema.optional(),
   })
   .superRefine(checkCrossFieldRules);
 
@@ -317,6 +366,16 @@ function checkCrossFieldRules(cfg: z.infer<z.ZodObject<Record<string, z.ZodTypeA
       input: checkpointRetentionDays,
     });
   }
+  c.ci?.github.environments?.forEach((name, i) => {
+    if ((ENVIRONMENTS as readonly string[]).includes(name) && name !== c.environment) {
+      ctx.addIssue({
+        code: "custom",
+        path: ["ci", "github", "environments", i],
+        message: `must not be another stack's environment (this stack is ${c.environment}): its jobs would deploy here`,
+        input: name,
+      });
+    }
+  });
   checkNetwork(c.network, ctx);
   const anyEnabled = TIER_NAMES.some((t) => c.fleet.tiers[t]?.enabled);
   if (anyEnabled && !c.registry.families.includes("agent") && !c.registry.promoteFrom) {

@@ -1,6 +1,7 @@
 import type { TierName } from "../runtime/src/catalog";
 import { TIER_NAMES, TIERS } from "../runtime/src/catalog";
 import { Budgets } from "./budgets";
+import { CiAccess } from "./ci";
 import { loadConfig } from "./config";
 import { fixedMonthlyCosts, tierHourlyCosts } from "./finance";
 import { TierFleet } from "./fleet";
@@ -150,3 +151,19 @@ export const fixedMonthlyCost = fixedMonthlyCosts(config.region, {
   interfaceEndpointAzs: net.fixedCostCounts.interfaceEndpointAzs,
   kmsKeys: [notifications.kmsKeyArn, workspaces.kmsKeyArn].filter(Boolean).length,
 });
+
+// CI reaches the account through GitHub's OIDC provider: pull requests preview with a read-only role,
+// jobs in the stack's GitHub environment deploy with the deploy role. Without crucible:ci, none exists.
+const ciAccess = config.ci
+  ? new CiAccess(
+      "ci",
+      { github: config.ci.github, environment: config.environment, stack: config.stack },
+      { provider: aws },
+    )
+  : undefined;
+export const ci = ciAccess && {
+  oidcProviderArn: ciAccess.oidcProviderArn,
+  previewRoleArn: ciAccess.previewRoleArn,
+  deployRoleArn: ciAccess.deployRoleArn,
+  subjects: ciAccess.subjects,
+};

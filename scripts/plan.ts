@@ -1,5 +1,6 @@
 import { Command, Option } from "commander";
 import { STACKS, runProgram, type DeclaredResource, type Plan } from "./lib/mock-engine";
+import { toPlanJson } from "./lib/plan-diff";
 
 /**
  * `npm run plan -- --stack <dev|staging|prod> [--json]`: what a stack declares, from the real
@@ -58,11 +59,14 @@ function settingsOf(r: DeclaredResource): Record<string, unknown> {
 /** The top-level component a resource belongs to: its ancestor just below the stack. */
 function componentOf(r: DeclaredResource, byUrn: Map<string, DeclaredResource>): string {
   let current = r;
+  // A resource whose parent went unrecorded has no URN or parent: stop there rather than loop on it.
+  const seen = new Set([r]);
   for (
-    let parent = byUrn.get(r.parent ?? "");
-    parent && parent.type !== "pulumi:pulumi:Stack";
-    parent = byUrn.get(parent.parent ?? "")
+    let parent = r.parent ? byUrn.get(r.parent) : undefined;
+    parent && parent.type !== "pulumi:pulumi:Stack" && !seen.has(parent);
+    parent = parent.parent ? byUrn.get(parent.parent) : undefined
   ) {
+    seen.add(parent);
     current = parent;
   }
   return current.custom ? "(stack)" : `${current.type} ${current.name}`;
@@ -104,12 +108,7 @@ async function main(): Promise<void> {
     .opts<{ stack: string; json: boolean }>();
   const plan = await runProgram(opts.stack);
   if (opts.json) {
-    const resources = plan.resources
-      .filter((r) => r.custom)
-      .map(({ type, name, inputs, parent }) => ({ type, name, parent, inputs }));
-    process.stdout.write(
-      `${JSON.stringify({ stack: plan.stack, resources, outputs: plan.outputs }, null, 2)}\n`,
-    );
+    process.stdout.write(`${JSON.stringify(toPlanJson(plan), null, 2)}\n`);
   } else {
     process.stdout.write(`${render(plan)}\n`);
   }

@@ -138,6 +138,9 @@ function mockState(
       state.arn = `arn:aws:iam::${MOCK_ACCOUNT_ID}:${kind === "instanceProfile" ? "instance-profile" : kind}/${state.name as string}`;
       break;
     }
+    case "aws:iam/openIdConnectProvider:OpenIdConnectProvider":
+      state.arn = `arn:aws:iam::${MOCK_ACCOUNT_ID}:oidc-provider/${(inputs.url as string).replace(/^https:\/\//, "")}`;
+      break;
     case "aws:ecr/repository:Repository":
       state.name ??= name;
       state.repositoryUrl = `${MOCK_ACCOUNT_ID}.dkr.ecr.${region}.amazonaws.com/${state.name as string}`;
@@ -220,6 +223,21 @@ function mockCall(args: pulumi.runtime.MockCallArgs, region: string): Record<str
         userId: "AIDAEXAMPLE",
         id: MOCK_ACCOUNT_ID,
       };
+    case "aws:iam/getOpenIdConnectProvider:getOpenIdConnectProvider": {
+      // The account's existing provider for the URL asked for (an account holds one per URL).
+      const host = (
+        (inputs.url as string | undefined) ?? "https://token.actions.githubusercontent.com"
+      ).replace(/^https:\/\//, "");
+      const arn = `arn:aws:iam::${MOCK_ACCOUNT_ID}:oidc-provider/${host}`;
+      return {
+        id: arn,
+        arn,
+        url: host,
+        clientIdLists: ["sts.amazonaws.com"],
+        thumbprintLists: [],
+        tags: {},
+      };
+    }
     case "aws:index/getRegion:getRegion":
       return {
         id: region,
@@ -257,6 +275,11 @@ interface RegisterRequest {
 interface MockMonitorLike {
   newUrn(parent: string, type: string, name: string): string;
   registerResource(req: RegisterRequest, callback: (err: unknown, resp: unknown) => void): Promise<void>;
+  /** Resources read rather than registered (a stack reference) come through here. */
+  readResource(
+    req: Omit<RegisterRequest, "getCustom">,
+    callback: (err: unknown, resp: unknown) => void,
+  ): Promise<void>;
 }
 
 async function resolveDeep(value: unknown): Promise<unknown> {
@@ -328,6 +351,16 @@ export async function runProgram(
       custom: req.getCustom(),
     });
     return register(req, callback);
+  };
+  const read = monitor.readResource.bind(monitor);
+  monitor.readResource = (req, callback) => {
+    parents.set(`${req.getType()}::${req.getName()}`, {
+      parent: req.getParent(),
+      type: req.getType(),
+      name: req.getName(),
+      custom: true,
+    });
+    return read(req, callback);
   };
 
   const load = options.load ?? (() => import(path.join(ROOT, "infra", "index.ts")));

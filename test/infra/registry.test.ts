@@ -5,7 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { IMAGE_FAMILIES, IMAGE_MATRIX, buildArgs, imageTag } from "../../runtime/src/image-matrix";
 import { inputsHash, repositoryArnOf } from "../../infra/registry";
 import { MOCK_ACCOUNT_ID, ROOT, UPSTREAM_REGION } from "../../scripts/lib/mock-engine";
-import { configProblems, readStackConfig, runStack, type Plan } from "../harness";
+import { configProblems, configWith, readStackConfig, runStack, type Plan } from "../harness";
 
 const ECR_REPOSITORY = "aws:ecr/repository:Repository";
 const LIFECYCLE = "aws:ecr/lifecyclePolicy:LifecyclePolicy";
@@ -18,14 +18,20 @@ interface LifecycleRule {
   action: { type: string };
 }
 
+// Dev builds the matrix once per push to main; staging and prod run those digests (dev → staging → prod),
+// so dev's registry keeps more images and lets prod's account pull.
 describe.each([
-  { stack: "dev", keepImages: 10, pullAccounts: [] as string[] },
-  { stack: "staging", keepImages: 20, pullAccounts: ["210987654321"] },
-])("$stack builds the image matrix into its own registry", ({ stack, keepImages, pullAccounts }) => {
+  { stack: "dev", keepImages: 50, pullAccounts: ["210987654321"], label: "as its stack file says" },
+  { stack: "dev", keepImages: 50, pullAccounts: [] as string[], label: "granting no pulls" },
+])("$stack builds the image matrix into its own registry, $label", ({ stack, keepImages, pullAccounts }) => {
   let plan: Plan;
   const region = readStackConfig(stack)["aws:region"]!;
   beforeAll(async () => {
-    plan = await runStack(stack);
+    const registry = JSON.parse(readStackConfig(stack)["crucible:registry"]!) as Record<string, unknown>;
+    plan = await runStack(
+      stack,
+      configWith(stack, { "crucible:registry": { ...registry, pullAccountIds: pullAccounts } }),
+    );
   });
 
   it.each(IMAGE_FAMILIES)("declares an immutable, scanned, encrypted repository for %s", (family) => {
@@ -119,10 +125,13 @@ describe.each([
   });
 });
 
-describe("prod promotes staging's images", () => {
+describe.each([
+  { stack: "staging", upstream: "dev" },
+  { stack: "prod", upstream: "staging" },
+])("$stack promotes $upstream's images", ({ stack, upstream }) => {
   let plan: Plan;
   beforeAll(async () => {
-    plan = await runStack("prod");
+    plan = await runStack(stack);
   });
 
   it("declares no build and no repository", () => {
@@ -130,14 +139,14 @@ describe("prod promotes staging's images", () => {
     expect(plan.ofType(ECR_REPOSITORY)).toEqual([]);
   });
 
-  it("runs exactly the digests staging exported, through a stack reference", () => {
+  it(`runs exactly the digests ${upstream} exported, through a stack reference`, () => {
     const reference = plan.get("pulumi:pulumi:StackReference", "registry-upstream");
-    expect(reference.inputs.name).toBe("acme/crucible/staging");
+    expect(reference.inputs.name).toBe(`acme/crucible/${upstream}`);
     const refs = plan.outputs.imageRefs as Record<string, string>;
     for (const family of IMAGE_FAMILIES) {
       expect(refs[family]).toMatch(
         new RegExp(
-          `^${MOCK_ACCOUNT_ID}\\.dkr\\.ecr\\.${UPSTREAM_REGION}\\.amazonaws\\.com/crucible/staging/${family}@sha256:[0-9a-f]{64}$`,
+          `^${MOCK_ACCOUNT_ID}\\.dkr\\.ecr\\.${UPSTREAM_REGION}\\.amazonaws\\.com/crucible/${upstream}/${family}@sha256:[0-9a-f]{64}$`,
         ),
       );
     }

@@ -1,0 +1,534 @@
+import * as aws from "@pulumi/aws";
+import * as pulumi from "@pulumi/pulumi";
+import type { CrucibleConfig, Environment } from "./config";
+import type { PolicyDocument, PolicyStatement } from "./policy-document";
+import { COST_TAGS, componentTags } from "./providers";
+
+/** The issuer of GitHub Actions' OIDC tokens, without its scheme (how IAM names its condition keys). */
+export const GITHUB_OIDC_HOST = "token.actions.githubusercontent.com";
+/** The audience aws-actions/configure-aws-credentials requests. */
+export const GITHUB_OIDC_AUDIENCE = "sts.amazonaws.com";
+/** The project CI's smoke jobs submit as: the deploy role may write job files under its prefix only. */
+export const SMOKE_PROJECT = "ci";
+/** How long a deploy session lasts: a dev `pulumi up` builds and pushes the image matrix, CUDA included. */
+export const DEPLOY_SESSION_SECONDS = 2 * 3600;
+/** AWS managed policies the program attaches to its own roles (the nodes' Session Manager access). */
+export const ATTACHABLE_MANAGED_POLICIES = ["AmazonSSMManagedInstanceCore"] as const;
+
+export type GitHubSettings = NonNullable<CrucibleConfig["ci"]>["github"];
+
+/** Arguments of {@link CiAccess}. */
+export interface CiAccessArgs {
+  /**
+   * `crucible:ci.github`: the repository; `branch` defaults to main, `environments` to the stack's
+   * environment, `oidcProvider` to declare.
+   */
+  readonly github: GitHubSettings;
+  /** The stack's environment: the tag and name prefix that scope the deploy role. */
+  readonly environment: Environment;
+  /** The stack's name: the CI roles, the dashboard and the node-event log are named after it. */
+  readonly stack: string;
+}
+
+/** The `sub` claims of GitHub's tokens that each role trusts, exactly (no wildcards). */
+export interface CiSubjects {
+  /** Jobs in the stack's GitHub environments; for dev, also jobs on pushes to the deploy branch. */
+  readonly deploy: readonly string[];
+  /** Pull requests' jobs, which only preview. */
+  readonly preview: readonly string[];
+}
+
+/**
+ * What GitHub Actions may do in the stack's account, through OIDC (no long-lived keys): the account's
+ * GitHub OIDC provider, a read-only preview role that pull requests assume, and a deploy role for
+ * `pulumi up` that only jobs in the stack's GitHub environment (which may require an approval) assume.
+ */
+export class CiAccess extends pulumi.ComponentResource {
+  public readonly oidcProviderArn: pulumi.Output<string>;
+  public readonly previewRoleArn: pulumi.Output<string>;
+  public readonly deployRoleArn: pulumi.Output<string>;
+  public readonly subjects: CiSubjects;
+
+  constructor(name: string, args: CiAccessArgs, opts?: pulumi.ComponentResourceOptions) {
+    super("crucible:ci:CiAccess", name, {}, opts);
+    const { github, environment, stack } = args;
+    const tags = componentTags("ci");
+    const scope = accountScope(this);
+    this.subjects = ciSubjects(github, environment);
+    this.oidcProviderArn = githubOidcProvider(name, github.oidcProvider ?? "declare", tags, this);
+
+    const trusted = { providerArn: this.oidcProviderArn, tags };
+    const preview = federatedRole(`${name}-preview`, this, {
+      ...trusted,
+      roleName: ciRoleName(stack, "preview"),
+      description: `GitHub Actions previews of Crucible ${stack} from ${github.repository} pull requests (read-only)`,
+      subjects: this.subjects.preview,
+      policy: previewPolicy(scope, environment),
+    });
+    const deploy = federatedRole(`${name}-deploy`, this, {
+      ...trusted,
+      roleName: ciRoleName(stack, "deploy"),
+      description: `GitHub Actions deployments of Crucible ${stack} from ${github.repository}`,
+      subjects: this.subjects.deploy,
+      policy: deployPolicy(scope, environment, stack),
+      maxSessionDuration: DEPLOY_SESSION_SECONDS,
+    });
+
+    this.previewRoleArn = preview.arn;
+    this.deployRoleArn = deploy.arn;
+    this.registerOutputs({
+      oidcProviderArn: this.oidcProviderArn,
+      previewRoleArn: this.previewRoleArn,
+      deployRoleArn: this.deployRoleArn,
+      subjects: this.subjects,
+    });
+  }
+}
+
+/** `crucible-<stack>-ci-<purpose>`: fixed names, so the deploy role can be denied changes to them. */
+export const ciRoleName = (stack: string, purpose: "deploy" | "preview") => `crucible-${stack}-ci-${purpose}`;
+
+export function ciSubjects(github: GitHubSettings, environment: Environment): CiSubjects {
+  const repo = `repo:${github.repository}`;
+  return {
+    deploy: [
+      ...(github.environments ?? [environment]).map((e) => `${repo}:environment:${e}`),
+      // Dev also takes pushes to the deploy branch (a job with no GitHub environment, such as the smoke
+      // test on main); staging and prod are reached only through their environments' protection rules.
+      ...(environment === "dev" ? [`${repo}:ref:refs/heads/${github.branch ?? "main"}`] : []),
+    ],
+    preview: [`${repo}:pull_request`],
+  };
+}
+
+/** The trust policy of a CI role: GitHub's tokens for sts.amazonaws.com whose `sub` is one of `subjects`. */
+export function githubTrustPolicy(
+  providerArn: pulumi.Input<string>,
+  subjects: readonly string[],
+): PolicyDocument {
+  return {
+    Version: "2012-10-17",
+    Statement: [
+      {
+        Sid: "GitHubActions",
+        Effect: "Allow",
+        Principal: { Federated: providerArn },
+        Action: "sts:AssumeRoleWithWebIdentity",
+        Condition: {
+          StringEquals: {
+            [`${GITHUB_OIDC_HOST}:aud`]: GITHUB_OIDC_AUDIENCE,
+            [`${GITHUB_OIDC_HOST}:sub`]: [...subjects],
+          },
+        },
+      },
+    ],
+  };
+}
+
+/** The partition, region and account the stack deploys to, as the policies' ARNs name them. */
+export interface AccountScope {
+  readonly partition: pulumi.Output<string>;
+  readonly region: pulumi.Output<string>;
+  readonly accountId: pulumi.Output<string>;
+}
+
+function accountScope(parent: pulumi.Resource): AccountScope {
+  return {
+    partition: aws.getPartitionOutput({}, { parent }).partition,
+    region: aws.getRegionOutput({}, { parent }).name,
+    accountId: aws.getCallerIdentityOutput({}, { parent }).accountId,
+  };
+}
+
+function githubOidcProvider(
+  name: string,
+  choice: string,
+  tags: Record<string, string>,
+  parent: pulumi.Resource,
+): pulumi.Output<string> {
+  if (choice === "existing") {
+    return aws.iam.getOpenIdConnectProviderOutput({ url: `https://${GITHUB_OIDC_HOST}` }, { parent }).arn;
+  }
+  if (choice !== "declare") return pulumi.output(choice);
+  // No thumbprints: IAM trusts GitHub's certificate through its own root CAs.
+  return new aws.iam.OpenIdConnectProvider(
+    `${name}-github`,
+    { url: `https://${GITHUB_OIDC_HOST}`, clientIdLists: [GITHUB_OIDC_AUDIENCE], tags },
+    { parent },
+  ).arn;
+}
+
+interface FederatedRoleArgs {
+  readonly roleName: string;
+  readonly description: string;
+  readonly providerArn: pulumi.Input<string>;
+  /** The `sub` claims the trust policy admits. */
+  readonly subjects: readonly string[];
+  /** The role's one inline policy. */
+  readonly policy: PolicyDocument;
+  readonly maxSessionDuration?: number;
+  readonly tags: Record<string, string>;
+}
+
+/** A role GitHub's tokens with one of `subjects` may assume, with its inline policy. */
+function federatedRole(name: string, parent: pulumi.Resource, args: FederatedRoleArgs): aws.iam.Role {
+  const role = new aws.iam.Role(
+    name,
+    {
+      name: args.roleName,
+      description: args.description,
+      assumeRolePolicy: pulumi.jsonStringify(githubTrustPolicy(args.providerArn, args.subjects)),
+      ...(args.maxSessionDuration !== undefined ? { maxSessionDuration: args.maxSessionDuration } : {}),
+      tags: args.tags,
+    },
+    { parent },
+  );
+  new aws.iam.RolePolicy(name, { role: role.name, policy: pulumi.jsonStringify(args.policy) }, { parent });
+  return role;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Permissions
+
+const arnOf = (s: AccountScope, service: string, resource: string, where: "regional" | "global") =>
+  where === "regional"
+    ? pulumi.interpolate`arn:${s.partition}:${service}:${s.region}:${s.accountId}:${resource}`
+    : pulumi.interpolate`arn:${s.partition}:${service}::${s.accountId}:${resource}`;
+
+const ENVIRONMENT_TAG = COST_TAGS.environment;
+
+/**
+ * What `pulumi preview` (and a refresh) reads: descriptions and configurations of what the platform
+ * declares, never data. No object in a bucket, no message in a queue, no parameter outside the
+ * stack's own and AWS's public ones (a pull request's code runs with this role).
+ */
+export function readStatements(s: AccountScope, environment: Environment): PolicyStatement[] {
+  return [
+    {
+      Sid: "ReadPlatformConfiguration",
+      Effect: "Allow",
+      Action: [
+        "autoscaling:Describe*",
+        "budgets:ViewBudget",
+        "budgets:ListTagsForResource",
+        "cloudwatch:Describe*",
+        "cloudwatch:GetDashboard",
+        "cloudwatch:ListTagsForResource",
+        "ec2:Describe*",
+        "ec2:GetLaunchTemplateData",
+        "ecr:DescribeRepositories",
+        "ecr:DescribeImages",
+        "ecr:GetLifecyclePolicy",
+        "ecr:GetRepositoryPolicy",
+        "ecr:ListTagsForResource",
+        // Answers the program's registry login (a data source); pulls and pushes need their own actions.
+        "ecr:GetAuthorizationToken",
+        "events:DescribeRule",
+        "events:ListTargetsByRule",
+        "events:ListTagsForResource",
+        "iam:GetRole",
+        "iam:GetRolePolicy",
+        "iam:ListRolePolicies",
+        "iam:ListAttachedRolePolicies",
+        "iam:ListRoleTags",
+        "iam:GetInstanceProfile",
+        "iam:ListInstanceProfilesForRole",
+        "iam:GetOpenIDConnectProvider",
+        "iam:ListOpenIDConnectProviders",
+        "kms:DescribeKey",
+        "kms:GetKeyPolicy",
+        "kms:GetKeyRotationStatus",
+        "kms:ListAliases",
+        "kms:ListResourceTags",
+        "lambda:GetFunction",
+        "lambda:GetFunctionCodeSigningConfig",
+        "lambda:GetPolicy",
+        "lambda:ListVersionsByFunction",
+        "lambda:ListTags",
+        "logs:DescribeLogGroups",
+        "logs:DescribeMetricFilters",
+        "logs:DescribeResourcePolicies",
+        "logs:ListTagsForResource",
+        "logs:ListTagsLogGroup",
+        "s3:GetBucket*",
+        "s3:GetLifecycleConfiguration",
+        "s3:GetEncryptionConfiguration",
+        "s3:GetAccelerateConfiguration",
+        "s3:GetReplicationConfiguration",
+        "s3:ListAllMyBuckets",
+        "sns:GetTopicAttributes",
+        "sns:GetSubscriptionAttributes",
+        "sns:ListSubscriptionsByTopic",
+        "sns:ListTagsForResource",
+        "sqs:GetQueueAttributes",
+        "sqs:GetQueueUrl",
+        "sqs:ListQueueTags",
+        "ssm:DescribeParameters",
+        "ssm:ListTagsForResource",
+      ],
+      Resource: "*",
+    },
+    {
+      // The nodes' AMI parameters (AWS's public ones) and the stack's own agent configuration.
+      Sid: "ReadPlatformParameters",
+      Effect: "Allow",
+      Action: ["ssm:GetParameter", "ssm:GetParameters"],
+      Resource: [
+        pulumi.interpolate`arn:${s.partition}:ssm:${s.region}::parameter/aws/service/*`,
+        arnOf(s, "ssm", `parameter/crucible/${environment}/*`, "regional"),
+      ],
+    },
+  ];
+}
+
+export function previewPolicy(s: AccountScope, environment: Environment): PolicyDocument {
+  return { Version: "2012-10-17", Statement: readStatements(s, environment) };
+}
+
+/**
+ * What `pulumi up` of the whole platform needs, scoped as far as AWS allows:
+ *
+ * - by ARN where the program names a resource after the environment or the stack (ECR repositories,
+ *   SSM parameters, log groups, the enforcer Lambda, Auto Scaling groups, budgets, the dashboard);
+ * - by the provider's `crucible:environment` default tag where Pulumi auto-names the resource (EC2
+ *   networking and launch templates, queues, topics, keys, alarms, the event rule): never a resource
+ *   tagged for another environment, never a tag naming another environment. The condition is
+ *   `...IfExists` because a create has no resource tag yet and some actions carry no tag context, so
+ *   resources with no environment tag at all (another team's, in a shared account) are not excluded;
+ * - IAM strictly by that tag (roles and instance profiles must carry it), passing roles only to EC2 and
+ *   Lambda, attaching only the managed policies the nodes use, and never touching CI's own roles or
+ *   the OIDC provider (an engineer applies changes to CI access; see the README).
+ *
+ * What could not be scoped: bucket names are Pulumi auto-names (`workspaces-<kind>-<suffix>`) with no
+ * environment in them, so bucket configuration is scoped to this account's `workspaces-*` buckets, not
+ * to this stack's; CloudWatch Logs resource policies exist only account-wide (`Resource: "*"`). And a
+ * principal that may write role policies can give a role it creates more than it holds itself: the
+ * roles the program declares have no permissions boundary, which is why staging's and prod's deploy
+ * roles are reachable only from their GitHub environments, prod's behind a required approval.
+ */
+export function deployPolicy(s: AccountScope, environment: Environment, stack: string): PolicyDocument {
+  const regional = (service: string, resource: string) => arnOf(s, service, resource, "regional");
+  const global = (service: string, resource: string) => arnOf(s, service, resource, "global");
+  const resourceTag = `aws:ResourceTag/${ENVIRONMENT_TAG}`;
+  const requestTag = `aws:RequestTag/${ENVIRONMENT_TAG}`;
+  const roles = [global("iam", "role/*"), global("iam", "instance-profile/*")];
+  const thisAccount = { StringEquals: { "aws:ResourceAccount": s.accountId } };
+  return {
+    Version: "2012-10-17",
+    Statement: [
+      ...readStatements(s, environment),
+      {
+        Sid: "NamedResources",
+        Effect: "Allow",
+        Action: [
+          "ecr:*",
+          "ssm:PutParameter",
+          "ssm:DeleteParameter",
+          "ssm:AddTagsToResource",
+          "ssm:RemoveTagsFromResource",
+          "logs:*",
+          "lambda:*",
+          "autoscaling:*",
+          "budgets:*",
+          "cloudwatch:PutDashboard",
+          "cloudwatch:DeleteDashboards",
+        ],
+        Resource: [
+          regional("ecr", `repository/crucible/${environment}/*`),
+          regional("ssm", `parameter/crucible/${environment}/*`),
+          regional("logs", `log-group:/crucible/${environment}/*`),
+          regional("logs", `log-group:/aws/lambda/crucible-${environment}-*`),
+          regional("logs", `log-group:/aws/events/crucible-${stack}-*`),
+          regional("lambda", `function:crucible-${environment}-*`),
+          regional("autoscaling", `autoScalingGroup:*:autoScalingGroupName/crucible-${environment}-*`),
+          global("budgets", `budget/crucible-${environment}`),
+          global("budgets", `budget/crucible-${environment}-*`),
+          global("cloudwatch", `dashboard/crucible-${stack}`),
+        ],
+      },
+      {
+        Sid: "ResourcesTaggedForThisEnvironment",
+        Effect: "Allow",
+        Action: [
+          "ec2:CreateVpc",
+          "ec2:DeleteVpc",
+          "ec2:ModifyVpcAttribute",
+          "ec2:CreateSubnet",
+          "ec2:DeleteSubnet",
+          "ec2:ModifySubnetAttribute",
+          "ec2:CreateRouteTable",
+          "ec2:DeleteRouteTable",
+          "ec2:AssociateRouteTable",
+          "ec2:DisassociateRouteTable",
+          "ec2:ReplaceRouteTableAssociation",
+          "ec2:CreateRoute",
+          "ec2:ReplaceRoute",
+          "ec2:DeleteRoute",
+          "ec2:CreateInternetGateway",
+          "ec2:AttachInternetGateway",
+          "ec2:DetachInternetGateway",
+          "ec2:DeleteInternetGateway",
+          "ec2:AllocateAddress",
+          "ec2:DisassociateAddress",
+          "ec2:ReleaseAddress",
+          "ec2:CreateNatGateway",
+          "ec2:DeleteNatGateway",
+          "ec2:CreateSecurityGroup",
+          "ec2:DeleteSecurityGroup",
+          "ec2:AuthorizeSecurityGroupIngress",
+          "ec2:AuthorizeSecurityGroupEgress",
+          "ec2:RevokeSecurityGroupIngress",
+          "ec2:RevokeSecurityGroupEgress",
+          "ec2:ModifySecurityGroupRules",
+          "ec2:UpdateSecurityGroupRuleDescriptionsIngress",
+          "ec2:UpdateSecurityGroupRuleDescriptionsEgress",
+          "ec2:CreateVpcEndpoint",
+          "ec2:ModifyVpcEndpoint",
+          "ec2:DeleteVpcEndpoints",
+          "ec2:CreateLaunchTemplate",
+          "ec2:CreateLaunchTemplateVersion",
+          "ec2:ModifyLaunchTemplate",
+          "ec2:DeleteLaunchTemplate",
+          // Auto Scaling checks that the caller could launch the group's template.
+          "ec2:RunInstances",
+          "ec2:CreateTags",
+          "ec2:DeleteTags",
+          "sqs:*",
+          "sns:*",
+          "kms:*",
+          "cloudwatch:PutMetricAlarm",
+          "cloudwatch:DeleteAlarms",
+          "cloudwatch:TagResource",
+          "cloudwatch:UntagResource",
+          "events:PutRule",
+          "events:DeleteRule",
+          "events:PutTargets",
+          "events:RemoveTargets",
+          "events:TagResource",
+          "events:UntagResource",
+        ],
+        Resource: "*",
+        Condition: { StringEqualsIfExists: { [resourceTag]: environment, [requestTag]: environment } },
+      },
+      {
+        Sid: "CreateRolesTaggedForThisEnvironment",
+        Effect: "Allow",
+        Action: ["iam:CreateRole", "iam:CreateInstanceProfile"],
+        Resource: roles,
+        Condition: { StringEquals: { [requestTag]: environment } },
+      },
+      {
+        Sid: "ManageRolesOfThisEnvironment",
+        Effect: "Allow",
+        Action: [
+          "iam:DeleteRole",
+          "iam:UpdateRole",
+          "iam:UpdateRoleDescription",
+          "iam:UpdateAssumeRolePolicy",
+          "iam:PutRolePolicy",
+          "iam:DeleteRolePolicy",
+          "iam:TagRole",
+          "iam:UntagRole",
+          "iam:DeleteInstanceProfile",
+          "iam:AddRoleToInstanceProfile",
+          "iam:RemoveRoleFromInstanceProfile",
+          "iam:TagInstanceProfile",
+          "iam:UntagInstanceProfile",
+        ],
+        Resource: roles,
+        Condition: {
+          StringEquals: { [resourceTag]: environment },
+          StringEqualsIfExists: { [requestTag]: environment },
+        },
+      },
+      {
+        Sid: "AttachOnlyTheNodesManagedPolicies",
+        Effect: "Allow",
+        Action: ["iam:AttachRolePolicy", "iam:DetachRolePolicy"],
+        Resource: global("iam", "role/*"),
+        Condition: {
+          StringEquals: { [resourceTag]: environment },
+          ArnEquals: {
+            "iam:PolicyARN": ATTACHABLE_MANAGED_POLICIES.map(
+              (p) => pulumi.interpolate`arn:${s.partition}:iam::aws:policy/${p}`,
+            ),
+          },
+        },
+      },
+      {
+        Sid: "PassRolesToNodesAndTheEnforcer",
+        Effect: "Allow",
+        Action: "iam:PassRole",
+        Resource: global("iam", "role/*"),
+        Condition: {
+          StringEquals: {
+            [resourceTag]: environment,
+            "iam:PassedToService": ["ec2.amazonaws.com", "lambda.amazonaws.com"],
+          },
+        },
+      },
+      {
+        // Auto Scaling creates its service-linked role with the account's first group.
+        Sid: "AutoScalingServiceLinkedRole",
+        Effect: "Allow",
+        Action: "iam:CreateServiceLinkedRole",
+        Resource: global("iam", "role/aws-service-role/*"),
+        Condition: { StringEquals: { "iam:AWSServiceName": "autoscaling.amazonaws.com" } },
+      },
+      {
+        // Bucket-level actions only: objects are never matched by these actions.
+        Sid: "WorkspaceBuckets",
+        Effect: "Allow",
+        Action: [
+          "s3:CreateBucket",
+          "s3:DeleteBucket",
+          "s3:ListBucket",
+          "s3:ListBucketVersions",
+          "s3:GetBucket*",
+          "s3:PutBucket*",
+          "s3:DeleteBucketPolicy",
+          "s3:GetLifecycleConfiguration",
+          "s3:PutLifecycleConfiguration",
+          "s3:GetEncryptionConfiguration",
+          "s3:PutEncryptionConfiguration",
+        ],
+        Resource: pulumi.interpolate`arn:${s.partition}:s3:::workspaces-*`,
+        Condition: thisAccount,
+      },
+      {
+        // The smoke job submits a job as project `ci` and reads its result: that prefix, nothing else.
+        Sid: "SmokeJobFiles",
+        Effect: "Allow",
+        Action: ["s3:GetObject", "s3:PutObject"],
+        Resource: pulumi.interpolate`arn:${s.partition}:s3:::workspaces-*/workspaces/${SMOKE_PROJECT}/*`,
+        Condition: thisAccount,
+      },
+      {
+        // CloudWatch Logs resource policies are account-wide: IAM authorises them only on "*".
+        Sid: "AccountWideLogPolicies",
+        Effect: "Allow",
+        Action: ["logs:PutResourcePolicy", "logs:DeleteResourcePolicy"],
+        Resource: "*",
+      },
+      {
+        // CI never widens its own access: its roles (tagged like the rest) and the OIDC provider.
+        Sid: "NoChangesToCiAccess",
+        Effect: "Deny",
+        Action: [
+          "iam:Create*",
+          "iam:Delete*",
+          "iam:Update*",
+          "iam:Put*",
+          "iam:Attach*",
+          "iam:Detach*",
+          "iam:Tag*",
+          "iam:Untag*",
+          "iam:PassRole",
+          "iam:AddClientIDToOpenIDConnectProvider",
+          "iam:RemoveClientIDFromOpenIDConnectProvider",
+        ],
+        Resource: [global("iam", "role/crucible-*-ci-*"), global("iam", `oidc-provider/${GITHUB_OIDC_HOST}`)],
+      },
+    ],
+  };
+}
