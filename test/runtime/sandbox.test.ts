@@ -212,26 +212,25 @@ describe("effectiveTier", () => {
 });
 
 describe("sandboxFacts", () => {
+  /** What every tier's sandbox forbids, whatever its size. */
+  const LOCKED_DOWN = {
+    networkMode: "none",
+    readonlyRootfs: true,
+    privileged: false,
+    capDrop: ["ALL"],
+    noNewPrivileges: true,
+    dockerSocketMounted: false,
+  } as const;
   /** What the fleet publishes for each tier, written out: the policy pack checks these values. */
   const FACTS: Record<"cpu-small" | "gpu-small", SandboxFacts> = {
     "cpu-small": {
-      networkMode: "none",
-      readonlyRootfs: true,
-      privileged: false,
-      capDrop: ["ALL"],
-      noNewPrivileges: true,
-      dockerSocketMounted: false,
+      ...LOCKED_DOWN,
       gpuCount: 0,
       memoryMiB: 512,
       pidsLimit: 128,
     },
     "gpu-small": {
-      networkMode: "none",
-      readonlyRootfs: true,
-      privileged: false,
-      capDrop: ["ALL"],
-      noNewPrivileges: true,
-      dockerSocketMounted: false,
+      ...LOCKED_DOWN,
       gpuCount: 1,
       memoryMiB: 14 * 1024,
       pidsLimit: 1024,
