@@ -84,10 +84,12 @@ describe("an agent killed mid-job (SIGKILL)", () => {
       expect(await containers()).toHaveLength(1);
 
       second = new AgentProcess(TIER, env);
+      // The state turns succeeded last, after the envelope is stored.
       await expect
-        .poll(async () => (await platform.store.getEnvelope(address))?.status, { timeout: 60_000 })
-        .toBe("success");
+        .poll(async () => (await platform.store.getState(address))?.status, { timeout: 60_000 })
+        .toBe("succeeded");
       const envelope = await platform.store.getEnvelope(address);
+      expect(envelope?.status).toBe("success");
       const resumedFrom = (envelope?.result as { resumed_from: number }).resumed_from;
       // The uploads run every second: the resumed run starts at least where the last one seen stood.
       expect(resumedFrom).toBeGreaterThanOrEqual(saved);
