@@ -107,9 +107,9 @@ export class NodeLifecycle {
     if (!this.instanceId) throw new Error("instance metadata has no instance-id: not an EC2 instance?");
     let completedFor: string | undefined;
     for (;;) {
-      const departure = await this.departure();
-      if (departure) return departure;
       const target = await this.targetState();
+      const departure = await this.departure(target);
+      if (departure) return departure;
       if (target !== completedFor && (target === "InService" || target?.startsWith("Warmed:"))) {
         completedFor = target;
         try {
@@ -137,15 +137,17 @@ export class NodeLifecycle {
     let departed = false;
     const timer = setInterval(() => {
       if (departed) return;
-      this.departure().then(
-        (departure) => {
-          if (!departure || departed) return;
-          departed = true;
-          this.options.logger.warn({ instanceId: this.instanceId, departure }, "node is leaving");
-          onDeparture(departure);
-        },
-        (error: unknown) => this.options.logger.warn({ err: error }, "instance metadata poll failed"),
-      );
+      this.targetState()
+        .then((target) => this.departure(target))
+        .then(
+          (departure) => {
+            if (!departure || departed) return;
+            departed = true;
+            this.options.logger.warn({ instanceId: this.instanceId, departure }, "node is leaving");
+            onDeparture(departure);
+          },
+          (error: unknown) => this.options.logger.warn({ err: error }, "instance metadata poll failed"),
+        );
     }, this.pollSeconds * 1000);
     return () => {
       clearInterval(timer);
@@ -170,10 +172,11 @@ export class NodeLifecycle {
     }
   }
 
-  private async departure(): Promise<Departure | undefined> {
+  /** Why the node is leaving, given its target lifecycle state just read; undefined while it stays. */
+  private async departure(target: string | undefined): Promise<Departure | undefined> {
     const { metadata } = this.options;
     if (await metadata.get("spot/instance-action")) return "spot-interruption";
-    if ((await this.targetState()) === "Terminated") return "scale-in";
+    if (target === "Terminated") return "scale-in";
     if (await metadata.get("events/recommendations/rebalance")) return "rebalance";
     return undefined;
   }
