@@ -163,6 +163,17 @@ export const JOB_METRICS = {
   costUsd: "JobCostUsd",
 } as const;
 
+/**
+ * Month-to-date spend per user and per project (USD, unit None, statistic Maximum), published by the agent
+ * from the ledger after every attempt it records. The stack declares an alarm per configured user and
+ * project budget on them. Same namespace as {@link JOB_METRICS}: nodes may write there and nowhere else.
+ */
+export const SPEND_METRICS = {
+  namespace: JOB_METRICS.namespace,
+  user: { metricName: "UserMonthToDateSpendUsd", dimension: "User" },
+  project: { metricName: "ProjectMonthToDateSpendUsd", dimension: "Project" },
+} as const;
+
 /** One finished or handed-back attempt, as the agent reports it. */
 export interface JobOutcome {
   readonly outcome: "succeeded" | "failed" | "interrupted";

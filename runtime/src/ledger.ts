@@ -1,0 +1,45 @@
+import { z } from "zod";
+import { REASONS } from "./contract";
+import { PRIORITIES } from "./scheduling";
+import { TIER_NAMES } from "./tiers";
+
+/**
+ * The cost ledger: one entry per attempt of a job, written by the agent that ran it next to the job
+ * (`<job prefix>ledger/<attempt>.json`), so showback needs no database and a job's history travels with
+ * it. `crucible usage` and the cost report aggregate these entries.
+ */
+export const ledgerEntrySchema = z.object({
+  jobId: z.string(),
+  project: z.string(),
+  user: z.string(),
+  tier: z.enum(TIER_NAMES),
+  priority: z.enum(PRIORITIES),
+  /** 1 for the first run of the job, counting every attempt (handed back, preempted, finished). */
+  attempt: z.number().int().positive(),
+  node: z.string(),
+  startedAt: z.string(),
+  endedAt: z.string(),
+  seconds: z.number().nonnegative(),
+  /** How the attempt ended: `finished` wrote the job's envelope; the others put it back on the queue. */
+  outcome: z.enum(["finished", "handed-back", "preempted"]),
+  /** The envelope's status and reason for this attempt. */
+  status: z.enum(["success", "error"]),
+  reason: z.enum(REASONS).optional(),
+  /** USD per hour the attempt was charged at, and where that price came from. */
+  pricePerHourUsd: z.number().nonnegative(),
+  priceSource: z.enum(["on-demand", "spot"]),
+  /** The `--no-preempt` surcharge applied (1 when the job could be preempted). */
+  priceFactor: z.number().min(1),
+  costUsd: z.number().nonnegative(),
+});
+export type LedgerEntry = z.infer<typeof ledgerEntrySchema>;
+
+/** Cost of `seconds` at `pricePerHourUsd` × `priceFactor`, rounded to a hundredth of a cent. */
+export function attemptCost(seconds: number, pricePerHourUsd: number, priceFactor = 1): number {
+  return Math.round((seconds / 3600) * pricePerHourUsd * priceFactor * 10_000) / 10_000;
+}
+
+/** The first instant of the UTC calendar month holding `at`: budgets are monthly, as AWS Budgets are. */
+export function monthStart(at: Date): Date {
+  return new Date(Date.UTC(at.getUTCFullYear(), at.getUTCMonth(), 1));
+}
