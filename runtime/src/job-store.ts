@@ -10,6 +10,8 @@ import { dirname, join, relative, resolve, sep } from "node:path";
 import { z } from "zod";
 import type { Envelope, JobSpecInput } from "./contract";
 import { CHECKPOINT_OBJECT_TAG, envelopeSchema, jobIdSchema } from "./contract";
+import type { LedgerEntry } from "./ledger";
+import { ledgerEntrySchema } from "./ledger";
 import type { Logger } from "./logger";
 
 /** Who a job belongs to, and so where everything about it lives. */
@@ -53,6 +55,7 @@ const KEYS = {
   logs: "logs/",
   checkpoints: "checkpoints/",
   outputs: "outputs/",
+  ledger: "ledger/",
 } as const;
 
 /** A job store's S3 object that does not exist. */
@@ -209,6 +212,29 @@ export class JobStore {
       count += 1;
     }
     return count;
+  }
+
+  /** Records one attempt's cost under its job: `ledger/<attempt>.json`. */
+  async putLedgerEntry(address: JobAddress, entry: LedgerEntry): Promise<void> {
+    await this.put(address, `${KEYS.ledger}${entry.attempt}.json`, JSON.stringify(entry));
+  }
+
+  /**
+   * Every ledger entry in the store, or of one project, or of one project's user; entries that do not
+   * parse are skipped with a warning rather than failing a whole report.
+   */
+  async ledgerEntries(scope: { project?: string; user?: string } = {}): Promise<LedgerEntry[]> {
+    const prefix =
+      this.prefix + (scope.project ? `${scope.project}/${scope.user ? `${scope.user}/` : ""}` : "");
+    const keys = (await this.keys(prefix)).filter((key) => /\/jobs\/[^/]+\/ledger\/\d+\.json$/.test(key));
+    const entries: LedgerEntry[] = [];
+    for (const key of keys) {
+      const body = await this.getKey(key);
+      const parsed = body && ledgerEntrySchema.safeParse(JSON.parse(body.toString("utf8")));
+      if (parsed && parsed.success) entries.push(parsed.data);
+      else if (body) this.logger.warn({ key }, "skipping a ledger entry that does not parse");
+    }
+    return entries;
   }
 
   /** Bytes a project holds in the bucket: what its quota is measured against. */

@@ -1,0 +1,34 @@
+import type { Priority } from "./scheduling";
+import type { TierName } from "./tiers";
+
+/**
+ * The names the Kubernetes target and the Kubernetes launcher share: the program declares these objects
+ * (infra/kubernetes.ts), the launcher creates job pods that refer to them. Defined once here.
+ */
+export const KUBERNETES = {
+  /** Job pods run as this account, with no API token mounted. */
+  jobServiceAccount: "crucible-job",
+  /** The label every object the project creates carries, as Docker containers carry theirs. */
+  managedBy: { key: "app.kubernetes.io/managed-by", value: "crucible" },
+  labels: {
+    /** `job` for job pods (the default-deny NetworkPolicy selects them), `agent` for agents. */
+    role: "crucible.dev/role",
+    tier: "crucible.dev/tier",
+    jobId: "crucible.dev/job-id",
+    priority: "crucible.dev/priority",
+  },
+  /** The extended resource the NVIDIA device plugin advertises. */
+  gpuResource: "nvidia.com/gpu",
+  /** Interactive jobs (high priority) may evict batch ones when the cluster is full. */
+  priorityClasses: { interactive: "crucible-interactive", batch: "crucible-batch" },
+} as const;
+
+/** The namespace of one stack's environment. */
+export const kubernetesNamespace = (environment: string): string => `crucible-${environment}`;
+
+/** One agent Deployment (and its ServiceAccount and Role) per tier. */
+export const kubernetesAgentName = (tier: TierName): string => `crucible-agent-${tier}`;
+
+/** High-priority jobs are interactive; the rest are batch. */
+export const priorityClassFor = (priority: Priority): string =>
+  priority === "high" ? KUBERNETES.priorityClasses.interactive : KUBERNETES.priorityClasses.batch;
