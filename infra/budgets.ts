@@ -4,16 +4,27 @@ import * as aws from "@pulumi/aws";
 import * as pulumi from "@pulumi/pulumi";
 import * as ts from "typescript";
 import type { TierName } from "../runtime/src/catalog";
+import { SPEND_METRICS } from "../runtime/src/contract";
 import { ENFORCED_BUDGETS_ENV, type EnforcedBudget } from "./budget-enforcer/handler";
 import type { CrucibleConfig } from "./config";
 import type { PolicyDocument } from "./policy-document";
 import { COST_TAGS, componentTags } from "./providers";
 
+/**
+ * Period of the user and project spend alarms. Month-to-date spend only grows within a month, so the
+ * Maximum of any period is its latest figure and the period only sets how soon a crossing is seen: 5
+ * minutes, at the price of an hour (every period of a minute or more is a standard-resolution alarm).
+ */
+export const SPEND_ALARM_PERIOD_SECONDS = 300;
+
 /** Arguments of {@link Budgets}. */
 export interface BudgetsArgs {
   /** The environment whose spend the budgets watch (its `crucible:environment` tag value). */
   readonly environment: string;
-  /** Limits, thresholds, subscribers and enforcement, validated by `infra/config.ts`. */
+  /**
+   * Limits (the account's, per tier, per user and per project), thresholds, subscribers and enforcement,
+   * validated by `infra/config.ts`.
+   */
   readonly settings: CrucibleConfig["budgets"];
   /** The encrypted topic every notification goes to (`Notifications.topicArn`). */
   readonly topicArn: pulumi.Input<string>;
@@ -24,23 +35,33 @@ export interface BudgetsArgs {
   readonly asgNamesByTier?: Partial<Record<TierName, pulumi.Input<string[]>>>;
 }
 
+/** What an AWS budget covers: the environment, or one tier in it. */
+export type AccountScope = "environment" | TierName;
+/** Whose spend a user or project limit covers; CloudWatch alarms watch it, not AWS Budgets. */
+export type SpendScope = `user:${string}` | `project:${string}`;
+
 /** One budget as finance reads it in the stack outputs. */
 export interface BudgetSummary {
+  /** The AWS budget's name; for a user or project, the name its alarms' names start with. */
   readonly name: string;
-  /** `environment`, or the tier the budget is filtered to. */
-  readonly scope: "environment" | TierName;
+  /** `environment`, the tier the budget is filtered to, or `user:<name>` / `project:<name>`. */
+  readonly scope: AccountScope | SpendScope;
   readonly limitUsd: number;
+  /** Where it notifies; a user's or project's are the ACTUAL ones only. */
   readonly thresholds: CrucibleConfig["budgets"]["thresholds"];
   readonly topicArn: pulumi.Output<string>;
   readonly emails: readonly string[];
   /** Whether reaching 100 % ACTUAL pauses the tier's groups. */
   readonly enforced: boolean;
+  /** The CloudWatch alarms watching a user's or project's spend, one per threshold; none for AWS budgets. */
+  readonly alarmNames: readonly string[];
 }
 
 /**
  * A monthly cost budget for the environment and one per budgeted tier, notifying the topic and the
  * emails at each threshold; with enforcement on, a Lambda on the topic pauses a tier whose budget
- * reports 100 % of ACTUAL spend.
+ * reports 100 % of ACTUAL spend. Per user and per project, CloudWatch alarms on the month-to-date spend
+ * the agents publish notify the same topic at each ACTUAL threshold.
  */
 export class Budgets extends pulumi.ComponentResource {
   public readonly budgets: BudgetSummary[];
@@ -52,7 +73,7 @@ export class Budgets extends pulumi.ComponentResource {
     const { environment, settings, topicArn, asgNamesByTier } = { asgNamesByTier: {}, ...args };
     const topic = pulumi.output(topicArn);
 
-    const scopes: { scope: BudgetSummary["scope"]; limitUsd: number }[] = [
+    const scopes: { scope: AccountScope; limitUsd: number }[] = [
       { scope: "environment", limitUsd: settings.monthlyLimitUsd },
       ...Object.entries(settings.tiers).flatMap(([tier, limitUsd]) =>
         limitUsd === undefined ? [] : [{ scope: tier as TierName, limitUsd }],
@@ -99,8 +120,10 @@ export class Budgets extends pulumi.ComponentResource {
         topicArn: topic,
         emails: settings.emails,
         enforced: (enforcedTiers as string[]).includes(scope),
+        alarmNames: [],
       };
     });
+    this.budgets.push(...spendLimitAlarms(name, { environment, settings, topic }, this));
 
     this.enforcerArn = enforcedTiers.length
       ? budgetEnforcer(
@@ -118,7 +141,7 @@ export class Budgets extends pulumi.ComponentResource {
 }
 
 /** Budget names are what the enforcer maps a notification back to a tier by. */
-export function budgetNameFor(environment: string, scope: BudgetSummary["scope"]): string {
+export function budgetNameFor(environment: string, scope: AccountScope): string {
   return scope === "environment" ? `crucible-${environment}` : `crucible-${environment}-${scope}`;
 }
 
@@ -142,6 +165,86 @@ function spendFilter(
       ands: [tag(COST_TAGS.environment, environment), tag(COST_TAGS.tier, scope)],
     },
   };
+}
+
+/**
+ * Per configured user and project, an alarm at each ACTUAL threshold on the month-to-date spend the
+ * agents publish (`SPEND_METRICS`), to the budgets' topic on alarm and on recovery. FORECASTED
+ * thresholds are left out: CloudWatch has no forecast of a metric that agents publish only after each
+ * attempt, and AWS Budgets cannot see users or projects, which are not cost allocation tags.
+ */
+function spendLimitAlarms(
+  name: string,
+  args: {
+    readonly environment: string;
+    readonly settings: CrucibleConfig["budgets"];
+    readonly topic: pulumi.Output<string>;
+  },
+  parent: pulumi.Resource,
+): BudgetSummary[] {
+  const { environment, settings, topic } = args;
+  const thresholds = settings.thresholds.filter((t) => t.type === "ACTUAL");
+  const limits = [
+    ...Object.entries(settings.users).map(([owner, limitUsd]) => ({
+      kind: "user" as const,
+      owner,
+      limitUsd,
+    })),
+    ...Object.entries(settings.projects).map(([owner, limitUsd]) => ({
+      kind: "project" as const,
+      owner,
+      limitUsd,
+    })),
+  ];
+  if (limits.length > 0 && thresholds.length === 0) {
+    void pulumi.log.warn(
+      "budgets.users and budgets.projects are watched at ACTUAL thresholds only, and budgets.thresholds has none; no spend alarm is declared",
+      parent,
+    );
+  }
+  return limits.map(({ kind, owner, limitUsd }) => {
+    const metric = SPEND_METRICS[kind];
+    const prefix = `crucible-${environment}-${kind}-${owner}`;
+    const alarmNames = thresholds.map(({ percent }) => {
+      const alarmName = `${prefix}-${percent}pct`;
+      // To the cent, as AWS Budgets states its thresholds.
+      const thresholdUsd = Math.round(limitUsd * percent) / 100;
+      new aws.cloudwatch.MetricAlarm(
+        `${name}-${kind}-${owner}-${percent}`,
+        {
+          name: alarmName,
+          alarmDescription: `Crucible ${environment}: ${kind} ${owner} has spent more than ${percent} % (${thresholdUsd} USD) of the ${limitUsd} USD monthly budget this month.`,
+          namespace: SPEND_METRICS.namespace,
+          metricName: metric.metricName,
+          dimensions: { [metric.dimension]: owner },
+          statistic: "Maximum",
+          period: SPEND_ALARM_PERIOD_SECONDS,
+          evaluationPeriods: 1,
+          comparisonOperator: "GreaterThanThreshold",
+          threshold: thresholdUsd,
+          // Agents publish only after an attempt: an idle hour says nothing about a month's spend, so the
+          // alarm keeps its state (not "notBreaching", which would report a recovery after every quiet
+          // period and alarm again at the next job). It recovers when next month's first figure is lower.
+          treatMissingData: "ignore",
+          alarmActions: [topic],
+          okActions: [topic],
+          tags: componentTags("budgets"),
+        },
+        { parent },
+      );
+      return alarmName;
+    });
+    return {
+      name: prefix,
+      scope: `${kind}:${owner}` as const,
+      limitUsd,
+      thresholds,
+      topicArn: topic,
+      emails: settings.emails,
+      enforced: false,
+      alarmNames,
+    };
+  });
 }
 
 /** The handler module, transpiled on its own: it imports only the AWS SDK the Lambda runtime provides. */

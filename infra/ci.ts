@@ -2,6 +2,7 @@ import * as aws from "@pulumi/aws";
 import * as pulumi from "@pulumi/pulumi";
 import type { CrucibleConfig, Environment } from "./config";
 import type { PolicyDocument, PolicyStatement } from "./policy-document";
+import { webIdentityTrustPolicy } from "./policy-document";
 import { COST_TAGS, componentTags } from "./providers";
 
 /** The issuer of GitHub Actions' OIDC tokens, without its scheme (how IAM names its condition keys). */
@@ -106,23 +107,12 @@ export function githubTrustPolicy(
   providerArn: pulumi.Input<string>,
   subjects: readonly string[],
 ): PolicyDocument {
-  return {
-    Version: "2012-10-17",
-    Statement: [
-      {
-        Sid: "GitHubActions",
-        Effect: "Allow",
-        Principal: { Federated: providerArn },
-        Action: "sts:AssumeRoleWithWebIdentity",
-        Condition: {
-          StringEquals: {
-            [`${GITHUB_OIDC_HOST}:aud`]: GITHUB_OIDC_AUDIENCE,
-            [`${GITHUB_OIDC_HOST}:sub`]: [...subjects],
-          },
-        },
-      },
-    ],
-  };
+  return webIdentityTrustPolicy("GitHubActions", {
+    providerArn,
+    issuer: GITHUB_OIDC_HOST,
+    audience: GITHUB_OIDC_AUDIENCE,
+    subjects,
+  });
 }
 
 /** The partition, region and account the stack deploys to, as the policies' ARNs name them. */

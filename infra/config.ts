@@ -10,6 +10,7 @@ import {
   unfitReason,
   type TierName,
 } from "../runtime/src/catalog";
+import { DEFAULT_SCHEDULING, schedulingPolicySchema, type SchedulingPolicy } from "../runtime/src/scheduling";
 import { PUBLIC_SUBNET_PREFIX, publicSubnetRoom, publicSubnetsFor } from "./cidr";
 
 /**
@@ -218,6 +219,14 @@ const workspacesSchema = z.strictObject({
   encryption: oneOf(["kms", "s3"]),
 });
 
+/**
+ * The runtime's own policy schema (runtime/src/scheduling.ts), so the stack and every agent accept the
+ * same policy with the same limits and defaults; its budgets are set under `crucible:budgets` instead,
+ * next to the account's, and joined back by {@link schedulingPolicy}.
+ */
+const schedulingSchema = schedulingPolicySchema.omit({ budgets: true });
+const spendLimits = schedulingPolicySchema.shape.budgets.unwrap().shape;
+
 const budgetsSchema = z.strictObject({
   monthlyLimitUsd: positive(),
   /** Monthly limit per enabled tier, filtered by its `crucible:tier` tag. */
@@ -245,6 +254,10 @@ const budgetsSchema = z.strictObject({
    * 60-90 % savings for spot; GPU types sit at the low end, so the default is cautious).
    */
   spotDiscountPercent: int(0, 90),
+  /** Monthly USD limit per user, watched by CloudWatch alarms on the agent's spend metrics. */
+  users: spendLimits.users,
+  /** Monthly USD limit per project, watched the same way. */
+  projects: spendLimits.projects,
 });
 
 const alarmsSchema = z.strictObject({
@@ -299,6 +312,75 @@ const ciSchema = z.strictObject({
   }),
 });
 
+/** What the NVIDIA device plugin runs when `kubernetes.devicePluginImage` is not set. */
+export const DEFAULT_DEVICE_PLUGIN_IMAGE = "nvcr.io/nvidia/k8s-device-plugin:v0.17.0";
+
+/** A label value: up to 63 characters, alphanumeric at both ends (the API server's own rule). */
+const LABEL_VALUE = /^(?=.{1,63}$)[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$/;
+const LABEL_VALUE_RULE =
+  "a Kubernetes label value (1 to 63 letters, digits, -, _ and ., starting and ending with a letter or digit)";
+const labelKey = z
+  .string()
+  .regex(
+    /^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*\/)?(?=.{1,63}$)[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$/,
+    {
+      error:
+        "must be a Kubernetes label key: an optional DNS prefix and /, then up to 63 letters, digits, -, _ and ., such as nvidia.com/gpu.present",
+    },
+  );
+const oidcIssuer = /^https:\/\/([a-z0-9.-]+(\/[\w.-]+)*)$/;
+
+const kubernetesSchema = z.strictObject({
+  /** Declare the Kubernetes target (namespace, quota, agents) on the cluster of `kubeconfig`. */
+  enabled: bool(),
+  /**
+   * The cluster's kubeconfig, YAML or JSON. Set it only as a secret (`pulumi config set --secret --path`):
+   * the provider gets it as one, and errors never print it. Required when enabled.
+   */
+  kubeconfig: z
+    .string({ error: "must be the cluster's kubeconfig as text (YAML or JSON)" })
+    .refine((v) => /\bclusters\b/.test(v), {
+      error: "must be a kubeconfig: YAML or JSON text with a clusters list",
+    })
+    .optional(),
+  /** Jobs of each enabled tier that may run at once; sizes the namespace's ResourceQuota. Defaults to 4. */
+  maxJobsPerTier: int(1, 1000),
+  /** Agent replicas per enabled tier. Defaults to 1. */
+  agentReplicas: int(1, 20),
+  /** The node label the NVIDIA device plugin selects GPU nodes by. Defaults to nvidia.com/gpu.present=true. */
+  gpuNodeLabel: z.strictObject({
+    key: labelKey,
+    value: z.string().regex(LABEL_VALUE, { error: `must be ${LABEL_VALUE_RULE}` }),
+  }),
+  /** The NVIDIA device plugin's image, with a tag or (better) a digest. Defaults to {@link DEFAULT_DEVICE_PLUGIN_IMAGE}. */
+  devicePluginImage: z
+    .string()
+    .regex(
+      /^[a-z0-9]+([.-][a-z0-9]+)*(:\d+)?(\/[a-z0-9]+([._-][a-z0-9]+)*)+(:\w[\w.-]{0,127}(@sha256:[0-9a-f]{64})?|@sha256:[0-9a-f]{64})$/,
+      {
+        error:
+          "must be an image reference with a tag or a digest, such as nvcr.io/nvidia/k8s-device-plugin:v0.17.0@sha256:<64 hex digits>",
+      },
+    ),
+  /**
+   * PriorityClasses and the device plugin are cluster-wide: one stack per cluster `declare`s them, the
+   * others sharing that cluster use the `existing` ones. Defaults to declare.
+   */
+  clusterObjects: oneOf(["declare", "existing"]),
+  /** The cluster's IAM OIDC provider, for agents' AWS roles (IRSA). Absent: agents get no AWS role. */
+  oidc: z
+    .strictObject({
+      issuerUrl: z.string().regex(oidcIssuer, {
+        error:
+          "must be the cluster's OIDC issuer URL, such as https://oidc.eks.us-east-1.amazonaws.com/id/EXAMPLE",
+      }),
+      providerArn: z.string().regex(/^arn:aws[a-z-]*:iam::\d{12}:oidc-provider\/[a-z0-9.-]+(\/[\w.-]+)*$/, {
+        error: "must be an IAM OIDC provider ARN such as arn:aws:iam::123456789012:oidc-provider/oidc.eks...",
+      }),
+    })
+    .optional(),
+});
+
 export const crucibleConfigSchema = z
   .strictObject({
     environment: oneOf(ENVIRONMENTS),
@@ -310,8 +392,12 @@ export const crucibleConfigSchema = z
     workspaces: workspacesSchema,
     budgets: budgetsSchema,
     alarms: alarmsSchema,
+    /** Priority weights, fair share and preemption, handed to every agent in `CRUCIBLE_SCHEDULING`. */
+    scheduling: schedulingSchema,
     /** CI's access to the stack's account (OIDC provider and roles); absent: none is declared. */
     ci: ciSchema.optional(),
+    /** The Kubernetes target (off unless enabled). */
+    kubernetes: kubernetesSchema,
   })
   .superRefine(checkCrossFieldRules);
 
@@ -321,6 +407,15 @@ export type CrucibleSettings = z.infer<typeof crucibleConfigSchema>;
 export interface CrucibleConfig extends CrucibleSettings {
   readonly stack: string;
   readonly region: string;
+}
+
+/**
+ * The policy every agent and the CLI read as `CRUCIBLE_SCHEDULING`: `crucible:scheduling` with the user
+ * and project budgets of `crucible:budgets`.
+ */
+export function schedulingPolicy(config: CrucibleSettings): SchedulingPolicy {
+  const { users, projects } = config.budgets;
+  return { ...config.scheduling, budgets: { users, projects } };
 }
 
 type Ctx = z.RefinementCtx;
@@ -377,6 +472,7 @@ function checkCrossFieldRules(cfg: z.infer<z.ZodObject<Record<string, z.ZodTypeA
     }
   });
   checkNetwork(c.network, ctx);
+  if (c.kubernetes.enabled) checkKubernetes(c, ctx);
   const anyEnabled = TIER_NAMES.some((t) => c.fleet.tiers[t]?.enabled);
   if (anyEnabled && !c.registry.families.includes("agent") && !c.registry.promoteFrom) {
     ctx.addIssue({
@@ -398,6 +494,47 @@ function checkNetwork(network: CrucibleSettings["network"], ctx: Ctx): void {
       path: ["network", "cidr"],
       message: `must leave room for the ${needed} public /${PUBLIC_SUBNET_PREFIX} NAT subnets of nat ${network.nat} over ${network.azCount} zones (a /${prefix} holds ${publicSubnetRoom(prefix)}); use a larger range such as /22`,
       input: network.cidr,
+    });
+  }
+}
+
+function checkKubernetes(c: CrucibleSettings, ctx: Ctx): void {
+  const k = c.kubernetes;
+  if (k.kubeconfig === undefined) {
+    ctx.addIssue({
+      code: "custom",
+      path: ["kubernetes", "kubeconfig"],
+      message:
+        'is required when crucible:kubernetes.enabled is true; set it as a secret: pulumi config set --secret --path crucible:kubernetes.kubeconfig "$(cat kubeconfig)"',
+      input: undefined,
+    });
+  }
+  if (!TIER_NAMES.some((t) => c.fleet.tiers[t]?.enabled)) {
+    ctx.addIssue({
+      code: "custom",
+      path: ["kubernetes", "enabled"],
+      message: "needs at least one enabled tier in crucible:fleet.tiers: agents and the quota are per tier",
+      input: k.enabled,
+    });
+  }
+  // Both label every object the target declares; the API server rejects a bad label value at apply time.
+  for (const key of ["owner", "costCenter"] as const) {
+    if (!LABEL_VALUE.test(c[key])) {
+      ctx.addIssue({
+        code: "custom",
+        path: [key],
+        message: `must be ${LABEL_VALUE_RULE} while crucible:kubernetes.enabled is true: it labels every Kubernetes object`,
+        input: c[key],
+      });
+    }
+  }
+  const issuer = k.oidc && oidcIssuer.exec(k.oidc.issuerUrl)?.[1];
+  if (k.oidc && issuer && !k.oidc.providerArn.endsWith(`:oidc-provider/${issuer}`)) {
+    ctx.addIssue({
+      code: "custom",
+      path: ["kubernetes", "oidc", "providerArn"],
+      message: `must be the provider of kubernetes.oidc.issuerUrl (its ARN ends in :oidc-provider/${issuer})`,
+      input: k.oidc.providerArn,
     });
   }
 }
@@ -559,6 +696,20 @@ const common: DeepPartial<CrucibleSettings> = {
     spotInterruptionsPerHour: 0.01,
   },
   alarms: { oldestJobAgeSeconds: 900 },
+  // The runtime's defaults, merged under a stack's partial `crucible:scheduling` like every other section.
+  scheduling: {
+    weights: DEFAULT_SCHEDULING.weights,
+    fairShare: DEFAULT_SCHEDULING.fairShare,
+    preemption: DEFAULT_SCHEDULING.preemption,
+  },
+  kubernetes: {
+    enabled: false,
+    maxJobsPerTier: 4,
+    agentReplicas: 1,
+    gpuNodeLabel: { key: "nvidia.com/gpu.present", value: "true" },
+    devicePluginImage: DEFAULT_DEVICE_PLUGIN_IMAGE,
+    clusterObjects: "declare",
+  },
 };
 
 export const ENVIRONMENT_DEFAULTS: Record<Environment, DeepPartial<CrucibleSettings>> = {
@@ -654,16 +805,30 @@ function describe(value: unknown): string {
 function allowedKeysAt(path: readonly PropertyKey[]): string[] {
   let schema: z.ZodType = crucibleConfigSchema;
   for (const p of path) {
-    while (schema instanceof z.ZodOptional || schema instanceof z.ZodPipe) {
-      schema = schema instanceof z.ZodOptional ? (schema.unwrap() as z.ZodType) : (schema.in as z.ZodType);
-    }
+    schema = unwrapped(schema);
     if (schema instanceof z.ZodObject) schema = (schema.shape as Record<string, z.ZodType>)[String(p)]!;
     else if (schema instanceof z.ZodArray) schema = schema.element as z.ZodType;
     else return [];
   }
-  while (schema instanceof z.ZodOptional) schema = schema.unwrap() as z.ZodType;
+  schema = unwrapped(schema);
   return schema instanceof z.ZodObject ? Object.keys(schema.shape) : [];
 }
+
+/** The schema inside optional, defaulted and piped wrappers (the runtime's policy defaults its sections). */
+function unwrapped(schema: z.ZodType): z.ZodType {
+  while (
+    schema instanceof z.ZodOptional ||
+    schema instanceof z.ZodDefault ||
+    schema instanceof z.ZodPrefault ||
+    schema instanceof z.ZodPipe
+  ) {
+    schema = schema instanceof z.ZodPipe ? (schema.in as z.ZodType) : (schema.unwrap() as z.ZodType);
+  }
+  return schema;
+}
+
+/** Settings whose values an error must never print. */
+const SECRET_KEYS = new Set(["kubeconfig"]);
 
 function formatIssue(issue: z.core.$ZodIssue): string[] {
   if (issue.code === "unrecognized_keys") {
@@ -672,10 +837,16 @@ function formatIssue(issue: z.core.$ZodIssue): string[] {
       (k) => `${keyPath([...issue.path, k])} is not a known setting; allowed here: ${allowed.join(", ")}`,
     );
   }
+  // A record's key (a user or project name) failed its own schema: say what that schema allows.
+  if (issue.code === "invalid_key") {
+    return issue.issues.map((i) => `${keyPath(issue.path)} ${i.message}, got ${describe(issue.input)}`);
+  }
   if (issue.code === "invalid_type" && issue.input === undefined) {
     return [`${keyPath(issue.path)} is required (${issue.message.replace(/^Invalid input: /, "")})`];
   }
-  return [`${keyPath(issue.path)} ${issue.message}, got ${describe(issue.input)}`];
+  const secret = SECRET_KEYS.has(String(issue.path.at(-1))) && issue.input !== undefined;
+  const got = secret ? "a secret (not shown)" : describe(issue.input);
+  return [`${keyPath(issue.path)} ${issue.message}, got ${got}`];
 }
 
 /** Reads a raw `crucible:*` value: structured values arrive from Pulumi as JSON text. */

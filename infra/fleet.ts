@@ -4,8 +4,9 @@ import type { ImageFamily, Tier, TierName } from "../runtime/src/catalog";
 import { JOB_METRICS } from "../runtime/src/contract";
 import { getTier, jobImageFamily } from "../runtime/src/catalog";
 import { sandboxFacts } from "../runtime/src/sandbox";
+import { PRIORITIES, type Priority, type SchedulingPolicy } from "../runtime/src/scheduling";
 import type { CrucibleConfig, TierConfig } from "./config";
-import type { PolicyDocument } from "./policy-document";
+import type { PolicyDocument, PolicyStatement } from "./policy-document";
 import { componentTags } from "./providers";
 
 /** ECS-optimized Amazon Linux 2023: Docker ready; the GPU variant adds the NVIDIA driver and toolkit. */
@@ -14,14 +15,36 @@ export const DEFAULT_AMI_PARAMETERS = {
   gpu: "/aws/service/ecs/optimized-ami/amazon-linux-2023/gpu/recommended/image_id",
 } as const;
 
-/** Jobs waiting plus running per in-service instance, guarded so an empty group never divides by zero. */
-export const JOBS_PER_INSTANCE = "IF(m3 > 0, (m1 + m2) / m3, m1 + m2)";
 /**
- * 1 while jobs wait, no instance is in service and none is wanted: the alarm that brings a group up from
- * zero. The desired capacity (m4) must be zero too, or its ExactCapacity 1 would cancel instances that
- * are still booting after a burst.
+ * Metric-math ids (a lowercase letter, then letters, digits and underscores) of a priority queue's
+ * visible (waiting) and in-flight (running) messages, the group's in-service instances and its desired
+ * capacity.
  */
-export const WAITING_WITH_NO_INSTANCE = "IF(m3 == 0 AND m4 == 0 AND m1 > 0, 1, 0)";
+export const METRIC_IDS = {
+  waiting: (p: Priority) => `waiting_${p}`,
+  running: (p: Priority) => `running_${p}`,
+  inService: "in_service",
+  desired: "desired",
+} as const;
+/**
+ * The sum of some queue counts. SQS stops publishing a queue's metrics after six idle hours, and a sum
+ * with one series missing has no value, so each is filled with 0: a job in the normal queue must still
+ * count while nobody has touched the high one all night.
+ */
+const sumOf = (ids: readonly string[]) => ids.map((id) => `FILL(${id}, 0)`).join(" + ");
+const JOBS = sumOf(PRIORITIES.flatMap((p) => [METRIC_IDS.waiting(p), METRIC_IDS.running(p)]));
+const WAITING = sumOf(PRIORITIES.map(METRIC_IDS.waiting));
+/**
+ * Jobs waiting plus running over the tier's priority queues per in-service instance, guarded so an empty
+ * group never divides by zero.
+ */
+export const JOBS_PER_INSTANCE = `IF(in_service > 0, (${JOBS}) / in_service, ${JOBS})`;
+/**
+ * 1 while jobs wait in any priority queue, no instance is in service and none is wanted: the alarm that
+ * brings a group up from zero. The desired capacity must be zero too, or its ExactCapacity 1 would cancel
+ * instances that are still booting after a burst.
+ */
+export const WAITING_WITH_NO_INSTANCE = `IF(in_service == 0 AND desired == 0 AND (${WAITING}) > 0, 1, 0)`;
 /** Seconds an interrupted job gets to checkpoint: half a spot notice, leaving the rest for uploads. */
 export const DEFAULT_GRACE_SECONDS = 60;
 /** Boot, image pull and the agent's readiness; past it, an instance that never reported ready is dropped. */
@@ -60,11 +83,19 @@ export interface TierFleetArgs {
   readonly graceSeconds?: number;
   readonly subnetIds: pulumi.Input<pulumi.Input<string>[]>;
   readonly securityGroupId: pulumi.Input<string>;
-  readonly queue: {
-    readonly url: pulumi.Input<string>;
-    readonly arn: pulumi.Input<string>;
-    readonly name: pulumi.Input<string>;
-  };
+  /** The tier's job queue of each priority class (`JobQueues.byTier[tier]`). */
+  readonly queues: Readonly<
+    Record<
+      Priority,
+      {
+        readonly queueUrl: pulumi.Input<string>;
+        readonly queueArn: pulumi.Input<string>;
+        readonly queueName: pulumi.Input<string>;
+      }
+    >
+  >;
+  /** The validated scheduling policy (`schedulingPolicy(config)`), handed to the agent as `CRUCIBLE_SCHEDULING`. */
+  readonly scheduling: SchedulingPolicy;
   readonly workspaces: {
     readonly bucketName: pulumi.Input<string>;
     readonly bucketArn: pulumi.Input<string>;
@@ -109,6 +140,12 @@ export class TierFleet extends pulumi.ComponentResource {
     const parameterName = `/crucible/${environment}/${tier}/agent-config`;
     const catalog = getTier(tier);
     const grace = args.graceSeconds ?? DEFAULT_GRACE_SECONDS;
+    const queueUrls = pulumi.output(
+      Object.fromEntries(PRIORITIES.map((p) => [p, args.queues[p].queueUrl])) as Record<
+        Priority,
+        pulumi.Input<string>
+      >,
+    );
 
     const agentConfig = new aws.ssm.Parameter(
       `${name}-agent-config`,
@@ -117,7 +154,7 @@ export class TierFleet extends pulumi.ComponentResource {
         type: "String",
         value: pulumi.jsonStringify({
           tier,
-          queueUrl: args.queue.url,
+          queues: queueUrls,
           bucket: args.workspaces.bucketName,
           images: args.jobImages,
           sandbox: sandboxFacts(tier),
@@ -158,7 +195,7 @@ export class TierFleet extends pulumi.ComponentResource {
         role: role.id,
         policy: pulumi.jsonStringify(
           nodePolicy({
-            queueArn: args.queue.arn,
+            queueArns: PRIORITIES.map((p) => args.queues[p].queueArn),
             bucketArn: args.workspaces.bucketArn,
             prefix: args.workspaces.prefix,
             datasetsBucketArn: args.workspaces.datasetsBucketArn,
@@ -221,7 +258,7 @@ export class TierFleet extends pulumi.ComponentResource {
         userData: pulumi
           .all([
             args.agentImage,
-            args.queue.url,
+            queueUrls,
             args.workspaces.bucketName,
             args.workspaces.prefix,
             args.workspaces.quotaGiB,
@@ -229,7 +266,7 @@ export class TierFleet extends pulumi.ComponentResource {
             region.name,
             agentLog.name,
           ])
-          .apply(([agentImage, queueUrl, bucket, prefix, quota, images, regionName, logGroup]) =>
+          .apply(([agentImage, urls, bucket, prefix, quota, images, regionName, logGroup]) =>
             Buffer.from(
               userData({
                 tier,
@@ -241,7 +278,9 @@ export class TierFleet extends pulumi.ComponentResource {
                 groupName,
                 env: {
                   CRUCIBLE_TIER: tier,
-                  CRUCIBLE_QUEUE_URL: queueUrl,
+                  // The shape the CLI's CRUCIBLE_QUEUES has, with this tier's queues only.
+                  CRUCIBLE_QUEUES: JSON.stringify({ [tier]: urls }),
+                  CRUCIBLE_SCHEDULING: JSON.stringify(args.scheduling),
                   CRUCIBLE_BUCKET: bucket,
                   CRUCIBLE_WORKSPACES_PREFIX: prefix,
                   CRUCIBLE_QUOTA_GIB: String(quota),
@@ -336,33 +375,15 @@ export class TierFleet extends pulumi.ComponentResource {
       { parent: this, ignoreChanges: ["desiredCapacity"] },
     );
 
-    const queueMetric = (
-      id: string,
-      metricName: string,
-    ): aws.types.input.autoscaling.PolicyTargetTrackingConfigurationCustomizedMetricSpecificationMetric => ({
-      id,
-      returnData: false,
-      metricStat: {
-        metric: {
-          namespace: "AWS/SQS",
-          metricName,
-          dimensions: [{ name: "QueueName", value: args.queue.name }],
-        },
-        stat: "Sum",
+    // Every priority queue's waiting and running jobs count towards the group's load.
+    const queueCounts = PRIORITIES.flatMap((p) => [
+      { id: METRIC_IDS.waiting(p), metricName: "ApproximateNumberOfMessagesVisible", queue: args.queues[p] },
+      {
+        id: METRIC_IDS.running(p),
+        metricName: "ApproximateNumberOfMessagesNotVisible",
+        queue: args.queues[p],
       },
-    });
-    const inService = {
-      id: "m3",
-      returnData: false,
-      metricStat: {
-        metric: {
-          namespace: "AWS/AutoScaling",
-          metricName: "GroupInServiceInstances",
-          dimensions: [{ name: "AutoScalingGroupName", value: group.name }],
-        },
-        stat: "Average",
-      },
-    };
+    ]);
     new aws.autoscaling.Policy(
       `${name}-jobs-per-instance`,
       {
@@ -372,9 +393,30 @@ export class TierFleet extends pulumi.ComponentResource {
           targetValue: settings.targetJobsPerInstance,
           customizedMetricSpecification: {
             metrics: [
-              queueMetric("m1", "ApproximateNumberOfMessagesVisible"),
-              queueMetric("m2", "ApproximateNumberOfMessagesNotVisible"),
-              inService,
+              ...queueCounts.map(({ id, metricName, queue }) => ({
+                id,
+                returnData: false,
+                metricStat: {
+                  metric: {
+                    namespace: "AWS/SQS",
+                    metricName,
+                    dimensions: [{ name: "QueueName", value: queue.queueName }],
+                  },
+                  stat: "Sum",
+                },
+              })),
+              {
+                id: METRIC_IDS.inService,
+                returnData: false,
+                metricStat: {
+                  metric: {
+                    namespace: "AWS/AutoScaling",
+                    metricName: "GroupInServiceInstances",
+                    dimensions: [{ name: "AutoScalingGroupName", value: group.name }],
+                  },
+                  stat: "Average",
+                },
+              },
               {
                 id: "e1",
                 expression: JOBS_PER_INSTANCE,
@@ -397,46 +439,33 @@ export class TierFleet extends pulumi.ComponentResource {
       },
       { parent: this },
     );
+    const maximum = (
+      id: string,
+      namespace: string,
+      metricName: string,
+      dimensions: Record<string, pulumi.Input<string>>,
+    ) => ({ id, metric: { namespace, metricName, dimensions, stat: "Maximum", period: 60 } });
     new aws.cloudwatch.MetricAlarm(
       `${name}-from-zero`,
       {
-        alarmDescription: `jobs wait in ${tier}'s queue and no instance is in service: start one`,
+        alarmDescription: `jobs wait in ${tier}'s queues and no instance is in service: start one`,
         comparisonOperator: "GreaterThanOrEqualToThreshold",
         threshold: 1,
         evaluationPeriods: 1,
         treatMissingData: "notBreaching",
         alarmActions: [fromZero.arn],
         metricQueries: [
-          {
-            id: "m1",
-            metric: {
-              namespace: "AWS/SQS",
-              metricName: "ApproximateNumberOfMessagesVisible",
-              dimensions: { QueueName: args.queue.name },
-              stat: "Maximum",
-              period: 60,
-            },
-          },
-          {
-            id: "m3",
-            metric: {
-              namespace: "AWS/AutoScaling",
-              metricName: "GroupInServiceInstances",
-              dimensions: { AutoScalingGroupName: group.name },
-              stat: "Maximum",
-              period: 60,
-            },
-          },
-          {
-            id: "m4",
-            metric: {
-              namespace: "AWS/AutoScaling",
-              metricName: "GroupDesiredCapacity",
-              dimensions: { AutoScalingGroupName: group.name },
-              stat: "Maximum",
-              period: 60,
-            },
-          },
+          ...PRIORITIES.map((p) =>
+            maximum(METRIC_IDS.waiting(p), "AWS/SQS", "ApproximateNumberOfMessagesVisible", {
+              QueueName: args.queues[p].queueName,
+            }),
+          ),
+          maximum(METRIC_IDS.inService, "AWS/AutoScaling", "GroupInServiceInstances", {
+            AutoScalingGroupName: group.name,
+          }),
+          maximum(METRIC_IDS.desired, "AWS/AutoScaling", "GroupDesiredCapacity", {
+            AutoScalingGroupName: group.name,
+          }),
           {
             id: "e1",
             expression: WAITING_WITH_NO_INSTANCE,
@@ -491,11 +520,12 @@ export class TierFleet extends pulumi.ComponentResource {
 }
 
 /**
- * What a node may do: its tier's queue, its workspace prefix (and the buckets' key, through S3 only),
+ * What a node may do: its tier's priority queues, its workspace prefix (and the buckets' key, through S3 only),
  * pulls, its own group's hooks, its job metrics and its agent's log.
  */
 export function nodePolicy(scope: {
-  readonly queueArn: pulumi.Input<string>;
+  /** The tier's job queues, one per priority class. */
+  readonly queueArns: readonly pulumi.Input<string>[];
   readonly bucketArn: pulumi.Input<string>;
   readonly prefix: pulumi.Input<string>;
   readonly datasetsBucketArn: pulumi.Input<string>;
@@ -512,51 +542,7 @@ export function nodePolicy(scope: {
   return {
     Version: "2012-10-17",
     Statement: [
-      {
-        Sid: "TierQueue",
-        Effect: "Allow",
-        Action: [
-          "sqs:ReceiveMessage",
-          "sqs:DeleteMessage",
-          "sqs:ChangeMessageVisibility",
-          "sqs:GetQueueAttributes",
-        ],
-        Resource: scope.queueArn,
-      },
-      {
-        Sid: "Workspaces",
-        Effect: "Allow",
-        Action: ["s3:GetObject", "s3:PutObject", "s3:PutObjectTagging"],
-        Resource: pulumi.interpolate`${scope.bucketArn}/${scope.prefix}*`,
-      },
-      {
-        Sid: "ListWorkspaces",
-        Effect: "Allow",
-        Action: "s3:ListBucket",
-        Resource: scope.bucketArn,
-        Condition: { StringLike: { "s3:prefix": [pulumi.interpolate`${scope.prefix}*`] } },
-      },
-      {
-        Sid: "ReadDatasets",
-        Effect: "Allow",
-        Action: ["s3:GetObject", "s3:ListBucket"],
-        Resource: [scope.datasetsBucketArn, pulumi.interpolate`${scope.datasetsBucketArn}/*`],
-      },
-      // SSE-KMS objects: reading needs Decrypt, writing GenerateDataKey. The key policy leaves its use
-      // to IAM, so without this a node could neither fetch a job's code nor upload its result.
-      ...(scope.kmsKeyArn === undefined
-        ? []
-        : [
-            {
-              Sid: "WorkspacesKey",
-              Effect: "Allow" as const,
-              Action: ["kms:Decrypt", "kms:GenerateDataKey"],
-              Resource: scope.kmsKeyArn,
-              Condition: {
-                StringEquals: { "kms:ViaService": pulumi.interpolate`s3.${scope.regionName}.amazonaws.com` },
-              },
-            },
-          ]),
+      ...agentDataStatements(scope),
       // The one wildcard resource: ECR issues registry tokens account-wide, and the token only reads.
       { Sid: "RegistryToken", Effect: "Allow", Action: "ecr:GetAuthorizationToken", Resource: "*" },
       {
@@ -575,13 +561,7 @@ export function nodePolicy(scope: {
         ],
         Resource: scope.groupArn,
       },
-      {
-        Sid: "JobMetrics",
-        Effect: "Allow",
-        Action: "cloudwatch:PutMetricData",
-        Resource: "*",
-        Condition: { StringEquals: { "cloudwatch:namespace": JOB_METRICS.namespace } },
-      },
+      JOB_METRICS_STATEMENT,
       { Sid: "AgentConfig", Effect: "Allow", Action: "ssm:GetParameter", Resource: scope.parameterArn },
       {
         // The Docker engine's awslogs driver writes the agent's output; the group itself is declared here.
@@ -593,6 +573,78 @@ export function nodePolicy(scope: {
     ],
   };
 }
+
+/**
+ * What an agent needs wherever it runs (a node, a Kubernetes pod): its tier's queues, its workspace prefix
+ * (and the buckets' key, through S3 only) and the datasets.
+ */
+export function agentDataStatements(scope: {
+  readonly queueArns: readonly pulumi.Input<string>[];
+  readonly bucketArn: pulumi.Input<string>;
+  readonly prefix: pulumi.Input<string>;
+  readonly datasetsBucketArn: pulumi.Input<string>;
+  /** The buckets' KMS key; undefined where they use S3-managed keys. */
+  readonly kmsKeyArn?: pulumi.Input<string>;
+  /** The stack's region: the key is usable only through this region's S3. */
+  readonly regionName: pulumi.Input<string>;
+}): PolicyStatement[] {
+  return [
+    {
+      Sid: "TierQueue",
+      Effect: "Allow",
+      Action: [
+        "sqs:ReceiveMessage",
+        "sqs:DeleteMessage",
+        "sqs:ChangeMessageVisibility",
+        "sqs:GetQueueAttributes",
+      ],
+      Resource: [...scope.queueArns],
+    },
+    {
+      Sid: "Workspaces",
+      Effect: "Allow",
+      Action: ["s3:GetObject", "s3:PutObject", "s3:PutObjectTagging"],
+      Resource: pulumi.interpolate`${scope.bucketArn}/${scope.prefix}*`,
+    },
+    {
+      Sid: "ListWorkspaces",
+      Effect: "Allow",
+      Action: "s3:ListBucket",
+      Resource: scope.bucketArn,
+      Condition: { StringLike: { "s3:prefix": [pulumi.interpolate`${scope.prefix}*`] } },
+    },
+    {
+      Sid: "ReadDatasets",
+      Effect: "Allow",
+      Action: ["s3:GetObject", "s3:ListBucket"],
+      Resource: [scope.datasetsBucketArn, pulumi.interpolate`${scope.datasetsBucketArn}/*`],
+    },
+    // SSE-KMS objects: reading needs Decrypt, writing GenerateDataKey. The key policy leaves its use
+    // to IAM, so without this a node could neither fetch a job's code nor upload its result.
+    ...(scope.kmsKeyArn === undefined
+      ? []
+      : [
+          {
+            Sid: "WorkspacesKey",
+            Effect: "Allow" as const,
+            Action: ["kms:Decrypt", "kms:GenerateDataKey"],
+            Resource: scope.kmsKeyArn,
+            Condition: {
+              StringEquals: { "kms:ViaService": pulumi.interpolate`s3.${scope.regionName}.amazonaws.com` },
+            },
+          },
+        ]),
+  ];
+}
+
+/** The agent's job outcome metrics, in their own namespace only. */
+export const JOB_METRICS_STATEMENT: PolicyStatement = {
+  Sid: "JobMetrics",
+  Effect: "Allow",
+  Action: "cloudwatch:PutMetricData",
+  Resource: "*",
+  Condition: { StringEquals: { "cloudwatch:namespace": JOB_METRICS.namespace } },
+};
 
 /**
  * The job images a tier's agent can choose (runtime/src/image-matrix.ts `jobImageFamily`), of those the

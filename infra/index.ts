@@ -1,10 +1,12 @@
-import type { TierName } from "../runtime/src/catalog";
+import * as pulumi from "@pulumi/pulumi";
 import { TIER_NAMES, TIERS } from "../runtime/src/catalog";
+import { PRIORITIES, type Priority } from "../runtime/src/scheduling";
 import { Budgets } from "./budgets";
 import { CiAccess } from "./ci";
-import { loadConfig } from "./config";
+import { loadConfig, schedulingPolicy } from "./config";
 import { fixedMonthlyCosts, tierHourlyCosts } from "./finance";
 import { TierFleet } from "./fleet";
+import { KubernetesTarget } from "./kubernetes";
 import { Network } from "./network";
 import { Notifications } from "./notifications";
 import { Operations } from "./operations";
@@ -35,13 +37,15 @@ export const network = {
   fixedCostCounts: net.fixedCostCounts,
 };
 
-// Jobs wait in their tier's queue; the agent and the fleet's scaling read these.
+// Jobs wait in their tier's queue of their priority; the agent and the fleet's scaling read these.
 const jobQueues = new JobQueues(
   "queues",
   { tiers: enabledTiers, settings: config.fleet.queue },
   { provider: aws },
 );
 export const queues = jobQueues.byTier;
+// How agents share a tier's slots, with the user and project budgets: CLI users set CRUCIBLE_SCHEDULING to it.
+export const scheduling = schedulingPolicy(config);
 
 // Images are built here, or promoted from the upstream stack by digest.
 const registry = new Registry(
@@ -58,10 +62,12 @@ const notifications = new Notifications(
   { provider: aws },
 );
 const workspaces = new Workspaces("workspaces", { settings: config.workspaces }, { provider: aws });
+const jobImages = Object.fromEntries(
+  Object.entries(registry.imageRefs).filter(([family]) => family !== "agent"),
+);
 // One fleet per enabled tier: nodes that start the agent by digest against the tier's queue.
 const fleets = Object.fromEntries(
   enabledTiers.map((tier) => {
-    const queue = jobQueues.byTier[tier]!;
     const fleet = new TierFleet(
       `fleet-${tier}`,
       {
@@ -73,7 +79,8 @@ const fleets = Object.fromEntries(
         visibilityTimeoutSeconds: config.fleet.queue.visibilityTimeoutSeconds,
         subnetIds: net.privateSubnetIds,
         securityGroupId: net.nodeSecurityGroupId,
-        queue: { url: queue.queueUrl, arn: queue.queueArn, name: queue.queueName },
+        queues: jobQueues.byTier[tier]!,
+        scheduling,
         workspaces: {
           bucketName: workspaces.bucketName,
           bucketArn: workspaces.bucketArn,
@@ -83,9 +90,7 @@ const fleets = Object.fromEntries(
           kmsKeyArn: workspaces.kmsKeyArn,
         },
         agentImage: registry.imageRefs.agent!,
-        jobImages: Object.fromEntries(
-          Object.entries(registry.imageRefs).filter(([family]) => family !== "agent"),
-        ),
+        jobImages,
         repositoryArns: Object.values(registry.repositoryArns),
       },
       { provider: aws },
@@ -98,7 +103,6 @@ export const fleet = Object.fromEntries(
   Object.entries(fleets).map(([tier, f]) => [
     tier,
     {
-      queueUrl: jobQueues.byTier[tier as TierName]!.queueUrl,
       asgNames: f.asgNames,
       launchTemplateId: f.launchTemplateId,
       agentConfigParameter: f.agentConfigParameter,
@@ -151,6 +155,58 @@ export const fixedMonthlyCost = fixedMonthlyCosts(config.region, {
   interfaceEndpointAzs: net.fixedCostCounts.interfaceEndpointAzs,
   kmsKeys: [notifications.kmsKeyArn, workspaces.kmsKeyArn].filter(Boolean).length,
 });
+
+// Agents on a Kubernetes cluster, from the same queues and workspaces as the fleet; off unless enabled.
+const { enabled: kubernetesEnabled, kubeconfig, ...kubernetesSettings } = config.kubernetes;
+const kubernetesTarget = kubernetesEnabled
+  ? new KubernetesTarget(
+      "kubernetes",
+      {
+        environment: config.environment,
+        // Config validation requires it when enabled.
+        kubeconfig: kubeconfig!,
+        settings: kubernetesSettings,
+        stackTags: stackTags(config),
+        region: config.region,
+        tiers: Object.fromEntries(
+          enabledTiers.map((tier) => {
+            const queues = jobQueues.byTier[tier]!;
+            return [
+              tier,
+              {
+                limits: tiers[tier]!,
+                queueUrls: pulumi.output(
+                  Object.fromEntries(PRIORITIES.map((p) => [p, queues[p].queueUrl])) as Record<
+                    Priority,
+                    pulumi.Output<string>
+                  >,
+                ),
+                queueArns: PRIORITIES.map((p) => queues[p].queueArn),
+              },
+            ];
+          }),
+        ),
+        agentImage: registry.imageRefs.agent!,
+        jobImages,
+        workspaces: {
+          bucketName: workspaces.bucketName,
+          bucketArn: workspaces.bucketArn,
+          prefix: workspaces.workspacesPrefix,
+          datasetsBucketArn: workspaces.datasetsBucketArn,
+          kmsKeyArn: workspaces.kmsKeyArn,
+        },
+        heartbeatSeconds: config.fleet.heartbeatSeconds,
+        visibilityTimeoutSeconds: config.fleet.queue.visibilityTimeoutSeconds,
+        scheduling: JSON.stringify(scheduling),
+      },
+      { provider: aws },
+    )
+  : undefined;
+export const kubernetes = kubernetesTarget && {
+  namespace: kubernetesTarget.namespace,
+  agentDeployments: kubernetesTarget.agentDeployments,
+  agentRoleArns: kubernetesTarget.agentRoleArns,
+};
 
 // CI reaches the account through GitHub's OIDC provider: pull requests preview with a read-only role,
 // jobs in the stack's GitHub environment deploy with the deploy role. Without crucible:ci, none exists.

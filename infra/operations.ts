@@ -2,6 +2,7 @@ import * as aws from "@pulumi/aws";
 import * as pulumi from "@pulumi/pulumi";
 import { TIER_NAMES, type TierName } from "../runtime/src/catalog";
 import { JOB_METRICS } from "../runtime/src/contract";
+import { PRIORITIES, type Priority } from "../runtime/src/scheduling";
 import type { PolicyDocument } from "./policy-document";
 import { componentTags } from "./providers";
 
@@ -19,11 +20,14 @@ export const NODE_EVENTS = {
 /** Namespace of the counts the event log's metric filters publish. */
 export const FLEET_METRICS_NAMESPACE = "Crucible/Fleet";
 
-/** The queues of one tier, by name (CloudWatch's SQS metrics are keyed by queue name). */
+/** One priority's queues, by name (CloudWatch's SQS metrics are keyed by queue name). */
 export interface OperationsQueue {
   readonly queueName: pulumi.Input<string>;
   readonly dlqName: pulumi.Input<string>;
 }
+
+/** A tier's queues, one per priority class. */
+export type OperationsTierQueues = Readonly<Record<Priority, OperationsQueue>>;
 
 /** Arguments of {@link Operations}. */
 export interface OperationsArgs {
@@ -31,8 +35,8 @@ export interface OperationsArgs {
   readonly stack: string;
   /** The stack's region, which every dashboard widget names. */
   readonly region: string;
-  /** Each enabled tier's queues. */
-  readonly queues: Partial<Record<TierName, OperationsQueue>>;
+  /** Each enabled tier's queues, per priority (`JobQueues.byTier`). */
+  readonly queues: Partial<Record<TierName, OperationsTierQueues>>;
   /** Each tier's Auto Scaling group names, for the instance widgets. Defaults to none (no instance widgets). */
   readonly asgNamesByTier?: Partial<Record<TierName, pulumi.Input<pulumi.Input<string>[]>>>;
   /** Topic every alarm notifies, on alarm and on recovery. */
@@ -45,8 +49,8 @@ export interface OperationsArgs {
 
 /**
  * What operators look at: a dashboard per stack (queue depth, oldest job, instances, spot
- * interruptions, job outcomes), per-tier alarms on dead letters and on jobs waiting too long, and a
- * log of every spot interruption warning and rebalance recommendation in the region.
+ * interruptions, job outcomes), alarms on dead letters and on jobs waiting too long for every priority
+ * queue, and a log of every spot interruption warning and rebalance recommendation in the region.
  */
 export class Operations extends pulumi.ComponentResource {
   public readonly dashboardName: pulumi.Output<string>;
@@ -61,8 +65,20 @@ export class Operations extends pulumi.ComponentResource {
         ...args,
       };
     const tiers = TIER_NAMES.filter((t) => queues[t]);
+    // An alarm per priority queue, not one on their maximum: the alarm then names the class that waits
+    // (low waiting long while high is served is the weights at work, high waiting long is lack of
+    // capacity), and CloudWatch bills a metric-math alarm per metric it reads, so it would cost the same.
     for (const tier of tiers) {
-      queueAlarms(`${name}-${tier}`, tier, queues[tier]!, alarmTopicArn, oldestJobAgeSeconds, this);
+      for (const priority of PRIORITIES) {
+        queueAlarms(
+          `${name}-${tier}-${priority}`,
+          { tier, priority },
+          queues[tier]![priority],
+          alarmTopicArn,
+          oldestJobAgeSeconds,
+          this,
+        );
+      }
     }
     const eventLog = nodeEventLog(`${name}-node-events`, stack, eventRetentionDays, this);
 
@@ -79,8 +95,7 @@ export class Operations extends pulumi.ComponentResource {
                 oldestJobAgeSeconds,
                 tiers: tiers.map((tier) => ({
                   tier,
-                  queueName: resolvedQueues[tier]!.queueName,
-                  dlqName: resolvedQueues[tier]!.dlqName,
+                  queues: resolvedQueues[tier]!,
                   asgNames: asgs[tier] ?? [],
                 })),
               }),
@@ -99,7 +114,7 @@ export class Operations extends pulumi.ComponentResource {
 /** A dead letter means a job failed `maxReceiveCount` times; an old job means the tier is not keeping up. */
 function queueAlarms(
   name: string,
-  tier: TierName,
+  { tier, priority }: { readonly tier: TierName; readonly priority: Priority },
   queue: OperationsQueue,
   topicArn: pulumi.Input<string>,
   oldestJobAgeSeconds: number,
@@ -120,7 +135,7 @@ function queueAlarms(
     `${name}-dead-letters`,
     {
       ...common,
-      alarmDescription: `Crucible ${tier}: jobs reached the dead-letter queue after failing every attempt; inspect them there.`,
+      alarmDescription: `Crucible ${tier} ${priority}: jobs reached the dead-letter queue after failing every attempt; inspect them there.`,
       metricName: "ApproximateNumberOfMessagesVisible",
       dimensions: { QueueName: queue.dlqName },
       period: 300,
@@ -132,7 +147,7 @@ function queueAlarms(
     `${name}-oldest-job`,
     {
       ...common,
-      alarmDescription: `Crucible ${tier}: a job has waited more than ${oldestJobAgeSeconds} s for a node; check the group's capacity and scaling.`,
+      alarmDescription: `Crucible ${tier} ${priority}: a job has waited more than ${oldestJobAgeSeconds} s for a node; check the group's capacity and scaling.`,
       metricName: "ApproximateAgeOfOldestMessage",
       dimensions: { QueueName: queue.queueName },
       period: 60,
@@ -212,22 +227,32 @@ function eventsMayWrite(logGroupArn: pulumi.Input<string>): PolicyDocument {
 
 interface DashboardTier {
   readonly tier: TierName;
-  readonly queueName: string;
-  readonly dlqName: string;
+  readonly queues: Readonly<Record<Priority, { readonly queueName: string; readonly dlqName: string }>>;
   readonly asgNames: readonly string[];
 }
 
 type MetricLine = (string | Record<string, unknown>)[];
 
-/** The dashboard's widgets, two a row; instance widgets only where groups are known. */
+/**
+ * The dashboard's widgets, two a row; instance widgets only where groups are known. Queue counts are a
+ * line per tier and priority, stacked, so the top of a stack is everything waiting (or running, or dead).
+ */
 export function dashboardBody(input: {
   readonly region: string;
   readonly oldestJobAgeSeconds: number;
   readonly tiers: readonly DashboardTier[];
 }): { widgets: Record<string, unknown>[] } {
   const { region, oldestJobAgeSeconds, tiers } = input;
-  const sqs = (metric: string, queue: (t: DashboardTier) => string): MetricLine[] =>
-    tiers.map((t) => ["AWS/SQS", metric, "QueueName", queue(t), { label: t.tier }]);
+  const sqs = (metric: string, queue: "queueName" | "dlqName"): MetricLine[] =>
+    tiers.flatMap((t) =>
+      PRIORITIES.map((p): MetricLine => [
+        "AWS/SQS",
+        metric,
+        "QueueName",
+        t.queues[p][queue],
+        { label: `${t.tier} ${p}` },
+      ]),
+    );
   const asg = (metric: string): MetricLine[] =>
     tiers.flatMap((t) =>
       t.asgNames.map((g) => [
@@ -238,27 +263,37 @@ export function dashboardBody(input: {
         { label: `${t.tier} ${g}` },
       ]),
     );
-  const panels: { title: string; metrics: MetricLine[]; stat: string; annotations?: unknown }[] = [
+  const panels: {
+    title: string;
+    metrics: MetricLine[];
+    stat: string;
+    stacked?: boolean;
+    annotations?: unknown;
+  }[] = [
     {
       title: "Jobs waiting (visible messages)",
-      metrics: sqs("ApproximateNumberOfMessagesVisible", (t) => t.queueName),
+      metrics: sqs("ApproximateNumberOfMessagesVisible", "queueName"),
       stat: "Maximum",
+      stacked: true,
     },
     {
       title: "Jobs running (in-flight messages)",
-      metrics: sqs("ApproximateNumberOfMessagesNotVisible", (t) => t.queueName),
+      metrics: sqs("ApproximateNumberOfMessagesNotVisible", "queueName"),
       stat: "Maximum",
+      stacked: true,
     },
     {
+      // Ages do not add up: one line each.
       title: "Oldest waiting job (seconds)",
-      metrics: sqs("ApproximateAgeOfOldestMessage", (t) => t.queueName),
+      metrics: sqs("ApproximateAgeOfOldestMessage", "queueName"),
       stat: "Maximum",
       annotations: { horizontal: [{ label: "alarm", value: oldestJobAgeSeconds }] },
     },
     {
       title: "Dead letters",
-      metrics: sqs("ApproximateNumberOfMessagesVisible", (t) => t.dlqName),
+      metrics: sqs("ApproximateNumberOfMessagesVisible", "dlqName"),
       stat: "Maximum",
+      stacked: true,
     },
     { title: "In-service instances", metrics: asg("GroupInServiceInstances"), stat: "Average" },
     { title: "Warm pool instances", metrics: asg("WarmPoolWarmedCapacity"), stat: "Average" },
@@ -311,6 +346,7 @@ export function dashboardBody(input: {
         stat: p.stat,
         period: 60,
         metrics: p.metrics,
+        ...(p.stacked ? { stacked: true } : {}),
         ...(p.annotations ? { annotations: p.annotations } : {}),
       },
     }));

@@ -26,3 +26,36 @@ export function accountRoot(
 ): pulumi.Output<string> {
   return pulumi.interpolate`arn:${partition}:iam::${accountId}:root`;
 }
+
+/**
+ * The trust policy of a role that an OIDC provider's tokens assume (GitHub Actions, a cluster's service
+ * accounts): tokens for `audience` whose `sub` is exactly one of `subjects`, never a pattern.
+ */
+export function webIdentityTrustPolicy(
+  sid: string,
+  trust: {
+    readonly providerArn: pulumi.Input<string>;
+    /** The issuer without its scheme, as IAM names its condition keys. */
+    readonly issuer: string;
+    readonly audience: string;
+    readonly subjects: readonly string[];
+  },
+): PolicyDocument {
+  return {
+    Version: "2012-10-17",
+    Statement: [
+      {
+        Sid: sid,
+        Effect: "Allow",
+        Principal: { Federated: trust.providerArn },
+        Action: "sts:AssumeRoleWithWebIdentity",
+        Condition: {
+          StringEquals: {
+            [`${trust.issuer}:aud`]: trust.audience,
+            [`${trust.issuer}:sub`]: [...trust.subjects],
+          },
+        },
+      },
+    ],
+  };
+}

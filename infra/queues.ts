@@ -1,6 +1,7 @@
 import * as aws from "@pulumi/aws";
 import * as pulumi from "@pulumi/pulumi";
 import type { TierName } from "../runtime/src/catalog";
+import { DEFAULT_PRIORITY, PRIORITIES, type Priority } from "../runtime/src/scheduling";
 import type { CrucibleConfig } from "./config";
 import type { PolicyDocument } from "./policy-document";
 import { componentTags } from "./providers";
@@ -12,13 +13,13 @@ export const RECEIVE_WAIT_SECONDS = 20;
 
 /** Arguments of {@link JobQueues}. */
 export interface JobQueuesArgs {
-  /** Tiers that get a queue (the stack's enabled tiers). */
+  /** Tiers that get queues (the stack's enabled tiers). */
   readonly tiers: readonly TierName[];
   /** Visibility timeout, redrive count and retention, validated by `infra/config.ts`. */
   readonly settings: CrucibleConfig["fleet"]["queue"];
 }
 
-/** One tier's job queue and its dead-letter queue. */
+/** One priority class's job queue in a tier, and its dead-letter queue. */
 export interface TierQueue {
   readonly queueUrl: pulumi.Output<string>;
   readonly queueArn: pulumi.Output<string>;
@@ -28,22 +29,41 @@ export interface TierQueue {
   readonly dlqName: pulumi.Output<string>;
 }
 
+/** A tier's queues, one per priority class (runtime/src/scheduling.ts `PRIORITIES`). */
+export type TierQueues = Readonly<Record<Priority, TierQueue>>;
+
 /**
- * Where jobs wait: per tier an encrypted, long-polled queue whose messages stay invisible while an
- * agent's heartbeat runs, and that moves a job to its own dead-letter queue after `maxReceiveCount`
- * receives (a job that keeps killing its node must not circle for ever). Both refuse plain HTTP.
+ * Where jobs wait: per tier and priority class an encrypted, long-polled queue whose messages stay
+ * invisible while an agent's heartbeat runs, and that moves a job to its own dead-letter queue after
+ * `maxReceiveCount` receives (a job that keeps killing its node must not circle for ever). All refuse
+ * plain HTTP.
  */
 export class JobQueues extends pulumi.ComponentResource {
-  public readonly byTier: Partial<Record<TierName, TierQueue>>;
+  public readonly byTier: Partial<Record<TierName, TierQueues>>;
 
   constructor(name: string, args: JobQueuesArgs, opts?: pulumi.ComponentResourceOptions) {
     super("crucible:queues:JobQueues", name, {}, opts);
     const { tiers, settings } = args;
     this.byTier = Object.fromEntries(
-      tiers.map((tier) => [tier, tierQueue(`${name}-${tier}`, tier, settings, this)]),
+      tiers.map((tier) => [
+        tier,
+        Object.fromEntries(
+          PRIORITIES.map((p) => [p, tierQueue(queueLogicalName(name, tier, p), tier, settings, this)]),
+        ) as TierQueues,
+      ]),
     );
     this.registerOutputs({ byTier: this.byTier });
   }
+}
+
+/**
+ * The logical name of a tier's queue of one priority. The default class keeps the name the tier's one
+ * queue had before priorities (`<name>-<tier>`, its DLQ and policies named after it), so `pulumi up` on
+ * an existing stack keeps that queue, and the jobs waiting in it, instead of replacing it and losing
+ * them; the other classes are new queues named with their priority.
+ */
+export function queueLogicalName(name: string, tier: TierName, priority: Priority): string {
+  return priority === DEFAULT_PRIORITY ? `${name}-${tier}` : `${name}-${tier}-${priority}`;
 }
 
 function tierQueue(

@@ -12,8 +12,9 @@ timeout=${2:-900}
 output() { pulumi stack output "$1" --stack "$stack" --json; }
 AWS_REGION=$(output region | jq -r .)
 CRUCIBLE_BUCKET=$(output storage | jq -r .bucketName)
-CRUCIBLE_QUEUES=$(output queues | jq -c 'map_values(.queueUrl)')
-export AWS_REGION CRUCIBLE_BUCKET CRUCIBLE_QUEUES CRUCIBLE_PROJECT=ci CRUCIBLE_USER=${CRUCIBLE_USER:-smoke}
+CRUCIBLE_QUEUES=$(output queues | jq -c 'map_values(map_values(.queueUrl))')
+CRUCIBLE_SCHEDULING=$(output scheduling | jq -c .)
+export AWS_REGION CRUCIBLE_BUCKET CRUCIBLE_QUEUES CRUCIBLE_SCHEDULING CRUCIBLE_PROJECT=ci CRUCIBLE_USER=${CRUCIBLE_USER:-smoke}
 
 job=$(npm run --silent crucible -- submit runtime/templates/hello --tier cpu-small)
 echo "submitted $job to $stack's cpu-small queue; waiting up to ${timeout}s for its result"

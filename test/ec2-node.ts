@@ -15,7 +15,8 @@ export interface QueryCall {
 /**
  * What an EC2 node sees on loopback: the instance metadata service (IMDSv2 only: a GET without a valid
  * session token is refused, as the launch template requires) and the query API that Auto Scaling and
- * CloudWatch speak, recording every call so tests see exactly what the real SDK clients sent.
+ * CloudWatch speak, recording every call so tests see exactly what the real SDK clients sent. An instance
+ * marked unhealthy (SetInstanceHealth) is terminated, as its group would.
  */
 export class Ec2Node extends EventEmitter<{ call: [QueryCall]; read: [string] }> {
   /** Metadata paths under `/latest/meta-data/`; a missing path answers 404, as on EC2. */
@@ -112,6 +113,7 @@ export class Ec2Node extends EventEmitter<{ call: [QueryCall]; read: [string] }>
       const params = Object.fromEntries(new URLSearchParams(body));
       const call = { action: params.Action ?? "", params };
       const code = this.record(call);
+      if (!code && call.action === "SetInstanceHealth") this.replaceIfUnhealthy(params);
       if (code) {
         return reply(
           res,
@@ -128,6 +130,15 @@ export class Ec2Node extends EventEmitter<{ call: [QueryCall]; read: [string] }>
       );
     }
     reply(res, 404, "");
+  }
+
+  /**
+   * What the group does with this instance once it is marked unhealthy: terminates it through its
+   * termination hook, which the metadata service shows as the target lifecycle state `Terminated`.
+   */
+  private replaceIfUnhealthy(params: Readonly<Record<string, string>>): void {
+    if (params.HealthStatus === "Unhealthy" && params.InstanceId === this.metadata.get("instance-id"))
+      this.metadata.set("autoscaling/target-lifecycle-state", "Terminated");
   }
 
   /** Records the call; returns the error code it must fail with, if any. */

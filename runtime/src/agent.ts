@@ -5,16 +5,23 @@ import { join } from "node:path";
 import type { Envelope, JobOutcome, Launcher, ProgressEvent, StopReason } from "./contract";
 import { StopRequest } from "./contract";
 import type { ReceivedJob } from "./job-queue";
-import type { JobQueue } from "./job-queue";
-import type { JobAddress, JobState } from "./job-store";
+import type { JobAddress, JobState, StoredSpec } from "./job-store";
 import type { JobStore } from "./job-store";
+import type { LedgerEntry } from "./ledger";
+import { attemptCost, costOf } from "./ledger";
 import type { Logger } from "./logger";
+import type { PriorityQueues } from "./priority-queues";
+import type { Priority, SchedulingPolicy } from "./scheduling";
+import { PRIORITIES, parseSchedulingPolicy } from "./scheduling";
+import type { BudgetStanding } from "./spend";
+import { describeStanding, overBudget, SpendTracker } from "./spend";
 import type { TierName } from "./tiers";
 import { getTier } from "./tiers";
 
 export interface AgentOptions {
   readonly tier: TierName;
-  readonly queue: JobQueue;
+  /** The tier's queues, one per priority class (or one queue for all: {@link PriorityQueues.single}). */
+  readonly queues: PriorityQueues;
   readonly store: JobStore;
   readonly launcher: Launcher;
   readonly logger: Logger;
@@ -38,6 +45,17 @@ export interface AgentOptions {
   readonly scratchRoot?: string;
   /** Records each attempt's outcome (e.g. as CloudWatch metrics). Defaults to none. */
   readonly recordOutcome?: (outcome: JobOutcome) => Promise<void>;
+  /** Fair share, preemption and budgets. Defaults to the policy's defaults (no budgets). */
+  readonly policy?: SchedulingPolicy;
+  /** Seconds between looks for preemption and at running jobs' budgets. Defaults to 5. */
+  readonly schedulingPollSeconds?: number;
+  /** Publishes the month-to-date spend of an owner with a budget after each attempt. Defaults to none. */
+  readonly recordSpend?: (standings: readonly BudgetStanding[]) => Promise<void>;
+  /**
+   * Asked before the first job and between jobs whether this node may take work (a GPU health check);
+   * `false` stops the agent, handing back what runs. Defaults to always.
+   */
+  readonly ready?: () => Promise<boolean>;
 }
 
 export interface AgentEvents {
@@ -46,8 +64,14 @@ export interface AgentEvents {
   started: [address: JobAddress];
   progress: [address: JobAddress, event: ProgressEvent];
   finished: [address: JobAddress, envelope: Envelope];
-  /** Stopped with the node (spot interruption, scale-in): checkpoints saved, message back on the queue. */
+  /** Stopped with the node (spot interruption, scale-in) or preempted: checkpoints saved, back on the queue. */
   handedBack: [address: JobAddress, reason: StopReason];
+  /** Over its owner's fair share: put back on its queue to be offered again later. */
+  deferred: [address: JobAddress];
+  /** This agent stops lower-priority work for a high-priority job that waited too long. */
+  preempting: [victim: JobAddress, forJob: JobAddress];
+  /** The node failed its health check and takes no more work. */
+  unhealthy: [];
   poison: [problem: string, messageId: string];
   /** Running the job failed for a reason outside it (the store, the engine); its message returns. */
   failed: [address: JobAddress, error: unknown];
@@ -55,19 +79,60 @@ export interface AgentEvents {
 
 const FINAL_STATUS = { success: "succeeded", error: "failed" } as const;
 
+/** A job in a slot, once its spec is read: what preemption chooses by. */
+interface RunningJob {
+  readonly address: JobAddress;
+  readonly priority: Priority;
+  readonly preemptible: boolean;
+  readonly startedAt: number;
+}
+
+/** A job past the budget and fair-share gates, with its code staged in `scratch`. */
+interface ClaimedJob {
+  readonly message: ReceivedJob & { address: JobAddress };
+  readonly spec: StoredSpec;
+  readonly pricing: Pricing;
+  readonly slot: Slot;
+  readonly scratch: string;
+  readonly codeZip: string;
+  readonly log: Logger;
+}
+
+interface Slot {
+  readonly stop: AbortController;
+  job?: RunningJob;
+}
+
+/** What an attempt is charged: the tier's on-demand price, times the no-preempt factor when it applies. */
+interface Pricing {
+  readonly pricePerHourUsd: number;
+  readonly priceFactor: number;
+}
+
 /**
- * The process on every node: takes jobs from its tier's queue, runs them through the launcher, keeps
- * their messages invisible while they run, syncs checkpoints, and finishes each job exactly once. A job
- * that fails on its own merits is finished, not retried; a job stopped with the node is handed back with
- * its checkpoints for another node to resume.
+ * The process on every node: takes jobs from its tier's queues (higher priority classes first, by weighted
+ * polling), runs them through the launcher, keeps their messages invisible while they run, syncs
+ * checkpoints, and finishes each job exactly once. A job that fails on its own merits is finished, not
+ * retried; a job stopped with the node or preempted is put back with its checkpoints to be resumed. Fair
+ * share defers a job whose owner already runs their share; budgets stop an owner's spend at its limit;
+ * every attempt's cost goes to the ledger.
  */
 export class Agent extends EventEmitter<AgentEvents> {
-  private readonly active = new Map<string, { promise: Promise<void>; stop: AbortController }>();
+  private readonly active = new Map<string, Slot & { promise: Promise<void> }>();
   private stopping: { reason: StopReason; graceSeconds: number } | undefined;
   /** Settles once the receive loop has ended, its last long poll included. */
   private polling: Promise<void> = Promise.resolve();
-  private readonly settings: Required<Omit<AgentOptions, "recordOutcome">> &
-    Pick<AgentOptions, "recordOutcome">;
+  /** Slots held for a high-priority job while the job it preempts stops. */
+  private reserved = 0;
+  private slotsChanged = signal();
+  /** When this agent, full of lower-priority work, first saw high-priority jobs waiting. */
+  private highWaitingSince: number | undefined;
+  private preemptionBusy = false;
+  /** Fair-share claims one at a time, so two of a user's jobs taken together do not both count each other. */
+  private claims: Promise<unknown> = Promise.resolve();
+  private readonly spend: SpendTracker;
+  private readonly settings: Required<Omit<AgentOptions, "recordOutcome" | "recordSpend" | "ready">> &
+    Pick<AgentOptions, "recordOutcome" | "recordSpend" | "ready">;
 
   constructor(options: AgentOptions) {
     super();
@@ -82,6 +147,8 @@ export class Agent extends EventEmitter<AgentEvents> {
       graceSeconds: 10,
       waitSeconds: 20,
       scratchRoot: tmpdir(),
+      policy: parseSchedulingPolicy(undefined),
+      schedulingPollSeconds: 5,
       ...options,
     };
     if (this.settings.visibilitySeconds <= this.settings.heartbeatSeconds) {
@@ -89,31 +156,49 @@ export class Agent extends EventEmitter<AgentEvents> {
         `the visibility timeout (${this.settings.visibilitySeconds} s) must be longer than the heartbeat (${this.settings.heartbeatSeconds} s), or running jobs' messages reappear`,
       );
     }
+    this.spend = new SpendTracker(options.store, this.settings.policy.budgets);
   }
 
   /** Runs until {@link stop}; resolves once every job it took is finished or handed back. */
   async run(): Promise<void> {
-    const { logger, tier } = this.settings;
+    const { logger, tier, queues, schedulingPollSeconds } = this.settings;
     logger.info(
-      { tier, concurrency: this.settings.concurrency, queueUrl: this.settings.queue.queueUrl },
+      { tier, concurrency: this.settings.concurrency, queueUrls: queues.queueUrls },
       "agent started",
     );
-    this.polling = this.receiveUntilStopped();
-    await this.polling;
-    await Promise.all([...this.active.values()].map((a) => a.promise));
+    const preemption = every(
+      schedulingPollSeconds,
+      () => this.considerPreemption(),
+      logger,
+      "preemption check",
+    );
+    try {
+      this.polling = this.receiveUntilStopped();
+      await this.polling;
+      await Promise.all([...this.active.values()].map((a) => a.promise));
+    } finally {
+      clearInterval(preemption);
+    }
     logger.info({ tier, reason: this.stopping?.reason }, "agent stopped");
   }
 
   private async receiveUntilStopped(): Promise<void> {
-    const { logger, concurrency, waitSeconds } = this.settings;
+    const { logger, concurrency, waitSeconds, queues, ready } = this.settings;
     while (!this.stopping) {
-      if (this.active.size >= concurrency) {
-        await Promise.race([...this.active.values()].map((a) => a.promise));
+      const free = concurrency - this.active.size - this.reserved;
+      if (free <= 0) {
+        await this.slotsChanged.wait();
         continue;
+      }
+      if (ready && !(await ready())) {
+        logger.error("the node failed its health check; it takes no more work");
+        this.emit("unhealthy");
+        this.stop("interrupted");
+        break;
       }
       let received: ReceivedJob[];
       try {
-        received = await this.settings.queue.receive(concurrency - this.active.size, waitSeconds);
+        received = await queues.receive(free, waitSeconds);
       } catch (error) {
         if (this.stopping) break;
         logger.error({ err: error }, "receiving from the queue failed; retrying");
@@ -122,9 +207,7 @@ export class Agent extends EventEmitter<AgentEvents> {
       }
       if (this.stopping) {
         // Taken while stopping: straight back, so another agent gets them without waiting out a timeout.
-        await Promise.all(
-          received.map((m) => this.settings.queue.release(m.receiptHandle).catch(() => undefined)),
-        );
+        await Promise.all(received.map((m) => m.queue.release(m.receiptHandle).catch(() => undefined)));
         break;
       }
       for (const message of received) this.take(message);
@@ -139,20 +222,87 @@ export class Agent extends EventEmitter<AgentEvents> {
     this.stopping = { reason, graceSeconds };
     this.settings.logger.info({ reason, running: this.active.size }, "agent stopping");
     for (const { stop } of this.active.values()) stop.abort(new StopRequest(reason, graceSeconds));
+    this.slotsChanged.fire();
   }
 
   private take(message: ReceivedJob): void {
-    const stop = new AbortController();
-    const promise = this.handle(message, stop).finally(() => {
+    const slot: Slot = { stop: new AbortController() };
+    const promise = this.handle(message, slot).finally(() => {
       this.active.delete(message.messageId);
       this.emit("load", this.active.size);
+      this.slotsChanged.fire();
     });
-    this.active.set(message.messageId, { promise, stop });
+    this.active.set(message.messageId, Object.assign(slot, { promise }));
     this.emit("load", this.active.size);
   }
 
-  private async handle(message: ReceivedJob, stop: AbortController): Promise<void> {
-    const { queue, logger } = this.settings;
+  /**
+   * Preemption: when every slot runs lower-priority work and high-priority jobs have been waiting for the
+   * policy's time (as this agent saw the queue), it takes one of them and stops its lowest-priority, most
+   * recently started preemptible job for it. Taking the job first means that of several full agents only
+   * the one that got it preempts anything.
+   */
+  private async considerPreemption(): Promise<void> {
+    const { policy, concurrency, queues, logger, graceSeconds, visibilitySeconds } = this.settings;
+    const high = queues.get("high");
+    const jobs = [...this.active.values()].map((slot) => slot.job);
+    const victims = jobs
+      .filter((j): j is RunningJob => j !== undefined && j.priority !== "high" && j.preemptible)
+      .sort(
+        (a, b) =>
+          PRIORITIES.indexOf(b.priority) - PRIORITIES.indexOf(a.priority) || b.startedAt - a.startedAt,
+      );
+    const candidate =
+      policy.preemption.enabled &&
+      !this.stopping &&
+      !this.preemptionBusy &&
+      high !== queues.get("normal") &&
+      this.active.size >= concurrency &&
+      jobs.every((j) => j !== undefined && j.priority !== "high") &&
+      victims.length > 0;
+    if (!candidate) {
+      if (!this.preemptionBusy) this.highWaitingSince = undefined;
+      return;
+    }
+    this.preemptionBusy = true;
+    try {
+      if ((await high.waiting()) === 0) {
+        this.highWaitingSince = undefined;
+        return;
+      }
+      this.highWaitingSince ??= Date.now();
+      if (Date.now() - this.highWaitingSince < policy.preemption.afterSeconds * 1000) return;
+      this.highWaitingSince = undefined;
+      const [claimed] = await high.receive(1, 0);
+      if (!claimed) return;
+      const victim = victims[0]!;
+      const slot = [...this.active.values()].find((s) => s.job === victim);
+      if (!claimed.address || !slot) {
+        this.take(claimed);
+        return;
+      }
+      logger.info(
+        { victim: victim.address.jobId, victimPriority: victim.priority, forJob: claimed.address.jobId },
+        "preempting lower-priority work for a high-priority job that waited too long",
+      );
+      this.emit("preempting", victim.address, claimed.address);
+      this.reserved += 1;
+      try {
+        await claimed.queue.extend(claimed.receiptHandle, visibilitySeconds);
+        slot.stop.abort(new StopRequest("preempted", graceSeconds));
+        await slot.promise;
+      } finally {
+        this.reserved -= 1;
+      }
+      if (this.stopping) await claimed.queue.release(claimed.receiptHandle);
+      else this.take(claimed);
+    } finally {
+      this.preemptionBusy = false;
+    }
+  }
+
+  private async handle(message: ReceivedJob, slot: Slot): Promise<void> {
+    const { logger } = this.settings;
     if (!message.address) {
       // Never deleted: after the queue's maxReceiveCount, SQS moves it to the dead-letter queue.
       logger.error(
@@ -160,43 +310,37 @@ export class Agent extends EventEmitter<AgentEvents> {
         "poison message",
       );
       this.emit("poison", message.problem ?? "unreadable", message.messageId);
-      await queue.release(message.receiptHandle).catch(() => undefined);
+      await message.queue.release(message.receiptHandle).catch(() => undefined);
       return;
     }
     const address = message.address;
     const log = logger.child({ jobId: address.jobId });
     try {
-      await this.runJob(address, message, stop, log);
+      await this.runJob(address, message, slot, log);
     } catch (error) {
       log.error({ err: error }, "handling the job failed; its message returns to the queue");
       this.emit("failed", address, error);
-      await queue.release(message.receiptHandle).catch(() => undefined);
+      await message.queue.release(message.receiptHandle).catch(() => undefined);
     }
   }
 
-  private async runJob(
-    address: JobAddress,
-    message: ReceivedJob,
-    stop: AbortController,
-    log: Logger,
-  ): Promise<void> {
-    const { queue, store } = this.settings;
+  private async runJob(address: JobAddress, message: ReceivedJob, slot: Slot, log: Logger): Promise<void> {
+    const { store, tier, node } = this.settings;
     if (await store.getEnvelope(address)) {
       log.info("already finished; dropping the duplicate message");
-      await queue.delete(message.receiptHandle);
+      await message.queue.delete(message.receiptHandle);
       return;
     }
     if (await store.cancelRequested(address)) {
-      await this.finish(
+      const stateTier = (await store.getState(address))?.tier ?? tier;
+      const envelope = notRun(
         address,
-        message,
-        cancelledBeforeStart(
-          address,
-          (await store.getState(address))?.tier ?? this.settings.tier,
-          this.settings.node,
-        ),
-        log,
+        stateTier,
+        node,
+        "cancelled",
+        "the job was cancelled before it started",
       );
+      await this.finish(address, message, envelope, log);
       return;
     }
     const spec = await store.getSpec(address);
@@ -206,86 +350,243 @@ export class Agent extends EventEmitter<AgentEvents> {
       if (!spec || !(await store.getCode(address, codeZip))) {
         const problem = `poison: the job's ${spec ? "code.zip" : "spec.json"} is missing from ${store.jobPrefix(address)}`;
         log.error({ receiveCount: message.receiveCount }, problem);
-        await store.updateState(address, { status: "failed", note: problem, tier: this.settings.tier });
+        await store.updateState(address, { status: "failed", note: problem, tier });
         this.emit("poison", problem, message.messageId);
-        await queue.release(message.receiptHandle);
+        await message.queue.release(message.receiptHandle);
         return;
       }
-      const workspace = join(scratch, "workspace");
-      const checkpoints = join(workspace, "checkpoints");
-      await mkdir(checkpoints, { recursive: true });
-      const restored = await store.downloadCheckpoints(address, checkpoints);
-      const previous = await store.getState(address);
-      await store.updateState(address, {
-        status: "running",
-        tier: spec.tier,
-        attempts: (previous?.attempts ?? 0) + 1,
-        node: this.settings.node,
-        startedAt: new Date().toISOString(),
-        resumedFromCheckpoint: restored > 0,
-      });
-      log.info({ attempt: (previous?.attempts ?? 0) + 1, restoredCheckpoints: restored }, "job started");
-      this.emit("started", address);
-
-      const uploaded = new Map<string, string>();
-      const timers = [
-        every(
-          this.settings.heartbeatSeconds,
-          () => queue.extend(message.receiptHandle, this.settings.visibilitySeconds),
-          log,
-          "heartbeat",
-        ),
-        every(
-          this.settings.checkpointSeconds,
-          () => store.uploadDir(address, "checkpoints", checkpoints, uploaded),
-          log,
-          "checkpoint upload",
-        ),
-        every(
-          this.settings.cancelPollSeconds,
-          async () => {
-            if (await store.cancelRequested(address))
-              stop.abort(new StopRequest("cancelled", this.settings.graceSeconds));
-          },
-          log,
-          "cancel poll",
-        ),
-      ];
-      let envelope: Envelope;
+      const pricing = this.pricing(spec);
+      const over = overBudget(await this.spend.standings(address), this.marginUsd(pricing));
+      if (over) {
+        const why = `not started: ${describeStanding(over)}`;
+        log.warn({ budget: over }, why);
+        await this.finish(address, message, notRun(address, tier, node, "budget", why), log, why);
+        return;
+      }
+      if (!(await this.claimShare(address, message, log))) return;
       try {
-        await queue.extend(message.receiptHandle, this.settings.visibilitySeconds);
-        envelope = await this.settings.launcher.run(
-          { ...spec, jobId: address.jobId, code: codeZip, workspaceDir: workspace },
-          { signal: stop.signal, onProgress: (event) => this.emit("progress", address, event) },
-        );
+        await this.runClaimed({
+          message: { ...message, address },
+          spec,
+          pricing,
+          slot,
+          scratch,
+          codeZip,
+          log,
+        });
       } finally {
-        for (const timer of timers) clearInterval(timer);
-      }
-      await store.uploadDir(address, "checkpoints", checkpoints, uploaded);
-      const reason = envelope.reason;
-      if (this.stopping && (reason === "interrupted" || reason === "preempted")) {
-        await store.updateState(address, {
-          status: "queued",
-          note: `handed back: ${reason} on ${this.settings.node}`,
+        await store.clearRunning(address, tier).catch((error: unknown) => {
+          log.warn({ err: error }, "clearing the running marker failed; it goes stale by itself");
         });
-        // Released only once this agent's last long poll is over: released sooner, that poll could take
-        // the message again, and every receive counts towards the dead-letter queue's maxReceiveCount.
-        await this.polling;
-        await queue.release(message.receiptHandle);
-        await this.settings.recordOutcome?.({
-          outcome: "interrupted",
-          tier: this.settings.tier,
-          seconds: envelope.executionTime,
-        });
-        log.info({ reason, checkpoints: uploaded.size }, "job handed back with its checkpoints");
-        this.emit("handedBack", address, reason);
-        return;
       }
-      await store.uploadDir(address, "outputs", join(workspace, "outputs"), new Map());
-      await this.finish(address, message, envelope, log);
     } finally {
       await rm(scratch, { recursive: true, force: true });
     }
+  }
+
+  /**
+   * Fair share: marks the job running, then counts its owner's running jobs in the tier with it; over the
+   * user's or the project's share, the mark is taken back and the job goes back on its queue for later.
+   */
+  private async claimShare(address: JobAddress, message: ReceivedJob, log: Logger): Promise<boolean> {
+    const claim = this.claims.then(async () => {
+      const { store, tier, node, policy, visibilitySeconds } = this.settings;
+      await store.markRunning(address, tier, node);
+      const counts = await store.runningCounts(address, tier, visibilitySeconds);
+      const { perUser, perProject, deferSeconds } = policy.fairShare;
+      if (counts.user <= perUser && counts.project <= perProject) return true;
+      await store.clearRunning(address, tier);
+      // Jitter, so two agents that backed off from each other do not meet again at the same moment.
+      const delaySeconds = deferSeconds + Math.floor(Math.random() * Math.min(5, deferSeconds));
+      await message.queue.requeue({ ...message, address }, delaySeconds);
+      log.info({ ...counts, perUser, perProject, delaySeconds }, "over its owner's fair share; deferred");
+      this.emit("deferred", address);
+      return false;
+    });
+    this.claims = claim.catch(() => undefined);
+    return claim;
+  }
+
+  private async runClaimed(job: ClaimedJob): Promise<void> {
+    const { message, spec, pricing, slot, scratch, codeZip, log } = job;
+    const { address } = message;
+    const { store, tier, node, queues } = this.settings;
+    const stop = slot.stop;
+    const workspace = join(scratch, "workspace");
+    const checkpoints = join(workspace, "checkpoints");
+    await mkdir(checkpoints, { recursive: true });
+    const restored = await store.downloadCheckpoints(address, checkpoints);
+    const previous = await store.getState(address);
+    const attempt = (previous?.attempts ?? 0) + 1;
+    const startedAt = new Date();
+    const priority = spec.priority ?? message.queue.priority;
+    await store.updateState(address, {
+      status: "running",
+      tier: spec.tier,
+      attempts: attempt,
+      node,
+      startedAt: startedAt.toISOString(),
+      resumedFromCheckpoint: restored > 0,
+    });
+    log.info({ attempt, priority, restoredCheckpoints: restored }, "job started");
+    slot.job = { address, priority, preemptible: spec.preemptible !== false, startedAt: startedAt.getTime() };
+    this.emit("started", address);
+
+    const uploaded = new Map<string, string>();
+    const budgeted = (await this.spend.standings(address)).length > 0;
+    const timers = [
+      every(
+        this.settings.heartbeatSeconds,
+        async () => {
+          await message.queue.extend(message.receiptHandle, this.settings.visibilitySeconds);
+          await store.markRunning(address, tier, node);
+        },
+        log,
+        "heartbeat",
+      ),
+      every(
+        this.settings.checkpointSeconds,
+        () => store.uploadDir(address, "checkpoints", checkpoints, uploaded),
+        log,
+        "checkpoint upload",
+      ),
+      every(
+        this.settings.cancelPollSeconds,
+        async () => {
+          if (await store.cancelRequested(address))
+            stop.abort(new StopRequest("cancelled", this.settings.graceSeconds));
+        },
+        log,
+        "cancel poll",
+      ),
+      ...(budgeted
+        ? [
+            every(
+              this.settings.schedulingPollSeconds,
+              async () => {
+                const sofar = costOf(
+                  (Date.now() - startedAt.getTime()) / 1000,
+                  pricing.pricePerHourUsd,
+                  pricing.priceFactor,
+                );
+                const over = overBudget(await this.spend.standings(address), sofar + this.marginUsd(pricing));
+                if (!over || stop.signal.aborted) return;
+                log.warn(
+                  { budget: over, attemptCostUsd: sofar },
+                  "stopping the job: its owner's budget is spent",
+                );
+                stop.abort(new StopRequest("budget", this.settings.graceSeconds));
+              },
+              log,
+              "budget check",
+            ),
+          ]
+        : []),
+    ];
+    let envelope: Envelope;
+    try {
+      await message.queue.extend(message.receiptHandle, this.settings.visibilitySeconds);
+      envelope = await this.settings.launcher.run(
+        { ...spec, jobId: address.jobId, code: codeZip, workspaceDir: workspace },
+        { signal: stop.signal, onProgress: (event) => this.emit("progress", address, event) },
+      );
+    } finally {
+      for (const timer of timers) clearInterval(timer);
+    }
+    await store.uploadDir(address, "checkpoints", checkpoints, uploaded);
+    await store.putAttemptEnvelope(address, attempt, envelope);
+    const reason = envelope.reason;
+    const preempted = reason === "preempted";
+    if (preempted || (this.stopping && reason === "interrupted")) {
+      await this.recordAttempt(
+        address,
+        priority,
+        attempt,
+        startedAt,
+        envelope,
+        pricing,
+        preempted ? "preempted" : "handed-back",
+      );
+      await store.updateState(address, {
+        status: "queued",
+        note: preempted
+          ? `preempted on ${node} for higher-priority work; resumes from its checkpoints`
+          : `handed back: ${reason} on ${node}`,
+      });
+      if (preempted) {
+        // A fresh message in its own class: preemptions must not count towards the dead-letter queue.
+        await queues.get(priority).requeue(message);
+      } else {
+        // Released only once this agent's last long poll is over: released sooner, that poll could take
+        // the message again, and every receive counts towards the dead-letter queue's maxReceiveCount.
+        await this.polling;
+        await message.queue.release(message.receiptHandle);
+      }
+      await this.settings.recordOutcome?.({ outcome: "interrupted", tier, seconds: envelope.executionTime });
+      log.info({ reason, checkpoints: uploaded.size }, "job handed back with its checkpoints");
+      this.emit("handedBack", address, reason);
+      return;
+    }
+    await store.uploadDir(address, "outputs", join(workspace, "outputs"), new Map());
+    await this.recordAttempt(address, priority, attempt, startedAt, envelope, pricing, "finished");
+    await this.finish(
+      address,
+      message,
+      envelope,
+      log,
+      reason === "budget" ? "stopped: its owner's budget is spent; checkpoints kept" : undefined,
+    );
+  }
+
+  private pricing(spec: StoredSpec): Pricing {
+    return {
+      pricePerHourUsd: getTier(this.settings.tier).onDemandHourlyUsd,
+      priceFactor: spec.preemptible === false ? this.settings.policy.preemption.noPreemptPriceFactor : 1,
+    };
+  }
+
+  /** What a job may spend before the next budget check has stopped it: one check interval and the grace. */
+  private marginUsd(pricing: Pricing): number {
+    const seconds = this.settings.schedulingPollSeconds + this.settings.graceSeconds;
+    return costOf(seconds, pricing.pricePerHourUsd, pricing.priceFactor);
+  }
+
+  /** Writes the attempt's ledger entry and publishes its owner's month-to-date spend where budgeted. */
+  private async recordAttempt(
+    address: JobAddress,
+    priority: Priority,
+    attempt: number,
+    startedAt: Date,
+    envelope: Envelope,
+    pricing: Pricing,
+    outcome: LedgerEntry["outcome"],
+  ): Promise<void> {
+    const { store, tier, node, recordSpend, logger } = this.settings;
+    const entry: LedgerEntry = {
+      ...address,
+      tier,
+      priority,
+      attempt,
+      node,
+      startedAt: startedAt.toISOString(),
+      endedAt: new Date().toISOString(),
+      seconds: envelope.executionTime,
+      outcome,
+      status: envelope.status,
+      ...(envelope.reason && { reason: envelope.reason }),
+      pricePerHourUsd: pricing.pricePerHourUsd,
+      priceSource: "on-demand",
+      priceFactor: pricing.priceFactor,
+      costUsd: attemptCost(envelope.executionTime, pricing.pricePerHourUsd, pricing.priceFactor),
+    };
+    await store.putLedgerEntry(address, entry);
+    this.spend.recorded(entry);
+    if (!recordSpend) return;
+    const standings = await this.spend.standings(address);
+    if (standings.length > 0)
+      await recordSpend(standings).catch((error: unknown) =>
+        logger.warn({ err: error }, "publishing month-to-date spend failed"),
+      );
   }
 
   private async finish(
@@ -293,16 +594,17 @@ export class Agent extends EventEmitter<AgentEvents> {
     message: ReceivedJob,
     envelope: Envelope,
     log: Logger,
+    note?: string,
   ): Promise<void> {
-    const { store, queue } = this.settings;
+    const { store } = this.settings;
     await store.putLogs(address, envelope.logs);
     if (!(await store.putEnvelope(address, envelope))) {
       log.warn("another agent finished this job first; keeping its envelope");
     }
     const status: JobState["status"] =
       envelope.reason === "cancelled" ? "cancelled" : FINAL_STATUS[envelope.status];
-    await store.updateState(address, { status, finishedAt: new Date().toISOString() });
-    await queue.delete(message.receiptHandle);
+    await store.updateState(address, { status, finishedAt: new Date().toISOString(), ...(note && { note }) });
+    await message.queue.delete(message.receiptHandle);
     await this.settings.recordOutcome?.({
       outcome: envelope.status === "success" ? "succeeded" : "failed",
       tier: this.settings.tier,
@@ -313,6 +615,19 @@ export class Agent extends EventEmitter<AgentEvents> {
   }
 }
 
+/** A promise that resolves on the next {@link fire}: the receive loop sleeps on it while every slot is taken. */
+function signal(): { wait(): Promise<void>; fire(): void } {
+  let release: () => void = () => undefined;
+  let next = new Promise<void>((resolve) => (release = resolve));
+  return {
+    wait: () => next,
+    fire: () => {
+      release();
+      next = new Promise<void>((resolve) => (release = resolve));
+    },
+  };
+}
+
 /** Runs `action` every `seconds`, logging (not throwing) its failures. */
 function every(seconds: number, action: () => Promise<unknown>, log: Logger, what: string): NodeJS.Timeout {
   return setInterval(() => {
@@ -320,12 +635,19 @@ function every(seconds: number, action: () => Promise<unknown>, log: Logger, wha
   }, seconds * 1000);
 }
 
-function cancelledBeforeStart(address: JobAddress, tier: string, node: string): Envelope {
+/** The envelope of a job finished without running: cancelled or over budget before it started. */
+function notRun(
+  address: JobAddress,
+  tier: string,
+  node: string,
+  reason: "cancelled" | "budget",
+  message: string,
+): Envelope {
   return {
     jobId: address.jobId,
     status: "error",
-    reason: "cancelled",
-    error: { type: "Cancelled", message: "the job was cancelled before it started" },
+    reason,
+    error: { type: reason === "cancelled" ? "Cancelled" : "BudgetExceeded", message },
     exitCode: null,
     executionTime: 0,
     timestamp: new Date().toISOString(),

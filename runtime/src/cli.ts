@@ -8,6 +8,7 @@ import { registerRun } from "./commands/run";
 import { EXIT, UsageError } from "./commands/shared";
 import { registerTemplates } from "./commands/templates";
 import { registerTiers } from "./commands/tiers";
+import { registerUsage } from "./commands/usage";
 
 /**
  * The `crucible` command line. Each command lives in `commands/<name>.ts` and registers itself here with
@@ -27,6 +28,7 @@ export function buildCli(): Command {
   registerEstimate(program);
   registerDatasets(program);
   registerPlatform(program);
+  registerUsage(program);
   return program;
 }
 

@@ -1,4 +1,5 @@
 import { z } from "zod";
+import { PRIORITIES } from "./scheduling";
 import { TIER_NAMES } from "./tiers";
 
 /**
@@ -54,6 +55,10 @@ export const jobSpecSchema = z.strictObject({
   workspaceDir: z.string().min(1).optional(),
   /** Host directory mounted read-only at /datasets. */
   datasetsDir: z.string().min(1).optional(),
+  /** Which of the tier's queues the job waits in. Defaults to normal. */
+  priority: z.enum(PRIORITIES, { error: `must be one of ${PRIORITIES.join(", ")}` }).optional(),
+  /** `false`: never stopped for higher-priority work, at the scheduling policy's price factor. */
+  preemptible: z.boolean().optional(),
 });
 export type JobSpec = z.infer<typeof jobSpecSchema>;
 export type JobSpecInput = z.input<typeof jobSpecSchema>;

@@ -1,30 +1,31 @@
 import Dockerode from "dockerode";
 import { constants as fsConstants, readFileSync } from "node:fs";
 import { open, rm } from "node:fs/promises";
-import { constants as osConstants, hostname, tmpdir } from "node:os";
+import { hostname, tmpdir } from "node:os";
 import { basename, dirname, join, resolve } from "node:path";
 import type { ContainerEngine } from "./container-engine";
 import { DockerEngine, isNoSuchContainer } from "./container-engine";
-import type {
-  Envelope,
-  JobSpecInput,
-  Launcher,
-  LaunchOptions,
-  Reason,
-  RunnerResult,
-  StopReason,
-} from "./contract";
-import { CONTAINER_PATHS, envelopeSchema, runnerResultSchema, StopRequest } from "./contract";
+import type { Envelope, JobSpecInput, Launcher, LaunchOptions } from "./contract";
+import { CONTAINER_PATHS } from "./contract";
 import type { PreparedJob } from "./job-spec";
 import { disposeJob, InvalidJobError, prepareJob, SCRATCH_PREFIX } from "./job-spec";
 import type { Logger } from "./logger";
 import { createLogger } from "./logger";
+import type { EnvelopeFields, RunnerRead, Stop } from "./outcome";
+import {
+  buildEnvelope,
+  drain,
+  invalidJobEnvelope,
+  judge,
+  parseRunnerResult,
+  secondsBetween,
+  stopFrom,
+} from "./outcome";
 import { JobOutput } from "./output";
 import type { ProcessOwner } from "./sandbox";
 import { containerSpec, LABELS, sandboxUser } from "./sandbox";
 import type { ImageFamily } from "./image-matrix";
 import type { TierLimits, TierName } from "./tiers";
-import { isTierName, TIER_NAMES } from "./tiers";
 
 export interface DockerLauncherOptions {
   /** The engine to talk to. Defaults to the local one (DOCKER_HOST or the default socket). */
@@ -48,11 +49,6 @@ export interface DockerLauncherOptions {
 export const MAX_RUNNER_RESULT_BYTES = 16 * 1024 * 1024;
 /** How long after exit the output streams may take to drain before the envelope is written without them. */
 const DRAIN_TIMEOUT_MS = 5_000;
-
-interface Stop {
-  readonly reason: StopReason | "timeout";
-  readonly graceSeconds: number;
-}
 
 /**
  * Runs jobs in sandboxed containers on a Docker engine: create, attach, start, stream, wait, with the
@@ -129,28 +125,8 @@ export class DockerLauncher implements Launcher {
       ...(options.onLog && { onLog: options.onLog }),
       ...(options.onProgress && { onProgress: options.onProgress }),
     });
-    const envelope = (
-      fields: Omit<Envelope, "jobId" | "timestamp" | "systemInfo" | "logs"> & {
-        python?: string;
-        imageDigest?: string;
-      },
-    ): Envelope => {
-      const { python, imageDigest, ...rest } = fields;
-      return envelopeSchema.parse({
-        jobId: spec.jobId,
-        ...rest,
-        timestamp: new Date().toISOString(),
-        systemInfo: {
-          ...(python && { python }),
-          jobId: spec.jobId,
-          tier: tier.name,
-          image: job.image,
-          ...(imageDigest && { imageDigest }),
-          node: this.node,
-        },
-        logs: output.logs(),
-      });
-    };
+    const envelope = (fields: EnvelopeFields): Envelope =>
+      buildEnvelope(job, this.node, output.logs(), fields);
     const stoppedBeforeStart = (): Envelope => {
       const stop = this.stopFrom(options.signal?.reason);
       return envelope({
@@ -221,7 +197,7 @@ export class DockerLauncher implements Launcher {
         clearTimeout(deadline);
         stopper.finished();
       }
-      await drain(attached.ended, log);
+      await drain(attached.ended, log, DRAIN_TIMEOUT_MS);
       output.end();
       const { State: state, Image: imageDigest } = await this.engine.inspect(id, ctx);
       const runner = await readRunnerResult(job.outputDir);
@@ -236,7 +212,6 @@ export class DockerLauncher implements Launcher {
         exitCode,
         runner,
         job,
-        graceSeconds: this.graceSeconds,
       });
       const result = envelope({
         ...outcome,
@@ -266,30 +241,12 @@ export class DockerLauncher implements Launcher {
     }
   }
 
-  /** What an abort asks for: its {@link StopRequest}, or a cancellation with the default grace. */
   private stopFrom(reason: unknown): Stop {
-    if (reason instanceof StopRequest)
-      return { reason: reason.reason, graceSeconds: Math.max(0, reason.graceSeconds) };
-    return { reason: "cancelled", graceSeconds: this.graceSeconds };
+    return stopFrom(reason, this.graceSeconds);
   }
 
   private invalidJobEnvelope(input: JobSpecInput, error: InvalidJobError): Envelope {
-    const jobId = typeof input.jobId === "string" ? input.jobId : "";
-    // An envelope names a tier; when the tier itself is what is wrong, the smallest stands in.
-    const tier = typeof input.tier === "string" && isTierName(input.tier) ? input.tier : TIER_NAMES[0];
-    this.logger.warn({ jobId, field: error.field }, `invalid job: ${error.message}`);
-    return envelopeSchema.parse({
-      jobId,
-      status: "error",
-      reason: "invalid_job",
-      error: { type: error.name, message: error.message },
-      exitCode: null,
-      executionTime: 0,
-      timestamp: new Date().toISOString(),
-      systemInfo: { jobId, tier, image: input.image ?? "", node: this.node },
-      resources: {},
-      logs: { stdout: "", stderr: "", truncated: false },
-    });
+    return invalidJobEnvelope(input, error, this.node, this.logger);
   }
 }
 
@@ -355,97 +312,6 @@ class Stopper {
   }
 }
 
-interface Judged {
-  readonly status: Envelope["status"];
-  readonly reason?: Reason;
-  readonly result?: unknown;
-  readonly error?: Envelope["error"];
-}
-
-/**
- * The outcome, trusting the engine's measurements over anything the job wrote: a stop that reached it,
- * then an OOM kill, then the runner's error, then the exit code; only a clean exit with a runner result
- * of success is a success.
- */
-function judge(facts: {
-  readonly stop: Stop | undefined;
-  readonly oom: boolean;
-  readonly exitCode: number;
-  readonly runner: RunnerRead;
-  readonly job: PreparedJob;
-  readonly graceSeconds: number;
-}): Judged {
-  const { stop, oom, exitCode, runner, job } = facts;
-  const { tier } = job;
-  if (stop?.reason === "timeout") {
-    return {
-      status: "error",
-      reason: "timeout",
-      error: {
-        type: "Timeout",
-        message: `the job ran past its ${job.timeoutSeconds} s limit (tier ${tier.name}); it got SIGTERM and ${stop.graceSeconds} s before SIGKILL`,
-      },
-    };
-  }
-  if (stop) {
-    return {
-      status: "error",
-      reason: stop.reason,
-      error: {
-        type: "Stopped",
-        message: `the job was stopped (${stop.reason}); it got SIGTERM and ${stop.graceSeconds} s to checkpoint before SIGKILL`,
-      },
-    };
-  }
-  if (oom) {
-    return {
-      status: "error",
-      reason: "oom",
-      error: {
-        type: "OutOfMemory",
-        message: `the job used more than its ${tier.memoryMiB} MiB memory limit (tier ${tier.name}) and was killed`,
-      },
-    };
-  }
-  if (runner.result?.status === "error") {
-    return {
-      status: "error",
-      reason: runner.result.reason ?? "exception",
-      error: runner.result.error ?? {
-        type: "Error",
-        message: "the job failed and its runner gave no details",
-      },
-    };
-  }
-  if (exitCode !== 0) {
-    const signal = exitCode > 128 ? signalName(exitCode - 128) : undefined;
-    return {
-      status: "error",
-      reason: "exit_code",
-      error: {
-        type: "ExitCode",
-        message: `the job exited with code ${exitCode}${signal ? ` (killed by ${signal})` : ""}${runner.problem ? `; ${runner.problem}` : ""}`,
-      },
-    };
-  }
-  if (!runner.result) {
-    return {
-      status: "error",
-      reason: "invalid_job",
-      error: {
-        type: "NoRunnerResult",
-        message: `${job.image} exited without a usable ${CONTAINER_PATHS.runnerResult} (${runner.problem}); is it a Crucible job image?`,
-      },
-    };
-  }
-  return { status: "success", result: runner.result.result };
-}
-
-interface RunnerRead {
-  readonly result?: RunnerResult;
-  readonly problem?: string;
-}
-
 /**
  * Reads what the runner wrote, without trusting it: the job can write to the same directory, so a link
  * (which could point anywhere on the host), a FIFO (which would block) or an oversized file are refused.
@@ -469,53 +335,10 @@ export async function readRunnerResult(outputDir: string): Promise<RunnerRead> {
         problem: `runner.json is ${info.size} bytes, more than the ${MAX_RUNNER_RESULT_BYTES} allowed`,
       };
     }
-    const text = (await handle.readFile()).subarray(0, MAX_RUNNER_RESULT_BYTES).toString("utf8");
-    let value: unknown;
-    try {
-      value = JSON.parse(text);
-    } catch {
-      return { problem: "runner.json is not valid JSON" };
-    }
-    const parsed = runnerResultSchema.safeParse(value);
-    if (!parsed.success)
-      return {
-        problem: `runner.json does not match the runner contract: ${parsed.error.issues[0]?.message}`,
-      };
-    return { result: parsed.data };
+    return parseRunnerResult((await handle.readFile()).subarray(0, MAX_RUNNER_RESULT_BYTES).toString("utf8"));
   } finally {
     await handle.close();
   }
-}
-
-async function drain(ended: Promise<void>, log: Logger): Promise<void> {
-  let timer: NodeJS.Timeout | undefined;
-  const timedOut = new Promise<boolean>((resolve) => {
-    timer = setTimeout(() => resolve(true), DRAIN_TIMEOUT_MS);
-  });
-  const late = await Promise.race([ended.then(() => false), timedOut]);
-  clearTimeout(timer);
-  if (late)
-    log.warn(`output streams still open ${DRAIN_TIMEOUT_MS} ms after exit; the logs may miss their end`);
-}
-
-/** Seconds between two engine timestamps (RFC 3339 with nanoseconds); 0 when the container never ran. */
-function secondsBetween(started: string, finished: string): number {
-  const a = epochSeconds(started);
-  const b = epochSeconds(finished);
-  // A container that never ran reports the zero time, year 1.
-  if (a === undefined || b === undefined || a <= 0 || b < a) return 0;
-  return Math.round((b - a) * 1e6) / 1e6;
-}
-
-function epochSeconds(timestamp: string): number | undefined {
-  const match = /^(.*T\d{2}:\d{2}:\d{2})(?:\.(\d+))?(Z|[+-]\d{2}:\d{2})$/.exec(timestamp);
-  if (!match) return undefined;
-  const whole = Date.parse(`${match[1]}${match[3]}`);
-  return Number.isFinite(whole) ? whole / 1000 + Number(`0.${match[2] ?? "0"}`) : undefined;
-}
-
-function signalName(signal: number): string | undefined {
-  return Object.entries(osConstants.signals).find(([, n]) => n === signal)?.[0];
 }
 
 /** A process's start time in clock ticks after boot (field 22 of /proc/PID/stat), where Linux tells it. */

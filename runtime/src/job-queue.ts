@@ -2,12 +2,14 @@ import type { SQSClient } from "@aws-sdk/client-sqs";
 import {
   ChangeMessageVisibilityCommand,
   DeleteMessageCommand,
+  GetQueueAttributesCommand,
   ReceiveMessageCommand,
   SendMessageCommand,
 } from "@aws-sdk/client-sqs";
 import type { JobAddress } from "./job-store";
 import { jobAddressSchema } from "./job-store";
 import type { Logger } from "./logger";
+import type { Priority } from "./scheduling";
 
 /** A received message: the job's address, or why the body is not one (a poison message). */
 export interface ReceivedJob {
@@ -17,6 +19,8 @@ export interface ReceivedJob {
   readonly receiveCount: number;
   readonly address?: JobAddress;
   readonly problem?: string;
+  /** The queue it came from: its priority class, and where to extend, release or delete it. */
+  readonly queue: JobQueue;
 }
 
 /**
@@ -29,17 +33,46 @@ export class JobQueue {
     private readonly sqs: SQSClient,
     readonly queueUrl: string,
     private readonly logger: Logger,
+    /** The priority class whose jobs this queue holds. */
+    readonly priority: Priority = "normal",
   ) {}
 
-  async send(address: JobAddress): Promise<string> {
+  /** Queues a job; with `delaySeconds` (at most 900, SQS's limit) it becomes visible only then. */
+  async send(address: JobAddress, delaySeconds = 0): Promise<string> {
     const out = await this.sqs.send(
       new SendMessageCommand({
         QueueUrl: this.queueUrl,
         MessageBody: JSON.stringify({ version: 1, ...address }),
+        ...(delaySeconds > 0 && { DelaySeconds: Math.min(900, Math.ceil(delaySeconds)) }),
       }),
     );
-    this.logger.debug({ jobId: address.jobId, messageId: out.MessageId }, "job queued");
+    this.logger.debug(
+      { jobId: address.jobId, messageId: out.MessageId, priority: this.priority, delaySeconds },
+      "job queued",
+    );
     return out.MessageId ?? "";
+  }
+
+  /**
+   * Puts a received job back as a fresh message (after `delaySeconds`) and deletes the one received.
+   * Unlike {@link release}, the new message starts with a receive count of 0: a job deferred for fair
+   * share or preempted many times must not be moved to the dead-letter queue as if it were poison.
+   * Sent before the delete, so a failure between the two duplicates the job rather than losing it.
+   */
+  async requeue(message: ReceivedJob & { address: JobAddress }, delaySeconds = 0): Promise<void> {
+    await this.send(message.address, delaySeconds);
+    await message.queue.delete(message.receiptHandle);
+  }
+
+  /** Messages waiting to be received (SQS's approximate count; no receive is counted). */
+  async waiting(): Promise<number> {
+    const out = await this.sqs.send(
+      new GetQueueAttributesCommand({
+        QueueUrl: this.queueUrl,
+        AttributeNames: ["ApproximateNumberOfMessages"],
+      }),
+    );
+    return Number(out.Attributes?.ApproximateNumberOfMessages ?? "0");
   }
 
   /** Long-polls for up to `max` jobs. */
@@ -56,6 +89,7 @@ export class JobQueue {
       receiptHandle: m.ReceiptHandle ?? "",
       messageId: m.MessageId ?? "",
       receiveCount: Number(m.Attributes?.ApproximateReceiveCount ?? "1"),
+      queue: this,
       ...parseBody(m.Body),
     }));
   }

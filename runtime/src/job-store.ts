@@ -1,5 +1,6 @@
 import type { S3Client } from "@aws-sdk/client-s3";
 import {
+  DeleteObjectCommand,
   GetObjectCommand,
   HeadObjectCommand,
   ListObjectsV2Command,
@@ -56,6 +57,7 @@ const KEYS = {
   checkpoints: "checkpoints/",
   outputs: "outputs/",
   ledger: "ledger/",
+  attempts: "attempts/",
 } as const;
 
 /** A job store's S3 object that does not exist. */
@@ -235,6 +237,67 @@ export class JobStore {
       else if (body) this.logger.warn({ key }, "skipping a ledger entry that does not parse");
     }
     return entries;
+  }
+
+  /**
+   * Fair share's count of running jobs lives next to the jobs: one marker per running job at
+   * `<prefix><project>/_running/<tier>/<user>/<jobId>` (no user name starts with `_`). The agent re-puts it
+   * with every heartbeat, so a marker left by a dead agent goes stale and stops counting.
+   */
+  async markRunning(address: JobAddress, tier: string, node: string): Promise<void> {
+    await this.s3.send(
+      new PutObjectCommand({
+        Bucket: this.bucket,
+        Key: this.runningKey(address, tier),
+        Body: JSON.stringify({ node, at: new Date().toISOString() }),
+      }),
+    );
+  }
+
+  async clearRunning(address: JobAddress, tier: string): Promise<void> {
+    await this.s3.send(new DeleteObjectCommand({ Bucket: this.bucket, Key: this.runningKey(address, tier) }));
+  }
+
+  /**
+   * Jobs running in `tier` for the address's user and for its project, counting markers refreshed within
+   * `freshSeconds`; the address's own job is included when it is marked.
+   */
+  async runningCounts(
+    address: JobAddress,
+    tier: string,
+    freshSeconds: number,
+  ): Promise<{ user: number; project: number }> {
+    const prefix = `${this.prefix}${address.project}/_running/${tier}/`;
+    const since = Date.now() - freshSeconds * 1000;
+    let user = 0;
+    let project = 0;
+    let token: string | undefined;
+    do {
+      const page = await this.s3.send(
+        new ListObjectsV2Command({ Bucket: this.bucket, Prefix: prefix, ContinuationToken: token }),
+      );
+      for (const object of page.Contents ?? []) {
+        if (!object.Key || (object.LastModified?.getTime() ?? 0) < since) continue;
+        project += 1;
+        if (object.Key.startsWith(`${prefix}${address.user}/`)) user += 1;
+      }
+      token = page.NextContinuationToken;
+    } while (token);
+    return { user, project };
+  }
+
+  private runningKey(address: JobAddress, tier: string): string {
+    return `${this.prefix}${address.project}/_running/${tier}/${address.user}/${address.jobId}`;
+  }
+
+  /** The envelope of one attempt, kept beside the final one: a preempted attempt's says `preempted`. */
+  async putAttemptEnvelope(address: JobAddress, attempt: number, envelope: Envelope): Promise<void> {
+    await this.put(address, `${KEYS.attempts}${attempt}/envelope.json`, JSON.stringify(envelope));
+  }
+
+  async getAttemptEnvelope(address: JobAddress, attempt: number): Promise<Envelope | undefined> {
+    const body = await this.get(address, `${KEYS.attempts}${attempt}/envelope.json`);
+    return body ? envelopeSchema.parse(JSON.parse(body.toString("utf8"))) : undefined;
   }
 
   /** Bytes a project holds in the bucket: what its quota is measured against. */

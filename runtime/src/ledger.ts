@@ -34,9 +34,14 @@ export const ledgerEntrySchema = z.object({
 });
 export type LedgerEntry = z.infer<typeof ledgerEntrySchema>;
 
-/** Cost of `seconds` at `pricePerHourUsd` × `priceFactor`, rounded to a hundredth of a cent. */
+/** Cost of `seconds` at `pricePerHourUsd` × `priceFactor`, unrounded: what budget checks compare. */
+export function costOf(seconds: number, pricePerHourUsd: number, priceFactor = 1): number {
+  return (seconds / 3600) * pricePerHourUsd * priceFactor;
+}
+
+/** {@link costOf} rounded to a hundredth of a cent: what the ledger records, so sums are exact. */
 export function attemptCost(seconds: number, pricePerHourUsd: number, priceFactor = 1): number {
-  return Math.round((seconds / 3600) * pricePerHourUsd * priceFactor * 10_000) / 10_000;
+  return Math.round(costOf(seconds, pricePerHourUsd, priceFactor) * 10_000) / 10_000;
 }
 
 /** The first instant of the UTC calendar month holding `at`: budgets are monthly, as AWS Budgets are. */

@@ -3,6 +3,9 @@ import { SQSClient } from "@aws-sdk/client-sqs";
 import { JobQueue } from "./job-queue";
 import { JobStore } from "./job-store";
 import type { Logger } from "./logger";
+import { PriorityQueues } from "./priority-queues";
+import type { Priority, SchedulingPolicy } from "./scheduling";
+import { DEFAULT_SCHEDULING, PRIORITIES } from "./scheduling";
 import type { TierName } from "./tiers";
 
 export interface LocalPlatformOptions {
@@ -12,6 +15,8 @@ export interface LocalPlatformOptions {
   readonly maxReceiveCount?: number;
   /** Defaults to 120 s. */
   readonly visibilityTimeoutSeconds?: number;
+  /** Weights of the priority classes' queues. Defaults to the scheduling policy's. */
+  readonly weights?: SchedulingPolicy["weights"];
 }
 
 /** The platform on one machine: an SQS/S3-compatible server on loopback with the stack's queues and bucket. */
@@ -22,8 +27,13 @@ export interface LocalPlatform {
   readonly s3: S3Client;
   readonly sqs: SQSClient;
   readonly store: JobStore;
-  queue(tier: TierName): JobQueue;
-  dlqUrl(tier: TierName): string;
+  /** The tier's queue of one priority class (by default `normal`). */
+  queue(tier: TierName, priority?: Priority): JobQueue;
+  /** All of the tier's queues, read by weighted polling. */
+  queues(tier: TierName): PriorityQueues;
+  dlqUrl(tier: TierName, priority?: Priority): string;
+  /** Every tier's queues as CRUCIBLE_QUEUES takes them, for agents and CLIs in other processes. */
+  readonly queuesEnv: string;
   stop(): Promise<void>;
 }
 
@@ -32,7 +42,10 @@ const BUCKET = "crucible-workspaces";
 /** The embedded server checks no credentials; the SDK still signs, so it needs some. */
 const CREDENTIALS = { accessKeyId: "local", secretAccessKey: "local" };
 
-/** Starts the embedded server (fauxqs) with a queue and dead-letter queue per tier and the workspaces bucket. */
+/**
+ * Starts the embedded server (fauxqs) with the stack's layout: per tier a queue and dead-letter queue for
+ * each priority class (`crucible-<tier>` is normal's, as in the stack), and the workspaces bucket.
+ */
 export async function startLocalPlatform(options: LocalPlatformOptions): Promise<LocalPlatform> {
   // fauxqs ships only as an ES module: a real import(), which module node16 keeps.
   const { startFauxqs } = await import("fauxqs");
@@ -43,32 +56,37 @@ export async function startLocalPlatform(options: LocalPlatformOptions): Promise
     defaultRegion: REGION,
   });
   const endpoint = `http://127.0.0.1:${server.port}`;
-  const queues = new Map<TierName, { url: string; dlqUrl: string }>();
+  const queues = new Map<string, { url: string; dlqUrl: string }>();
   for (const tier of options.tiers) {
-    const dlq = server.createQueue(`crucible-${tier}-dlq`, { region: REGION });
-    const queue = server.createQueue(`crucible-${tier}`, {
-      region: REGION,
-      attributes: {
-        VisibilityTimeout: String(options.visibilityTimeoutSeconds ?? 120),
-        RedrivePolicy: JSON.stringify({
-          deadLetterTargetArn: dlq.queueArn,
-          maxReceiveCount: options.maxReceiveCount ?? 3,
-        }),
-      },
-    });
-    queues.set(tier, { url: queue.queueUrl, dlqUrl: dlq.queueUrl });
+    for (const priority of PRIORITIES) {
+      const name = priority === "normal" ? `crucible-${tier}` : `crucible-${tier}-${priority}`;
+      const dlq = server.createQueue(`${name}-dlq`, { region: REGION });
+      const queue = server.createQueue(name, {
+        region: REGION,
+        attributes: {
+          VisibilityTimeout: String(options.visibilityTimeoutSeconds ?? 120),
+          RedrivePolicy: JSON.stringify({
+            deadLetterTargetArn: dlq.queueArn,
+            maxReceiveCount: options.maxReceiveCount ?? 3,
+          }),
+        },
+      });
+      queues.set(`${tier}/${priority}`, { url: queue.queueUrl, dlqUrl: dlq.queueUrl });
+    }
   }
   server.createBucket(BUCKET);
   const s3 = new S3Client({ endpoint, region: REGION, credentials: CREDENTIALS, forcePathStyle: true });
   const sqs = new SQSClient({ endpoint, region: REGION, credentials: CREDENTIALS });
-  const known = (tier: TierName): { url: string; dlqUrl: string } => {
-    const found = queues.get(tier);
+  const known = (tier: TierName, priority: Priority): { url: string; dlqUrl: string } => {
+    const found = queues.get(`${tier}/${priority}`);
     if (!found)
       throw new Error(
         `the local platform has no queue for tier ${tier}; it runs ${options.tiers.join(", ")}`,
       );
     return found;
   };
+  const queueOf = (tier: TierName, priority: Priority = "normal"): JobQueue =>
+    new JobQueue(sqs, known(tier, priority).url, options.logger, priority);
   options.logger.info({ endpoint, tiers: options.tiers }, "local platform started");
   return {
     endpoint,
@@ -77,8 +95,21 @@ export async function startLocalPlatform(options: LocalPlatformOptions): Promise
     s3,
     sqs,
     store: new JobStore(s3, BUCKET, options.logger),
-    queue: (tier) => new JobQueue(sqs, known(tier).url, options.logger),
-    dlqUrl: (tier) => known(tier).dlqUrl,
+    queue: queueOf,
+    queues: (tier) =>
+      new PriorityQueues(
+        Object.fromEntries(PRIORITIES.map((p) => [p, queueOf(tier, p)])) as Record<Priority, JobQueue>,
+        options.weights ?? DEFAULT_SCHEDULING.weights,
+      ),
+    dlqUrl: (tier, priority = "normal") => known(tier, priority).dlqUrl,
+    queuesEnv: JSON.stringify(
+      Object.fromEntries(
+        options.tiers.map((tier) => [
+          tier,
+          Object.fromEntries(PRIORITIES.map((p) => [p, known(tier, p).url])),
+        ]),
+      ),
+    ),
     async stop() {
       s3.destroy();
       sqs.destroy();

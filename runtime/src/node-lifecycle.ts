@@ -1,5 +1,9 @@
 import type { AutoScalingClient } from "@aws-sdk/client-auto-scaling";
-import { CompleteLifecycleActionCommand, SetInstanceProtectionCommand } from "@aws-sdk/client-auto-scaling";
+import {
+  CompleteLifecycleActionCommand,
+  SetInstanceHealthCommand,
+  SetInstanceProtectionCommand,
+} from "@aws-sdk/client-auto-scaling";
 import type { CloudWatchClient } from "@aws-sdk/client-cloudwatch";
 import { PutMetricDataCommand } from "@aws-sdk/client-cloudwatch";
 import type { JobOutcome } from "./contract";
@@ -170,6 +174,27 @@ export class NodeLifecycle {
       }
       await pause(this.pollSeconds, signal);
     }
+  }
+
+  /**
+   * Has the group replace this instance: marked unhealthy at once, not after the group's health check
+   * grace period. The group then terminates it through the termination hook, so the agent sees the
+   * termination as it sees a scale-in (a `scale-in` departure to {@link watch}, then {@link leave}).
+   * `reason` goes to the log only: Auto Scaling records no cause for a health change.
+   */
+  async markUnhealthy(reason: string): Promise<void> {
+    const { metadata, autoscaling, logger } = this.options;
+    const instanceId = this.instanceId ?? (await metadata.get("instance-id"));
+    if (!instanceId) throw new Error("instance metadata has no instance-id: not an EC2 instance?");
+    logger.warn({ instanceId, reason }, "marking the instance unhealthy");
+    await autoscaling.send(
+      new SetInstanceHealthCommand({
+        InstanceId: instanceId,
+        HealthStatus: "Unhealthy",
+        ShouldRespectGracePeriod: false,
+      }),
+    );
+    logger.warn({ instanceId }, "instance marked unhealthy; its group replaces it");
   }
 
   /** Why the node is leaving, given its target lifecycle state just read; undefined while it stays. */

@@ -103,6 +103,24 @@ export interface SandboxInput {
 
 const MiB = 1024 * 1024;
 
+/** A job's environment: its own variables, then the runtime's, which it cannot override. */
+export function jobEnvironment(
+  jobId: string,
+  tier: Tier,
+  own: Readonly<Record<string, string>>,
+): Record<string, string> {
+  const gpuCount = tier.gpu?.count ?? 0;
+  return {
+    ...own,
+    CRUCIBLE_JOB_ID: jobId,
+    CRUCIBLE_TIER: tier.name,
+    CRUCIBLE_CHECKPOINT_DIR: CONTAINER_PATHS.checkpoints,
+    // The root filesystem is read-only: tools that write under $HOME get the tmpfs instead.
+    HOME: CONTAINER_PATHS.tmp,
+    ...(gpuCount > 0 && { CUDA_VISIBLE_DEVICES: Array.from({ length: gpuCount }, (_, i) => i).join(",") }),
+  };
+}
+
 /** The process a container belongs to: alive only while a process with that pid and start time runs. */
 export interface ProcessOwner {
   readonly pid: number;
@@ -120,15 +138,7 @@ export function containerSpec(input: SandboxInput): Dockerode.ContainerCreateOpt
   const memory = tier.memoryMiB * MiB;
   const fileSize = tier.maxFileSizeMiB * MiB;
   const gpuCount = tier.gpu?.count ?? 0;
-  const env: Record<string, string> = {
-    ...input.env,
-    CRUCIBLE_JOB_ID: input.jobId,
-    CRUCIBLE_TIER: tier.name,
-    CRUCIBLE_CHECKPOINT_DIR: CONTAINER_PATHS.checkpoints,
-    // The root filesystem is read-only: tools that write under $HOME get the tmpfs instead.
-    HOME: CONTAINER_PATHS.tmp,
-    ...(gpuCount > 0 && { CUDA_VISIBLE_DEVICES: Array.from({ length: gpuCount }, (_, i) => i).join(",") }),
-  };
+  const env = jobEnvironment(input.jobId, tier, input.env);
   return {
     Image: input.image,
     User: `${input.user.uid}:${input.user.gid}`,

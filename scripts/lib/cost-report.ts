@@ -2,7 +2,18 @@ import type { BudgetSummary } from "../../infra/budgets";
 import type { FixedCostItem, TierHourlyCost } from "../../infra/finance";
 import { HOURS_PER_MONTH, usd } from "../../infra/prices";
 import { TIER_NAMES, isTierName, type TierName } from "../../runtime/src/catalog";
+import type { LedgerEntry } from "../../runtime/src/ledger";
+import {
+  buildUsage,
+  formatUsd,
+  periodWindow,
+  toCsv,
+  usageMarkdownTable,
+  usedPercent,
+  type UsageReport,
+} from "../../runtime/src/usage";
 import type { Plan } from "./mock-engine";
+import { cumulativeDailySpend, daysInMonth, type SpendChart } from "./spend-chart";
 
 /**
  * The cost report finance reads without Pulumi: a stack's budgets, tier prices, fixed costs and an
@@ -20,6 +31,36 @@ export interface EstimateLine {
   readonly monthlyUsd: number;
 }
 
+/** What the ledger says the stack spent in one calendar month (UTC). */
+export interface LedgerUsage {
+  /** Where the entries came from: a directory or the bucket. */
+  readonly source: string;
+  /** `YYYY-MM`. */
+  readonly month: string;
+  readonly byTier: Omit<UsageReport, "entries">;
+  readonly byProject: Omit<UsageReport, "entries">;
+  readonly byUser: Omit<UsageReport, "entries">;
+  /** Each budget of the stack against the month's spend in its scope. */
+  readonly budgets: readonly {
+    readonly name: string;
+    readonly scope: Budget["scope"];
+    readonly limitUsd: number;
+    readonly usedUsd: number;
+    readonly percent: number;
+  }[];
+  /** Cumulative spend at the end of each day of the month so far (the chart's line). */
+  readonly cumulativeDailyUsd: readonly number[];
+}
+
+/** A ledger to report on: its entries, where they came from, the month and the time now. */
+export interface LedgerInput {
+  readonly source: string;
+  readonly entries: readonly LedgerEntry[];
+  /** The month's first instant (UTC). */
+  readonly month: Date;
+  readonly now: Date;
+}
+
 export interface CostReport {
   readonly stack: string;
   readonly region: string;
@@ -32,6 +73,20 @@ export interface CostReport {
     /** The estimate as a share of the environment's monthly budget, in percent. */
     readonly percentOfBudget: number;
   };
+  /** Present only when a ledger was given. */
+  readonly usage?: LedgerUsage;
+}
+
+/** Parses `--month 2026-03`; the current month or an earlier one. */
+export function parseMonth(text: string, now: Date): Date {
+  const match = /^(\d{4})-(0[1-9]|1[0-2])$/.exec(text);
+  if (!match) throw new Error(`--month must be a month such as 2026-03, got "${text}"`);
+  const month = new Date(Date.UTC(Number(match[1]), Number(match[2]) - 1, 1));
+  if (month.getTime() > now.getTime())
+    throw new Error(
+      `--month must not be in the future (now ${now.toISOString().slice(0, 7)}), got "${text}"`,
+    );
+  return month;
 }
 
 /** Parses `--gpu-hours gpu-small=200,gpu-medium=50`: job hours per month for tiers the stack enables. */
@@ -74,8 +129,61 @@ const rate = (x: number) => `$${x.toFixed(4)}`;
 const unitPrice = (f: FixedCostItem) =>
   f.unit === "hour" ? `${rate(f.unitPriceUsd)}/h` : `${money(f.unitPriceUsd)}/month`;
 
-/** The report of a planned stack for the given job hours per tier (tiers not given run 0 hours). */
-export function buildReport(plan: Plan, gpuHours: ReadonlyMap<TierName, number>): CostReport {
+/** The month's spend from the ledger, by tier and project, against the stack's budgets. */
+function ledgerUsage(ledger: LedgerInput, budgets: readonly Budget[]): LedgerUsage {
+  const window = periodWindow("month", ledger.month);
+  const withoutEntries = ({ entries: _entries, ...rest }: UsageReport) => rest;
+  const byTier = withoutEntries(buildUsage(ledger.entries, { by: "tier", window }));
+  const byProject = withoutEntries(buildUsage(ledger.entries, { by: "project", window }));
+  const byUser = withoutEntries(buildUsage(ledger.entries, { by: "user", window }));
+  const spentBy = (usage: typeof byTier, key: string) => usage.rows.find((r) => r.key === key)?.costUsd ?? 0;
+  // Scopes as the stack names them: the environment, a tier, `user:<name>` or `project:<name>`.
+  const inScope = (scope: string): number => {
+    if (scope === "environment") return byTier.total.costUsd;
+    const [kind, owner] = scope.split(":", 2) as [string, string | undefined];
+    if (owner === undefined) return spentBy(byTier, scope);
+    return spentBy(kind === "user" ? byUser : byProject, owner);
+  };
+  const thisMonth = ledger.now.getTime() < (window.to?.getTime() ?? 0);
+  const days = thisMonth ? ledger.now.getUTCDate() : daysInMonth(ledger.month);
+  return {
+    source: ledger.source,
+    month: ledger.month.toISOString().slice(0, 7),
+    byTier,
+    byProject,
+    byUser,
+    budgets: budgets.map((b) => ({
+      name: b.name,
+      scope: b.scope,
+      limitUsd: b.limitUsd,
+      usedUsd: inScope(b.scope),
+      percent: usedPercent(inScope(b.scope), b.limitUsd),
+    })),
+    cumulativeDailyUsd: cumulativeDailySpend(ledger.entries, window, days),
+  };
+}
+
+/** The month's spend over the month, with the environment's budget, for `--chart`. */
+export function spendChartOf(report: CostReport & { usage: LedgerUsage }): SpendChart {
+  const budget = report.budgets.find((b) => b.scope === "environment");
+  const month = new Date(`${report.usage.month}-01T00:00:00Z`);
+  return {
+    title: `Spend of stack ${report.stack}, ${month.toLocaleString("en-US", { month: "long", year: "numeric", timeZone: "UTC" })}`,
+    month,
+    cumulativeUsd: report.usage.cumulativeDailyUsd,
+    ...(budget && { budgetUsd: budget.limitUsd }),
+  };
+}
+
+/**
+ * The report of a planned stack for the given job hours per tier (tiers not given run 0 hours), with
+ * the month's spend when a ledger is given.
+ */
+export function buildReport(
+  plan: Plan,
+  gpuHours: ReadonlyMap<TierName, number>,
+  ledger?: LedgerInput,
+): CostReport {
   const budgets = required<Budget[]>(plan, "budgets");
   const hourly = required<Partial<Record<TierName, TierHourlyCost>>>(plan, "tierHourlyCost");
   const fixed = required<FixedCostItem[]>(plan, "fixedMonthlyCost");
@@ -119,19 +227,55 @@ export function buildReport(plan: Plan, gpuHours: ReadonlyMap<TierName, number>)
       totalUsd,
       percentOfBudget: envBudget ? Math.round((totalUsd / envBudget.limitUsd) * 1000) / 10 : 0,
     },
+    ...(ledger && { usage: ledgerUsage(ledger, budgets) }),
   };
 }
 
 const thresholdsText = (b: Budget) => b.thresholds.map((t) => `${t.type} ${t.percent} %`).join(", ");
 const subscribersText = (b: Budget) => ["SNS topic", ...b.emails].join(", ");
 
+const table = (head: string[], rows: string[][]) =>
+  [
+    `| ${head.join(" | ")} |`,
+    `| ${head.map(() => "---").join(" | ")} |`,
+    ...rows.map((x) => `| ${x.join(" | ")} |`),
+  ].join("\n");
+
+function usageMarkdown(usage: LedgerUsage | undefined): string[] {
+  if (!usage)
+    return [
+      "## Usage (cost ledger)",
+      "",
+      "No ledger given: pass `--ledger <dir>` or set `CRUCIBLE_BUCKET` to read the stack's bucket.",
+      "",
+    ];
+  const { total } = usage.byTier;
+  return [
+    `## Usage (cost ledger, ${usage.month}, UTC)`,
+    "",
+    `From ${usage.source}: $${formatUsd(total.costUsd)} in ${usage.month} (attempts ${total.attempts}, jobs ${total.jobs}).`,
+    "",
+    usageMarkdownTable(usage.byTier),
+    "",
+    usageMarkdownTable(usage.byProject),
+    "",
+    usageMarkdownTable(usage.byUser),
+    "",
+    table(
+      ["budget", "covers", "limit", "spent", "used"],
+      usage.budgets.map((b) => [
+        b.name,
+        b.scope,
+        money(b.limitUsd),
+        `$${formatUsd(b.usedUsd)}`,
+        `${b.percent} %`,
+      ]),
+    ),
+    "",
+  ];
+}
+
 function markdown(r: CostReport): string {
-  const table = (head: string[], rows: string[][]) =>
-    [
-      `| ${head.join(" | ")} |`,
-      `| ${head.map(() => "---").join(" | ")} |`,
-      ...rows.map((x) => `| ${x.join(" | ")} |`),
-    ].join("\n");
   return [
     `# Cost report: stack ${r.stack} (${r.region})`,
     "",
@@ -188,12 +332,8 @@ function markdown(r: CostReport): string {
     "",
     "Always-on instances are billed all month; job hours on them are counted again, so the estimate errs high.",
     "",
+    ...usageMarkdown(r.usage),
   ].join("\n");
-}
-
-function csvCell(value: string | number): string {
-  const text = String(value);
-  return /[",\n]/.test(text) ? `"${text.replace(/"/g, '""')}"` : text;
 }
 
 function csv(r: CostReport): string {
@@ -224,7 +364,29 @@ function csv(r: CostReport): string {
     `${r.estimate.percentOfBudget} % of the environment budget`,
     r.estimate.totalUsd.toFixed(2),
   ]);
-  return `${rows.map((row) => row.map(csvCell).join(",")).join("\n")}\n`;
+  if (r.usage) {
+    // Per tier, project and user, without totals: each section sums to the month's spend exactly.
+    for (const [section, usage] of [
+      ["usage-tier", r.usage.byTier],
+      ["usage-project", r.usage.byProject],
+      ["usage-user", r.usage.byUser],
+    ] as const)
+      for (const row of usage.rows)
+        rows.push([
+          section,
+          row.key,
+          `${r.usage.month}; attempts ${row.attempts}, jobs ${row.jobs}, hours ${row.hours.toFixed(2)}`,
+          formatUsd(row.costUsd),
+        ]);
+    for (const b of r.usage.budgets)
+      rows.push([
+        "usage-budget",
+        b.name,
+        `${r.usage.month}; ${b.percent} % of ${b.limitUsd.toFixed(2)}`,
+        formatUsd(b.usedUsd),
+      ]);
+  }
+  return toCsv(rows);
 }
 
 export function renderReport(report: CostReport, format: Format): string {

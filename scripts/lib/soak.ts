@@ -69,12 +69,12 @@ export class AgentProcess {
   }
 }
 
-/** The environment that points an agent at the local platform's queue and bucket. */
-export function localAgentEnv(platform: LocalPlatform, tier: TierName): Record<string, string> {
+/** The environment that points an agent or a CLI at the local platform's queues and bucket. */
+export function localAgentEnv(platform: LocalPlatform): Record<string, string> {
   return {
     CRUCIBLE_BUCKET: platform.bucket,
     CRUCIBLE_ENDPOINT: platform.endpoint,
-    CRUCIBLE_QUEUE_URL: platform.queue(tier).queueUrl,
+    CRUCIBLE_QUEUES: platform.queuesEnv,
     AWS_REGION: platform.region,
     AWS_ACCESS_KEY_ID: "local",
     AWS_SECRET_ACCESS_KEY: "local",
@@ -130,7 +130,7 @@ export async function runSoak(options: SoakOptions): Promise<SoakReport> {
   const agents: AgentProcess[] = [];
   const retired: AgentProcess[] = [];
   const env = {
-    ...localAgentEnv(platform, TIER),
+    ...localAgentEnv(platform),
     CRUCIBLE_CONCURRENCY: String(options.concurrency),
     CRUCIBLE_HEARTBEAT_SECONDS: "2",
     CRUCIBLE_VISIBILITY_TIMEOUT_SECONDS: "8",

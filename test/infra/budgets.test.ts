@@ -14,25 +14,53 @@ const DEFAULT_THRESHOLDS = [
   { type: "FORECASTED", percent: 100 },
 ];
 
+const ALARM = "aws:cloudwatch/metricAlarm:MetricAlarm";
+/** The default thresholds CloudWatch can watch on the agents' spend metrics: the ACTUAL ones. */
+const ACTUAL_THRESHOLDS = DEFAULT_THRESHOLDS.filter((t) => t.type === "ACTUAL");
+
 /** Each stack file's limits and subscribers. */
 const EXPECTED: Record<
   (typeof STACKS)[number],
-  { total: number; tiers: Partial<Record<TierName, number>>; emails: string[]; enforce: boolean }
+  {
+    total: number;
+    tiers: Partial<Record<TierName, number>>;
+    users: Record<string, number>;
+    projects: Record<string, number>;
+    emails: string[];
+    enforce: boolean;
+  }
 > = {
-  dev: { total: 400, tiers: { "gpu-small": 250 }, emails: ["ml-platform-alerts@example.com"], enforce: true },
+  dev: {
+    total: 400,
+    tiers: { "gpu-small": 250 },
+    users: { alice: 120, bob: 80 },
+    projects: { ci: 25, nanogpt: 150 },
+    emails: ["ml-platform-alerts@example.com"],
+    enforce: true,
+  },
   staging: {
     total: 3000,
     tiers: { "gpu-small": 1200, "gpu-medium": 800 },
+    users: {},
+    projects: {},
     emails: ["ml-platform-alerts@example.com", "finance-cloud@example.com"],
     enforce: false,
   },
   prod: {
     total: 25000,
     tiers: { "gpu-small": 9000, "gpu-medium": 6000, "gpu-large": 6000 },
+    users: { alice: 4000, bob: 2500, "ravi.k": 2500 },
+    projects: { "llm-pretrain": 12000, "vision-eval": 5000 },
     emails: ["ml-platform-alerts@example.com", "finance-cloud@example.com"],
     enforce: false,
   },
 };
+
+/** A stack's user and project limits, as [kind, name, limit]. */
+const spendLimits = (stack: (typeof STACKS)[number]) => [
+  ...Object.entries(EXPECTED[stack].users).map(([n, usd]) => ["user", n, usd] as const),
+  ...Object.entries(EXPECTED[stack].projects).map(([n, usd]) => ["project", n, usd] as const),
+];
 
 describe.each(STACKS)("%s stack budgets", (stack) => {
   const expected = EXPECTED[stack];
@@ -104,9 +132,9 @@ describe.each(STACKS)("%s stack budgets", (stack) => {
     }
   });
 
-  it("exports every budget for finance: name, limit, thresholds, topic, subscribers", () => {
-    expect(plan.outputs.budgets).toEqual(
-      [
+  it("exports every budget for finance: name, limit, thresholds, topic, subscribers, alarms", () => {
+    expect(plan.outputs.budgets).toEqual([
+      ...[
         { scope: "environment", name: `crucible-${stack}`, limitUsd: expected.total },
         ...Object.entries(expected.tiers).map(([tier, limitUsd]) => ({
           scope: tier,
@@ -120,8 +148,57 @@ describe.each(STACKS)("%s stack budgets", (stack) => {
         emails: expected.emails,
         // The environment's budget is never enforced: it has no groups of its own to pause.
         enforced: expected.enforce && b.scope !== "environment",
+        alarmNames: [],
       })),
+      ...spendLimits(stack).map(([kind, owner, limitUsd]) => ({
+        scope: `${kind}:${owner}`,
+        name: `crucible-${stack}-${kind}-${owner}`,
+        limitUsd,
+        thresholds: ACTUAL_THRESHOLDS,
+        topicArn: topicArn(),
+        emails: expected.emails,
+        enforced: false,
+        alarmNames: ACTUAL_THRESHOLDS.map((t) => `crucible-${stack}-${kind}-${owner}-${t.percent}pct`),
+      })),
+    ]);
+  });
+
+  it("declares a spend alarm per user and project budget at each ACTUAL threshold, and no other", () => {
+    const component = plan.get("crucible:budgets:Budgets", "budgets");
+    const alarms = plan.childrenOf(component.urn).filter((r) => r.type === ALARM);
+    expect(alarms.map((a) => a.name)).toEqual(
+      spendLimits(stack).flatMap(([kind, owner]) =>
+        ACTUAL_THRESHOLDS.map((t) => `budgets-${kind}-${owner}-${t.percent}`),
+      ),
     );
+  });
+
+  it("alarms on the agents' month-to-date spend metric, above limit × percent, to the budgets' topic", () => {
+    const metric = {
+      user: { metricName: "UserMonthToDateSpendUsd", dimension: "User" },
+      project: { metricName: "ProjectMonthToDateSpendUsd", dimension: "Project" },
+    };
+    for (const [kind, owner, limitUsd] of spendLimits(stack)) {
+      for (const { percent } of ACTUAL_THRESHOLDS) {
+        const thresholdUsd = (limitUsd * percent) / 100;
+        expect(plan.get(ALARM, `budgets-${kind}-${owner}-${percent}`).inputs).toEqual({
+          name: `crucible-${stack}-${kind}-${owner}-${percent}pct`,
+          alarmDescription: `Crucible ${stack}: ${kind} ${owner} has spent more than ${percent} % (${thresholdUsd} USD) of the ${limitUsd} USD monthly budget this month.`,
+          namespace: "Crucible/Jobs",
+          metricName: metric[kind].metricName,
+          dimensions: { [metric[kind].dimension]: owner },
+          statistic: "Maximum",
+          period: 300,
+          evaluationPeriods: 1,
+          comparisonOperator: "GreaterThanThreshold",
+          threshold: thresholdUsd,
+          treatMissingData: "ignore",
+          alarmActions: [topicArn()],
+          okActions: [topicArn()],
+          tags: { "crucible:component": "budgets" },
+        });
+      }
+    }
   });
 
   it("declares the enforcer only where the stack enforces, naming each budgeted tier's fleet group", () => {
@@ -256,9 +333,14 @@ describe("enforcement wiring (dev: enforce on, gpu-small budgeted)", () => {
 
   it("marks the enforced budget in finance's summary", () => {
     const summary = plan.outputs.budgets as { name: string; enforced: boolean }[];
+    // A user's or project's limit only notifies: no tier's groups are paused for one person's spend.
     expect(summary.map((b) => [b.name, b.enforced])).toEqual([
       ["crucible-dev", false],
       ["crucible-dev-gpu-small", true],
+      ["crucible-dev-user-alice", false],
+      ["crucible-dev-user-bob", false],
+      ["crucible-dev-project-ci", false],
+      ["crucible-dev-project-nanogpt", false],
     ]);
     expect(plan.outputs.enforcerArn).toBe(fn().state.arn);
   });
@@ -294,7 +376,48 @@ describe("enforcement off", () => {
   });
 });
 
+describe("user and project budgets from config", () => {
+  it("watch only the ACTUAL thresholds, at limit × percent to the cent", async () => {
+    const config = configWith("prod", {
+      "crucible:budgets": {
+        monthlyLimitUsd: 1000,
+        thresholds: [
+          { type: "ACTUAL", percent: 90 },
+          { type: "FORECASTED", percent: 120 },
+          { type: "ACTUAL", percent: 110 },
+        ],
+        users: { "jo.smith": 333.33 },
+        projects: { eval: 12.5 },
+      },
+    });
+    const plan = await budgetsOnly("prod", {}, config);
+    expect(plan.ofType(ALARM).map((a) => [a.inputs.name, a.inputs.threshold])).toEqual([
+      ["crucible-prod-user-jo.smith-90pct", 300],
+      ["crucible-prod-user-jo.smith-110pct", 366.66],
+      ["crucible-prod-project-eval-90pct", 11.25],
+      ["crucible-prod-project-eval-110pct", 13.75],
+    ]);
+  });
+
+  it("declare no alarm when none is configured", async () => {
+    const plan = await budgetsOnly("staging", {});
+    expect(plan.ofType(ALARM)).toEqual([]);
+  });
+});
+
 describe("bad budgets config names the key", () => {
+  it("a project budget of zero", () => {
+    expect(configProblems("prod", { "crucible:budgets": { projects: { "llm-pretrain": 0 } } })).toEqual([
+      "crucible:budgets.projects.llm-pretrain must be a positive amount of US dollars, got 0",
+    ]);
+  });
+
+  it("a user name a job's address could not hold", () => {
+    expect(configProblems("dev", { "crucible:budgets": { users: { Alice: 100 } } })).toEqual([
+      'crucible:budgets.users.Alice must be a user name: lowercase letters, digits, dots and dashes, got "Alice"',
+    ]);
+  });
+
   it("a threshold below 1 %", () => {
     expect(
       configProblems("prod", { "crucible:budgets": { thresholds: [{ type: "ACTUAL", percent: 0.5 }] } }),

@@ -1,5 +1,6 @@
 import { describe, expect, it } from "vitest";
-import { ConfigError, parseCrucibleConfig } from "../../infra/config";
+import { ConfigError, parseCrucibleConfig, schedulingPolicy } from "../../infra/config";
+import { DEFAULT_SCHEDULING, parseSchedulingPolicy } from "../../runtime/src/scheduling";
 import { STACKS, configWith, readStackConfig, runStack } from "../harness";
 
 /** The `crucible:*` settings of a stack file, namespace stripped, as the engine would hand them over. */
@@ -50,7 +51,74 @@ describe("stack config files", () => {
   });
 });
 
+describe("scheduling policy", () => {
+  const parse = (stack: string, overrides: Record<string, unknown> = {}) => {
+    const config = configWith(stack, overrides);
+    return parseCrucibleConfig(settingsOf(config), { stack, region: config["aws:region"]! });
+  };
+
+  it("is the runtime's defaults where a stack file says nothing (staging), with no budgets", () => {
+    const { weights, fairShare, preemption } = DEFAULT_SCHEDULING;
+    expect(schedulingPolicy(parse("staging"))).toEqual({
+      weights,
+      fairShare,
+      preemption,
+      budgets: { users: {}, projects: {} },
+    });
+  });
+
+  it("merges a partial crucible:scheduling over the defaults and adds the user and project budgets", () => {
+    expect(schedulingPolicy(parse("prod"))).toEqual({
+      weights: { high: 6, normal: 3, low: 1 },
+      fairShare: { perUser: 16, perProject: 64, deferSeconds: 15 },
+      preemption: { enabled: true, afterSeconds: 900, noPreemptPriceFactor: 1.5 },
+      budgets: {
+        users: { alice: 4000, bob: 2500, "ravi.k": 2500 },
+        projects: { "llm-pretrain": 12000, "vision-eval": 5000 },
+      },
+    });
+    expect(
+      schedulingPolicy(parse("dev", { "crucible:scheduling": { weights: { high: 8 } } })).weights,
+    ).toEqual({ high: 8, normal: 3, low: 1 });
+  });
+
+  it.each(STACKS)("%s: the agents' own parser reads back exactly what the stack hands them", (stack) => {
+    const policy = schedulingPolicy(parse(stack));
+    expect(parseSchedulingPolicy(JSON.stringify(policy))).toEqual(policy);
+  });
+});
+
 describe("bad config is rejected with the key, the value and what is allowed", () => {
+  it("negative user budget", () => {
+    expect(problemsFor("dev", { "crucible:budgets": { users: { alice: -5 } } })).toEqual([
+      "crucible:budgets.users.alice must be a positive amount of US dollars, got -5",
+    ]);
+  });
+
+  it("unknown priority weight", () => {
+    expect(problemsFor("dev", { "crucible:scheduling": { weights: { urgent: 9 } } })).toEqual([
+      "crucible:scheduling.weights.urgent is not a known setting; allowed here: high, normal, low",
+    ]);
+  });
+
+  it("a fair share of 0", () => {
+    expect(problemsFor("dev", { "crucible:scheduling": { fairShare: { perUser: 0 } } })).toEqual([
+      "crucible:scheduling.fairShare.perUser must be a whole number from 1 to 10000, got 0",
+    ]);
+  });
+
+  it("budgets under scheduling, where the stack does not take them", () => {
+    expect(problemsFor("dev", { "crucible:scheduling": { budgets: { users: { alice: 5 } } } })).toEqual([
+      "crucible:scheduling.budgets is not a known setting; allowed here: weights, fairShare, preemption",
+    ]);
+  });
+
+  it("a preemption wait of a fraction of a second", () => {
+    expect(problemsFor("prod", { "crucible:scheduling": { preemption: { afterSeconds: 0.5 } } })).toEqual([
+      "crucible:scheduling.preemption.afterSeconds must be a whole number from 1 to 604800, got 0.5",
+    ]);
+  });
+
   it("negative budget", () => {
     expect(problemsFor("dev", { "crucible:budgets": { monthlyLimitUsd: -5 } })).toEqual([
       "crucible:budgets.monthlyLimitUsd must be a positive number, got -5",
@@ -157,5 +225,90 @@ describe("the program fails before declaring anything on bad config", () => {
     await expect(runStack("dev", config)).rejects.toThrow(
       /crucible:budgets.monthlyLimitUsd must be a positive number, got 0\n\s+crucible:nat is not a known setting/,
     );
+  });
+});
+
+describe("crucible:kubernetes", () => {
+  const kubeconfig =
+    "apiVersion: v1\nkind: Config\nclusters: []\nusers:\n- name: x\n  user: { token: s3cr3t-token }\n";
+  const kubernetes = (over: Record<string, unknown>) => ({
+    "crucible:kubernetes": { enabled: true, kubeconfig, ...over },
+  });
+
+  it("is off by default, with documented defaults", () => {
+    const config = readStackConfig("prod");
+    const parsed = parseCrucibleConfig(settingsOf(config), { stack: "prod", region: "us-west-2" });
+    expect(parsed.kubernetes).toEqual({
+      enabled: false,
+      maxJobsPerTier: 4,
+      agentReplicas: 1,
+      gpuNodeLabel: { key: "nvidia.com/gpu.present", value: "true" },
+      devicePluginImage: "nvcr.io/nvidia/k8s-device-plugin:v0.17.0",
+      clusterObjects: "declare",
+    });
+    expect(problemsFor("staging", kubernetes({}))).toEqual([]);
+  });
+
+  it("enabled without a kubeconfig", () => {
+    expect(problemsFor("staging", { "crucible:kubernetes": { enabled: true } })).toEqual([
+      'crucible:kubernetes.kubeconfig is required when crucible:kubernetes.enabled is true; set it as a secret: pulumi config set --secret --path crucible:kubernetes.kubeconfig "$(cat kubeconfig)", got nothing',
+    ]);
+  });
+
+  it("a kubeconfig that is not one, without printing the secret", () => {
+    const problems = problemsFor("staging", kubernetes({ kubeconfig: "token: s3cr3t-token" }));
+    expect(problems).toEqual([
+      "crucible:kubernetes.kubeconfig must be a kubeconfig: YAML or JSON text with a clusters list, got a secret (not shown)",
+    ]);
+  });
+
+  it("no jobs per tier", () => {
+    expect(problemsFor("staging", kubernetes({ maxJobsPerTier: 0 }))).toEqual([
+      "crucible:kubernetes.maxJobsPerTier must be a whole number from 1 to 1000, got 0",
+    ]);
+  });
+
+  it("a GPU node label that Kubernetes would refuse", () => {
+    expect(
+      problemsFor(
+        "staging",
+        kubernetes({ gpuNodeLabel: { key: "nvidia.com/gpu present", value: "yes please" } }),
+      ),
+    ).toEqual([
+      'crucible:kubernetes.gpuNodeLabel.key must be a Kubernetes label key: an optional DNS prefix and /, then up to 63 letters, digits, -, _ and ., such as nvidia.com/gpu.present, got "nvidia.com/gpu present"',
+      'crucible:kubernetes.gpuNodeLabel.value must be a Kubernetes label value (1 to 63 letters, digits, -, _ and ., starting and ending with a letter or digit), got "yes please"',
+    ]);
+  });
+
+  it("an owner that cannot be a label value while enabled (and can while disabled)", () => {
+    expect(problemsFor("staging", { ...kubernetes({}), "crucible:owner": "ML Platform" })).toEqual([
+      'crucible:owner must be a Kubernetes label value (1 to 63 letters, digits, -, _ and ., starting and ending with a letter or digit) while crucible:kubernetes.enabled is true: it labels every Kubernetes object, got "ML Platform"',
+    ]);
+    expect(problemsFor("staging", { "crucible:owner": "ML Platform" })).toEqual([]);
+  });
+
+  it("a device plugin image with neither tag nor digest", () => {
+    expect(
+      problemsFor("staging", kubernetes({ devicePluginImage: "nvcr.io/nvidia/k8s-device-plugin" })),
+    ).toEqual([
+      'crucible:kubernetes.devicePluginImage must be an image reference with a tag or a digest, such as nvcr.io/nvidia/k8s-device-plugin:v0.17.0@sha256:<64 hex digits>, got "nvcr.io/nvidia/k8s-device-plugin"',
+    ]);
+  });
+
+  it("an OIDC provider that is not the issuer's", () => {
+    const oidc = {
+      issuerUrl: "https://oidc.eks.us-east-1.amazonaws.com/id/AAAA",
+      providerArn: "arn:aws:iam::123456789012:oidc-provider/oidc.eks.us-east-1.amazonaws.com/id/BBBB",
+    };
+    expect(problemsFor("staging", kubernetes({ oidc }))).toEqual([
+      'crucible:kubernetes.oidc.providerArn must be the provider of kubernetes.oidc.issuerUrl (its ARN ends in :oidc-provider/oidc.eks.us-east-1.amazonaws.com/id/AAAA), got "arn:aws:iam::123456789012:oidc-provider/oidc.eks.us-east-1.amazonaws.com/id/...',
+    ]);
+  });
+
+  it("cluster objects neither declared nor existing, and an unknown key", () => {
+    expect(problemsFor("staging", kubernetes({ clusterObjects: "skip", replicas: 2 }))).toEqual([
+      'crucible:kubernetes.clusterObjects must be one of declare, existing, got "skip"',
+      "crucible:kubernetes.replicas is not a known setting; allowed here: enabled, kubeconfig, maxJobsPerTier, agentReplicas, gpuNodeLabel, devicePluginImage, clusterObjects, oidc",
+    ]);
   });
 });

@@ -143,6 +143,43 @@ const EXPECTED: Record<
   },
 };
 
+const PRIORITIES = ["high", "normal", "low"] as const;
+
+/** The runtime's scheduling defaults (runtime/src/scheduling.ts), written out. */
+const DEFAULT_POLICY = {
+  weights: { high: 6, normal: 3, low: 1 },
+  fairShare: { perUser: 8, perProject: 32, deferSeconds: 15 },
+  preemption: { enabled: true, afterSeconds: 600, noPreemptPriceFactor: 1.5 },
+};
+/** The policy each stack hands its agents: `crucible:scheduling` over the defaults, and its user and project budgets. */
+const POLICY: Record<(typeof STACKS)[number], unknown> = {
+  dev: {
+    ...DEFAULT_POLICY,
+    preemption: { ...DEFAULT_POLICY.preemption, afterSeconds: 120 },
+    budgets: { users: { alice: 120, bob: 80 }, projects: { ci: 25, nanogpt: 150 } },
+  },
+  staging: { ...DEFAULT_POLICY, budgets: { users: {}, projects: {} } },
+  prod: {
+    ...DEFAULT_POLICY,
+    fairShare: { perUser: 16, perProject: 64, deferSeconds: 15 },
+    preemption: { ...DEFAULT_POLICY.preemption, afterSeconds: 900 },
+    budgets: {
+      users: { alice: 4000, bob: 2500, "ravi.k": 2500 },
+      projects: { "llm-pretrain": 12000, "vision-eval": 5000 },
+    },
+  },
+};
+
+/**
+ * The scaling math, written out: every queue count filled with 0 (SQS stops publishing an idle queue's
+ * metrics, and a sum with a missing term has no value), summed over the three priorities.
+ */
+const JOBS =
+  "FILL(waiting_high, 0) + FILL(running_high, 0) + FILL(waiting_normal, 0) + FILL(running_normal, 0) + FILL(waiting_low, 0) + FILL(running_low, 0)";
+const JOBS_PER_INSTANCE_EXPRESSION = `IF(in_service > 0, (${JOBS}) / in_service, ${JOBS})`;
+const WAITING_WITH_NO_INSTANCE_EXPRESSION =
+  "IF(in_service == 0 AND desired == 0 AND (FILL(waiting_high, 0) + FILL(waiting_normal, 0) + FILL(waiting_low, 0)) > 0, 1, 0)";
+
 /** The environment defaults no stack file overrides. */
 const HEARTBEAT_SECONDS = 30;
 const VISIBILITY_TIMEOUT_SECONDS = 120;
@@ -209,7 +246,11 @@ describe.each(STACKS)("%s stack fleet", (stack) => {
   });
 
   const groupName = (tier: string) => `crucible-${environment}-${tier}`;
-  const queue = (tier: string) => plan.get(T.queue, `queues-${tier}`);
+  /** A tier's queue of one priority: `normal` kept the tier's one queue's name from before priorities. */
+  const queue = (tier: string, p: (typeof PRIORITIES)[number]) =>
+    plan.get(T.queue, p === "normal" ? `queues-${tier}` : `queues-${tier}-${p}`);
+  const queueField = (tier: string, field: "url" | "arn" | "name") =>
+    Object.fromEntries(PRIORITIES.map((p) => [p, queue(tier, p).state[field] as string]));
   const group = (tier: string) => plan.get(T.group, `fleet-${tier}-nodes`);
   const template = (tier: string) => plan.get(T.template, `fleet-${tier}-node`);
   const logGroup = (tier: string) => plan.get(T.logGroup, `fleet-${tier}-agent`);
@@ -333,13 +374,18 @@ describe.each(STACKS)("%s stack fleet", (stack) => {
       }
     });
 
-    it("hands the agent its tier's queue, the workspaces bucket and its group's hooks", () => {
+    it("hands the agent its tier's priority queues, the scheduling policy, the workspaces bucket and its group's hooks", () => {
       for (const tier of tiers) {
         const { env } = bootScript(template(tier));
         const hooks = group(tier).inputs.initialLifecycleHooks as { name: string }[];
+        const queues = JSON.parse(env.CRUCIBLE_QUEUES!) as Record<string, Record<string, string>>;
+        expect(queues).toEqual({ [tier]: queueField(tier, "url") });
+        expect(Object.keys(queues[tier]!)).toEqual([...PRIORITIES]);
+        expect(JSON.parse(env.CRUCIBLE_SCHEDULING!)).toEqual(POLICY[stack]);
+        expect(JSON.parse(env.CRUCIBLE_SCHEDULING!)).toEqual(plan.outputs.scheduling);
+        expect(env.CRUCIBLE_QUEUE_URL).toBeUndefined();
         expect(env).toMatchObject({
           CRUCIBLE_TIER: tier,
-          CRUCIBLE_QUEUE_URL: queue(tier).state.url,
           CRUCIBLE_BUCKET: workspacesBucket().state.bucket,
           CRUCIBLE_WORKSPACES_PREFIX: "workspaces/",
           CRUCIBLE_HEARTBEAT_SECONDS: String(HEARTBEAT_SECONDS),
@@ -350,9 +396,11 @@ describe.each(STACKS)("%s stack fleet", (stack) => {
           CRUCIBLE_GRACE_SECONDS: String(GRACE_SECONDS),
           AWS_REGION: want.region,
         });
-        // Another tier's queue never reaches this tier's nodes.
+        // Another tier's queues never reach this tier's nodes.
         for (const other of tiers.filter((t) => t !== tier)) {
-          expect(bootScript(template(tier)).script).not.toContain(queue(other).state.url as string);
+          for (const p of PRIORITIES) {
+            expect(bootScript(template(tier)).script).not.toContain(queue(other, p).state.url as string);
+          }
         }
         const { agent: _agent, ...jobImages } = imageRefs();
         expect(JSON.parse(env.CRUCIBLE_IMAGES!)).toEqual(jobImages);
@@ -514,17 +562,17 @@ describe.each(STACKS)("%s stack fleet", (stack) => {
   });
 
   describe("scaling", () => {
-    it("tracks the tier's target of jobs per in-service instance, from its own queue and group", () => {
+    it("tracks the tier's target of jobs per in-service instance, over its three queues and its group", () => {
       for (const [tier, t] of Object.entries(want.tiers)) {
         const policy = plan.get(T.policy, `fleet-${tier}-jobs-per-instance`);
-        const queueMetric = (id: string, metricName: string) => ({
+        const queueMetric = (id: string, p: (typeof PRIORITIES)[number], metricName: string) => ({
           id,
           returnData: false,
           metricStat: {
             metric: {
               namespace: "AWS/SQS",
               metricName,
-              dimensions: [{ name: "QueueName", value: queue(tier).state.name }],
+              dimensions: [{ name: "QueueName", value: queue(tier, p).state.name }],
             },
             stat: "Sum",
           },
@@ -536,10 +584,14 @@ describe.each(STACKS)("%s stack fleet", (stack) => {
             targetValue: t.targetJobsPerInstance,
             customizedMetricSpecification: {
               metrics: [
-                queueMetric("m1", "ApproximateNumberOfMessagesVisible"),
-                queueMetric("m2", "ApproximateNumberOfMessagesNotVisible"),
+                queueMetric("waiting_high", "high", "ApproximateNumberOfMessagesVisible"),
+                queueMetric("running_high", "high", "ApproximateNumberOfMessagesNotVisible"),
+                queueMetric("waiting_normal", "normal", "ApproximateNumberOfMessagesVisible"),
+                queueMetric("running_normal", "normal", "ApproximateNumberOfMessagesNotVisible"),
+                queueMetric("waiting_low", "low", "ApproximateNumberOfMessagesVisible"),
+                queueMetric("running_low", "low", "ApproximateNumberOfMessagesNotVisible"),
                 {
-                  id: "m3",
+                  id: "in_service",
                   returnData: false,
                   metricStat: {
                     metric: {
@@ -552,7 +604,7 @@ describe.each(STACKS)("%s stack fleet", (stack) => {
                 },
                 {
                   id: "e1",
-                  expression: "IF(m3 > 0, (m1 + m2) / m3, m1 + m2)",
+                  expression: JOBS_PER_INSTANCE_EXPRESSION,
                   label: "jobs per in-service instance",
                   returnData: true,
                 },
@@ -563,7 +615,7 @@ describe.each(STACKS)("%s stack fleet", (stack) => {
       }
     });
 
-    it("starts a group from zero: a one-instance step when jobs wait and none is in service", () => {
+    it("starts a group from zero: a one-instance step when jobs wait in any queue and none is in service", () => {
       for (const tier of tiers) {
         const step = plan.get(T.policy, `fleet-${tier}-from-zero`);
         expect(step.inputs).toEqual({
@@ -580,40 +632,25 @@ describe.each(STACKS)("%s stack fleet", (stack) => {
           treatMissingData: "notBreaching",
           alarmActions: [step.state.arn],
         });
+        const maximum = (id: string, namespace: string, metricName: string, dimensions: object) => ({
+          id,
+          metric: { namespace, metricName, dimensions, stat: "Maximum", period: 60 },
+        });
         expect(alarm.metricQueries).toEqual([
-          {
-            id: "m1",
-            metric: {
-              namespace: "AWS/SQS",
-              metricName: "ApproximateNumberOfMessagesVisible",
-              dimensions: { QueueName: queue(tier).state.name },
-              stat: "Maximum",
-              period: 60,
-            },
-          },
-          {
-            id: "m3",
-            metric: {
-              namespace: "AWS/AutoScaling",
-              metricName: "GroupInServiceInstances",
-              dimensions: { AutoScalingGroupName: groupName(tier) },
-              stat: "Maximum",
-              period: 60,
-            },
-          },
-          {
-            id: "m4",
-            metric: {
-              namespace: "AWS/AutoScaling",
-              metricName: "GroupDesiredCapacity",
-              dimensions: { AutoScalingGroupName: groupName(tier) },
-              stat: "Maximum",
-              period: 60,
-            },
-          },
+          ...PRIORITIES.map((p) =>
+            maximum(`waiting_${p}`, "AWS/SQS", "ApproximateNumberOfMessagesVisible", {
+              QueueName: queue(tier, p).state.name,
+            }),
+          ),
+          maximum("in_service", "AWS/AutoScaling", "GroupInServiceInstances", {
+            AutoScalingGroupName: groupName(tier),
+          }),
+          maximum("desired", "AWS/AutoScaling", "GroupDesiredCapacity", {
+            AutoScalingGroupName: groupName(tier),
+          }),
           {
             id: "e1",
-            expression: "IF(m3 == 0 AND m4 == 0 AND m1 > 0, 1, 0)",
+            expression: WAITING_WITH_NO_INSTANCE_EXPRESSION,
             label: "waiting with no instance",
             returnData: true,
           },
@@ -664,8 +701,12 @@ describe.each(STACKS)("%s stack fleet", (stack) => {
       }
     });
 
-    it("reaches its own tier's queue, and no other tier's", () => {
+    it("reaches its own tier's three priority queues, and no other queue (not even their DLQs)", () => {
       for (const tier of tiers) {
+        const arns = PRIORITIES.map(
+          (p) => `arn:aws:sqs:${want.region}:${MOCK_ACCOUNT_ID}:${queue(tier, p).state.name as string}`,
+        );
+        expect(arns).toEqual(PRIORITIES.map((p) => queue(tier, p).state.arn));
         const sqs = statements(tier).filter((s) => list(s.Action).some((a) => a.startsWith("sqs:")));
         expect(sqs).toEqual([
           {
@@ -677,13 +718,13 @@ describe.each(STACKS)("%s stack fleet", (stack) => {
               "sqs:ChangeMessageVisibility",
               "sqs:GetQueueAttributes",
             ],
-            Resource: queue(tier).state.arn,
+            Resource: arns,
           },
         ]);
         const everything = JSON.stringify(statements(tier));
-        for (const other of tiers.filter((t) => t !== tier)) {
-          expect(everything).not.toContain(queue(other).state.arn as string);
-        }
+        const sqsArns = plan.ofType(T.queue).map((q) => q.state.arn as string);
+        for (const arn of sqsArns.filter((a) => !arns.includes(a)))
+          expect(everything).not.toContain(`"${arn}"`);
       }
     });
 
@@ -791,7 +832,7 @@ describe.each(STACKS)("%s stack fleet", (stack) => {
     });
   });
 
-  it("publishes each tier's agent config: its queue, the bucket, the job images and a sandbox with no network", () => {
+  it("publishes each tier's agent config: its queues, the bucket, the job images and a sandbox with no network", () => {
     const { agent: _agent, ...jobImages } = imageRefs();
     for (const tier of tiers) {
       const parameter = plan.get(T.parameter, `fleet-${tier}-agent-config`);
@@ -802,7 +843,7 @@ describe.each(STACKS)("%s stack fleet", (stack) => {
       const value = JSON.parse(parameterValue(parameter.inputs.value)) as Record<string, unknown>;
       expect(value).toMatchObject({
         tier,
-        queueUrl: queue(tier).state.url,
+        queues: queueField(tier, "url"),
         bucket: workspacesBucket().state.bucket,
         images: jobImages,
         sandbox: {
@@ -818,12 +859,11 @@ describe.each(STACKS)("%s stack fleet", (stack) => {
     }
   });
 
-  it("exports each tier's group, template, agent config and log group", () => {
+  it("exports each tier's group, template, agent config and log group (its queues are in `queues`)", () => {
     const fleet = plan.outputs.fleet as Record<string, Record<string, unknown>>;
     expect(Object.keys(fleet)).toEqual(tiers);
     for (const tier of tiers) {
       expect(fleet[tier]).toMatchObject({
-        queueUrl: queue(tier).state.url,
         asgNames: [groupName(tier)],
         launchTemplateId: template(tier).id,
         agentConfigParameter: `/crucible/${environment}/${tier}/agent-config`,
@@ -834,30 +874,23 @@ describe.each(STACKS)("%s stack fleet", (stack) => {
 });
 
 describe("the scaling expressions", () => {
-  /** `IF(condition, then, else)` split at its top-level commas (the branches hold no calls). */
-  const branches = (expression: string) => {
-    const m = /^IF\(([^,]+), ([^,]+), ([^,]+)\)$/.exec(expression);
-    if (!m) throw new Error(`${expression} is not IF(condition, then, else)`);
-    return { condition: m[1], then: m[2], otherwise: m[3] };
-  };
-
-  it("divides by the in-service count only when there is one", () => {
-    expect(JOBS_PER_INSTANCE).toBe("IF(m3 > 0, (m1 + m2) / m3, m1 + m2)");
-    const { condition, then, otherwise } = branches(JOBS_PER_INSTANCE);
-    expect(condition).toBe("m3 > 0");
-    expect(then).toMatch(/\/ m3$/);
-    // With no instance in service, the whole backlog is the load of the one instance to come.
-    expect(otherwise).not.toContain("/");
-    expect(otherwise).toBe("m1 + m2");
+  it("are the expressions the policies declare", () => {
+    expect(JOBS_PER_INSTANCE).toBe(JOBS_PER_INSTANCE_EXPRESSION);
+    expect(WAITING_WITH_NO_INSTANCE).toBe(WAITING_WITH_NO_INSTANCE_EXPRESSION);
   });
 
-  it("fires the from-zero alarm only when jobs wait and no instance serves or boots", () => {
-    expect(WAITING_WITH_NO_INSTANCE).toBe("IF(m3 == 0 AND m4 == 0 AND m1 > 0, 1, 0)");
-    expect(branches(WAITING_WITH_NO_INSTANCE)).toEqual({
-      condition: "m3 == 0 AND m4 == 0 AND m1 > 0",
-      then: "1",
-      otherwise: "0",
-    });
+  it("use only ids CloudWatch metric math accepts, each declared as a metric", () => {
+    const declared = new Set([
+      ...PRIORITIES.flatMap((p) => [`waiting_${p}`, `running_${p}`]),
+      "in_service",
+      "desired",
+    ]);
+    for (const expression of [JOBS_PER_INSTANCE, WAITING_WITH_NO_INSTANCE]) {
+      // Functions and operators are upper case; every lower-case word is a metric id.
+      const ids = expression.match(/\b[a-z][A-Za-z0-9_]*\b/g) ?? [];
+      expect(ids.length).toBeGreaterThan(0);
+      for (const id of ids) expect(declared.has(id), id).toBe(true);
+    }
   });
 });
 

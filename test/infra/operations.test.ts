@@ -5,6 +5,7 @@ import { runStack, type Plan } from "../harness";
 
 const ALARM = "aws:cloudwatch/metricAlarm:MetricAlarm";
 const QUEUE = "aws:sqs/queue:Queue";
+const PRIORITIES = ["high", "normal", "low"] as const;
 
 const EXPECTED = {
   dev: { region: "us-east-1", tiers: ["cpu-small", "cpu-large", "gpu-small"], oldestJobAgeSeconds: 900 },
@@ -23,7 +24,14 @@ const EXPECTED = {
 interface Widget {
   x: number;
   y: number;
-  properties: { title: string; region: string; stat: string; metrics: unknown[][]; annotations?: unknown };
+  properties: {
+    title: string;
+    region: string;
+    stat: string;
+    metrics: unknown[][];
+    stacked?: boolean;
+    annotations?: unknown;
+  };
 }
 
 describe.each(Object.entries(EXPECTED))("%s stack operations", (stack, want) => {
@@ -31,11 +39,14 @@ describe.each(Object.entries(EXPECTED))("%s stack operations", (stack, want) => 
   beforeAll(async () => {
     plan = await runStack(stack);
   });
-  const queueName = (tier: string, dlq = false) =>
-    plan.get(QUEUE, `queues-${tier}${dlq ? "-dlq" : ""}`).state.name as string;
+  /** A tier's queue (or DLQ) of one priority: `normal` kept the tier's one queue's name. */
+  const queueName = (tier: string, p: string, dlq = false) =>
+    plan.get(QUEUE, `queues-${tier}${p === "normal" ? "" : `-${p}`}${dlq ? "-dlq" : ""}`).state
+      .name as string;
+  const each = () => want.tiers.flatMap((t) => PRIORITIES.map((p) => [t, p] as const));
   const topicArn = () => plan.outputs.notificationTopicArn as string;
 
-  it("declares exactly two alarms per enabled tier", () => {
+  it("declares exactly two alarms per priority queue of each enabled tier", () => {
     const component = plan.get("crucible:operations:Operations", "operations");
     expect(
       plan
@@ -44,17 +55,20 @@ describe.each(Object.entries(EXPECTED))("%s stack operations", (stack, want) => 
         .map((a) => a.name)
         .sort(),
     ).toEqual(
-      want.tiers.flatMap((t) => [`operations-${t}-dead-letters`, `operations-${t}-oldest-job`]).sort(),
+      each()
+        .flatMap(([t, p]) => [`operations-${t}-${p}-dead-letters`, `operations-${t}-${p}-oldest-job`])
+        .sort(),
     );
   });
 
-  it("alarms on any message in a tier's dead-letter queue, to the notifications topic", () => {
+  it("alarms on any message in each dead-letter queue, to the notifications topic", () => {
     expect(topicArn()).toMatch(/^arn:aws:sns:/);
-    for (const tier of want.tiers) {
-      expect(plan.get(ALARM, `operations-${tier}-dead-letters`).inputs).toMatchObject({
+    for (const [tier, p] of each()) {
+      expect(plan.get(ALARM, `operations-${tier}-${p}-dead-letters`).inputs).toMatchObject({
+        alarmDescription: `Crucible ${tier} ${p}: jobs reached the dead-letter queue after failing every attempt; inspect them there.`,
         namespace: "AWS/SQS",
         metricName: "ApproximateNumberOfMessagesVisible",
-        dimensions: { QueueName: queueName(tier, true) },
+        dimensions: { QueueName: queueName(tier, p, true) },
         statistic: "Maximum",
         comparisonOperator: "GreaterThanThreshold",
         threshold: 0,
@@ -66,12 +80,13 @@ describe.each(Object.entries(EXPECTED))("%s stack operations", (stack, want) => 
     }
   });
 
-  it(`alarms when a tier's oldest job has waited more than ${want.oldestJobAgeSeconds} s`, () => {
-    for (const tier of want.tiers) {
-      expect(plan.get(ALARM, `operations-${tier}-oldest-job`).inputs).toMatchObject({
+  it(`alarms when the oldest job of any priority has waited more than ${want.oldestJobAgeSeconds} s`, () => {
+    for (const [tier, p] of each()) {
+      expect(plan.get(ALARM, `operations-${tier}-${p}-oldest-job`).inputs).toMatchObject({
+        alarmDescription: `Crucible ${tier} ${p}: a job has waited more than ${want.oldestJobAgeSeconds} s for a node; check the group's capacity and scaling.`,
         namespace: "AWS/SQS",
         metricName: "ApproximateAgeOfOldestMessage",
-        dimensions: { QueueName: queueName(tier) },
+        dimensions: { QueueName: queueName(tier, p) },
         statistic: "Maximum",
         period: 60,
         comparisonOperator: "GreaterThanThreshold",
@@ -140,21 +155,28 @@ describe.each(Object.entries(EXPECTED))("%s stack operations", (stack, want) => 
       return found.properties;
     };
     const sqsLines = (metric: string, dlq = false) =>
-      want.tiers.map((t) => ["AWS/SQS", metric, "QueueName", queueName(t, dlq), { label: t }]);
+      each().map(([t, p]) => ["AWS/SQS", metric, "QueueName", queueName(t, p, dlq), { label: `${t} ${p}` }]);
 
-    it("plots each tier's waiting and running jobs, oldest job (with the alarm line) and dead letters", () => {
-      expect(widget("Jobs waiting (visible messages)").metrics).toEqual(
-        sqsLines("ApproximateNumberOfMessagesVisible"),
-      );
-      expect(widget("Jobs running (in-flight messages)").metrics).toEqual(
-        sqsLines("ApproximateNumberOfMessagesNotVisible"),
-      );
+    it("plots each tier's waiting, running and dead jobs stacked per priority, and each queue's oldest job", () => {
+      expect(widget("Jobs waiting (visible messages)")).toMatchObject({
+        metrics: sqsLines("ApproximateNumberOfMessagesVisible"),
+        stacked: true,
+      });
+      expect(widget("Jobs running (in-flight messages)")).toMatchObject({
+        metrics: sqsLines("ApproximateNumberOfMessagesNotVisible"),
+        stacked: true,
+      });
+      expect(widget("Dead letters")).toMatchObject({
+        metrics: sqsLines("ApproximateNumberOfMessagesVisible", true),
+        stacked: true,
+      });
+      // Ages do not add up: a line each, with the alarm's threshold drawn.
       const oldest = widget("Oldest waiting job (seconds)");
       expect(oldest.metrics).toEqual(sqsLines("ApproximateAgeOfOldestMessage"));
+      expect(oldest.stacked).toBeUndefined();
       expect(oldest.annotations).toEqual({
         horizontal: [{ label: "alarm", value: want.oldestJobAgeSeconds }],
       });
-      expect(widget("Dead letters").metrics).toEqual(sqsLines("ApproximateNumberOfMessagesVisible", true));
     });
 
     it("plots job outcomes from the agent's metrics, per tier", () => {
@@ -208,18 +230,38 @@ describe.each(Object.entries(EXPECTED))("%s stack operations", (stack, want) => 
 });
 
 describe("dashboard body", () => {
+  const queuesOf = (prefix: string) => ({
+    high: { queueName: `q-${prefix}-high`, dlqName: `d-${prefix}-high` },
+    normal: { queueName: `q-${prefix}`, dlqName: `d-${prefix}` },
+    low: { queueName: `q-${prefix}-low`, dlqName: `d-${prefix}-low` },
+  });
+
+  it("plots a line per tier and priority, highest priority first", () => {
+    const { widgets } = dashboardBody({
+      region: "us-east-1",
+      oldestJobAgeSeconds: 900,
+      tiers: [{ tier: "cpu-small", queues: queuesOf("cpu"), asgNames: [] }],
+    });
+    expect((widgets[0]!.properties as { metrics: unknown[] }).metrics).toEqual([
+      [
+        "AWS/SQS",
+        "ApproximateNumberOfMessagesVisible",
+        "QueueName",
+        "q-cpu-high",
+        { label: "cpu-small high" },
+      ],
+      ["AWS/SQS", "ApproximateNumberOfMessagesVisible", "QueueName", "q-cpu", { label: "cpu-small normal" }],
+      ["AWS/SQS", "ApproximateNumberOfMessagesVisible", "QueueName", "q-cpu-low", { label: "cpu-small low" }],
+    ]);
+  });
+
   it("plots each group's in-service and warm instances once its names are known", () => {
     const { widgets } = dashboardBody({
       region: "us-west-2",
       oldestJobAgeSeconds: 600,
       tiers: [
-        {
-          tier: "gpu-small",
-          queueName: "q-gpu",
-          dlqName: "d-gpu",
-          asgNames: ["gpu-small-od", "gpu-small-spot"],
-        },
-        { tier: "cpu-small", queueName: "q-cpu", dlqName: "d-cpu", asgNames: [] },
+        { tier: "gpu-small", queues: queuesOf("gpu"), asgNames: ["gpu-small-od", "gpu-small-spot"] },
+        { tier: "cpu-small", queues: queuesOf("cpu"), asgNames: [] },
       ],
     });
     const byTitle = (title: string) =>
@@ -267,7 +309,7 @@ describe("dashboard body", () => {
     const { widgets } = dashboardBody({
       region: "us-east-1",
       oldestJobAgeSeconds: 900,
-      tiers: [{ tier: "cpu-small", queueName: "q", dlqName: "d", asgNames: [] }],
+      tiers: [{ tier: "cpu-small", queues: queuesOf("cpu"), asgNames: [] }],
     });
     expect(widgets.map((w) => (w.properties as { title: string }).title)).toEqual([
       "Jobs waiting (visible messages)",

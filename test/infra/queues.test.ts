@@ -1,5 +1,5 @@
 import { beforeAll, describe, expect, it } from "vitest";
-import { configProblems, configWith, runStack, type DeclaredResource, type Plan } from "../harness";
+import { configProblems, configWith, runStack, type Plan } from "../harness";
 
 const QUEUE = "aws:sqs/queue:Queue";
 const QUEUE_POLICY = "aws:sqs/queuePolicy:QueuePolicy";
@@ -36,17 +36,46 @@ interface Expected {
 
 const json = (value: unknown) => JSON.parse(value as string) as Record<string, unknown>;
 
-function checkQueues(getPlan: () => Plan, want: Expected): void {
-  const queue = (tier: string) => getPlan().get(QUEUE, `queues-${tier}`);
-  const dlq = (tier: string) => getPlan().get(QUEUE, `queues-${tier}-dlq`);
+const PRIORITIES = ["high", "normal", "low"] as const;
+/** `normal` keeps the name of the tier's one queue from before priorities: an existing stack keeps it. */
+const logical = (tier: string, priority: string) =>
+  priority === "normal" ? `queues-${tier}` : `queues-${tier}-${priority}`;
 
-  it("declares exactly a job queue and a dead-letter queue per enabled tier", () => {
+function checkQueues(getPlan: () => Plan, want: Expected): void {
+  const queue = (tier: string, p: string) => getPlan().get(QUEUE, logical(tier, p));
+  const dlq = (tier: string, p: string) => getPlan().get(QUEUE, `${logical(tier, p)}-dlq`);
+  /** Every enabled tier and priority, as [tier, priority]. */
+  const each = () => want.tiers.flatMap((t) => PRIORITIES.map((p) => [t, p] as const));
+
+  it("declares exactly a job queue and a dead-letter queue per priority of each enabled tier", () => {
     expect(
       getPlan()
         .ofType(QUEUE)
         .map((q) => q.name)
         .sort(),
-    ).toEqual(want.tiers.flatMap((t) => [`queues-${t}`, `queues-${t}-dlq`]).sort());
+    ).toEqual(
+      want.tiers
+        .flatMap((t) => [
+          `queues-${t}`,
+          `queues-${t}-dlq`,
+          `queues-${t}-high`,
+          `queues-${t}-high-dlq`,
+          `queues-${t}-low`,
+          `queues-${t}-low-dlq`,
+        ])
+        .sort(),
+    );
+    expect(getPlan().ofType(QUEUE)).toHaveLength(want.tiers.length * 6);
+  });
+
+  it("keeps the normal queue's URN, so an existing stack's waiting jobs stay where they are", () => {
+    const component = getPlan().get("crucible:queues:JobQueues", "queues");
+    for (const tier of want.tiers) {
+      expect(queue(tier, "normal").urn).toBe(
+        `urn:pulumi:${getPlan().stack}::crucible::crucible:queues:JobQueues$aws:sqs/queue:Queue::queues-${tier}`,
+      );
+      expect(queue(tier, "normal").parent).toBe(component.urn);
+    }
   });
 
   it("encrypts every queue at rest and long-polls for 20 s", () => {
@@ -56,8 +85,8 @@ function checkQueues(getPlan: () => Plan, want: Expected): void {
   });
 
   it(`keeps a running job invisible for ${want.visibility} s and its message ${want.retention} s`, () => {
-    for (const tier of want.tiers) {
-      expect(queue(tier).inputs).toMatchObject({
+    for (const [tier, p] of each()) {
+      expect(queue(tier, p).inputs).toMatchObject({
         visibilityTimeoutSeconds: want.visibility,
         messageRetentionSeconds: want.retention,
       });
@@ -65,17 +94,17 @@ function checkQueues(getPlan: () => Plan, want: Expected): void {
   });
 
   it(`redrives each queue to its own DLQ after ${want.maxReceiveCount} receives`, () => {
-    for (const tier of want.tiers) {
-      expect(json(queue(tier).inputs.redrivePolicy)).toEqual({
-        deadLetterTargetArn: dlq(tier).state.arn,
+    for (const [tier, p] of each()) {
+      expect(json(queue(tier, p).inputs.redrivePolicy)).toEqual({
+        deadLetterTargetArn: dlq(tier, p).state.arn,
         maxReceiveCount: want.maxReceiveCount,
       });
     }
   });
 
   it("keeps dead letters for the maximum 14 days, and lets only its own queue redrive into it", () => {
-    for (const tier of want.tiers) {
-      const d = dlq(tier);
+    for (const [tier, p] of each()) {
+      const d = dlq(tier, p);
       expect(d.inputs.messageRetentionSeconds).toBe(1209600);
       expect(d.inputs.redrivePolicy).toBeUndefined();
       const allow = getPlan()
@@ -84,7 +113,7 @@ function checkQueues(getPlan: () => Plan, want: Expected): void {
       expect(allow).toHaveLength(1);
       expect(json(allow[0]!.inputs.redriveAllowPolicy)).toEqual({
         redrivePermission: "byQueue",
-        sourceQueueArns: [queue(tier).state.arn],
+        sourceQueueArns: [queue(tier, p).state.arn],
       });
     }
   });
@@ -111,26 +140,29 @@ function checkQueues(getPlan: () => Plan, want: Expected): void {
   });
 
   it("tags each queue with its tier", () => {
-    for (const tier of want.tiers) {
-      for (const q of [queue(tier), dlq(tier)]) {
+    for (const [tier, p] of each()) {
+      for (const q of [queue(tier, p), dlq(tier, p)]) {
         expect(q.inputs.tags).toEqual({ "crucible:component": "queues", "crucible:tier": tier });
       }
     }
   });
 
-  it("exports each tier's URLs, ARNs and names", () => {
-    const byTier = getPlan().outputs.queues as Record<string, Record<string, unknown>>;
+  it("exports each tier's URLs, ARNs and names per priority", () => {
+    const byTier = getPlan().outputs.queues as Record<string, Record<string, Record<string, unknown>>>;
     expect(Object.keys(byTier)).toEqual(want.tiers);
     for (const tier of want.tiers) {
-      const [q, d]: DeclaredResource[] = [queue(tier), dlq(tier)];
-      expect(byTier[tier]).toEqual({
-        queueUrl: q!.state.url,
-        queueArn: q!.state.arn,
-        queueName: q!.state.name,
-        dlqUrl: d!.state.url,
-        dlqArn: d!.state.arn,
-        dlqName: d!.state.name,
-      });
+      expect(Object.keys(byTier[tier]!)).toEqual([...PRIORITIES]);
+      for (const p of PRIORITIES) {
+        const [q, d] = [queue(tier, p), dlq(tier, p)];
+        expect(byTier[tier]![p]).toEqual({
+          queueUrl: q.state.url,
+          queueArn: q.state.arn,
+          queueName: q.state.name,
+          dlqUrl: d.state.url,
+          dlqArn: d.state.arn,
+          dlqName: d.state.name,
+        });
+      }
     }
   });
 }

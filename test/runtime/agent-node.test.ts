@@ -8,7 +8,7 @@ import type { JobAddress } from "../../runtime/src/job-store";
 import type { LocalPlatform } from "../../runtime/src/local-platform";
 import { startLocalPlatform } from "../../runtime/src/local-platform";
 import { submitJob } from "../../runtime/src/submit";
-import { queueDepth } from "../../scripts/lib/soak";
+import { localAgentEnv, queueDepth } from "../../scripts/lib/soak";
 import { crucible } from "../cli";
 import { Ec2Node } from "../ec2-node";
 
@@ -56,16 +56,11 @@ describe("crucible agent on a fleet node", () => {
   it("joins its group, holds scale-in protection while it works, publishes outcomes, and on scale-in hands its job back before letting the instance go", async () => {
     const agent = crucible(["agent", "--tier", TIER], undefined, {
       CRUCIBLE_LOG_LEVEL: "info",
-      CRUCIBLE_BUCKET: platform.bucket,
-      CRUCIBLE_ENDPOINT: platform.endpoint,
-      CRUCIBLE_QUEUE_URL: platform.queue(TIER).queueUrl,
+      ...localAgentEnv(platform),
       CRUCIBLE_GRACE_SECONDS: "5",
       CRUCIBLE_ASG_NAME: GROUP,
       CRUCIBLE_LAUNCH_HOOK: `${GROUP}-launch`,
       CRUCIBLE_TERMINATION_HOOK: `${GROUP}-terminate`,
-      AWS_REGION: platform.region,
-      AWS_ACCESS_KEY_ID: "local",
-      AWS_SECRET_ACCESS_KEY: "local",
       AWS_EC2_METADATA_SERVICE_ENDPOINT: nodeEndpoint,
       AWS_ENDPOINT_URL_AUTO_SCALING: nodeEndpoint,
       AWS_ENDPOINT_URL_CLOUDWATCH: nodeEndpoint,

@@ -54,7 +54,7 @@ describe("an agent killed mid-job (SIGKILL)", () => {
       quotaGiB: 1,
     });
     const env = {
-      ...localAgentEnv(platform, TIER),
+      ...localAgentEnv(platform),
       CRUCIBLE_HEARTBEAT_SECONDS: "1",
       CRUCIBLE_VISIBILITY_TIMEOUT_SECONDS: "6",
       CRUCIBLE_CHECKPOINT_SECONDS: "1",

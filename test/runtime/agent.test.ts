@@ -14,6 +14,7 @@ import type { LocalPlatform } from "../../runtime/src/local-platform";
 import { startLocalPlatform } from "../../runtime/src/local-platform";
 import { submitJob } from "../../runtime/src/submit";
 import { queueDepth } from "../../scripts/lib/soak";
+import { next } from "../agent-events";
 
 const logger = pino({ level: process.env.AGENT_TEST_LOG ?? "silent" });
 const launcher = new DockerLauncher({ logger, graceSeconds: 5 });
@@ -27,7 +28,7 @@ let counter = 0;
 function newAgent(): Agent {
   return new Agent({
     tier: TIER,
-    queue: platform.queue(TIER),
+    queues: platform.queues(TIER),
     store: platform.store,
     launcher,
     logger,
@@ -52,27 +53,6 @@ async function submit(code: string): Promise<JobAddress> {
     address: { project: "demo", user: "ada", jobId },
     spec: { jobId, tier: TIER, image: imageRef("cpu"), env: {} },
     quotaGiB: 1,
-  });
-}
-
-/** Resolves with the first `event` an agent emits for the job, or fails after a timeout. */
-function next<T extends unknown[]>(
-  agent: Agent,
-  event: "finished" | "handedBack" | "started",
-  jobId: string,
-): Promise<T> {
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(
-      () => reject(new Error(`no ${event} for ${jobId} within ${WAIT_MS} ms`)),
-      WAIT_MS,
-    );
-    const listener = (...args: unknown[]): void => {
-      if ((args[0] as JobAddress).jobId !== jobId) return;
-      clearTimeout(timer);
-      agent.off(event, listener);
-      resolve(args as T);
-    };
-    agent.on(event, listener);
   });
 }
 

@@ -208,6 +208,53 @@ describe("serving", () => {
   });
 });
 
+describe("marking the node unhealthy", () => {
+  const setUnhealthy = {
+    action: "SetInstanceHealth",
+    params: {
+      Action: "SetInstanceHealth",
+      Version: "2011-01-01",
+      InstanceId: "i-0abc",
+      HealthStatus: "Unhealthy",
+      ShouldRespectGracePeriod: "false",
+    },
+  };
+
+  it("sends SetInstanceHealth Unhealthy without the grace period, for its own instance", async () => {
+    await lifecycle().markUnhealthy("GPU 0 has 2 uncorrectable ECC errors");
+    expect(node.calls).toEqual([setUnhealthy]);
+  });
+
+  it("then leaves like a scale-in: a departure, and the termination hook once jobs are back", async () => {
+    node.metadata.set("autoscaling/target-lifecycle-state", "InService");
+    const life = lifecycle();
+    await life.join();
+    node.calls.length = 0;
+    const departed = new Promise<Departure>((resolve) => {
+      const unwatch = life.watch(new EventEmitter<{ load: [number] }>(), (departure) => {
+        unwatch();
+        resolve(departure);
+      });
+    });
+    await life.markUnhealthy("GPU 0 has 2 uncorrectable ECC errors");
+    expect(await departed).toBe("scale-in");
+    await life.leave();
+    expect(node.calls).toEqual([
+      setUnhealthy,
+      {
+        action: "CompleteLifecycleAction",
+        params: expect.objectContaining(hookCompletion(GROUP.terminationHook)) as QueryCall["params"],
+      },
+    ]);
+  });
+
+  it("fails with Auto Scaling's error", async () => {
+    node.failing.set("SetInstanceHealth", "ResourceContention");
+    await expect(lifecycle().markUnhealthy("ECC")).rejects.toMatchObject({ name: "ResourceContentionFault" });
+    expect(node.metadata.get("autoscaling/target-lifecycle-state")).toBeUndefined();
+  });
+});
+
 describe("job outcome metrics", () => {
   const cloudwatch = () =>
     new CloudWatchClient({ endpoint, region: "us-west-2", credentials: CREDENTIALS, maxAttempts: 1 });

@@ -70,6 +70,12 @@ describe("prod cost report at gpu-small=200, gpu-medium=100, gpu-large=50", () =
       ["crucible-prod-gpu-small", 9000, 2, 4],
       ["crucible-prod-gpu-medium", 6000, 2, 4],
       ["crucible-prod-gpu-large", 6000, 2, 4],
+      // Users' and projects' limits notify at the ACTUAL thresholds only.
+      ["crucible-prod-user-alice", 4000, 2, 3],
+      ["crucible-prod-user-bob", 2500, 2, 3],
+      ["crucible-prod-user-ravi.k", 2500, 2, 3],
+      ["crucible-prod-project-llm-pretrain", 12000, 2, 3],
+      ["crucible-prod-project-vision-eval", 5000, 2, 3],
     ]);
   });
 

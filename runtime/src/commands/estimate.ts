@@ -10,6 +10,7 @@ import type { CalibrationPoint, Estimate } from "../estimate";
 import { estimateRun } from "../estimate";
 import { getTier, isTierName } from "../tiers";
 import { jobSpecFromFlags } from "./run";
+import { parseSchedulingPolicy } from "../scheduling";
 import { cliLogger, collectEnv, positiveSeconds, printJson, UsageError } from "./shared";
 
 interface EstimateFlags {
@@ -99,8 +100,11 @@ function estimateFromFinished(seconds: number, tier: ReturnType<typeof getTier>)
 }
 
 function report(estimate: Estimate, json: boolean | undefined): void {
+  // Opting out of preemption holds a slot high-priority work could take: the policy prices that in.
+  const factor = parseSchedulingPolicy(process.env.CRUCIBLE_SCHEDULING).preemption.noPreemptPriceFactor;
+  const noPreemptCostUsd = estimate.costUsd * factor;
   if (json) {
-    printJson(estimate);
+    printJson({ ...estimate, noPreemptCostUsd });
     return;
   }
   const lines = [
@@ -109,7 +113,7 @@ function report(estimate: Estimate, json: boolean | undefined): void {
       ? `pace:     ${estimate.secondsPerStep.toFixed(3)} s/step after ${estimate.startupSeconds.toFixed(1)} s of startup`
       : "pace:     the job finished during calibration",
     `runtime:  ${formatSeconds(estimate.seconds)}${estimate.steps > 0 ? ` for ${estimate.steps} steps` : ""}`,
-    `cost:     $${estimate.costUsd.toFixed(4)}`,
+    `cost:     $${estimate.costUsd.toFixed(4)} ($${noPreemptCostUsd.toFixed(4)} with --no-preempt, × ${factor})`,
     ...(estimate.exceedsMaxRuntime ? [`warning:  longer than tier ${estimate.tier}'s maximum runtime`] : []),
   ];
   process.stdout.write(`${lines.join("\n")}\n`);

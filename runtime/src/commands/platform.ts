@@ -5,30 +5,38 @@ import { SQSClient } from "@aws-sdk/client-sqs";
 import type { Command } from "commander";
 import { randomBytes } from "node:crypto";
 import { userInfo } from "node:os";
+import { z } from "zod";
 import { Agent } from "../agent";
 import type { Envelope } from "../contract";
 import { DockerLauncher } from "../docker-launcher";
 import type { ImageFamily } from "../image-matrix";
+import { GpuHealth, HealthGate, LauncherGpuProbe, processRunner } from "../gpu-health";
 import { JobQueue } from "../job-queue";
+import { attemptCost } from "../ledger";
 import type { JobAddress } from "../job-store";
 import { jobAddressSchema, JobStore } from "../job-store";
 import type { Logger } from "../logger";
 import { startLocalPlatform } from "../local-platform";
 import type { Departure } from "../node-lifecycle";
 import { cloudWatchOutcomes, InstanceMetadata, NodeLifecycle } from "../node-lifecycle";
-import { seedCheckpoints, submitJob } from "../submit";
+import { PriorityQueues } from "../priority-queues";
+import type { Priority, SchedulingPolicy } from "../scheduling";
+import { DEFAULT_PRIORITY, PRIORITIES, parseSchedulingPolicy } from "../scheduling";
+import { cloudWatchSpend, describeStanding, overBudget, SpendTracker } from "../spend";
+import { seedCheckpoints, SubmitError, submitJob } from "../submit";
 import type { TierName } from "../tiers";
-import { isTierName, TIER_NAMES } from "../tiers";
+import { getTier, isTierName, TIER_NAMES } from "../tiers";
+import { launcherFor, launcherKind, parseLauncherKind } from "./launchers";
 import { jobSpecFromFlags } from "./run";
 import { cliLogger, collectEnv, EXIT, positiveSeconds, printJson, UsageError } from "./shared";
 
 /**
- * Where the platform is: the workspaces bucket, each tier's queue, the region, and (locally) the
+ * Where the platform is: the workspaces bucket, each tier's queues, the region, and (locally) the
  * endpoint. From the environment a stack's outputs set up (see the README), flags first.
  */
 interface Platform {
   readonly store: JobStore;
-  queue(tier: TierName): JobQueue;
+  queues(tier: TierName): PriorityQueues;
 }
 
 interface Owner {
@@ -41,7 +49,7 @@ function env(name: string): string | undefined {
   return value === undefined || value === "" ? undefined : value;
 }
 
-function platformFromEnv(logger: Logger): Platform {
+export function platformFromEnv(logger: Logger): Platform {
   const bucket = env("CRUCIBLE_BUCKET");
   if (!bucket)
     throw new UsageError(
@@ -52,17 +60,31 @@ function platformFromEnv(logger: Logger): Platform {
   const s3 = new S3Client({ region, ...(endpoint && { endpoint, forcePathStyle: true }) });
   const sqs = new SQSClient({ region, ...(endpoint && { endpoint }) });
   const queues = parseQueues(env("CRUCIBLE_QUEUES"));
+  const { weights } = schedulingFromEnv();
   return {
     store: new JobStore(s3, bucket, logger, env("CRUCIBLE_WORKSPACES_PREFIX") ?? "workspaces/"),
-    queue: (tier) => {
-      const url = queues[tier];
-      if (!url)
+    queues: (tier) => {
+      const urls = queues[tier];
+      if (!urls)
         throw new UsageError(
-          `CRUCIBLE_QUEUES has no queue URL for tier ${tier} (stack output queues.${tier}.queueUrl)`,
+          `CRUCIBLE_QUEUES has no queues for tier ${tier} (stack output queues.${tier}, see the README)`,
         );
-      return new JobQueue(sqs, url, logger);
+      if (typeof urls === "string") return PriorityQueues.single(new JobQueue(sqs, urls, logger));
+      const byPriority = Object.fromEntries(
+        PRIORITIES.map((p) => [p, new JobQueue(sqs, urls[p], logger, p)]),
+      ) as Record<Priority, JobQueue>;
+      return new PriorityQueues(byPriority, weights);
     },
   };
+}
+
+/** The stack's scheduling policy (stack output `scheduling`): defaults when CRUCIBLE_SCHEDULING is unset. */
+function schedulingFromEnv(): SchedulingPolicy {
+  try {
+    return parseSchedulingPolicy(env("CRUCIBLE_SCHEDULING"));
+  } catch (error) {
+    throw new UsageError((error as Error).message);
+  }
 }
 
 /** A whole number of seconds (or jobs) from the environment, or undefined when unset. */
@@ -79,9 +101,13 @@ function wholeNumberEnv(name: string): number | undefined {
  * On a fleet node (the launch template's user data sets CRUCIBLE_ASG_NAME and the hook names), the
  * agent follows its instance's Auto Scaling lifecycle and publishes job outcomes to CloudWatch.
  */
-function fleetNodeFromEnv(
-  logger: Logger,
-): { lifecycle: NodeLifecycle; recordOutcome: ReturnType<typeof cloudWatchOutcomes> } | undefined {
+function fleetNodeFromEnv(logger: Logger):
+  | {
+      lifecycle: NodeLifecycle;
+      recordOutcome: ReturnType<typeof cloudWatchOutcomes>;
+      recordSpend: ReturnType<typeof cloudWatchSpend>;
+    }
+  | undefined {
   const name = env("CRUCIBLE_ASG_NAME");
   if (!name) return undefined;
   const launchHook = env("CRUCIBLE_LAUNCH_HOOK");
@@ -91,6 +117,7 @@ function fleetNodeFromEnv(
       `CRUCIBLE_ASG_NAME is set (${name}), so CRUCIBLE_LAUNCH_HOOK and CRUCIBLE_TERMINATION_HOOK must name its lifecycle hooks`,
     );
   const region = env("AWS_REGION") ?? "us-east-1";
+  const cloudwatch = new CloudWatchClient({ region });
   return {
     lifecycle: new NodeLifecycle({
       metadata: new InstanceMetadata(),
@@ -98,7 +125,8 @@ function fleetNodeFromEnv(
       group: { name, launchHook, terminationHook },
       logger,
     }),
-    recordOutcome: cloudWatchOutcomes(new CloudWatchClient({ region }), logger),
+    recordOutcome: cloudWatchOutcomes(cloudwatch, logger),
+    recordSpend: cloudWatchSpend(cloudwatch, logger),
   };
 }
 
@@ -118,15 +146,32 @@ function aborted(signal: AbortSignal): Promise<void> {
   });
 }
 
-function parseQueues(text: string | undefined): Partial<Record<TierName, string>> {
+// Not z.url(): local endpoints such as http://sqs.us-east-1.127.0.0.1:4566/... are queue URLs too.
+const queueUrl = z.string().regex(/^https?:\/\/\S+$/, { error: "must be a queue URL (http:// or https://)" });
+/** Per tier, one queue for every priority or one per priority class (stack output `queues`). */
+const queuesSchema = z.partialRecord(
+  z.enum(TIER_NAMES, { error: `must be a tier: ${TIER_NAMES.join(", ")}` }),
+  z.union([queueUrl, z.strictObject({ high: queueUrl, normal: queueUrl, low: queueUrl })], {
+    error: 'must be a queue URL or {"high": url, "normal": url, "low": url}',
+  }),
+);
+
+function parseQueues(text: string | undefined): Partial<Record<TierName, string | Record<Priority, string>>> {
   if (!text) return {};
+  let value: unknown;
   try {
-    return JSON.parse(text) as Partial<Record<TierName, string>>;
+    value = JSON.parse(text);
   } catch {
     throw new UsageError(
-      `CRUCIBLE_QUEUES must be JSON like {"cpu-small": "https://sqs..."}, got ${text.slice(0, 80)}`,
+      `CRUCIBLE_QUEUES must be JSON like {"cpu-small": {"high": "https://sqs...", "normal": "...", "low": "..."}}, got ${text.slice(0, 80)}`,
     );
   }
+  const parsed = queuesSchema.safeParse(value);
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0]!;
+    throw new UsageError(`CRUCIBLE_QUEUES.${issue.path.join(".")} ${issue.message}`);
+  }
+  return parsed.data;
 }
 
 function ownerOf(flags: { project?: string; user?: string }): Owner {
@@ -163,6 +208,9 @@ interface SubmitFlags {
   readonly project?: string;
   readonly user?: string;
   readonly resumeFrom?: string;
+  readonly priority?: string;
+  /** False with `--no-preempt`. */
+  readonly preempt?: boolean;
   readonly json?: boolean;
 }
 
@@ -174,22 +222,61 @@ function submitOptions(command: Command): Command {
     .option("--timeout <seconds>", "stop the job after this many seconds", positiveSeconds)
     .option("--env <K=V>", "set an environment variable for the job (repeatable)", collectEnv, {})
     .option("--resume-from <job>", "start from another job's latest checkpoints")
+    .option("--priority <class>", `priority class: ${PRIORITIES.join(", ")} (default: ${DEFAULT_PRIORITY})`)
+    .option(
+      "--no-preempt",
+      "never stop this job for higher-priority work (costs more: see `crucible estimate`)",
+    )
     .option("--json", "print JSON");
 }
 
 async function submitFrom(platform: Platform, path: string, flags: SubmitFlags): Promise<JobAddress> {
+  const priority = flags.priority ?? DEFAULT_PRIORITY;
+  if (!(PRIORITIES as readonly string[]).includes(priority))
+    throw new UsageError(`--priority must be one of ${PRIORITIES.join(", ")}, got "${priority}"`);
   const spec = await jobSpecFromFlags(path, { ...flags, json: true });
   const owner = ownerOf(flags);
   const target = address(owner, newJobId());
   const tier = spec.tier;
+  await refuseOverBudget(platform.store, target, tier, spec.timeoutSeconds, flags.preempt === false);
   if (flags.resumeFrom) await seedCheckpoints(platform.store, address(owner, flags.resumeFrom), target);
   const { code: _code, jobId: _jobId, ...stored } = spec;
-  return submitJob(platform.store, platform.queue(tier), {
+  return submitJob(platform.store, platform.queues(tier).get(priority as Priority), {
     path,
     address: target,
-    spec: { ...stored, jobId: target.jobId },
+    spec: {
+      ...stored,
+      jobId: target.jobId,
+      priority: priority as Priority,
+      ...(flags.preempt === false && { preemptible: false }),
+    },
     quotaGiB: Number(env("CRUCIBLE_QUOTA_GIB") ?? 100),
   });
+}
+
+/**
+ * Refuses a job that could take its owner past a monthly budget: at most its timeout (else the tier's
+ * longest run) at the tier's price, with the no-preempt factor when it opts out.
+ */
+async function refuseOverBudget(
+  store: JobStore,
+  target: JobAddress,
+  tier: TierName,
+  timeoutSeconds: number | undefined,
+  noPreempt: boolean,
+): Promise<void> {
+  const policy = schedulingFromEnv();
+  const { onDemandHourlyUsd, maxRuntimeSeconds } = getTier(tier);
+  const seconds = timeoutSeconds ?? maxRuntimeSeconds;
+  const factor = noPreempt ? policy.preemption.noPreemptPriceFactor : 1;
+  const worst = attemptCost(seconds, onDemandHourlyUsd, factor);
+  const over = overBudget(await new SpendTracker(store, policy.budgets).standings(target), worst);
+  if (over)
+    throw new SubmitError(
+      `refused: ${describeStanding(over)}, and this job may cost up to $${worst.toFixed(4)} ` +
+        `(${tier} at $${onDemandHourlyUsd}/h${factor > 1 ? ` × ${factor} for --no-preempt` : ""} for up to ${seconds} s); ` +
+        "set a shorter --timeout, or ask for a larger budget (crucible:budgets.users / .projects)",
+    );
 }
 
 function summarize(envelope: Envelope, json: boolean | undefined): void {
@@ -254,26 +341,40 @@ export function registerPlatform(program: Command): void {
 
   program
     .command("agent")
-    .description("run a node's agent: take the tier's jobs from its queue and run them")
+    .description("run a node's agent: take the tier's jobs from its queues and run them")
     .option("--tier <tier>", "the tier this node serves (default: $CRUCIBLE_TIER)")
-    .option("--queue-url <url>", "the tier's queue (default: $CRUCIBLE_QUEUE_URL)")
+    .option(
+      "--queue-url <url>",
+      "one queue for every priority class (default: the tier's queues in $CRUCIBLE_QUEUES)",
+    )
     .option(
       "--concurrency <n>",
       "jobs at once (default: $CRUCIBLE_CONCURRENCY, else the tier's)",
       positiveSeconds,
     )
-    .action(async (flags: { tier?: string; queueUrl?: string; concurrency?: number }) => {
+    .option(
+      "--launcher <kind>",
+      "docker or kubernetes (default: $CRUCIBLE_LAUNCHER, else docker)",
+      parseLauncherKind,
+    )
+    .action(async (flags: { tier?: string; queueUrl?: string; concurrency?: number; launcher?: string }) => {
       const logger = cliLogger();
       const tier = flags.tier ?? env("CRUCIBLE_TIER");
       if (!tier || !isTierName(tier))
         throw new UsageError(`--tier must be one of ${TIER_NAMES.join(", ")}, got "${tier ?? ""}"`);
-      const queueUrl = flags.queueUrl ?? env("CRUCIBLE_QUEUE_URL");
-      if (!queueUrl) throw new UsageError("--queue-url (or CRUCIBLE_QUEUE_URL) must name the tier's queue");
       const platform = platformFromEnv(logger);
-      const sqs = new SQSClient({
-        region: env("AWS_REGION") ?? "us-east-1",
-        ...(env("CRUCIBLE_ENDPOINT") && { endpoint: env("CRUCIBLE_ENDPOINT") }),
-      });
+      const queues = flags.queueUrl
+        ? PriorityQueues.single(
+            new JobQueue(
+              new SQSClient({
+                region: env("AWS_REGION") ?? "us-east-1",
+                ...(env("CRUCIBLE_ENDPOINT") && { endpoint: env("CRUCIBLE_ENDPOINT") }),
+              }),
+              flags.queueUrl,
+              logger,
+            ),
+          )
+        : platform.queues(tier);
       const images = env("CRUCIBLE_IMAGES")
         ? (JSON.parse(env("CRUCIBLE_IMAGES")!) as Partial<Record<ImageFamily, string>>)
         : undefined;
@@ -301,23 +402,39 @@ export function registerPlatform(program: Command): void {
         await aborted(signals.signal);
         return;
       }
-      const launcher = new DockerLauncher({ logger, ...(images && { images }) });
+      const launcher = await launcherFor(launcherKind(flags.launcher), { logger, ...(images && { images }) });
       // A predecessor killed mid-job left its containers running; their messages return to the queue.
       const orphans = await launcher.gc();
       if (orphans > 0) logger.warn({ orphans }, "removed job containers of a dead agent");
+      const tierSpec = getTier(tier);
+      const health = tierSpec.gpu
+        ? new HealthGate({
+            health: new GpuHealth({
+              tier: tierSpec,
+              commands: processRunner(logger),
+              probe: new LauncherGpuProbe(launcher, tier, logger),
+              logger,
+            }),
+            logger,
+            ...(node && { markUnhealthy: (reason: string) => node.lifecycle.markUnhealthy(reason) }),
+          })
+        : undefined;
       const agent = new Agent({
         tier,
-        queue: new JobQueue(sqs, queueUrl, logger),
+        queues,
         store: platform.store,
         launcher,
         logger,
+        policy: schedulingFromEnv(),
         ...(concurrency && { concurrency }),
         ...(checkpointSeconds && { checkpointSeconds }),
         ...(heartbeatSeconds && { heartbeatSeconds }),
         ...(visibilitySeconds && { visibilitySeconds }),
         ...(graceSeconds && { graceSeconds }),
-        ...(node && { recordOutcome: node.recordOutcome }),
+        ...(node && { recordOutcome: node.recordOutcome, recordSpend: node.recordSpend }),
+        ...(health && { ready: () => health.ready() }),
       });
+      const unwatchHealth = health?.watch(agent);
       signals.signal.addEventListener("abort", () => agent.stop("interrupted"), { once: true });
       let departure: Departure | undefined;
       const unwatch = node?.lifecycle.watch(agent, (leaving) => {
@@ -326,7 +443,8 @@ export function registerPlatform(program: Command): void {
       });
       await agent.run();
       unwatch?.();
-      if (node && departure) {
+      unwatchHealth?.();
+      if (node && (departure || health?.failed)) {
         await node.lifecycle.leave(signals.signal);
         // Exiting would let Docker restart the agent: wait for the instance to stop instead.
         await aborted(signals.signal);
@@ -342,10 +460,12 @@ export function registerPlatform(program: Command): void {
   ).action(async (path: string, flags: SubmitFlags) => {
     const logger = cliLogger();
     const tier = (await jobSpecFromFlags(path, { ...flags, json: true })).tier;
-    const platform = await startLocalPlatform({ tiers: [tier], logger });
+    const policy = schedulingFromEnv();
+    const platform = await startLocalPlatform({ tiers: [tier], logger, weights: policy.weights });
     const agent = new Agent({
       tier,
-      queue: platform.queue(tier),
+      queues: platform.queues(tier),
+      policy,
       store: platform.store,
       launcher: new DockerLauncher({ logger }),
       logger,

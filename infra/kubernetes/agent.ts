@@ -1,0 +1,203 @@
+import * as aws from "@pulumi/aws";
+import * as k8s from "@pulumi/kubernetes";
+import * as pulumi from "@pulumi/pulumi";
+import type { TierName } from "../../runtime/src/catalog";
+import { KUBERNETES, kubernetesAgentName } from "../../runtime/src/kubernetes-names";
+import type { Priority } from "../../runtime/src/scheduling";
+import { JOB_METRICS_STATEMENT, agentDataStatements } from "../fleet";
+import { webIdentityTrustPolicy } from "../policy-document";
+import { componentTags } from "../providers";
+import { AGENT_RESOURCES } from "./namespace";
+
+/** The audience EKS's pod identity webhook requests service account tokens for. */
+export const IRSA_AUDIENCE = "sts.amazonaws.com";
+/** The annotation EKS's pod identity webhook reads to hand a pod its role's credentials. */
+export const IRSA_ANNOTATION = "eks.amazonaws.com/role-arn";
+/** The agent's writable scratch space: its root file system is read-only. */
+export const AGENT_TMP_SIZE = "1Gi";
+/** The agent image's own user (images/agent/Dockerfile), stated so the kubelet can check non-root. */
+const AGENT_UID = 1000;
+
+/**
+ * What the agent may do in its namespace and nothing more: run jobs as batch Jobs, watch their pods and
+ * read their logs, and ship each job's code.zip in a ConfigMap. The launcher (runtime/src/kubernetes-api.ts)
+ * also lists ConfigMaps to collect an agent's leftovers and patches one to make its Job the owner.
+ */
+export const AGENT_RULES: k8s.types.input.rbac.v1.PolicyRule[] = [
+  { apiGroups: ["batch"], resources: ["jobs"], verbs: ["create", "get", "list", "watch", "delete"] },
+  { apiGroups: [""], resources: ["pods"], verbs: ["get", "list", "watch"] },
+  { apiGroups: [""], resources: ["pods/log"], verbs: ["get"] },
+  { apiGroups: [""], resources: ["configmaps"], verbs: ["create", "get", "list", "patch", "delete"] },
+];
+
+/** The workspaces bucket as an agent reaches it. */
+export interface AgentWorkspaces {
+  readonly bucketName: pulumi.Input<string>;
+  readonly bucketArn: pulumi.Input<string>;
+  readonly prefix: pulumi.Input<string>;
+  readonly datasetsBucketArn: pulumi.Input<string>;
+  /** The buckets' KMS key; undefined with SSE-S3. */
+  readonly kmsKeyArn?: pulumi.Input<string>;
+}
+
+/** The cluster's IAM OIDC provider (`crucible:kubernetes.oidc`). */
+export interface ClusterOidc {
+  readonly issuerUrl: string;
+  readonly providerArn: string;
+}
+
+export interface TierAgentArgs {
+  readonly tier: TierName;
+  readonly namespace: pulumi.Input<string>;
+  readonly labels: Readonly<Record<string, string>>;
+  readonly replicas: number;
+  readonly image: pulumi.Input<string>;
+  readonly queueUrls: pulumi.Input<Record<Priority, string>>;
+  readonly queueArns: readonly pulumi.Input<string>[];
+  readonly workspaces: AgentWorkspaces;
+  readonly jobImages: pulumi.Input<Record<string, pulumi.Input<string>>>;
+  readonly heartbeatSeconds: number;
+  readonly visibilityTimeoutSeconds: number;
+  readonly scheduling?: pulumi.Input<string>;
+  readonly region: string;
+  readonly oidc?: ClusterOidc;
+}
+
+/** One tier's agent: its account (with an AWS role through IRSA when the cluster has OIDC), RBAC, Deployment. */
+export function tierAgent(
+  name: string,
+  args: TierAgentArgs,
+  opts: { readonly parent: pulumi.Resource; readonly provider: k8s.Provider },
+): { readonly deploymentName: pulumi.Output<string>; readonly roleArn?: pulumi.Output<string> } {
+  const agentName = kubernetesAgentName(args.tier);
+  const labels = { ...args.labels, [KUBERNETES.labels.role]: "agent", [KUBERNETES.labels.tier]: args.tier };
+  const metadata = { name: agentName, namespace: args.namespace, labels };
+  const role = args.oidc && agentRole(name, args, args.oidc, opts.parent);
+  const account = new k8s.core.v1.ServiceAccount(
+    name,
+    {
+      metadata: { ...metadata, ...(role && { annotations: { [IRSA_ANNOTATION]: role.arn } }) },
+      // The agent talks to the API server with this account's token.
+      automountServiceAccountToken: true,
+    },
+    opts,
+  );
+  const rbac = new k8s.rbac.v1.Role(name, { metadata, rules: AGENT_RULES }, opts);
+  new k8s.rbac.v1.RoleBinding(
+    name,
+    {
+      metadata,
+      roleRef: { apiGroup: "rbac.authorization.k8s.io", kind: "Role", name: rbac.metadata.name },
+      subjects: [{ kind: "ServiceAccount", name: account.metadata.name, namespace: args.namespace }],
+    },
+    opts,
+  );
+  const deployment = new k8s.apps.v1.Deployment(
+    name,
+    {
+      metadata,
+      spec: {
+        replicas: args.replicas,
+        selector: {
+          matchLabels: { [KUBERNETES.labels.role]: "agent", [KUBERNETES.labels.tier]: args.tier },
+        },
+        template: {
+          metadata: { labels },
+          spec: {
+            serviceAccountName: account.metadata.name,
+            securityContext: {
+              runAsNonRoot: true,
+              runAsUser: AGENT_UID,
+              runAsGroup: AGENT_UID,
+              // Lets the non-root agent read the projected web identity token.
+              fsGroup: AGENT_UID,
+              seccompProfile: { type: "RuntimeDefault" },
+            },
+            containers: [
+              {
+                name: "agent",
+                image: args.image,
+                // The image's entrypoint is the crucible CLI (images/agent/Dockerfile), as on a node.
+                args: ["agent", "--tier", args.tier],
+                env: agentEnv(args),
+                resources: AGENT_RESOURCES,
+                securityContext: {
+                  runAsNonRoot: true,
+                  readOnlyRootFilesystem: true,
+                  allowPrivilegeEscalation: false,
+                  capabilities: { drop: ["ALL"] },
+                  seccompProfile: { type: "RuntimeDefault" },
+                },
+                volumeMounts: [{ name: "tmp", mountPath: "/tmp" }],
+              },
+            ],
+            volumes: [{ name: "tmp", emptyDir: { sizeLimit: AGENT_TMP_SIZE } }],
+          },
+        },
+      },
+    },
+    opts,
+  );
+  return { deploymentName: deployment.metadata.name, ...(role && { roleArn: role.arn }) };
+}
+
+function agentEnv(args: TierAgentArgs): k8s.types.input.core.v1.EnvVar[] {
+  const env: Record<string, pulumi.Input<string>> = {
+    CRUCIBLE_TIER: args.tier,
+    CRUCIBLE_LAUNCHER: "kubernetes",
+    CRUCIBLE_K8S_NAMESPACE: args.namespace,
+    CRUCIBLE_BUCKET: args.workspaces.bucketName,
+    CRUCIBLE_WORKSPACES_PREFIX: args.workspaces.prefix,
+    CRUCIBLE_QUEUES: pulumi.jsonStringify({ [args.tier]: args.queueUrls }),
+    CRUCIBLE_IMAGES: pulumi.jsonStringify(args.jobImages),
+    CRUCIBLE_HEARTBEAT_SECONDS: String(args.heartbeatSeconds),
+    CRUCIBLE_VISIBILITY_TIMEOUT_SECONDS: String(args.visibilityTimeoutSeconds),
+    ...(args.scheduling !== undefined && { CRUCIBLE_SCHEDULING: args.scheduling }),
+    AWS_REGION: args.region,
+  };
+  return Object.entries(env).map(([name, value]) => ({ name, value }));
+}
+
+/** The agent's AWS role: assumable only by its own service account's tokens, scoped to its tier's data. */
+function agentRole(
+  name: string,
+  args: TierAgentArgs,
+  oidc: ClusterOidc,
+  parent: pulumi.Resource,
+): aws.iam.Role {
+  const issuer = oidc.issuerUrl.replace(/^https:\/\//, "");
+  const tags = componentTags("kubernetes", args.tier);
+  const role = new aws.iam.Role(
+    `${name}-irsa`,
+    {
+      description: `Crucible ${args.tier} agent on Kubernetes (IRSA)`,
+      assumeRolePolicy: pulumi.output(args.namespace).apply((ns) =>
+        JSON.stringify(
+          webIdentityTrustPolicy("ClusterServiceAccount", {
+            providerArn: oidc.providerArn,
+            issuer,
+            audience: IRSA_AUDIENCE,
+            subjects: [`system:serviceaccount:${ns}:${kubernetesAgentName(args.tier)}`],
+          }),
+        ),
+      ),
+      tags,
+    },
+    { parent },
+  );
+  new aws.iam.RolePolicy(
+    `${name}-irsa`,
+    {
+      role: role.id,
+      policy: pulumi.jsonStringify({
+        Version: "2012-10-17",
+        Statement: [
+          ...agentDataStatements({ ...args.workspaces, queueArns: args.queueArns, regionName: args.region }),
+          JOB_METRICS_STATEMENT,
+        ],
+      }),
+    },
+    { parent },
+  );
+  return role;
+}

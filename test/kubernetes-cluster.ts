@@ -1,0 +1,281 @@
+import { EventEmitter } from "node:events";
+import type { IncomingMessage, ServerResponse } from "node:http";
+import { createServer } from "node:http";
+import type { AddressInfo } from "node:net";
+
+/** One API request as the client sent it. */
+export interface ApiCall {
+  readonly method: string;
+  readonly path: string;
+  readonly query: Readonly<Record<string, string>>;
+  readonly body: unknown;
+}
+
+// Kubernetes objects here are plain JSON, as on the wire.
+/* eslint-disable @typescript-eslint/no-explicit-any */
+type KObject = Record<string, any>;
+
+interface Watcher {
+  readonly kind: "pods" | "jobs";
+  readonly matches: (object: KObject) => boolean;
+  readonly res: ServerResponse;
+}
+
+interface PodLog {
+  text: string;
+  ended: boolean;
+  readonly readers: Set<ServerResponse>;
+}
+
+/**
+ * The few Kubernetes API endpoints the launcher uses, on loopback, for the real @kubernetes/client-node:
+ * ConfigMaps and Jobs (create, patch, list, delete), pods (read), watches streamed as JSON lines, and
+ * followed pod logs. There is no controller: a test plays the kubelet and the Job controller through
+ * `onJobCreated`, `putPod`, `putJob`, `log` and `endLog`. Every call is recorded.
+ */
+export class FakeCluster extends EventEmitter<{ call: [ApiCall] }> {
+  readonly calls: ApiCall[] = [];
+  readonly configMaps = new Map<string, KObject>();
+  readonly jobs = new Map<string, KObject>();
+  readonly pods = new Map<string, KObject>();
+  /** Pods that exist besides job pods: the agents `gc` asks about. */
+  readonly otherPods = new Set<string>();
+  /** Plays the controller and kubelet for a Job just created. */
+  onJobCreated: (job: KObject) => void = () => undefined;
+  /** Plays the deletion of a Job (and, for Foreground, its pod first); by default it is simply gone. */
+  onJobDeleted: (job: KObject, query: Readonly<Record<string, string>>) => void = (job) =>
+    this.removeJob(job.metadata.name as string);
+  private version = 1000;
+  private readonly watchers = new Set<Watcher>();
+  private readonly logs = new Map<string, PodLog>();
+  private readonly server = createServer((req, res) => void this.answer(req, res));
+
+  async start(): Promise<string> {
+    await new Promise<void>((resolve) => this.server.listen(0, "127.0.0.1", resolve));
+    return `http://127.0.0.1:${(this.server.address() as AddressInfo).port}`;
+  }
+
+  async stop(): Promise<void> {
+    this.server.closeAllConnections();
+    await new Promise((resolve) => this.server.close(resolve));
+  }
+
+  /** Forgets every object, call and scenario: each test starts from an empty namespace. */
+  reset(): void {
+    this.calls.length = 0;
+    for (const map of [this.configMaps, this.jobs, this.pods]) map.clear();
+    this.otherPods.clear();
+    this.onJobCreated = () => undefined;
+    this.onJobDeleted = (job) => this.removeJob(job.metadata.name as string);
+  }
+
+  /** Resolves with the next call matching (already made ones included), or fails after `ms`. */
+  nextCall(method: string, pathPart: string, ms = 20_000): Promise<ApiCall> {
+    const match = (c: ApiCall): boolean => c.method === method && c.path.includes(pathPart);
+    const seen = this.calls.find(match);
+    if (seen) return Promise.resolve(seen);
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.off("call", listener);
+        reject(new Error(`no ${method} ${pathPart} within ${ms} ms`));
+      }, ms);
+      const listener = (call: ApiCall): void => {
+        if (!match(call)) return;
+        clearTimeout(timer);
+        this.off("call", listener);
+        resolve(call);
+      };
+      this.on("call", listener);
+    });
+  }
+
+  putPod(pod: KObject): void {
+    this.store(this.pods, "pods", pod);
+  }
+
+  putJob(job: KObject): void {
+    this.store(this.jobs, "jobs", job);
+  }
+
+  removePod(name: string): void {
+    this.remove(this.pods, "pods", name);
+  }
+
+  removeJob(name: string): void {
+    this.remove(this.jobs, "jobs", name);
+  }
+
+  /** Appends to a pod's log; followers get it at once. */
+  log(pod: string, text: string): void {
+    const log = this.podLog(pod);
+    log.text += text;
+    for (const res of log.readers) res.write(text);
+  }
+
+  endLog(pod: string): void {
+    const log = this.podLog(pod);
+    log.ended = true;
+    for (const res of log.readers) res.end();
+    log.readers.clear();
+  }
+
+  private podLog(pod: string): PodLog {
+    let log = this.logs.get(pod);
+    if (!log) this.logs.set(pod, (log = { text: "", ended: false, readers: new Set() }));
+    return log;
+  }
+
+  private store(map: Map<string, KObject>, kind: "pods" | "jobs", object: KObject): void {
+    const name = object.metadata.name as string;
+    const type = map.has(name) ? "MODIFIED" : "ADDED";
+    object.metadata.resourceVersion = String(++this.version);
+    map.set(name, object);
+    this.notify(kind, type, object);
+  }
+
+  private remove(map: Map<string, KObject>, kind: "pods" | "jobs", name: string): void {
+    const object = map.get(name);
+    if (!object) return;
+    map.delete(name);
+    object.metadata.resourceVersion = String(++this.version);
+    this.notify(kind, "DELETED", object);
+  }
+
+  private notify(kind: "pods" | "jobs", type: string, object: KObject): void {
+    for (const w of this.watchers) {
+      if (w.kind === kind && w.matches(object)) w.res.write(`${JSON.stringify({ type, object })}\n`);
+    }
+  }
+
+  private async answer(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const text = await new Promise<string>((resolve) => {
+      let body = "";
+      req.on("data", (chunk: Buffer) => (body += chunk.toString()));
+      req.on("end", () => resolve(body));
+    });
+    const url = new URL(req.url ?? "/", "http://cluster");
+    const query = Object.fromEntries(url.searchParams);
+    const call: ApiCall = {
+      method: req.method ?? "",
+      path: url.pathname,
+      query,
+      body: text ? JSON.parse(text) : undefined,
+    };
+    this.calls.push(call);
+    this.emit("call", call);
+    const route =
+      /^\/(?:api\/v1|apis\/batch\/v1)\/namespaces\/([^/]+)\/(configmaps|jobs|pods)(?:\/([^/]+))?(\/log)?$/.exec(
+        url.pathname,
+      );
+    if (!route) return json(res, 404, status(404, `no route ${url.pathname}`));
+    const [, namespace, kind, name, log] = route as unknown as [
+      string,
+      string,
+      "configmaps" | "jobs" | "pods",
+      string?,
+      string?,
+    ];
+    const map = kind === "configmaps" ? this.configMaps : kind === "jobs" ? this.jobs : this.pods;
+    const body = call.body as KObject;
+
+    if (log && name) return this.followLog(name, res);
+    if (req.method === "GET" && !name && query.watch === "true")
+      return this.watch(kind as "pods" | "jobs", query, res);
+    if (req.method === "GET" && !name) {
+      const items = [...map.values()].filter(selects(query));
+      return json(res, 200, {
+        kind: "List",
+        apiVersion: "v1",
+        metadata: { resourceVersion: String(this.version) },
+        items,
+      });
+    }
+    if (req.method === "GET" && name) {
+      if (kind === "pods" && this.otherPods.has(name))
+        return json(res, 200, { kind: "Pod", metadata: { name, namespace } });
+      const found = map.get(name);
+      return found ? json(res, 200, found) : json(res, 404, status(404, `${kind} "${name}" not found`));
+    }
+    if (req.method === "POST") {
+      if (map.has(body.metadata.name))
+        return json(res, 409, status(409, `${kind} "${body.metadata.name}" already exists`));
+      body.metadata.uid = `uid-${body.metadata.name}`;
+      body.metadata.creationTimestamp = new Date().toISOString();
+      if (kind === "jobs") {
+        this.putJob(body);
+        json(res, 201, body);
+        this.onJobCreated(body);
+        return;
+      }
+      body.metadata.resourceVersion = String(++this.version);
+      map.set(body.metadata.name, body);
+      return json(res, 201, body);
+    }
+    if (req.method === "PATCH" && name) {
+      const found = map.get(name);
+      if (!found) return json(res, 404, status(404, `${kind} "${name}" not found`));
+      for (const op of body as { op: string; path: string; value: unknown }[]) {
+        if (op.op === "add" && op.path === "/metadata/ownerReferences")
+          found.metadata.ownerReferences = op.value;
+      }
+      return json(res, 200, found);
+    }
+    if (req.method === "DELETE" && name) {
+      const found = map.get(name);
+      if (!found) return json(res, 404, status(404, `${kind} "${name}" not found`));
+      if (kind === "jobs") this.onJobDeleted(found, query);
+      else map.delete(name);
+      return json(res, 200, status(200, "deleted"));
+    }
+    json(res, 405, status(405, "method not allowed"));
+  }
+
+  /** Streams the current matching objects as ADDED, then every change, until the client or the test ends it. */
+  private watch(kind: "pods" | "jobs", query: Readonly<Record<string, string>>, res: ServerResponse): void {
+    res.writeHead(200, { "content-type": "application/json" });
+    const matches = selects(query);
+    const watcher: Watcher = { kind, matches, res };
+    this.watchers.add(watcher);
+    res.on("close", () => this.watchers.delete(watcher));
+    for (const object of (kind === "pods" ? this.pods : this.jobs).values()) {
+      if (matches(object)) res.write(`${JSON.stringify({ type: "ADDED", object })}\n`);
+    }
+  }
+
+  private followLog(pod: string, res: ServerResponse): void {
+    if (!this.pods.has(pod)) return json(res, 404, status(404, `pods "${pod}" not found`));
+    const log = this.podLog(pod);
+    res.writeHead(200, { "content-type": "text/plain" });
+    res.write(log.text);
+    if (log.ended) return void res.end();
+    log.readers.add(res);
+    res.on("close", () => log.readers.delete(res));
+  }
+}
+
+/** Equality-based label and field selectors (`a=b,c=d`), as the launcher sends them. */
+function selects(query: Readonly<Record<string, string>>): (object: KObject) => boolean {
+  const pairs = (selector: string | undefined) =>
+    (selector ? selector.split(",") : []).map((term) => term.split("=") as [string, string]);
+  const labels = pairs(query.labelSelector);
+  const fields = pairs(query.fieldSelector);
+  return (object) =>
+    labels.every(([k, v]) => object.metadata?.labels?.[k] === v) &&
+    fields.every(([k, v]) => k === "metadata.name" && object.metadata?.name === v);
+}
+
+function status(code: number, message: string): KObject {
+  return {
+    kind: "Status",
+    apiVersion: "v1",
+    metadata: {},
+    status: code < 400 ? "Success" : "Failure",
+    message,
+    code,
+  };
+}
+
+function json(res: ServerResponse, code: number, body: unknown): void {
+  res.writeHead(code, { "content-type": "application/json" });
+  res.end(JSON.stringify(body));
+}
