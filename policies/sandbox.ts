@@ -84,7 +84,7 @@ export function asgTiersHaveAgentConfig(): StackValidationPolicy {
         if (!names.includes(expected) && !names.includes(UNKNOWN)) {
           report(
             `Auto Scaling group ${asg.name} runs tier ${tier} but the stack declares no SSM parameter ${expected}: ` +
-              `write it with the tier's queue, bucket, images and sandboxFacts("${tier}").`,
+              `write it with the tier's queues, bucket, images and sandboxFacts("${tier}").`,
             asg.urn,
           );
         }

@@ -11,9 +11,19 @@ export interface ApiCall {
   readonly body: unknown;
 }
 
-// Kubernetes objects here are plain JSON, as on the wire.
-/* eslint-disable @typescript-eslint/no-explicit-any */
-type KObject = Record<string, any>;
+/** A Kubernetes object as plain JSON, as on the wire: the fake reads only its metadata. */
+export interface KObject {
+  metadata: {
+    name: string;
+    namespace?: string;
+    uid?: string;
+    resourceVersion?: string;
+    creationTimestamp?: string;
+    labels?: Record<string, string>;
+    ownerReferences?: unknown;
+  };
+  [field: string]: unknown;
+}
 
 interface Watcher {
   readonly kind: "pods" | "jobs";
@@ -44,7 +54,7 @@ export class FakeCluster extends EventEmitter<{ call: [ApiCall] }> {
   onJobCreated: (job: KObject) => void = () => undefined;
   /** Plays the deletion of a Job (and, for Foreground, its pod first); by default it is simply gone. */
   onJobDeleted: (job: KObject, query: Readonly<Record<string, string>>) => void = (job) =>
-    this.removeJob(job.metadata.name as string);
+    this.removeJob(job.metadata.name);
   private version = 1000;
   private readonly watchers = new Set<Watcher>();
   private readonly logs = new Map<string, PodLog>();
@@ -66,7 +76,7 @@ export class FakeCluster extends EventEmitter<{ call: [ApiCall] }> {
     for (const map of [this.configMaps, this.jobs, this.pods]) map.clear();
     this.otherPods.clear();
     this.onJobCreated = () => undefined;
-    this.onJobDeleted = (job) => this.removeJob(job.metadata.name as string);
+    this.onJobDeleted = (job) => this.removeJob(job.metadata.name);
   }
 
   /** Resolves with the next call matching (already made ones included), or fails after `ms`. */
@@ -126,7 +136,7 @@ export class FakeCluster extends EventEmitter<{ call: [ApiCall] }> {
   }
 
   private store(map: Map<string, KObject>, kind: "pods" | "jobs", object: KObject): void {
-    const name = object.metadata.name as string;
+    const name = object.metadata.name;
     const type = map.has(name) ? "MODIFIED" : "ADDED";
     object.metadata.resourceVersion = String(++this.version);
     map.set(name, object);
@@ -214,7 +224,7 @@ export class FakeCluster extends EventEmitter<{ call: [ApiCall] }> {
     if (req.method === "PATCH" && name) {
       const found = map.get(name);
       if (!found) return json(res, 404, status(404, `${kind} "${name}" not found`));
-      for (const op of body as { op: string; path: string; value: unknown }[]) {
+      for (const op of call.body as { op: string; path: string; value: unknown }[]) {
         if (op.op === "add" && op.path === "/metadata/ownerReferences")
           found.metadata.ownerReferences = op.value;
       }
@@ -264,7 +274,7 @@ function selects(query: Readonly<Record<string, string>>): (object: KObject) => 
     fields.every(([k, v]) => k === "metadata.name" && object.metadata?.name === v);
 }
 
-function status(code: number, message: string): KObject {
+function status(code: number, message: string): Record<string, unknown> {
   return {
     kind: "Status",
     apiVersion: "v1",

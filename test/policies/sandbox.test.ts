@@ -28,7 +28,13 @@ const agentConfig = (sandbox: object, name = "/crucible/dev/gpu-small/agent-conf
   props: {
     name,
     type: "String",
-    value: JSON.stringify({ tier: "gpu-small", queueUrl: "https://sqs/x", bucket: "b", images: {}, sandbox }),
+    value: JSON.stringify({
+      tier: "gpu-small",
+      queues: { high: "https://sqs/h", normal: "https://sqs/n", low: "https://sqs/l" },
+      bucket: "b",
+      images: {},
+      sandbox,
+    }),
   },
 });
 
@@ -101,7 +107,7 @@ describe("asg-tiers-have-agent-config", () => {
     expect(o.violations).toEqual([
       {
         message:
-          'Auto Scaling group fleet-cpu-small runs tier cpu-small but the stack declares no SSM parameter /crucible/dev/cpu-small/agent-config: write it with the tier\'s queue, bucket, images and sandboxFacts("cpu-small").',
+          'Auto Scaling group fleet-cpu-small runs tier cpu-small but the stack declares no SSM parameter /crucible/dev/cpu-small/agent-config: write it with the tier\'s queues, bucket, images and sandboxFacts("cpu-small").',
         urn: urnOf("aws:autoscaling/group:Group", "fleet-cpu-small"),
       },
     ]);

@@ -4,12 +4,14 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import pino from "pino";
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
+import type { V1Job } from "@kubernetes/client-node" with { "resolution-mode": "import" };
 import type { Envelope, JobSpecInput, ProgressEvent } from "../../runtime/src/contract";
 import { envelopeSchema, StopRequest } from "../../runtime/src/contract";
 import type { KubernetesApi } from "../../runtime/src/kubernetes-api";
 import { connectKubernetes } from "../../runtime/src/kubernetes-api";
 import { KubernetesLauncher } from "../../runtime/src/kubernetes-launcher";
 import { crucible } from "../cli";
+import type { KObject } from "../kubernetes-cluster";
 import { FakeCluster } from "../kubernetes-cluster";
 
 const logger = pino({ level: "silent" });
@@ -37,7 +39,9 @@ beforeAll(async () => {
     [
       "apiVersion: v1",
       "kind: Config",
-      "clusters: [{ name: fake, cluster: { server: " + JSON.stringify(server) + ", insecure-skip-tls-verify: true } }]",
+      "clusters: [{ name: fake, cluster: { server: " +
+        JSON.stringify(server) +
+        ", insecure-skip-tls-verify: true } }]",
       "users: [{ name: fake, user: {} }]",
       "contexts: [{ name: fake, context: { cluster: fake, user: fake } }]",
       "current-context: fake",
@@ -67,17 +71,18 @@ const spec = (jobId: string, extra: Partial<JobSpecInput> = {}): JobSpecInput =>
 });
 
 /** The pod the Job controller would make, in a given container state. */
-function podOf(job: Record<string, any>, state: Record<string, unknown>): Record<string, any> {
-  const name = `${job.metadata.name}-p0d`;
+function podOf(object: KObject, state: Record<string, unknown>): KObject {
+  const job = object as unknown as V1Job;
+  const name = `${object.metadata.name}-p0d`;
   return {
     kind: "Pod",
     apiVersion: "v1",
     metadata: {
       name,
       namespace: NAMESPACE,
-      labels: { ...job.spec.template.metadata.labels, "job-name": job.metadata.name },
+      labels: { ...job.spec?.template.metadata?.labels, "job-name": object.metadata.name },
     },
-    spec: job.spec.template.spec,
+    spec: job.spec?.template.spec,
     status: {
       phase: state.terminated ? "Succeeded" : "Running",
       containerStatuses: [
@@ -104,7 +109,7 @@ const ended = (exitCode: number, message?: string) => ({
     ...(message !== undefined && { message }),
   },
 });
-const withCondition = (job: Record<string, any>, type: string, reason?: string) => ({
+const withCondition = (job: KObject, type: string, reason?: string): KObject => ({
   ...job,
   status: { conditions: [{ type, status: "True", ...(reason && { reason }) }] },
 });

@@ -280,7 +280,8 @@ describe("scheduling on the local platform", () => {
         pricePerHourUsd: price,
         priceSource: "on-demand",
         priceFactor: 1,
-        costUsd: limit - costOf(8, price),
+        // Rounded like every ledger entry: to a hundredth of a cent.
+        costUsd: Math.round((limit - costOf(8, price)) * 10_000) / 10_000,
       };
       await platform.store.putLedgerEntry({ project: "lab", user: "carol", jobId: "earlier-job" }, earlier);
       const policy = { budgets: { users: { carol: limit } } };
@@ -318,6 +319,32 @@ describe("scheduling on the local platform", () => {
       expect(refused.stderr).toMatch(
         /refused: user carol has spent \$\d+\.\d\d of a \$1\.00 monthly budget \(\$\d+\.\d\d left\), and this job may cost up to \$0\.0160 \(cpu-large at \$0\.096\/h for up to 600 s\)/,
       );
+    },
+    TEST_MS,
+  );
+
+  it(
+    "`crucible usage --by user --format csv` over these runs adds up to the sum of the attempts' costs",
+    async () => {
+      const entries = await platform.store.ledgerEntries();
+      const since = new Date(Date.now() - 3_600_000).toISOString();
+      const out = await crucible(
+        ["usage", "--by", "user", "--since", since, "--format", "csv"],
+        undefined,
+        localAgentEnv(platform),
+      );
+      expect(out.code).toBe(0);
+      const [header, ...rows] = out.stdout
+        .trim()
+        .split("\n")
+        .map((line) => line.split(","));
+      expect(header).toEqual(["user", "attempts", "jobs", "seconds", "hours", "cost_usd", "share_percent"]);
+      expect(rows.map((r) => r[0]).sort()).toEqual(["ada", "alice", "bob", "carol"]);
+      const tenThousandths = (usd: number): number => Math.round(usd * 10_000);
+      expect(rows.reduce((sum, r) => sum + tenThousandths(Number(r[5])), 0)).toBe(
+        entries.reduce((sum, e) => sum + tenThousandths(e.costUsd), 0),
+      );
+      expect(rows.reduce((sum, r) => sum + Number(r[1]), 0)).toBe(entries.length);
     },
     TEST_MS,
   );
