@@ -558,6 +558,8 @@ export function nodePolicy(scope: {
           "autoscaling:SetInstanceProtection",
           "autoscaling:CompleteLifecycleAction",
           "autoscaling:RecordLifecycleActionHeartbeat",
+          // A GPU node that fails its health check has the group replace it.
+          "autoscaling:SetInstanceHealth",
         ],
         Resource: scope.groupArn,
       },
@@ -605,6 +607,13 @@ export function agentDataStatements(scope: {
       Effect: "Allow",
       Action: ["s3:GetObject", "s3:PutObject", "s3:PutObjectTagging"],
       Resource: pulumi.interpolate`${scope.bucketArn}/${scope.prefix}*`,
+    },
+    {
+      // Fair share's running-job markers (<prefix><project>/_running/...) are the only objects agents delete.
+      Sid: "RunningMarkers",
+      Effect: "Allow",
+      Action: "s3:DeleteObject",
+      Resource: pulumi.interpolate`${scope.bucketArn}/${scope.prefix}*/_running/*`,
     },
     {
       Sid: "ListWorkspaces",
@@ -710,6 +719,8 @@ export function userData(input: {
     '  --group-add "$(stat -c %g /var/run/docker.sock)" \\',
     "  -v /var/run/docker.sock:/var/run/docker.sock -v /var/lib/crucible:/var/lib/crucible \\",
     "  -e TMPDIR=/var/lib/crucible/tmp \\",
+    // nvidia-smi for the agent's health check: the utility capability only, the GPUs stay the jobs'.
+    ...(input.gpu ? ["  --gpus all -e NVIDIA_DRIVER_CAPABILITIES=utility \\"] : []),
     envFlags,
     `  ${input.agentImage} agent --tier ${input.tier}`,
     "",

@@ -1,7 +1,7 @@
 import type { V1Job, V1Pod } from "@kubernetes/client-node" with { "resolution-mode": "import" };
 import { randomBytes } from "node:crypto";
 import { EventEmitter } from "node:events";
-import { readFile } from "node:fs/promises";
+import { readFile, stat } from "node:fs/promises";
 import { hostname } from "node:os";
 import { Writable } from "node:stream";
 import type { Envelope, JobSpecInput, Launcher, LaunchOptions } from "./contract";
@@ -383,11 +383,11 @@ export class KubernetesLauncher implements Launcher {
           "datasetsDir names a directory on the runtime's host, which a Kubernetes pod cannot see",
         );
       }
-      const zip = await readFile(job.codeZip);
-      if (zip.length > CONFIGMAP_MAX_BYTES) {
+      const { size } = await stat(job.codeZip);
+      if (size > CONFIGMAP_MAX_BYTES) {
         throw new InvalidJobError(
           "code",
-          `code.zip is ${zip.length} bytes, more than the ${CONFIGMAP_MAX_BYTES} bytes (1 MiB) a Kubernetes ConfigMap holds; keep data out of the code and read it from a dataset (crucible datasets)`,
+          `code.zip is ${size} bytes, more than the ${CONFIGMAP_MAX_BYTES} bytes (1 MiB) a Kubernetes ConfigMap holds; keep data out of the code and read it from a dataset (crucible datasets)`,
         );
       }
       if (job.spec.workspaceDir) {
@@ -395,7 +395,7 @@ export class KubernetesLauncher implements Launcher {
           "the workspace directory is not carried into the pod: /workspace starts empty and is not copied back",
         );
       }
-      return await this.runPrepared(job, zip, options, log);
+      return await this.runPrepared(job, await readFile(job.codeZip), options, log);
     } catch (error) {
       if (error instanceof InvalidJobError)
         return invalidJobEnvelope(job.spec, error, this.node, this.logger);

@@ -456,6 +456,15 @@ describe.each(STACKS)("%s stack fleet", (stack) => {
         expect(check).toBeLessThan(lines.findIndex((l) => l.startsWith("docker run")));
       }
     });
+
+    it("gives the agent nvidia-smi for its health checks (the utility capability only), exactly on GPU tiers", () => {
+      for (const tier of tiers) {
+        const { lines } = bootScript(template(tier));
+        expect(lines.includes("  --gpus all -e NVIDIA_DRIVER_CAPABILITIES=utility \\")).toBe(
+          GPU_TIERS.has(tier),
+        );
+      }
+    });
   });
 
   describe("Auto Scaling group", () => {
@@ -728,7 +737,7 @@ describe.each(STACKS)("%s stack fleet", (stack) => {
       }
     });
 
-    it("reads and writes objects only under the workspaces prefix, and lists only there", () => {
+    it("reads and writes objects only under the workspaces prefix, deletes only fair share's markers, and lists only there", () => {
       const bucketArn = workspacesBucket().state.arn as string;
       for (const tier of tiers) {
         expect(statement(tier, "Workspaces")).toEqual({
@@ -736,6 +745,12 @@ describe.each(STACKS)("%s stack fleet", (stack) => {
           Effect: "Allow",
           Action: ["s3:GetObject", "s3:PutObject", "s3:PutObjectTagging"],
           Resource: `${bucketArn}/workspaces/*`,
+        });
+        expect(statement(tier, "RunningMarkers")).toEqual({
+          Sid: "RunningMarkers",
+          Effect: "Allow",
+          Action: "s3:DeleteObject",
+          Resource: `${bucketArn}/workspaces/*/_running/*`,
         });
         expect(statement(tier, "ListWorkspaces")).toEqual({
           Sid: "ListWorkspaces",
@@ -773,12 +788,18 @@ describe.each(STACKS)("%s stack fleet", (stack) => {
       },
     );
 
-    it("completes lifecycle actions and sets protection only on its own group", () => {
+    it("completes lifecycle actions, sets protection and marks itself unhealthy only in its own group", () => {
       for (const tier of tiers) {
         const lifecycle = statements(tier).filter((s) =>
           list(s.Action).some((a) => a.startsWith("autoscaling:")),
         );
         expect(lifecycle).toHaveLength(1);
+        expect(lifecycle[0]!.Action).toEqual([
+          "autoscaling:SetInstanceProtection",
+          "autoscaling:CompleteLifecycleAction",
+          "autoscaling:RecordLifecycleActionHeartbeat",
+          "autoscaling:SetInstanceHealth",
+        ]);
         const resource = lifecycle[0]!.Resource as string;
         expect(resource).toBe(
           `arn:aws:autoscaling:${want.region}:${MOCK_ACCOUNT_ID}:autoScalingGroup:*:autoScalingGroupName/${groupName(tier)}`,

@@ -416,6 +416,7 @@ describe.each(STACKS)("%s stack with the Kubernetes target", (stack) => {
       expect(policy.Statement.map((s) => s.Sid)).toEqual([
         "TierQueue",
         "Workspaces",
+        "RunningMarkers",
         "ListWorkspaces",
         "ReadDatasets",
         ...(file["crucible:workspaces"]?.includes('"encryption":"s3"') ? [] : ["WorkspacesKey"]),

@@ -109,9 +109,9 @@ const ended = (exitCode: number, message?: string) => ({
     ...(message !== undefined && { message }),
   },
 });
-const withCondition = (job: KObject, type: string, reason?: string): KObject => ({
+const complete = (job: KObject): KObject => ({
   ...job,
-  status: { conditions: [{ type, status: "True", ...(reason && { reason }) }] },
+  status: { conditions: [{ type: "Complete", status: "True" }] },
 });
 
 describe("KubernetesLauncher.run against a loopback API server, with the real client", () => {
@@ -125,7 +125,7 @@ describe("KubernetesLauncher.run against a loopback API server, with the real cl
       );
       cluster.endLog(pod.metadata.name);
       cluster.putPod(podOf(job, ended(0, JSON.stringify(RUNNER))));
-      cluster.putJob(withCondition(job, "Complete"));
+      cluster.putJob(complete(job));
     };
     const progress: ProgressEvent[] = [];
     const envelope = await launcher().run(spec("k8s-ok"), { onProgress: (e) => progress.push(e) });
