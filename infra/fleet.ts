@@ -523,22 +523,15 @@ export class TierFleet extends pulumi.ComponentResource {
  * What a node may do: its tier's priority queues, its workspace prefix (and the buckets' key, through S3 only),
  * pulls, its own group's hooks, its job metrics and its agent's log.
  */
-export function nodePolicy(scope: {
-  /** The tier's job queues, one per priority class. */
-  readonly queueArns: readonly pulumi.Input<string>[];
-  readonly bucketArn: pulumi.Input<string>;
-  readonly prefix: pulumi.Input<string>;
-  readonly datasetsBucketArn: pulumi.Input<string>;
-  /** The buckets' KMS key; undefined where they use S3-managed keys. */
-  readonly kmsKeyArn?: pulumi.Input<string>;
-  /** The stack's region: the key is usable only through this region's S3. */
-  readonly regionName: pulumi.Input<string>;
-  readonly repositoryArns: readonly pulumi.Input<string>[];
-  readonly groupArn: pulumi.Input<string>;
-  readonly parameterArn: pulumi.Input<string>;
-  /** The tier's agent log group. */
-  readonly logGroupArn: pulumi.Input<string>;
-}): PolicyDocument {
+export function nodePolicy(
+  scope: AgentDataScope & {
+    readonly repositoryArns: readonly pulumi.Input<string>[];
+    readonly groupArn: pulumi.Input<string>;
+    readonly parameterArn: pulumi.Input<string>;
+    /** The tier's agent log group. */
+    readonly logGroupArn: pulumi.Input<string>;
+  },
+): PolicyDocument {
   return {
     Version: "2012-10-17",
     Statement: [
@@ -576,11 +569,8 @@ export function nodePolicy(scope: {
   };
 }
 
-/**
- * What an agent needs wherever it runs (a node, a Kubernetes pod): its tier's queues, its workspace prefix
- * (and the buckets' key, through S3 only) and the datasets.
- */
-export function agentDataStatements(scope: {
+/** Where an agent's data lives: its tier's queues (one per priority class), the buckets and their key. */
+export interface AgentDataScope {
   readonly queueArns: readonly pulumi.Input<string>[];
   readonly bucketArn: pulumi.Input<string>;
   readonly prefix: pulumi.Input<string>;
@@ -589,7 +579,13 @@ export function agentDataStatements(scope: {
   readonly kmsKeyArn?: pulumi.Input<string>;
   /** The stack's region: the key is usable only through this region's S3. */
   readonly regionName: pulumi.Input<string>;
-}): PolicyStatement[] {
+}
+
+/**
+ * What an agent needs wherever it runs (a node, a Kubernetes pod): its tier's queues, its workspace prefix
+ * (and the buckets' key, through S3 only) and the datasets.
+ */
+export function agentDataStatements(scope: AgentDataScope): PolicyStatement[] {
   return [
     {
       Sid: "TierQueue",

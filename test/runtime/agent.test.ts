@@ -1,54 +1,45 @@
 import { ReceiveMessageCommand, SendMessageCommand } from "@aws-sdk/client-sqs";
 import { GetObjectCommand } from "@aws-sdk/client-s3";
-import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { mkdir, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import pino from "pino";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import { Agent } from "../../runtime/src/agent";
 import type { Envelope } from "../../runtime/src/contract";
 import { DockerLauncher } from "../../runtime/src/docker-launcher";
 import { imageRef } from "../../runtime/src/image-matrix";
 import type { JobAddress } from "../../runtime/src/job-store";
-import type { LocalPlatform } from "../../runtime/src/local-platform";
-import { startLocalPlatform } from "../../runtime/src/local-platform";
 import { submitJob } from "../../runtime/src/submit";
 import { queueDepth } from "../../scripts/lib/soak";
-import { next } from "../agent-events";
+import { FAST_AGENT, next, useLocalPlatform } from "../local-agents";
 
 const logger = pino({ level: process.env.AGENT_TEST_LOG ?? "silent" });
 const launcher = new DockerLauncher({ logger, graceSeconds: 5 });
 const TIER = "cpu-large";
 const WAIT_MS = 60_000;
 
-let platform: LocalPlatform;
-let root: string;
+const local = useLocalPlatform(TIER, logger, { maxReceiveCount: 2, visibilityTimeoutSeconds: 5 });
 let counter = 0;
 
 function newAgent(): Agent {
   return new Agent({
     tier: TIER,
-    queues: platform.queues(TIER),
-    store: platform.store,
+    queues: local.platform.queues(TIER),
+    store: local.platform.store,
     launcher,
     logger,
     concurrency: 2,
-    waitSeconds: 1,
-    heartbeatSeconds: 1,
-    visibilitySeconds: 5,
-    checkpointSeconds: 1,
-    cancelPollSeconds: 1,
-    graceSeconds: 5,
+    ...FAST_AGENT,
   });
 }
 
 /** Writes main.py and submits it; the job is addressed under project "demo", user "ada". */
 async function submit(code: string): Promise<JobAddress> {
   const jobId = `agent-${process.pid}-${++counter}`;
-  const dir = join(root, jobId);
+  const dir = join(local.root, jobId);
   await mkdir(dir);
   await writeFile(join(dir, "main.py"), code);
-  return submitJob(platform.store, platform.queue(TIER), {
+  return submitJob(local.platform.store, local.platform.queue(TIER), {
     path: dir,
     address: { project: "demo", user: "ada", jobId },
     spec: { jobId, tier: TIER, image: imageRef("cpu"), env: {} },
@@ -57,24 +48,9 @@ async function submit(code: string): Promise<JobAddress> {
 }
 
 async function object(key: string): Promise<string> {
-  const out = await platform.s3.send(new GetObjectCommand({ Bucket: platform.bucket, Key: key }));
+  const out = await local.platform.s3.send(new GetObjectCommand({ Bucket: local.platform.bucket, Key: key }));
   return out.Body!.transformToString();
 }
-
-beforeAll(async () => {
-  root = await mkdtemp(join(tmpdir(), "crucible-agent-test-"));
-  platform = await startLocalPlatform({
-    tiers: [TIER],
-    logger,
-    maxReceiveCount: 2,
-    visibilityTimeoutSeconds: 5,
-  });
-});
-
-afterAll(async () => {
-  await platform.stop();
-  await rm(root, { recursive: true, force: true });
-});
 
 describe("the agent on the local platform", () => {
   it("runs a queued job and stores its envelope, logs and outputs, and deletes its message", async () => {
@@ -92,13 +68,16 @@ describe("the agent on the local platform", () => {
       );
       const [, envelope] = await next<[JobAddress, Envelope]>(agent, "finished", address.jobId);
       expect(envelope).toMatchObject({ status: "success", result: { accuracy: 0.9 } });
-      const prefix = platform.store.jobPrefix(address);
+      const prefix = local.platform.store.jobPrefix(address);
       expect(prefix).toBe(`workspaces/demo/ada/jobs/${address.jobId}/`);
-      expect(await platform.store.getEnvelope(address)).toEqual(envelope);
+      expect(await local.platform.store.getEnvelope(address)).toEqual(envelope);
       expect(await object(`${prefix}logs/stdout.txt`)).toBe("trained\n");
       expect(await object(`${prefix}outputs/model.txt`)).toBe("weights");
-      expect(await platform.store.getState(address)).toMatchObject({ status: "succeeded", attempts: 1 });
-      expect(await queueDepth(platform, platform.queue(TIER).queueUrl)).toBe(0);
+      expect(await local.platform.store.getState(address)).toMatchObject({
+        status: "succeeded",
+        attempts: 1,
+      });
+      expect(await queueDepth(local.platform, local.platform.queue(TIER).queueUrl)).toBe(0);
     } finally {
       agent.stop();
       await running;
@@ -112,16 +91,16 @@ describe("the agent on the local platform", () => {
       const address = await submit('def main():\n    raise ValueError("bad data")\n');
       const [, envelope] = await next<[JobAddress, Envelope]>(agent, "finished", address.jobId);
       expect(envelope).toMatchObject({ status: "error", reason: "exception", error: { type: "ValueError" } });
-      expect(await platform.store.getState(address)).toMatchObject({ status: "failed", attempts: 1 });
+      expect(await local.platform.store.getState(address)).toMatchObject({ status: "failed", attempts: 1 });
       // A duplicate delivery of a finished job is dropped without running it.
       let started = false;
       agent.on("started", (a) => (started ||= a.jobId === address.jobId));
-      await platform.queue(TIER).send(address);
+      await local.platform.queue(TIER).send(address);
       await expect
-        .poll(() => queueDepth(platform, platform.queue(TIER).queueUrl), { timeout: WAIT_MS })
+        .poll(() => queueDepth(local.platform, local.platform.queue(TIER).queueUrl), { timeout: WAIT_MS })
         .toBe(0);
       expect(started).toBe(false);
-      expect(await platform.store.getState(address)).toMatchObject({ attempts: 1 });
+      expect(await local.platform.store.getState(address)).toMatchObject({ attempts: 1 });
     } finally {
       agent.stop();
       await running;
@@ -134,13 +113,15 @@ describe("the agent on the local platform", () => {
     agent.on("poison", (problem) => problems.push(problem));
     const running = agent.run();
     try {
-      await platform.sqs.send(
-        new SendMessageCommand({ QueueUrl: platform.queue(TIER).queueUrl, MessageBody: "not json" }),
+      await local.platform.sqs.send(
+        new SendMessageCommand({ QueueUrl: local.platform.queue(TIER).queueUrl, MessageBody: "not json" }),
       );
-      const dlq = platform.dlqUrl(TIER);
-      await expect.poll(() => queueDepth(platform, dlq), { timeout: WAIT_MS }).toBe(1);
+      const dlq = local.platform.dlqUrl(TIER);
+      await expect.poll(() => queueDepth(local.platform, dlq), { timeout: WAIT_MS }).toBe(1);
       expect(problems[0]).toBe('the message body is not JSON: "not json"');
-      const moved = await platform.sqs.send(new ReceiveMessageCommand({ QueueUrl: dlq, WaitTimeSeconds: 1 }));
+      const moved = await local.platform.sqs.send(
+        new ReceiveMessageCommand({ QueueUrl: dlq, WaitTimeSeconds: 1 }),
+      );
       expect(moved.Messages?.[0]?.Body).toBe("not json");
     } finally {
       agent.stop();
@@ -156,11 +137,11 @@ describe("the agent on the local platform", () => {
       await next(agent, "started", address.jobId);
       const finished = next<[JobAddress, Envelope]>(agent, "finished", address.jobId);
       const asked = performance.now();
-      await platform.store.requestCancel(address);
+      await local.platform.store.requestCancel(address);
       const [, envelope] = await finished;
       expect(envelope).toMatchObject({ status: "error", reason: "cancelled" });
       expect(performance.now() - asked).toBeLessThan(20_000);
-      expect(await platform.store.getState(address)).toMatchObject({ status: "cancelled" });
+      expect(await local.platform.store.getState(address)).toMatchObject({ status: "cancelled" });
     } finally {
       agent.stop();
       await running;
@@ -200,15 +181,15 @@ describe("the agent on the local platform", () => {
     const [, reason] = await handedBack;
     await firstRun;
     expect(reason).toBe("interrupted");
-    expect(await platform.store.getState(address)).toMatchObject({ status: "queued", attempts: 1 });
-    const saved = Number(await object(`${platform.store.jobPrefix(address)}checkpoints/step`));
+    expect(await local.platform.store.getState(address)).toMatchObject({ status: "queued", attempts: 1 });
+    const saved = Number(await object(`${local.platform.store.jobPrefix(address)}checkpoints/step`));
 
     const second = newAgent();
     const secondRun = second.run();
     try {
       const [, envelope] = await next<[JobAddress, Envelope]>(second, "finished", address.jobId);
       expect(envelope).toMatchObject({ status: "success", result: { resumed_from: saved, steps: 40 } });
-      expect(await platform.store.getState(address)).toMatchObject({
+      expect(await local.platform.store.getState(address)).toMatchObject({
         status: "succeeded",
         attempts: 2,
         resumedFromCheckpoint: true,

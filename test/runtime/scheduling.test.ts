@@ -1,8 +1,7 @@
-import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { mkdir, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import pino from "pino";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import type { AgentOptions } from "../../runtime/src/agent";
 import { Agent } from "../../runtime/src/agent";
 import type { Envelope } from "../../runtime/src/contract";
@@ -11,14 +10,12 @@ import { imageRef } from "../../runtime/src/image-matrix";
 import type { JobAddress } from "../../runtime/src/job-store";
 import type { LedgerEntry } from "../../runtime/src/ledger";
 import { costOf } from "../../runtime/src/ledger";
-import type { LocalPlatform } from "../../runtime/src/local-platform";
-import { startLocalPlatform } from "../../runtime/src/local-platform";
 import type { Priority, SchedulingPolicyInput } from "../../runtime/src/scheduling";
 import { schedulingPolicySchema } from "../../runtime/src/scheduling";
 import { submitJob } from "../../runtime/src/submit";
 import { getTier } from "../../runtime/src/tiers";
 import { localAgentEnv } from "../../scripts/lib/soak";
-import { next } from "../agent-events";
+import { FAST_AGENT, next, useLocalPlatform } from "../local-agents";
 import { crucible } from "../cli";
 
 /**
@@ -33,8 +30,7 @@ const WAIT_MS = 120_000;
 /** A test's own limit: its waits plus starting and stopping agents. */
 const TEST_MS = 180_000;
 
-let platform: LocalPlatform;
-let root: string;
+const local = useLocalPlatform(TIER, logger, { maxReceiveCount: 3, visibilityTimeoutSeconds: 5 });
 let counter = 0;
 
 const QUICK = "def main():\n    return 1\n";
@@ -63,18 +59,13 @@ function newAgent(policy: SchedulingPolicyInput = {}, options: Partial<AgentOpti
   const parsed = schedulingPolicySchema.parse(policy);
   return new Agent({
     tier: TIER,
-    queues: platform.queues(TIER),
-    store: platform.store,
+    queues: local.platform.queues(TIER),
+    store: local.platform.store,
     launcher,
     logger,
     policy: parsed,
     concurrency: 1,
-    waitSeconds: 1,
-    heartbeatSeconds: 1,
-    visibilitySeconds: 5,
-    checkpointSeconds: 1,
-    cancelPollSeconds: 1,
-    graceSeconds: 5,
+    ...FAST_AGENT,
     schedulingPollSeconds: 1,
     ...options,
   });
@@ -85,10 +76,10 @@ async function submit(
   { user = "ada", priority = "normal" }: { user?: string; priority?: Priority } = {},
 ): Promise<JobAddress> {
   const jobId = `sched-${process.pid}-${++counter}`;
-  const dir = join(root, jobId);
+  const dir = join(local.root, jobId);
   await mkdir(dir);
   await writeFile(join(dir, "main.py"), code);
-  return submitJob(platform.store, platform.queue(TIER, priority), {
+  return submitJob(local.platform.store, local.platform.queue(TIER, priority), {
     path: dir,
     address: { project: "lab", user, jobId },
     spec: { jobId, tier: TIER, image: imageRef("cpu"), env: {}, priority },
@@ -129,21 +120,6 @@ function startsUntilFinished(
     });
   });
 }
-
-beforeAll(async () => {
-  root = await mkdtemp(join(tmpdir(), "crucible-scheduling-test-"));
-  platform = await startLocalPlatform({
-    tiers: [TIER],
-    logger,
-    maxReceiveCount: 3,
-    visibilityTimeoutSeconds: 5,
-  });
-});
-
-afterAll(async () => {
-  await platform.stop();
-  await rm(root, { recursive: true, force: true });
-});
 
 describe("scheduling on the local platform", () => {
   it(
@@ -197,7 +173,7 @@ describe("scheduling on the local platform", () => {
       // Every deferral was a fresh message: none of the jobs reached the dead-letter queue.
       for (const id of ids.keys())
         expect(
-          await platform.store.getEnvelope({ project: "lab", user: ids.get(id)!, jobId: id }),
+          await local.platform.store.getEnvelope({ project: "lab", user: ids.get(id)!, jobId: id }),
         ).toMatchObject({
           status: "success",
         });
@@ -227,7 +203,7 @@ describe("scheduling on the local platform", () => {
         const [victim, forJob] = await preempting;
         expect([victim.jobId, forJob.jobId]).toEqual([low.jobId, high.jobId]);
         expect((await lowHandedBack)[1]).toBe("preempted");
-        const saved = await platform.store.getAttemptEnvelope(low, 1);
+        const saved = await local.platform.store.getAttemptEnvelope(low, 1);
         expect(saved).toMatchObject({ status: "error", reason: "preempted" });
         const stoppedAt = (saved!.result as { stopped: number } | undefined)?.stopped;
 
@@ -237,13 +213,13 @@ describe("scheduling on the local platform", () => {
         const resumedFrom = (final.result as { resumed_from: number }).resumed_from;
         expect(resumedFrom).toBeGreaterThanOrEqual(5);
         if (stoppedAt !== undefined) expect(resumedFrom).toBe(stoppedAt);
-        expect(await platform.store.getState(low)).toMatchObject({
+        expect(await local.platform.store.getState(low)).toMatchObject({
           status: "succeeded",
           attempts: 2,
           resumedFromCheckpoint: true,
         });
-        expect(await platform.store.getEnvelope(low)).toEqual(final);
-        const ledger = await platform.store.ledgerEntries({ project: "lab", user: "ada" });
+        expect(await local.platform.store.getEnvelope(low)).toEqual(final);
+        const ledger = await local.platform.store.ledgerEntries({ project: "lab", user: "ada" });
         expect(
           ledger
             .filter((e) => e.jobId === low.jobId)
@@ -283,7 +259,10 @@ describe("scheduling on the local platform", () => {
         // Rounded like every ledger entry: to a hundredth of a cent.
         costUsd: Math.round((limit - costOf(8, price)) * 10_000) / 10_000,
       };
-      await platform.store.putLedgerEntry({ project: "lab", user: "carol", jobId: "earlier-job" }, earlier);
+      await local.platform.store.putLedgerEntry(
+        { project: "lab", user: "carol", jobId: "earlier-job" },
+        earlier,
+      );
       const policy = { budgets: { users: { carol: limit } } };
       const agent = newAgent(policy);
       const job = await whileRunning(agent, async () => {
@@ -292,26 +271,26 @@ describe("scheduling on the local platform", () => {
         expect(envelope).toMatchObject({ status: "error", reason: "budget" });
         return address;
       });
-      expect(await platform.store.getState(job)).toMatchObject({
+      expect(await local.platform.store.getState(job)).toMatchObject({
         status: "failed",
         note: "stopped: its owner's budget is spent; checkpoints kept",
       });
-      const checkpoints = join(root, "restored");
+      const checkpoints = join(local.root, "restored");
       await mkdir(checkpoints);
-      expect(await platform.store.downloadCheckpoints(job, checkpoints)).toBe(1);
-      const [entry] = (await platform.store.ledgerEntries({ project: "lab", user: "carol" })).filter(
+      expect(await local.platform.store.downloadCheckpoints(job, checkpoints)).toBe(1);
+      const [entry] = (await local.platform.store.ledgerEntries({ project: "lab", user: "carol" })).filter(
         (e) => e.jobId === job.jobId,
       );
       expect(entry).toMatchObject({ outcome: "finished", reason: "budget", user: "carol" });
 
-      const dir = join(root, "next-job");
+      const dir = join(local.root, "next-job");
       await mkdir(dir);
       await writeFile(join(dir, "main.py"), QUICK);
       const refused = await crucible(
         ["submit", dir, "--tier", TIER, "--project", "lab", "--user", "carol"],
         undefined,
         {
-          ...localAgentEnv(platform),
+          ...localAgentEnv(local.platform),
           CRUCIBLE_SCHEDULING: JSON.stringify(policy),
         },
       );
@@ -326,12 +305,12 @@ describe("scheduling on the local platform", () => {
   it(
     "`crucible usage --by user --format csv` over these runs adds up to the sum of the attempts' costs",
     async () => {
-      const entries = await platform.store.ledgerEntries();
+      const entries = await local.platform.store.ledgerEntries();
       const since = new Date(Date.now() - 3_600_000).toISOString();
       const out = await crucible(
         ["usage", "--by", "user", "--since", since, "--format", "csv"],
         undefined,
-        localAgentEnv(platform),
+        localAgentEnv(local.platform),
       );
       expect(out.code).toBe(0);
       const [header, ...rows] = out.stdout
