@@ -11,6 +11,7 @@ import {
   type TierName,
 } from "../runtime/src/catalog";
 import { DEFAULT_SCHEDULING, schedulingPolicySchema, type SchedulingPolicy } from "../runtime/src/scheduling";
+import { KUBERNETES } from "../runtime/src/kubernetes-names";
 import { PUBLIC_SUBNET_PREFIX, publicSubnetRoom, publicSubnetsFor } from "./cidr";
 
 /**
@@ -706,7 +707,7 @@ const common: DeepPartial<CrucibleSettings> = {
     enabled: false,
     maxJobsPerTier: 4,
     agentReplicas: 1,
-    gpuNodeLabel: { key: "nvidia.com/gpu.present", value: "true" },
+    gpuNodeLabel: KUBERNETES.defaultGpuNodeLabel,
     devicePluginImage: DEFAULT_DEVICE_PLUGIN_IMAGE,
     clusterObjects: "declare",
   },

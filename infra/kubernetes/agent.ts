@@ -59,6 +59,8 @@ export interface TierAgentArgs {
   readonly heartbeatSeconds: number;
   readonly visibilityTimeoutSeconds: number;
   readonly scheduling?: pulumi.Input<string>;
+  /** The label GPU job pods select nodes by; set for GPU tiers only. */
+  readonly gpuNodeLabel?: { readonly key: string; readonly value: string };
   readonly region: string;
   readonly oidc?: ClusterOidc;
 }
@@ -153,6 +155,9 @@ function agentEnv(args: TierAgentArgs): k8s.types.input.core.v1.EnvVar[] {
     CRUCIBLE_HEARTBEAT_SECONDS: String(args.heartbeatSeconds),
     CRUCIBLE_VISIBILITY_TIMEOUT_SECONDS: String(args.visibilityTimeoutSeconds),
     ...(args.scheduling !== undefined && { CRUCIBLE_SCHEDULING: args.scheduling }),
+    ...(args.gpuNodeLabel && {
+      CRUCIBLE_K8S_GPU_NODE_LABEL: `${args.gpuNodeLabel.key}=${args.gpuNodeLabel.value}`,
+    }),
     AWS_REGION: args.region,
   };
   return Object.entries(env).map(([name, value]) => ({ name, value }));

@@ -115,6 +115,7 @@ export class KubernetesTarget extends pulumi.ComponentResource {
               heartbeatSeconds: args.heartbeatSeconds,
               visibilityTimeoutSeconds: args.visibilityTimeoutSeconds,
               scheduling: args.scheduling,
+              ...(t.limits.gpu && { gpuNodeLabel: settings.gpuNodeLabel }),
               region: args.region,
               oidc: settings.oidc,
             },

@@ -120,6 +120,8 @@ interface Pricing {
 export class Agent extends EventEmitter<AgentEvents> {
   private readonly active = new Map<string, Slot & { promise: Promise<void> }>();
   private stopping: { reason: StopReason; graceSeconds: number } | undefined;
+  /** Aborted on stop: ends the polling between queue classes, where no receive is in flight. */
+  private readonly pollingStop = new AbortController();
   /** Settles once the receive loop has ended, its last long poll included. */
   private polling: Promise<void> = Promise.resolve();
   /** Slots held for a high-priority job while the job it preempts stops. */
@@ -198,7 +200,7 @@ export class Agent extends EventEmitter<AgentEvents> {
       }
       let received: ReceivedJob[];
       try {
-        received = await queues.receive(free, waitSeconds);
+        received = await queues.receive(free, waitSeconds, this.pollingStop.signal);
       } catch (error) {
         if (this.stopping) break;
         logger.error({ err: error }, "receiving from the queue failed; retrying");
@@ -220,6 +222,7 @@ export class Agent extends EventEmitter<AgentEvents> {
     // The long poll in flight is left to end: an abandoned receive still counts as a delivery towards the
     // dead-letter queue's maxReceiveCount, while what it returns is released at once.
     this.stopping = { reason, graceSeconds };
+    this.pollingStop.abort();
     this.settings.logger.info({ reason, running: this.active.size }, "agent stopping");
     for (const { stop } of this.active.values()) stop.abort(new StopRequest(reason, graceSeconds));
     this.slotsChanged.fire();

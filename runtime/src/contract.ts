@@ -1,5 +1,8 @@
 import { z } from "zod";
+import type { ImageFamily } from "./image-matrix";
+import type { Logger } from "./logger";
 import { PRIORITIES } from "./scheduling";
+import type { TierLimits, TierName } from "./tiers";
 import { TIER_NAMES } from "./tiers";
 
 /**
@@ -123,6 +126,21 @@ export interface Launcher {
   run(spec: JobSpecInput, options?: LaunchOptions): Promise<Envelope>;
   /** Removes sandboxes left behind by a crashed runtime; returns how many. */
   gc(): Promise<number>;
+}
+
+/** What every launcher is configured with, whatever it runs jobs on. */
+export interface LauncherOptions {
+  readonly logger?: Logger;
+  /** Name of this node in envelopes. Defaults to the host name (a pod's name on Kubernetes). */
+  readonly node?: string;
+  /** Seconds between SIGTERM and SIGKILL at the deadline, and for stops that give none. Defaults to 10. */
+  readonly graceSeconds?: number;
+  /** Stack overrides of tier limits; capped at each tier's ceilings. Defaults to none. */
+  readonly tierOverrides?: Partial<Record<TierName, Partial<TierLimits>>>;
+  /** Bytes of each output stream kept in the envelope. Defaults to 64 KiB. */
+  readonly tailBytes?: number;
+  /** Images to run per family instead of the local matrix tags. Defaults to none. */
+  readonly images?: Partial<Record<ImageFamily, string>>;
 }
 
 /**

@@ -5,7 +5,7 @@ import { hostname, tmpdir } from "node:os";
 import { basename, dirname, join, resolve } from "node:path";
 import type { ContainerEngine } from "./container-engine";
 import { DockerEngine, isNoSuchContainer } from "./container-engine";
-import type { Envelope, JobSpecInput, Launcher, LaunchOptions } from "./contract";
+import type { Envelope, JobSpecInput, Launcher, LauncherOptions, LaunchOptions } from "./contract";
 import { CONTAINER_PATHS } from "./contract";
 import type { PreparedJob } from "./job-spec";
 import { disposeJob, InvalidJobError, prepareJob, SCRATCH_PREFIX } from "./job-spec";
@@ -24,25 +24,12 @@ import {
 import { JobOutput } from "./output";
 import type { ProcessOwner } from "./sandbox";
 import { containerSpec, LABELS, sandboxUser } from "./sandbox";
-import type { ImageFamily } from "./image-matrix";
-import type { TierLimits, TierName } from "./tiers";
 
-export interface DockerLauncherOptions {
+export interface DockerLauncherOptions extends LauncherOptions {
   /** The engine to talk to. Defaults to the local one (DOCKER_HOST or the default socket). */
   readonly docker?: Dockerode;
   /** The container operations; defaults to Docker through `docker`. */
   readonly engine?: ContainerEngine;
-  readonly logger?: Logger;
-  /** Name of this node in envelopes. Defaults to the host name. */
-  readonly node?: string;
-  /** Seconds between SIGTERM and SIGKILL at the deadline, and for stops that give none. Defaults to 10. */
-  readonly graceSeconds?: number;
-  /** Stack overrides of tier limits; capped at each tier's ceilings. Defaults to none. */
-  readonly tierOverrides?: Partial<Record<TierName, Partial<TierLimits>>>;
-  /** Bytes of each output stream kept in the envelope. Defaults to 64 KiB. */
-  readonly tailBytes?: number;
-  /** Images to run per family instead of the local matrix tags. Defaults to none. */
-  readonly images?: Partial<Record<ImageFamily, string>>;
 }
 
 /** Largest runner.json read back; a bigger result is reported as an error instead of read into memory. */

@@ -34,11 +34,10 @@ export const OWNER_LABELS = {
 } as const;
 
 /**
- * GPU pods go to GPU nodes only: the label NVIDIA's GPU feature discovery sets, and the taint GPU node
- * groups carry so that CPU pods stay off them. The `nvidia.com/gpu` request alone would schedule too,
+ * GPU pods tolerate the taint GPU node groups carry so that CPU pods stay off them, and select GPU nodes
+ * by label (KubernetesJobInput.gpuNodeLabel). The `nvidia.com/gpu` request alone would schedule too,
  * but the selector makes an unschedulable pod's reason say what is missing.
  */
-export const GPU_NODE_SELECTOR = { "nvidia.com/gpu.present": "true" } as const;
 export const GPU_TOLERATION = {
   key: KUBERNETES.gpuResource,
   operator: "Exists",
@@ -123,6 +122,8 @@ export interface KubernetesJobInput {
   /** Who the job runs as: the images' job user. */
   readonly user: SandboxUser;
   readonly owner: { readonly pod: string; readonly start: string };
+  /** The node label GPU pods select by: the one the cluster's GPU nodes carry (the stack's `gpuNodeLabel`). */
+  readonly gpuNodeLabel: { readonly key: string; readonly value: string };
 }
 
 /** Labels on the Job, its pod and its ConfigMap. */
@@ -198,7 +199,10 @@ export function jobManifest(input: KubernetesJobInput): V1Job {
             fsGroup: user.gid,
             seccompProfile: { type: "RuntimeDefault" },
           },
-          ...(gpus > 0 && { nodeSelector: { ...GPU_NODE_SELECTOR }, tolerations: [{ ...GPU_TOLERATION }] }),
+          ...(gpus > 0 && {
+            nodeSelector: { [input.gpuNodeLabel.key]: input.gpuNodeLabel.value },
+            tolerations: [{ ...GPU_TOLERATION }],
+          }),
           containers: [
             {
               name: JOB_CONTAINER,

@@ -4,8 +4,7 @@ import { EventEmitter } from "node:events";
 import { readFile, stat } from "node:fs/promises";
 import { hostname } from "node:os";
 import { Writable } from "node:stream";
-import type { Envelope, JobSpecInput, Launcher, LaunchOptions } from "./contract";
-import type { ImageFamily } from "./image-matrix";
+import type { Envelope, JobSpecInput, Launcher, LauncherOptions, LaunchOptions } from "./contract";
 import { disposeJob, InvalidJobError, prepareJob } from "./job-spec";
 import type { PreparedJob } from "./job-spec";
 import type { KubernetesApi, Stream, WatchEvent } from "./kubernetes-api";
@@ -34,27 +33,20 @@ import {
 import { JobOutput } from "./output";
 import { ROOTLESS_FALLBACK_USER } from "./sandbox";
 import { DEFAULT_PRIORITY } from "./scheduling";
-import type { TierLimits, TierName } from "./tiers";
 
-export interface KubernetesLauncherOptions {
+/** `node` is also the owner on every object the launcher creates: the agent's pod (HOSTNAME). */
+export interface KubernetesLauncherOptions extends LauncherOptions {
   readonly api: KubernetesApi;
   /** Where jobs run: the stack environment's namespace (kubernetesNamespace()). */
   readonly namespace: string;
-  readonly logger?: Logger;
-  /** Name of this node in envelopes, and the owner on every object: the agent's pod. Defaults to HOSTNAME. */
-  readonly node?: string;
-  /** Seconds between SIGTERM and SIGKILL at the deadline, and for stops that give none. Defaults to 10. */
-  readonly graceSeconds?: number;
-  readonly tierOverrides?: Partial<Record<TierName, Partial<TierLimits>>>;
-  /** Bytes of output kept in the envelope. Defaults to 64 KiB. */
-  readonly tailBytes?: number;
-  readonly images?: Partial<Record<ImageFamily, string>>;
   /** How long a pod may wait for a node or an image before the attempt is given up. Defaults to 600. */
   readonly pendingTimeoutSeconds?: number;
   /** How long a finished Job stays for `kubectl describe` if the launcher could not delete it. Defaults to 3600. */
   readonly ttlSecondsAfterFinished?: number;
   /** How long one watch request lasts before it is renewed. Defaults to 300. */
   readonly watchTimeoutSeconds?: number;
+  /** The node label GPU pods select by. Defaults to KUBERNETES.defaultGpuNodeLabel (nvidia.com/gpu.present=true). */
+  readonly gpuNodeLabel?: { readonly key: string; readonly value: string };
 }
 
 /** How long after the container ended the Job may take to show its condition (the controller's lag). */
@@ -484,6 +476,7 @@ export class KubernetesLauncher implements Launcher {
       ttlSecondsAfterFinished: this.options.ttlSecondsAfterFinished ?? 3600,
       user: ROOTLESS_FALLBACK_USER,
       owner: this.owner,
+      gpuNodeLabel: this.options.gpuNodeLabel ?? KUBERNETES.defaultGpuNodeLabel,
     };
     const tracker = new Tracker(this.api, namespace, name, this.options.watchTimeoutSeconds ?? 300, log);
     let stop: Stop | undefined;

@@ -19,6 +19,8 @@ export const KUBERNETES = {
   },
   /** The extended resource the NVIDIA device plugin advertises. */
   gpuResource: "nvidia.com/gpu",
+  /** The node label GPU pods select by unless configured otherwise: the one NVIDIA's feature discovery sets. */
+  defaultGpuNodeLabel: { key: "nvidia.com/gpu.present", value: "true" },
   /** Interactive jobs (high priority) may evict batch ones when the cluster is full. */
   priorityClasses: { interactive: "crucible-interactive", batch: "crucible-batch" },
 } as const;

@@ -42,17 +42,20 @@ export class PriorityQueues {
    * Up to `max` jobs from the first class in this turn's order that has any. A quick look at each class
    * first (no wait), so waiting work is found at once; when all are empty, a long poll of each in turn
    * with the wait shared out, so an idle agent still makes few requests and notices new work within
-   * `waitSeconds`.
+   * `waitSeconds`. Once `stop` is aborted no further class is polled; the receive in flight is left to
+   * end, since an abandoned one still counts as a delivery towards the dead-letter queue.
    */
-  async receive(max: number, waitSeconds: number): Promise<ReceivedJob[]> {
+  async receive(max: number, waitSeconds: number, stop?: AbortSignal): Promise<ReceivedJob[]> {
     const order = this.nextOrder();
     if (order.length === 1) return order[0]!.receive(max, waitSeconds);
     for (const queue of order) {
+      if (stop?.aborted) return [];
       const received = await queue.receive(max, 0);
       if (received.length > 0) return received;
     }
     const share = Math.max(1, Math.ceil(waitSeconds / order.length));
     for (const queue of order) {
+      if (stop?.aborted) return [];
       const received = await queue.receive(max, share);
       if (received.length > 0) return received;
     }

@@ -357,6 +357,7 @@ describe.each(STACKS)("%s stack with the Kubernetes target", (stack) => {
       });
       expect(container!.volumeMounts).toEqual([{ name: "tmp", mountPath: "/tmp" }]);
       const env = Object.fromEntries(container!.env.map((e) => [e.name, e.value]));
+      const gpuTier = tier.startsWith("gpu-");
       expect(container!.env.map((e) => e.name)).toEqual([
         "CRUCIBLE_TIER",
         "CRUCIBLE_LAUNCHER",
@@ -368,6 +369,7 @@ describe.each(STACKS)("%s stack with the Kubernetes target", (stack) => {
         "CRUCIBLE_HEARTBEAT_SECONDS",
         "CRUCIBLE_VISIBILITY_TIMEOUT_SECONDS",
         "CRUCIBLE_SCHEDULING",
+        ...(gpuTier ? ["CRUCIBLE_K8S_GPU_NODE_LABEL"] : []),
         "AWS_REGION",
       ]);
       const { agent: _agent, ...jobImages } = images;
@@ -384,6 +386,7 @@ describe.each(STACKS)("%s stack with the Kubernetes target", (stack) => {
         CRUCIBLE_HEARTBEAT_SECONDS: "30",
         CRUCIBLE_VISIBILITY_TIMEOUT_SECONDS: "120",
         CRUCIBLE_SCHEDULING: env.CRUCIBLE_SCHEDULING,
+        ...(gpuTier && { CRUCIBLE_K8S_GPU_NODE_LABEL: "nvidia.com/gpu.present=true" }),
         AWS_REGION: file["aws:region"],
       });
       expect(JSON.parse(env.CRUCIBLE_SCHEDULING!)).toMatchObject({ weights: { high: 6, normal: 3, low: 1 } });
@@ -520,5 +523,19 @@ describe("the Kubernetes target in variants of the staging stack", () => {
     ).spec;
     expect(pod.containers[0]!.image).toBe(image);
     expect(pod.nodeSelector).toEqual({ "node.crucible.dev/gpu": "yes" });
+    // The GPU agents' job pods select the same nodes the device plugin runs on.
+    const agentEnv: Record<string, string | undefined> = Object.fromEntries(
+      pinned.ofType(T.deployment).map((d): [string, string | undefined] => {
+        const container = (specOf(d).template as { spec: PodSpec }).spec.containers[0]!;
+        const label = container.env.find((e) => e.name === "CRUCIBLE_K8S_GPU_NODE_LABEL");
+        return [container.args[2]!, label?.value];
+      }),
+    );
+    expect(agentEnv).toEqual({
+      "cpu-small": undefined,
+      "cpu-large": undefined,
+      "gpu-small": "node.crucible.dev/gpu=yes",
+      "gpu-medium": "node.crucible.dev/gpu=yes",
+    });
   });
 });

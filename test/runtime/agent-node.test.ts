@@ -84,8 +84,11 @@ describe("crucible agent on a fleet node", () => {
         .poll(async () => (await platform.store.getState(long))?.status, { timeout: 60_000 })
         .toBe("running");
       node.metadata.set("autoscaling/target-lifecycle-state", "Terminated");
-      const released = await node.nextCall("CompleteLifecycleAction", (c) =>
-        String(c.params.LifecycleHookName).endsWith("-terminate"),
+      // At worst: a metadata poll (5 s), the job's grace (5 s), and the class long poll in flight (7 s).
+      const released = await node.nextCall(
+        "CompleteLifecycleAction",
+        (c) => String(c.params.LifecycleHookName).endsWith("-terminate"),
+        40_000,
       );
       expect(released.params).toMatchObject({ InstanceId: "i-0node", LifecycleActionResult: "CONTINUE" });
 

@@ -64,7 +64,7 @@ describe("parseJobSpec", () => {
     [
       { ...ok, gpus: 2 },
       "spec",
-      "job spec has unknown field(s) gpus; known: jobId, code, tier, image, timeoutSeconds, env, workspaceDir, datasetsDir",
+      "job spec has unknown field(s) gpus; known: jobId, code, tier, image, timeoutSeconds, env, workspaceDir, datasetsDir, priority, preemptible",
     ],
   ])("names the bad field of %j", (spec, field, message) => {
     const error = fieldError(() => parseJobSpec(spec));

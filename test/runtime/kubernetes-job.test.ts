@@ -25,6 +25,7 @@ function input(tier: TierName, overrides: Partial<KubernetesJobInput> = {}): Kub
     ttlSecondsAfterFinished: 3600,
     user: ROOTLESS_FALLBACK_USER,
     owner: { pod: "crucible-agent-cpu-small-5d8f7-x2x4z", start: "1767607200000" },
+    gpuNodeLabel: { key: "nvidia.com/gpu.present", value: "true" },
     ...overrides,
   };
 }
@@ -141,6 +142,16 @@ describe("the Job of each tier", () => {
       expect(jobManifest(input("cpu-small", { priority })).spec?.template.spec?.priorityClassName).toBe(
         "crucible-batch",
       );
+  });
+
+  it("sends GPU pods to the nodes of the configured label; CPU pods select no nodes", () => {
+    const gpuNodeLabel = { key: "node.crucible.dev/gpu", value: "yes" };
+    expect(jobManifest(input("gpu-small", { gpuNodeLabel })).spec?.template.spec?.nodeSelector).toEqual({
+      "node.crucible.dev/gpu": "yes",
+    });
+    expect(
+      jobManifest(input("cpu-large", { gpuNodeLabel })).spec?.template.spec?.nodeSelector,
+    ).toBeUndefined();
   });
 
   it("caps /tmp by a stack's smaller memory override, as the Docker sandbox does", () => {

@@ -324,6 +324,23 @@ describe("the CLI", () => {
     expect(exit).toBe(2);
     expect(stderr).toContain("crucible: CRUCIBLE_K8S_NAMESPACE must name the namespace jobs run in");
   });
+
+  it("refuses a GPU node label that is not key=value, naming the variable and the form", async () => {
+    const { code: exit, stderr } = await crucible(
+      ["agent", "--tier", "gpu-small", "--queue-url", "http://127.0.0.1:1/q"],
+      undefined,
+      {
+        CRUCIBLE_LAUNCHER: "kubernetes",
+        CRUCIBLE_BUCKET: "b",
+        CRUCIBLE_K8S_NAMESPACE: "crucible-dev",
+        CRUCIBLE_K8S_GPU_NODE_LABEL: "nvidia.com/gpu.present",
+      },
+    );
+    expect(exit).toBe(2);
+    expect(stderr).toContain(
+      'crucible: CRUCIBLE_K8S_GPU_NODE_LABEL must be a node label as key=value, such as nvidia.com/gpu.present=true, got "nvidia.com/gpu.present"',
+    );
+  });
 });
 
 const REAL = process.env.CRUCIBLE_K8S_TEST_KUBECONFIG;

@@ -8,6 +8,7 @@ import { PRIORITIES } from "../../runtime/src/scheduling";
 function recordingQueues(
   nonEmpty: readonly Priority[],
   weights?: Record<Priority, number>,
+  onReceive?: (priority: Priority, wait: number) => void,
 ): { queues: PriorityQueues; calls: [Priority, number][] } {
   const calls: [Priority, number][] = [];
   const make = (priority: Priority): JobQueue =>
@@ -16,6 +17,7 @@ function recordingQueues(
       priority,
       receive: (_max: number, wait: number) => {
         calls.push([priority, wait]);
+        onReceive?.(priority, wait);
         const got = nonEmpty.includes(priority) ? [{ messageId: priority } as ReceivedJob] : [];
         return Promise.resolve(got);
       },
@@ -65,6 +67,20 @@ describe("PriorityQueues", () => {
       ["high", 7],
       ["normal", 7],
       ["low", 7],
+    ]);
+  });
+
+  it("once stopped, lets the receive in flight end but polls no further class", async () => {
+    const stop = new AbortController();
+    const { queues, calls } = recordingQueues([], undefined, (priority, wait) => {
+      if (priority === "high" && wait > 0) stop.abort();
+    });
+    expect(await queues.receive(2, 20, stop.signal)).toEqual([]);
+    expect(calls).toEqual([
+      ["high", 0],
+      ["normal", 0],
+      ["low", 0],
+      ["high", 7],
     ]);
   });
 

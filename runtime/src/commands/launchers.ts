@@ -37,7 +37,8 @@ export function launcherKind(flag: string | undefined, env: NodeJS.ProcessEnv = 
 /**
  * The launcher of a kind. The Kubernetes client (ESM, heavy) is imported by connectKubernetes only when
  * Kubernetes is chosen, so no other command pays for loading it. Kubernetes reads CRUCIBLE_K8S_NAMESPACE (required),
- * CRUCIBLE_K8S_KUBECONFIG (else in-cluster or ~/.kube/config) and CRUCIBLE_K8S_PENDING_TIMEOUT_SECONDS.
+ * CRUCIBLE_K8S_KUBECONFIG (else in-cluster or ~/.kube/config), CRUCIBLE_K8S_PENDING_TIMEOUT_SECONDS and
+ * CRUCIBLE_K8S_GPU_NODE_LABEL (`key=value`, the label GPU pods select nodes by).
  */
 export async function launcherFor(kind: LauncherKind, settings: LauncherSettings): Promise<Launcher> {
   const { logger, images } = settings;
@@ -59,6 +60,7 @@ export async function launcherFor(kind: LauncherKind, settings: LauncherSettings
       `CRUCIBLE_K8S_PENDING_TIMEOUT_SECONDS must be a whole number of seconds > 0, got "${pending}"`,
     );
   }
+  const gpuNodeLabel = parseNodeLabel(env.CRUCIBLE_K8S_GPU_NODE_LABEL);
   const api = await connectKubernetes(logger, env.CRUCIBLE_K8S_KUBECONFIG || undefined);
   logger.info({ server: api.server, namespace }, "launching jobs on Kubernetes");
   return new KubernetesLauncher({
@@ -67,5 +69,18 @@ export async function launcherFor(kind: LauncherKind, settings: LauncherSettings
     logger,
     ...(images && { images }),
     ...(pendingTimeoutSeconds && { pendingTimeoutSeconds }),
+    ...(gpuNodeLabel && { gpuNodeLabel }),
   });
+}
+
+/** `key=value` from CRUCIBLE_K8S_GPU_NODE_LABEL; unset or empty leaves the launcher's default. */
+function parseNodeLabel(text: string | undefined): { key: string; value: string } | undefined {
+  if (!text) return undefined;
+  const at = text.indexOf("=");
+  if (at <= 0 || at === text.length - 1) {
+    throw new UsageError(
+      `CRUCIBLE_K8S_GPU_NODE_LABEL must be a node label as key=value, such as nvidia.com/gpu.present=true, got "${text}"`,
+    );
+  }
+  return { key: text.slice(0, at), value: text.slice(at + 1) };
 }
