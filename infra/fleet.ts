@@ -205,6 +205,7 @@ export class TierFleet extends pulumi.ComponentResource {
             groupArn,
             parameterArn: agentConfig.arn,
             logGroupArn: agentLog.arn,
+            spot: settings.spot.enabled,
           }),
         ),
       },
@@ -521,7 +522,7 @@ export class TierFleet extends pulumi.ComponentResource {
 
 /**
  * What a node may do: its tier's priority queues, its workspace prefix (and the buckets' key, through S3 only),
- * pulls, its own group's hooks, its job metrics and its agent's log.
+ * pulls, its own group's hooks, its job metrics and its agent's log; on a spot group, spot prices for the ledger.
  */
 export function nodePolicy(
   scope: AgentDataScope & {
@@ -530,6 +531,8 @@ export function nodePolicy(
     readonly parameterArn: pulumi.Input<string>;
     /** The tier's agent log group. */
     readonly logGroupArn: pulumi.Input<string>;
+    /** The group runs spot instances, whose agents charge jobs the spot price. */
+    readonly spot: boolean;
   },
 ): PolicyDocument {
   return {
@@ -565,6 +568,7 @@ export function nodePolicy(
         Action: ["logs:CreateLogStream", "logs:PutLogEvents"],
         Resource: pulumi.interpolate`${scope.logGroupArn}:*`,
       },
+      ...(scope.spot ? [SPOT_PRICES_STATEMENT] : []),
     ],
   };
 }
@@ -643,6 +647,14 @@ export function agentDataStatements(scope: AgentDataScope): PolicyStatement[] {
 }
 
 /** The agent's job outcome metrics, in their own namespace only. */
+/** A read-only action with no resource-level permissions: IAM authorises it only on "*". */
+const SPOT_PRICES_STATEMENT: PolicyStatement = {
+  Sid: "SpotPrices",
+  Effect: "Allow",
+  Action: "ec2:DescribeSpotPriceHistory",
+  Resource: "*",
+};
+
 export const JOB_METRICS_STATEMENT: PolicyStatement = {
   Sid: "JobMetrics",
   Effect: "Allow",

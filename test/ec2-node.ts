@@ -4,8 +4,8 @@ import { createServer } from "node:http";
 import type { AddressInfo } from "node:net";
 
 /**
- * One AWS API call as the SDK serialised it: Auto Scaling speaks the query protocol (form fields such as
- * `InstanceIds.member.1`), CloudWatch its JSON protocol (the request object as sent).
+ * One AWS API call as the SDK serialised it: Auto Scaling and EC2 speak query protocols (form fields such
+ * as `InstanceIds.member.1`), CloudWatch its JSON protocol (the request object as sent).
  */
 export interface QueryCall {
   readonly action: string;
@@ -24,6 +24,8 @@ export class Ec2Node extends EventEmitter<{ call: [QueryCall]; read: [string] }>
   readonly calls: QueryCall[] = [];
   /** Actions that answer with this error code instead of success. */
   readonly failing = new Map<string, string>();
+  /** Query actions that answer with this XML document instead of an empty result (e.g. EC2's). */
+  readonly answers = new Map<string, string>();
   /** False: the token request is refused (403), as when the instance's metadata access is turned off. */
   issuesTokens = true;
   private readonly tokens = new Set<string>();
@@ -125,7 +127,8 @@ export class Ec2Node extends EventEmitter<{ call: [QueryCall]; read: [string] }>
       return reply(
         res,
         200,
-        `<${call.action}Response><${call.action}Result/><ResponseMetadata><RequestId>r-1</RequestId></ResponseMetadata></${call.action}Response>`,
+        this.answers.get(call.action) ??
+          `<${call.action}Response><${call.action}Result/><ResponseMetadata><RequestId>r-1</RequestId></ResponseMetadata></${call.action}Response>`,
         "text/xml",
       );
     }

@@ -7,8 +7,8 @@ import { StopRequest } from "./contract";
 import type { ReceivedJob } from "./job-queue";
 import type { JobAddress, JobState, StoredSpec } from "./job-store";
 import type { JobStore } from "./job-store";
-import type { LedgerEntry } from "./ledger";
-import { attemptCost, costOf } from "./ledger";
+import type { LedgerEntry, NodePrice } from "./ledger";
+import { attemptCost, costOf, ON_DEMAND } from "./ledger";
 import type { Logger } from "./logger";
 import type { PriorityQueues } from "./priority-queues";
 import type { Priority, SchedulingPolicy } from "./scheduling";
@@ -56,6 +56,8 @@ export interface AgentOptions {
    * `false` stops the agent, handing back what runs. Defaults to always.
    */
   readonly ready?: () => Promise<boolean>;
+  /** The node's price against on-demand, asked as each job starts (a spot node's spot price). Defaults to on-demand. */
+  readonly nodePrice?: () => Promise<NodePrice>;
 }
 
 export interface AgentEvents {
@@ -103,9 +105,13 @@ interface Slot {
   job?: RunningJob;
 }
 
-/** What an attempt is charged: the tier's on-demand price, times the no-preempt factor when it applies. */
+/**
+ * What an attempt is charged: the tier's price on the node it runs on (its on-demand price, scaled on a
+ * spot node by the spot discount), times the no-preempt factor when it applies.
+ */
 interface Pricing {
   readonly pricePerHourUsd: number;
+  readonly priceSource: NodePrice["source"];
   readonly priceFactor: number;
 }
 
@@ -151,6 +157,7 @@ export class Agent extends EventEmitter<AgentEvents> {
       scratchRoot: tmpdir(),
       policy: parseSchedulingPolicy(undefined),
       schedulingPollSeconds: 5,
+      nodePrice: () => Promise.resolve(ON_DEMAND),
       ...options,
     };
     if (this.settings.visibilitySeconds <= this.settings.heartbeatSeconds) {
@@ -358,7 +365,7 @@ export class Agent extends EventEmitter<AgentEvents> {
         await message.queue.release(message.receiptHandle);
         return;
       }
-      const pricing = this.pricing(spec);
+      const pricing = await this.pricing(spec);
       const over = overBudget(await this.spend.standings(address), this.marginUsd(pricing));
       if (over) {
         const why = `not started: ${describeStanding(over)}`;
@@ -541,9 +548,12 @@ export class Agent extends EventEmitter<AgentEvents> {
     );
   }
 
-  private pricing(spec: StoredSpec): Pricing {
+  private async pricing(spec: StoredSpec): Promise<Pricing> {
+    const node = await this.settings.nodePrice();
     return {
-      pricePerHourUsd: getTier(this.settings.tier).onDemandHourlyUsd,
+      // To a millionth of a dollar: the ledger's costs are rounded far coarser, to a hundredth of a cent.
+      pricePerHourUsd: Math.round(getTier(this.settings.tier).onDemandHourlyUsd * node.factor * 1e6) / 1e6,
+      priceSource: node.source,
       priceFactor: spec.preemptible === false ? this.settings.policy.preemption.noPreemptPriceFactor : 1,
     };
   }
@@ -578,7 +588,7 @@ export class Agent extends EventEmitter<AgentEvents> {
       status: envelope.status,
       ...(envelope.reason && { reason: envelope.reason }),
       pricePerHourUsd: pricing.pricePerHourUsd,
-      priceSource: "on-demand",
+      priceSource: pricing.priceSource,
       priceFactor: pricing.priceFactor,
       costUsd: attemptCost(envelope.executionTime, pricing.pricePerHourUsd, pricing.priceFactor),
     };

@@ -34,6 +34,17 @@ export const ledgerEntrySchema = z.object({
 });
 export type LedgerEntry = z.infer<typeof ledgerEntrySchema>;
 
+/**
+ * What the node a job runs on costs against the on-demand price the tier catalog charges: `factor` 1 on
+ * an on-demand node, spot price ÷ on-demand price of the node's instance type on a spot node.
+ */
+export interface NodePrice {
+  readonly source: LedgerEntry["priceSource"];
+  readonly factor: number;
+}
+
+export const ON_DEMAND: NodePrice = { source: "on-demand", factor: 1 };
+
 /** Cost of `seconds` at `pricePerHourUsd` × `priceFactor`, unrounded: what budget checks compare. */
 export function costOf(seconds: number, pricePerHourUsd: number, priceFactor = 1): number {
   return (seconds / 3600) * pricePerHourUsd * priceFactor;

@@ -810,6 +810,17 @@ describe.each(STACKS)("%s stack fleet", (stack) => {
       }
     });
 
+    it("looks up spot prices (read-only, on every resource as IAM requires) only where its group runs spot", () => {
+      for (const tier of tiers) {
+        const ec2 = statements(tier).filter((s) => list(s.Action).some((a) => a.startsWith("ec2:")));
+        expect(ec2).toEqual(
+          want.tiers[tier]!.spot
+            ? [{ Sid: "SpotPrices", Effect: "Allow", Action: "ec2:DescribeSpotPriceHistory", Resource: "*" }]
+            : [],
+        );
+      }
+    });
+
     it("writes only to its agent's log streams, in a log group kept 30 days", () => {
       for (const tier of tiers) {
         const group = logGroup(tier);

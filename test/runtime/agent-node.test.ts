@@ -11,6 +11,7 @@ import { submitJob } from "../../runtime/src/submit";
 import { localAgentEnv, queueDepth } from "../../scripts/lib/soak";
 import { crucible } from "../cli";
 import { Ec2Node } from "../ec2-node";
+import { spotPriceHistory } from "../spot-prices";
 
 const logger = pino({ level: "silent" });
 const TIER = "cpu-small";
@@ -28,6 +29,16 @@ beforeAll(async () => {
   nodeEndpoint = await node.start();
   node.metadata.set("instance-id", "i-0node");
   node.metadata.set("autoscaling/target-lifecycle-state", "InService");
+  // A spot m6i.xlarge at 0.0768 USD/h: 0.4 of its on-demand 0.192.
+  node.metadata.set("instance-life-cycle", "spot");
+  node.metadata.set("instance-type", "m6i.xlarge");
+  node.metadata.set("placement/availability-zone", "us-east-1a");
+  node.answers.set(
+    "DescribeSpotPriceHistory",
+    spotPriceHistory([
+      { instanceType: "m6i.xlarge", zone: "us-east-1a", price: "0.0768", at: "2026-12-01T00:00:00Z" },
+    ]),
+  );
 });
 
 afterAll(async () => {
@@ -53,7 +64,7 @@ const protection = (value: "true" | "false") => (c: { params: Record<string, unk
   c.params.ProtectedFromScaleIn === value;
 
 describe("crucible agent on a fleet node", () => {
-  it("joins its group, holds scale-in protection while it works, publishes outcomes, and on scale-in hands its job back before letting the instance go", async () => {
+  it("joins its group, prices its jobs at its spot price, holds scale-in protection while it works, publishes outcomes, and on scale-in hands its job back before letting the instance go", async () => {
     const agent = crucible(["agent", "--tier", TIER], undefined, {
       CRUCIBLE_LOG_LEVEL: "info",
       ...localAgentEnv(platform),
@@ -64,6 +75,7 @@ describe("crucible agent on a fleet node", () => {
       AWS_EC2_METADATA_SERVICE_ENDPOINT: nodeEndpoint,
       AWS_ENDPOINT_URL_AUTO_SCALING: nodeEndpoint,
       AWS_ENDPOINT_URL_CLOUDWATCH: nodeEndpoint,
+      AWS_ENDPOINT_URL_EC2: nodeEndpoint,
     });
     try {
       const launch = await node.nextCall("CompleteLifecycleAction");
@@ -77,6 +89,10 @@ describe("crucible agent on a fleet node", () => {
       const hello = await submit("hello", 'def main():\n    return "hi"\n');
       await node.nextCall("PutMetricData");
       expect((await platform.store.getEnvelope(hello))?.status).toBe("success");
+      // cpu-small's 0.02 USD/h on demand, at the node's spot discount.
+      expect(await platform.store.ledgerEntries({ project: "demo", user: "ada" })).toMatchObject([
+        { jobId: hello.jobId, priceSource: "spot", pricePerHourUsd: 0.008, priceFactor: 1 },
+      ]);
       await node.nextCall("SetInstanceProtection", protection("false"));
 
       const long = await submit("long", "import time\ndef main():\n    time.sleep(300)\n");
@@ -99,10 +115,11 @@ describe("crucible agent on a fleet node", () => {
         node.calls.map((c) =>
           c.action === "PutMetricData"
             ? (c.params.MetricData as { MetricName: string }[])[0]!.MetricName
-            : `${c.action} ${String(c.params.ProtectedFromScaleIn ?? c.params.LifecycleHookName)}`,
+            : `${c.action} ${String(c.params.ProtectedFromScaleIn ?? c.params.LifecycleHookName ?? c.params["InstanceType.1"])}`,
         ),
       ).toEqual([
         `CompleteLifecycleAction ${GROUP}-launch`,
+        "DescribeSpotPriceHistory m6i.xlarge",
         "SetInstanceProtection true",
         "JobsSucceeded",
         "SetInstanceProtection false",

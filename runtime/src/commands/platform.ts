@@ -19,6 +19,7 @@ import type { Logger } from "../logger";
 import { startLocalPlatform } from "../local-platform";
 import type { Departure } from "../node-lifecycle";
 import { cloudWatchOutcomes, InstanceMetadata, NodeLifecycle } from "../node-lifecycle";
+import { SpotPriceLookup } from "../node-price";
 import { PriorityQueues } from "../priority-queues";
 import type { Priority, SchedulingPolicy } from "../scheduling";
 import { DEFAULT_PRIORITY, PRIORITIES, parseSchedulingPolicy } from "../scheduling";
@@ -106,6 +107,7 @@ function fleetNodeFromEnv(logger: Logger):
       lifecycle: NodeLifecycle;
       recordOutcome: ReturnType<typeof cloudWatchOutcomes>;
       recordSpend: ReturnType<typeof cloudWatchSpend>;
+      price: SpotPriceLookup;
     }
   | undefined {
   const name = env("CRUCIBLE_ASG_NAME");
@@ -118,15 +120,17 @@ function fleetNodeFromEnv(logger: Logger):
     );
   const region = env("AWS_REGION") ?? "us-east-1";
   const cloudwatch = new CloudWatchClient({ region });
+  const metadata = new InstanceMetadata();
   return {
     lifecycle: new NodeLifecycle({
-      metadata: new InstanceMetadata(),
+      metadata,
       autoscaling: new AutoScalingClient({ region }),
       group: { name, launchHook, terminationHook },
       logger,
     }),
     recordOutcome: cloudWatchOutcomes(cloudwatch, logger),
     recordSpend: cloudWatchSpend(cloudwatch, logger),
+    price: new SpotPriceLookup({ metadata, region, logger }),
   };
 }
 
@@ -419,6 +423,8 @@ export function registerPlatform(program: Command): void {
             ...(node && { markUnhealthy: (reason: string) => node.lifecycle.markUnhealthy(reason) }),
           })
         : undefined;
+      // Priced before the first job, so its start does not wait on EC2, and the price is in the log.
+      await node?.price.current();
       const agent = new Agent({
         tier,
         queues,
@@ -431,7 +437,11 @@ export function registerPlatform(program: Command): void {
         ...(heartbeatSeconds && { heartbeatSeconds }),
         ...(visibilitySeconds && { visibilitySeconds }),
         ...(graceSeconds && { graceSeconds }),
-        ...(node && { recordOutcome: node.recordOutcome, recordSpend: node.recordSpend }),
+        ...(node && {
+          recordOutcome: node.recordOutcome,
+          recordSpend: node.recordSpend,
+          nodePrice: () => node.price.current(),
+        }),
         ...(health && { ready: () => health.ready() }),
       });
       const unwatchHealth = health?.watch(agent);
