@@ -696,7 +696,7 @@ describe.each(STACKS)("%s stack fleet", (stack) => {
       }
     });
 
-    it('uses Resource "*" only for the registry token and job metrics in their namespace', () => {
+    it('uses Resource "*" only for the registry token, job metrics in their namespace and spot prices', () => {
       for (const tier of tiers) {
         const starred = statements(tier).filter((s) => list(s.Resource).includes("*"));
         for (const s of starred) expect(list(s.Resource)).toEqual(["*"]);
@@ -706,6 +706,9 @@ describe.each(STACKS)("%s stack fleet", (stack) => {
             Action: "cloudwatch:PutMetricData",
             Condition: { StringEquals: { "cloudwatch:namespace": "Crucible/Jobs" } },
           },
+          ...(want.tiers[tier]!.spot
+            ? [{ Action: "ec2:DescribeSpotPriceHistory", Condition: undefined }]
+            : []),
         ]);
       }
     });

@@ -163,12 +163,14 @@ describe("scheduling on the local platform", () => {
       expect(deferred).toBeGreaterThan(0);
       const users = started.map((id) => ids.get(id));
       expect(users.filter((u) => u === "alice")).toHaveLength(20);
-      // Alternating: both run side by side, each starting its next job as its last one ends, so neither ever
-      // gets more than two starts ahead (one running, one just started as the other's ends).
+      // Alternating: both run side by side, each starting its next job as its last one ends. One user gets
+      // ahead by two (one running, one just started as the other's ends), by three at most when the other's
+      // next message is still sitting out its deferral (1 s) as a job ends; first come, first served would
+      // run all of alice's 20 first.
       let lead = 0;
       for (const user of users) {
         lead += user === "alice" ? 1 : -1;
-        expect(Math.abs(lead)).toBeLessThanOrEqual(2);
+        expect(Math.abs(lead), users.join(" ")).toBeLessThanOrEqual(3);
       }
       // Every deferral was a fresh message: none of the jobs reached the dead-letter queue.
       for (const id of ids.keys())
