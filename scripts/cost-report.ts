@@ -2,6 +2,7 @@ import { Command, Option } from "commander";
 import { writeFile } from "node:fs/promises";
 import { platformFromEnv } from "../runtime/src/commands/platform";
 import { cliLogger } from "../runtime/src/commands/shared";
+import { LEDGER_PREFIX, ledgerMonth } from "../runtime/src/ledger";
 import { readLedgerDir } from "../runtime/src/usage";
 import {
   FORMATS,
@@ -38,8 +39,8 @@ async function ledgerFrom(flags: Flags, now: Date): Promise<LedgerInput | undefi
   if (!process.env.CRUCIBLE_BUCKET) return undefined;
   const { store } = platformFromEnv(cliLogger());
   return {
-    source: `bucket ${store.bucket} (${store.prefix})`,
-    entries: await store.ledgerEntries(),
+    source: `bucket ${store.bucket} (${LEDGER_PREFIX}${ledgerMonth(month)}/)`,
+    entries: await store.ledgerEntries({ since: month, until: month }),
     month,
     now,
   };

@@ -12,7 +12,7 @@ import { z } from "zod";
 import type { Envelope, JobSpecInput } from "./contract";
 import { CHECKPOINT_OBJECT_TAG, envelopeSchema, jobIdSchema } from "./contract";
 import type { LedgerEntry } from "./ledger";
-import { ledgerEntrySchema } from "./ledger";
+import { LEDGER_PREFIX, ledgerEntrySchema, ledgerMonth, ledgerMonths } from "./ledger";
 import type { Logger } from "./logger";
 
 /** Who a job belongs to, and so where everything about it lives. */
@@ -46,6 +46,17 @@ export type JobState = z.infer<typeof jobStateSchema>;
 
 /** What `spec.json` holds: the job as submitted, less its code (which is `code.zip` beside it). */
 export type StoredSpec = Omit<JobSpecInput, "code" | "workspaceDir" | "datasetsDir">;
+
+/** Which entries of the ledger to read; `until` defaults to now. */
+export interface LedgerScope {
+  readonly project?: string;
+  readonly user?: string;
+  readonly since?: Date;
+  readonly until?: Date;
+}
+
+/** `ledger/<yyyy-mm>/<project>/<user>/<jobId>/<attempt>.json`. */
+const LEDGER_KEY = new RegExp(`^${LEDGER_PREFIX}(\\d{4}-\\d{2})/([^/]+)/([^/]+)/[^/]+/\\d+\\.json$`);
 
 const KEYS = {
   code: "code.zip",
@@ -216,27 +227,61 @@ export class JobStore {
     return count;
   }
 
-  /** Records one attempt's cost under its job: `ledger/<attempt>.json`. */
+  /**
+   * Records one attempt's cost twice: under its job (`ledger/<attempt>.json`), where it goes with the job's
+   * files, and in finance's partition of the month it ended in ({@link LEDGER_PREFIX}), which outlives them.
+   */
   async putLedgerEntry(address: JobAddress, entry: LedgerEntry): Promise<void> {
-    await this.put(address, `${KEYS.ledger}${entry.attempt}.json`, JSON.stringify(entry));
+    const body = JSON.stringify(entry);
+    await this.put(address, `${KEYS.ledger}${entry.attempt}.json`, body);
+    const key = `${LEDGER_PREFIX}${ledgerMonth(new Date(entry.endedAt))}/${address.project}/${address.user}/${address.jobId}/${entry.attempt}.json`;
+    await this.s3.send(new PutObjectCommand({ Bucket: this.bucket, Key: key, Body: body }));
   }
 
   /**
-   * Every ledger entry in the store, or of one project, or of one project's user; entries that do not
-   * parse are skipped with a warning rather than failing a whole report.
+   * The ledger's entries, from finance's partitions: of the months from `since` to `until` (every month
+   * without `since`), of one project, one project's user, or one user across projects. Entries never
+   * change, so `seen` (key → entry) lets a caller that reads again fetch only the new ones. Entries that
+   * do not parse are skipped with a warning rather than failing a whole report.
    */
-  async ledgerEntries(scope: { project?: string; user?: string } = {}): Promise<LedgerEntry[]> {
-    const prefix =
-      this.prefix + (scope.project ? `${scope.project}/${scope.user ? `${scope.user}/` : ""}` : "");
-    const keys = (await this.keys(prefix)).filter((key) => /\/jobs\/[^/]+\/ledger\/\d+\.json$/.test(key));
+  async ledgerEntries(
+    scope: LedgerScope = {},
+    seen = new Map<string, LedgerEntry>(),
+  ): Promise<LedgerEntry[]> {
+    const under = scope.project ? `${scope.project}/${scope.user ? `${scope.user}/` : ""}` : "";
+    const prefixes = scope.since
+      ? ledgerMonths(scope.since, scope.until ?? new Date()).map(
+          (month) => `${LEDGER_PREFIX}${month}/${under}`,
+        )
+      : [LEDGER_PREFIX];
     const entries: LedgerEntry[] = [];
-    for (const key of keys) {
-      const body = await this.getKey(key);
-      const parsed = body && ledgerEntrySchema.safeParse(JSON.parse(body.toString("utf8")));
-      if (parsed && parsed.success) entries.push(parsed.data);
-      else if (body) this.logger.warn({ key }, "skipping a ledger entry that does not parse");
+    for (const prefix of prefixes) {
+      for (const key of await this.keys(prefix)) {
+        const [, month, project, user] = LEDGER_KEY.exec(key) ?? [];
+        if (!month || (scope.project && project !== scope.project) || (scope.user && user !== scope.user))
+          continue;
+        const entry = seen.get(key) ?? (await this.ledgerEntry(key));
+        if (!entry) continue;
+        seen.set(key, entry);
+        entries.push(entry);
+      }
     }
     return entries;
+  }
+
+  private async ledgerEntry(key: string): Promise<LedgerEntry | undefined> {
+    const body = await this.getKey(key);
+    if (!body) return undefined;
+    let json: unknown;
+    try {
+      json = JSON.parse(body.toString("utf8"));
+    } catch {
+      json = undefined;
+    }
+    const parsed = ledgerEntrySchema.safeParse(json);
+    if (parsed.success) return parsed.data;
+    this.logger.warn({ key }, "skipping a ledger entry that does not parse");
+    return undefined;
   }
 
   /**

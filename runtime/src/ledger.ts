@@ -4,6 +4,14 @@ import { PRIORITIES } from "./scheduling";
 import { TIER_NAMES } from "./tiers";
 
 /**
+ * Where finance's copy of the ledger lives in the workspaces bucket, partitioned by the UTC month an
+ * attempt ended in (`ledger/2026-12/<project>/<user>/<jobId>/<attempt>.json`). It sits outside
+ * `workspaces/`, whose objects expire with the jobs (14 to 30 days), so last month's chargeback and this
+ * month's budgets are read complete, and reading a month lists only that month.
+ */
+export const LEDGER_PREFIX = "ledger/";
+
+/**
  * The cost ledger: one entry per attempt of a job, written by the agent that ran it next to the job
  * (`<job prefix>ledger/<attempt>.json`), so showback needs no database and a job's history travels with
  * it. `crucible usage` and the cost report aggregate these entries.
@@ -53,6 +61,23 @@ export function costOf(seconds: number, pricePerHourUsd: number, priceFactor = 1
 /** {@link costOf} rounded to a hundredth of a cent: what the ledger records, so sums are exact. */
 export function attemptCost(seconds: number, pricePerHourUsd: number, priceFactor = 1): number {
   return Math.round(costOf(seconds, pricePerHourUsd, priceFactor) * 10_000) / 10_000;
+}
+
+/** The month partition an entry is filed under: the UTC month its attempt ended in, `2026-12`. */
+export function ledgerMonth(at: Date): string {
+  return at.toISOString().slice(0, 7);
+}
+
+/** Every month partition from the one holding `since` to the one holding `until`, oldest first. */
+export function ledgerMonths(since: Date, until: Date): string[] {
+  const months: string[] = [];
+  for (
+    let at = monthStart(since);
+    at <= until;
+    at = new Date(Date.UTC(at.getUTCFullYear(), at.getUTCMonth() + 1, 1))
+  )
+    months.push(ledgerMonth(at));
+  return months;
 }
 
 /** The first instant of the UTC calendar month holding `at`: budgets are monthly, as AWS Budgets are. */

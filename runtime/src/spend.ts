@@ -25,6 +25,9 @@ const DEFAULT_CACHE_SECONDS = 30;
  */
 export class SpendTracker {
   private readonly cache = new Map<string, { at: number; usd: number }>();
+  /** This month's entries already read, by key: a read fetches only what was written since. */
+  private readonly seen = new Map<string, LedgerEntry>();
+  private seenSince: Date | undefined;
 
   constructor(
     private readonly store: JobStore,
@@ -64,19 +67,22 @@ export class SpendTracker {
   }
 
   /**
-   * A user's spend is over every project they work in, so their entries are found by listing the whole
-   * store; a project's, under its prefix.
+   * This month's spend from its ledger partition: a user's over every project they work in, a project's
+   * under its prefix.
    */
   private async spent(scope: { project?: string; user?: string }): Promise<number> {
     const key = scope.user ? userKey(scope.user) : projectKey(scope.project ?? "");
     const cached = this.cache.get(key);
     const nowMs = this.now().getTime();
     if (cached && nowMs - cached.at < this.cacheSeconds * 1000) return cached.usd;
-    const since = monthStart(this.now()).getTime();
-    const entries = await this.store.ledgerEntries(scope.user ? {} : { project: scope.project });
-    const usd = entries
-      .filter((e) => (scope.user ? e.user === scope.user : true) && Date.parse(e.endedAt) >= since)
-      .reduce((sum, e) => sum + e.costUsd, 0);
+    const since = monthStart(this.now());
+    if (this.seenSince?.getTime() !== since.getTime()) {
+      // A new month: last month's entries are never read again.
+      this.seen.clear();
+      this.seenSince = since;
+    }
+    const entries = await this.store.ledgerEntries({ ...scope, since, until: this.now() }, this.seen);
+    const usd = entries.reduce((sum, e) => sum + e.costUsd, 0);
     this.cache.set(key, { at: nowMs, usd });
     return usd;
   }

@@ -1,9 +1,12 @@
+import { DeleteObjectCommand, ListObjectsV2Command } from "@aws-sdk/client-s3";
 import pino from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { parseUsageFlags } from "../../runtime/src/commands/usage";
+import type { LedgerEntry } from "../../runtime/src/ledger";
 import type { LocalPlatform } from "../../runtime/src/local-platform";
 import { startLocalPlatform } from "../../runtime/src/local-platform";
 import { parseSchedulingPolicy } from "../../runtime/src/scheduling";
+import { SpendTracker } from "../../runtime/src/spend";
 import type { UsageWindow } from "../../runtime/src/usage";
 import {
   budgetsFor,
@@ -367,5 +370,110 @@ describe("crucible usage against the embedded S3 server", () => {
       code: 2,
       stderr: "crucible: CRUCIBLE_SCHEDULING.budgets.users.ada must be a positive amount of US dollars\n",
     });
+  });
+});
+
+describe("the ledger in the bucket", () => {
+  let platform: LocalPlatform;
+
+  beforeAll(async () => {
+    platform = await startLocalPlatform({ tiers: [], logger: pino({ level: "silent" }) });
+    for (const e of LEDGER)
+      await platform.store.putLedgerEntry({ project: e.project, user: e.user, jobId: e.jobId }, e);
+  });
+
+  afterAll(() => platform.stop());
+
+  async function keys(prefix: string): Promise<string[]> {
+    const page = await platform.s3.send(
+      new ListObjectsV2Command({ Bucket: platform.bucket, Prefix: prefix }),
+    );
+    return (page.Contents ?? []).map((o) => o.Key!).sort();
+  }
+
+  const ids = (entries: readonly LedgerEntry[]): string[] =>
+    entries.map((e) => `${e.jobId}/${e.attempt}`).sort();
+
+  it("files each entry under its job and in finance's partition of the UTC month it ended in", async () => {
+    expect(await keys("workspaces/nlp/")).toEqual([
+      "workspaces/nlp/ada/jobs/job-d/ledger/1.json",
+      "workspaces/nlp/bob/jobs/job-b/ledger/1.json",
+      "workspaces/nlp/cy/jobs/job-e/ledger/1.json",
+    ]);
+    expect(await keys("ledger/")).toEqual([
+      // job-d ended in the last millisecond of February, job-e in the first of April.
+      "ledger/2026-02/nlp/ada/job-d/1.json",
+      "ledger/2026-03/nlp/bob/job-b/1.json",
+      "ledger/2026-03/vision/ada/job-a/1.json",
+      "ledger/2026-03/vision/ada/job-a/2.json",
+      "ledger/2026-03/vision/bob/job-c/1.json",
+      "ledger/2026-04/nlp/cy/job-e/1.json",
+    ]);
+  });
+
+  it("reads only the months asked for, and one user across projects", async () => {
+    const march = { since: new Date("2026-03-01T00:00:00Z"), until: new Date("2026-03-31T23:59:59.999Z") };
+    expect(ids(await platform.store.ledgerEntries(march))).toEqual([
+      "job-a/1",
+      "job-a/2",
+      "job-b/1",
+      "job-c/1",
+    ]);
+    expect(ids(await platform.store.ledgerEntries({ ...march, user: "bob" }))).toEqual([
+      "job-b/1",
+      "job-c/1",
+    ]);
+    expect(ids(await platform.store.ledgerEntries({ ...march, project: "nlp" }))).toEqual(["job-b/1"]);
+    // Without a month: every partition.
+    expect(ids(await platform.store.ledgerEntries({ project: "nlp" }))).toEqual([
+      "job-b/1",
+      "job-d/1",
+      "job-e/1",
+    ]);
+    expect(ids(await platform.store.ledgerEntries({ user: "ada" }))).toEqual([
+      "job-a/1",
+      "job-a/2",
+      "job-d/1",
+    ]);
+  });
+
+  it("outlives the workspaces: with every job file expired, the month still adds up", async () => {
+    for (const key of await keys("workspaces/"))
+      await platform.s3.send(new DeleteObjectCommand({ Bucket: platform.bucket, Key: key }));
+    const done = await crucible(["usage", "--since", "2026-03-01", "--format", "json"], undefined, {
+      CRUCIBLE_BUCKET: platform.bucket,
+      CRUCIBLE_ENDPOINT: platform.endpoint,
+      AWS_REGION: platform.region,
+      AWS_ACCESS_KEY_ID: "local",
+      AWS_SECRET_ACCESS_KEY: "local",
+    });
+    expect(done.code).toBe(0);
+    expect((JSON.parse(done.stdout) as { total: { costUsd: number } }).total.costUsd).toBe(5.329);
+  });
+
+  it("month-to-date spend reads each entry once, then only what was added", async () => {
+    const now = new Date("2026-03-20T00:00:00Z");
+    const spend = new SpendTracker(platform.store, { users: { bob: 10 }, projects: {} }, 0, () => now);
+    const bob = { project: "nlp", user: "bob", jobId: "job-x" };
+    expect(await spend.standings(bob)).toEqual([{ kind: "user", name: "bob", limitUsd: 10, spentUsd: 4.04 }]);
+    const gets: string[] = [];
+    platform.s3.middlewareStack.add(
+      (next, context) => (args) => {
+        if (context.commandName === "GetObjectCommand") gets.push((args.input as { Key: string }).Key);
+        return next(args);
+      },
+      { step: "initialize", name: "countLedgerGets" },
+    );
+    try {
+      await platform.store.putLedgerEntry(
+        bob,
+        entry({ ...bob, endedAt: "2026-03-19T00:00:00Z", costUsd: 1.5 }),
+      );
+      const [standing] = await spend.standings(bob);
+      expect(standing!.spentUsd).toBeCloseTo(5.54, 10);
+      expect(gets).toEqual(["ledger/2026-03/nlp/bob/job-x/1.json"]);
+    } finally {
+      platform.s3.middlewareStack.remove("countLedgerGets");
+    }
   });
 });

@@ -1,10 +1,13 @@
+import { DeleteObjectCommand, ListObjectsV2Command } from "@aws-sdk/client-s3";
 import { parseXML } from "@aws-sdk/xml-builder";
 import { execFile } from "node:child_process";
 import { mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
+import pino from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { startLocalPlatform } from "../../runtime/src/local-platform";
 import { buildUsage, periodWindow, readLedgerDir, renderUsage } from "../../runtime/src/usage";
 import type { CostReport, LedgerUsage } from "../../scripts/lib/cost-report";
 import { buildReport, parseMonth, renderReport, spendChartOf } from "../../scripts/lib/cost-report";
@@ -316,6 +319,43 @@ describe("spend chart SVG", () => {
 
 describe("npm run cost-report -- --ledger --chart", () => {
   const run = promisify(execFile);
+
+  it("reads the month's partition of the stack's bucket, even after the jobs' files expired", async () => {
+    const platform = await startLocalPlatform({ tiers: [], logger: pino({ level: "silent" }) });
+    try {
+      for (const e of LEDGER)
+        await platform.store.putLedgerEntry({ project: e.project, user: e.user, jobId: e.jobId }, e);
+      const jobFiles = await platform.s3.send(
+        new ListObjectsV2Command({ Bucket: platform.bucket, Prefix: "workspaces/" }),
+      );
+      for (const { Key } of jobFiles.Contents ?? [])
+        await platform.s3.send(new DeleteObjectCommand({ Bucket: platform.bucket, Key }));
+      const out = await run(
+        process.execPath,
+        [
+          ...["--import", "tsx", join(ROOT, "scripts", "cost-report.ts")],
+          ...["--stack", "dev", "--format", "csv", "--month", "2026-03"],
+        ],
+        {
+          cwd: ROOT,
+          env: {
+            ...process.env,
+            CRUCIBLE_BUCKET: platform.bucket,
+            CRUCIBLE_ENDPOINT: platform.endpoint,
+            AWS_REGION: platform.region,
+            AWS_ACCESS_KEY_ID: "local",
+            AWS_SECRET_ACCESS_KEY: "local",
+          },
+        },
+      );
+      expect(out.stdout).toContain(
+        `usage-budget,crucible-dev,2026-03; 1.2 % of 400.00,${SPENT.environment!.toFixed(4)}\n`,
+      );
+      expect(out.stdout).toContain(`usage-budget,crucible-dev-user-bob,2026-03; 5.1 % of 80.00,4.0400\n`);
+    } finally {
+      await platform.stop();
+    }
+  });
 
   it("adds the usage rows and writes the chart", async () => {
     const root = await tree(

@@ -104,10 +104,14 @@ export function registerUsage(program: Command): void {
         throw new UsageError((error as Error).message);
       }
       const { store } = platformFromEnv(cliLogger());
-      const entries = (await store.ledgerEntries({ project: request.project, user: request.user })).filter(
-        // The store narrows by prefix, which cannot select a user across projects.
-        (e) => request.user === undefined || e.user === request.user,
-      );
+      const { from, to } = request.window;
+      const entries = await store.ledgerEntries({
+        ...(request.project && { project: request.project }),
+        ...(request.user && { user: request.user }),
+        since: from,
+        // The window's end is exclusive; the store's, the month holding it.
+        ...(to && { until: new Date(to.getTime() - 1) }),
+      });
       const budgets = budgetsFor(policy, request);
       const report = buildUsage(entries, {
         by: request.by,
