@@ -532,7 +532,12 @@ export class Agent extends EventEmitter<AgentEvents> {
         await this.polling;
         await message.queue.release(message.receiptHandle);
       }
-      await this.settings.recordOutcome?.({ outcome: "interrupted", tier, seconds: envelope.executionTime });
+      await this.settings.recordOutcome?.({
+        outcome: "interrupted",
+        tier,
+        seconds: envelope.executionTime,
+        chargedHourlyUsd: charged(pricing),
+      });
       log.info({ reason, checkpoints: uploaded.size }, "job handed back with its checkpoints");
       this.emit("handedBack", address, reason);
       return;
@@ -545,6 +550,7 @@ export class Agent extends EventEmitter<AgentEvents> {
       envelope,
       log,
       reason === "budget" ? "stopped: its owner's budget is spent; checkpoints kept" : undefined,
+      pricing,
     );
   }
 
@@ -608,6 +614,7 @@ export class Agent extends EventEmitter<AgentEvents> {
     envelope: Envelope,
     log: Logger,
     note?: string,
+    pricing?: Pricing,
   ): Promise<void> {
     const { store } = this.settings;
     await store.putLogs(address, envelope.logs);
@@ -622,11 +629,14 @@ export class Agent extends EventEmitter<AgentEvents> {
       outcome: envelope.status === "success" ? "succeeded" : "failed",
       tier: this.settings.tier,
       seconds: envelope.executionTime,
+      chargedHourlyUsd: pricing ? charged(pricing) : 0,
     });
     log.info({ status, reason: envelope.reason }, "job finished");
     this.emit("finished", address, envelope);
   }
 }
+
+const charged = (pricing: Pricing): number => pricing.pricePerHourUsd * pricing.priceFactor;
 
 /** A promise that resolves on the next {@link fire}: the receive loop sleeps on it while every slot is taken. */
 function signal(): { wait(): Promise<void>; fire(): void } {

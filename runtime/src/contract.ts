@@ -202,6 +202,8 @@ export interface JobOutcome {
   readonly outcome: "succeeded" | "failed" | "interrupted";
   readonly tier: string;
   readonly seconds: number;
+  /** What the attempt was charged per hour, as its ledger entry (spot price, no-preempt factor); 0 if it never ran. */
+  readonly chargedHourlyUsd: number;
 }
 
 /** A line a job prints (through `crucible.progress(...)`) to report progress; JSON follows the prefix. */

@@ -9,7 +9,6 @@ import { PutMetricDataCommand } from "@aws-sdk/client-cloudwatch";
 import type { JobOutcome } from "./contract";
 import { JOB_METRICS } from "./contract";
 import type { Logger } from "./logger";
-import { getTier, isTierName } from "./tiers";
 
 /** The variable the AWS SDKs read for a non-default instance metadata endpoint. */
 export const METADATA_ENDPOINT_ENV = "AWS_EC2_METADATA_SERVICE_ENDPOINT";
@@ -247,9 +246,8 @@ export function cloudWatchOutcomes(
   cloudwatch: CloudWatchClient,
   logger: Logger,
 ): (outcome: JobOutcome) => Promise<void> {
-  return async ({ outcome, tier, seconds }) => {
+  return async ({ outcome, tier, seconds, chargedHourlyUsd }) => {
     const dimensions = [{ Name: JOB_METRICS.dimension, Value: tier }];
-    const hourly = isTierName(tier) ? getTier(tier).onDemandHourlyUsd : 0;
     try {
       await cloudwatch.send(
         new PutMetricDataCommand({
@@ -261,7 +259,8 @@ export function cloudWatchOutcomes(
               MetricName: JOB_METRICS.costUsd,
               Dimensions: dimensions,
               Unit: "None",
-              Value: Math.round(((hourly * seconds) / 3600) * 1e6) / 1e6,
+              // To a millionth of a dollar, finer than the ledger: a dashboard of many short jobs adds up.
+              Value: Math.round(((chargedHourlyUsd * seconds) / 3600) * 1e6) / 1e6,
             },
           ],
         }),

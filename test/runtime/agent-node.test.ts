@@ -87,7 +87,10 @@ describe("crucible agent on a fleet node", () => {
       });
 
       const hello = await submit("hello", 'def main():\n    return "hi"\n');
-      await node.nextCall("PutMetricData");
+      const outcome = await node.nextCall("PutMetricData");
+      const [, seconds, cost] = outcome.params.MetricData as { Value: number }[];
+      // The dashboard's cost at the same spot price as the ledger.
+      expect(cost!.Value).toBe(Math.round(((0.008 * seconds!.Value) / 3600) * 1e6) / 1e6);
       expect((await platform.store.getEnvelope(hello))?.status).toBe("success");
       // cpu-small's 0.02 USD/h on demand, at the node's spot discount.
       expect(await platform.store.ledgerEntries({ project: "demo", user: "ada" })).toMatchObject([

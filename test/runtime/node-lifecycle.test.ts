@@ -259,10 +259,12 @@ describe("job outcome metrics", () => {
   const cloudwatch = () =>
     new CloudWatchClient({ endpoint, region: "us-west-2", credentials: CREDENTIALS, maxAttempts: 1 });
 
-  it("publishes each attempt's count, run time and on-demand cost in Crucible/Jobs, by tier", async () => {
+  it("publishes each attempt's count, run time and cost at its charged price in Crucible/Jobs, by tier", async () => {
     const record = cloudWatchOutcomes(cloudwatch(), logger);
-    await record({ outcome: "succeeded", tier: "gpu-small", seconds: 1800 });
-    await record({ outcome: "interrupted", tier: "cpu-large", seconds: 36 });
+    await record({ outcome: "succeeded", tier: "gpu-small", seconds: 1800, chargedHourlyUsd: 0.526 });
+    await record({ outcome: "interrupted", tier: "cpu-large", seconds: 36, chargedHourlyUsd: 0.096 });
+    // A spot cpu-small attempt at 0.4 of its 0.02 on demand: finer than the ledger's hundredth of a cent.
+    await record({ outcome: "succeeded", tier: "cpu-small", seconds: 9, chargedHourlyUsd: 0.008 });
     const metrics = (name: string, tier: string, seconds: number, costUsd: number) => {
       const Dimensions = [{ Name: "Tier", Value: tier }];
       return {
@@ -281,13 +283,22 @@ describe("job outcome metrics", () => {
     expect(node.calls).toEqual([
       metrics("JobsSucceeded", "gpu-small", 1800, 0.263),
       metrics("JobsInterrupted", "cpu-large", 36, 0.00096),
+      metrics("JobsSucceeded", "cpu-small", 9, 0.00002),
     ]);
   });
 
   it("never fails the job it counts when CloudWatch refuses", async () => {
     node.failing.set("PutMetricData", "Throttling");
     await expect(
-      cloudWatchOutcomes(cloudwatch(), logger)({ outcome: "failed", tier: "gpu-small", seconds: 5 }),
+      cloudWatchOutcomes(
+        cloudwatch(),
+        logger,
+      )({
+        outcome: "failed",
+        tier: "gpu-small",
+        seconds: 5,
+        chargedHourlyUsd: 0.526,
+      }),
     ).resolves.toBeUndefined();
     expect(actions()).toEqual(["PutMetricData"]);
   });
