@@ -4,6 +4,7 @@ import type { CrucibleConfig, Environment } from "./config";
 import type { PolicyDocument, PolicyStatement } from "./policy-document";
 import { webIdentityTrustPolicy } from "./policy-document";
 import { COST_TAGS, componentTags } from "./providers";
+import { LEDGER_PREFIX } from "../runtime/src/ledger";
 
 /** The issuer of GitHub Actions' OIDC tokens, without its scheme (how IAM names its condition keys). */
 export const GITHUB_OIDC_HOST = "token.actions.githubusercontent.com";
@@ -491,6 +492,14 @@ export function deployPolicy(s: AccountScope, environment: Environment, stack: s
         Effect: "Allow",
         Action: ["s3:GetObject", "s3:PutObject"],
         Resource: pulumi.interpolate`arn:${s.partition}:s3:::workspaces-*/workspaces/${SMOKE_PROJECT}/*`,
+        Condition: thisAccount,
+      },
+      {
+        // A submission checks its project's budget: it reads that project's ledger entries of the month.
+        Sid: "SmokeJobLedger",
+        Effect: "Allow",
+        Action: "s3:GetObject",
+        Resource: pulumi.interpolate`arn:${s.partition}:s3:::workspaces-*/${LEDGER_PREFIX}*/${SMOKE_PROJECT}/*`,
         Condition: thisAccount,
       },
       {

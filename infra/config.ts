@@ -22,12 +22,11 @@ import { PUBLIC_SUBNET_PREFIX, publicSubnetRoom, publicSubnetsFor } from "./cidr
 export const ENVIRONMENTS = ["dev", "staging", "prod"] as const;
 export type Environment = (typeof ENVIRONMENTS)[number];
 
-const int = (min: number, max: number) =>
-  z
-    .number({ error: `must be a whole number from ${min} to ${max}` })
-    .int({ error: `must be a whole number from ${min} to ${max}` })
-    .min(min, { error: `must be a whole number from ${min} to ${max}` })
-    .max(max, { error: `must be a whole number from ${min} to ${max}` });
+/** A whole number in a range; `why`, when given, follows the range in the message to say why the bounds. */
+const int = (min: number, max: number, why?: string) => {
+  const error = `must be a whole number from ${min} to ${max}${why === undefined ? "" : ` (${why})`}`;
+  return z.number({ error }).int({ error }).min(min, { error }).max(max, { error });
+};
 const positive = () =>
   z.number({ error: "must be a positive number" }).positive({ error: "must be a positive number" });
 const nonEmpty = (what: string) =>
@@ -213,6 +212,16 @@ const workspacesSchema = z.strictObject({
   retentionDays: int(1, 3650),
   /** Days after which checkpoints expire; at most retentionDays. */
   checkpointRetentionDays: int(1, 3650).optional(),
+  /**
+   * Days after which finance's copy of the ledger (`ledger/<yyyy-mm>/...` at the bucket root, outside
+   * `workspaces/`) expires. At least 62, two calendar months, so last month's report is always complete.
+   * Defaults to 400 (13 months: a year of chargeback, and year-over-year for the month before).
+   */
+  ledgerRetentionDays: int(
+    62,
+    3650,
+    "at least two calendar months, so last month's report is always complete",
+  ),
   noncurrentVersionDays: int(1, 365),
   abortMultipartDays: int(1, 30),
   /** Storage a project may use under its prefix, enforced by the runtime on upload. */
@@ -672,6 +681,7 @@ const common: DeepPartial<CrucibleSettings> = {
   },
   workspaces: {
     retentionDays: 30,
+    ledgerRetentionDays: 400,
     noncurrentVersionDays: 7,
     abortMultipartDays: 2,
     quotaGiBPerProject: 100,

@@ -3,6 +3,7 @@ import * as pulumi from "@pulumi/pulumi";
 import type { ImageFamily, Tier, TierName } from "../runtime/src/catalog";
 import { JOB_METRICS } from "../runtime/src/contract";
 import { getTier, jobImageFamily } from "../runtime/src/catalog";
+import { LEDGER_PREFIX } from "../runtime/src/ledger";
 import { sandboxFacts } from "../runtime/src/sandbox";
 import { PRIORITIES, type Priority, type SchedulingPolicy } from "../runtime/src/scheduling";
 import type { CrucibleConfig, TierConfig } from "./config";
@@ -521,8 +522,9 @@ export class TierFleet extends pulumi.ComponentResource {
 }
 
 /**
- * What a node may do: its tier's priority queues, its workspace prefix (and the buckets' key, through S3 only),
- * pulls, its own group's hooks, its job metrics and its agent's log; on a spot group, spot prices for the ledger.
+ * What a node may do: its tier's priority queues, its workspace prefix and the ledger (and the buckets' key,
+ * through S3 only), pulls, its own group's hooks, its job metrics and its agent's log; on a spot group, spot
+ * prices for the ledger.
  */
 export function nodePolicy(
   scope: AgentDataScope & {
@@ -586,8 +588,8 @@ export interface AgentDataScope {
 }
 
 /**
- * What an agent needs wherever it runs (a node, a Kubernetes pod): its tier's queues, its workspace prefix
- * (and the buckets' key, through S3 only) and the datasets.
+ * What an agent needs wherever it runs (a node, a Kubernetes pod): its tier's queues, its workspace prefix,
+ * the ledger's month partitions (and the buckets' key, through S3 only) and the datasets.
  */
 export function agentDataStatements(scope: AgentDataScope): PolicyStatement[] {
   return [
@@ -623,6 +625,20 @@ export function agentDataStatements(scope: AgentDataScope): PolicyStatement[] {
       Condition: { StringLike: { "s3:prefix": [pulumi.interpolate`${scope.prefix}*`] } },
     },
     {
+      // Finance's copy of each attempt's cost entry; agents read the month's partition for budgets.
+      Sid: "Ledger",
+      Effect: "Allow",
+      Action: ["s3:PutObject", "s3:GetObject"],
+      Resource: pulumi.interpolate`${scope.bucketArn}/${LEDGER_PREFIX}*`,
+    },
+    {
+      Sid: "ListLedger",
+      Effect: "Allow",
+      Action: "s3:ListBucket",
+      Resource: scope.bucketArn,
+      Condition: { StringLike: { "s3:prefix": [`${LEDGER_PREFIX}*`] } },
+    },
+    {
       Sid: "ReadDatasets",
       Effect: "Allow",
       Action: ["s3:GetObject", "s3:ListBucket"],
@@ -646,7 +662,6 @@ export function agentDataStatements(scope: AgentDataScope): PolicyStatement[] {
   ];
 }
 
-/** The agent's job outcome metrics, in their own namespace only. */
 /** A read-only action with no resource-level permissions: IAM authorises it only on "*". */
 const SPOT_PRICES_STATEMENT: PolicyStatement = {
   Sid: "SpotPrices",
@@ -655,6 +670,7 @@ const SPOT_PRICES_STATEMENT: PolicyStatement = {
   Resource: "*",
 };
 
+/** The agent's job outcome metrics, in their own namespace only. */
 export const JOB_METRICS_STATEMENT: PolicyStatement = {
   Sid: "JobMetrics",
   Effect: "Allow",

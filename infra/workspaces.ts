@@ -1,6 +1,7 @@
 import * as aws from "@pulumi/aws";
 import * as pulumi from "@pulumi/pulumi";
 import { CHECKPOINT_OBJECT_TAG } from "../runtime/src/contract";
+import { LEDGER_PREFIX } from "../runtime/src/ledger";
 import type { CrucibleConfig } from "./config";
 import { type PolicyDocument, accountRoot } from "./policy-document";
 import { componentTags } from "./providers";
@@ -17,8 +18,9 @@ export interface WorkspacesArgs {
 type Settings = WorkspacesArgs["settings"];
 
 /**
- * The workspaces bucket (job code, state, logs, outputs, checkpoints; expires after the retention)
- * and the datasets bucket (pre-cached datasets; never expires), both locked down the same way.
+ * The workspaces bucket (job code, state, logs, outputs, checkpoints under `workspaces/`, expiring after
+ * the retention; finance's copy of the cost ledger under `ledger/`, kept far longer for chargeback and
+ * budgets) and the datasets bucket (pre-cached datasets; never expires), both locked down the same way.
  */
 export class Workspaces extends pulumi.ComponentResource {
   public readonly bucketName: pulumi.Output<string>;
@@ -171,7 +173,10 @@ function lockedBucket(
   return bucket;
 }
 
-/** Job files expire after the retention; tagged checkpoints after their own, shorter one. */
+/**
+ * Job files expire after the retention; tagged checkpoints after their own, shorter one. The ledger sits
+ * outside `workspaces/`, so the job files' rules never reach it, and expires after its own retention.
+ */
 function expiryRules(settings: Settings): aws.types.input.s3.BucketLifecycleConfigurationRule[] {
   const rules: aws.types.input.s3.BucketLifecycleConfigurationRule[] = [
     {
@@ -194,6 +199,12 @@ function expiryRules(settings: Settings): aws.types.input.s3.BucketLifecycleConf
       expiration: { days: settings.checkpointRetentionDays },
     });
   }
+  rules.push({
+    id: "expire-ledger",
+    status: "Enabled",
+    filter: { prefix: LEDGER_PREFIX },
+    expiration: { days: settings.ledgerRetentionDays },
+  });
   return rules;
 }
 

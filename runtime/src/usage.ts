@@ -327,7 +327,10 @@ export async function readLedgerDir(dir: string): Promise<LedgerEntry[]> {
   const entries = new Map<string, LedgerEntry>();
   for (const file of files) {
     const path = relative(dir, file).split(sep).join("/");
-    const isEntry = /(^|\/)ledger\/\d+\.json$/.test(path);
+    // A job's copy (`…/jobs/<id>/ledger/<n>.json`) or finance's (`[ledger/]<yyyy-mm>/<project>/<user>/<id>/<n>.json`).
+    const isEntry =
+      /(^|\/)ledger\/\d+\.json$/.test(path) ||
+      /(^|\/)\d{4}-\d{2}\/[^/]+\/[^/]+\/[^/]+\/\d+\.json$/.test(path);
     let value: unknown;
     try {
       value = JSON.parse(await readFile(file, "utf8"));

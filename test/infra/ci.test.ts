@@ -183,7 +183,7 @@ describe.each(STACKS)("the %s stack's CI access", (stack) => {
     );
   });
 
-  it("reaches objects only under the smoke job's project, in this account's workspace buckets", () => {
+  it("reaches objects only under the smoke job's project (its files, its ledger entries), in this account's workspace buckets", () => {
     const objects = deploy.filter((s) =>
       list(s.Resource).some((r) => r.startsWith("arn:aws:s3:::") && r.includes("/")),
     );
@@ -192,6 +192,12 @@ describe.each(STACKS)("the %s stack's CI access", (stack) => {
         "SmokeJobFiles",
         ["s3:GetObject", "s3:PutObject"],
         "arn:aws:s3:::workspaces-*/workspaces/ci/*",
+        { StringEquals: { "aws:ResourceAccount": MOCK_ACCOUNT_ID } },
+      ],
+      [
+        "SmokeJobLedger",
+        "s3:GetObject",
+        "arn:aws:s3:::workspaces-*/ledger/*/ci/*",
         { StringEquals: { "aws:ResourceAccount": MOCK_ACCOUNT_ID } },
       ],
     ]);

@@ -48,6 +48,7 @@ describe("stack config files", () => {
     const config = configWith("dev", { "crucible:workspaces": undefined });
     const parsed = parseCrucibleConfig(settingsOf(config), { stack: "dev", region: "us-east-1" });
     expect(parsed.workspaces.retentionDays).toBe(30);
+    expect(parsed.workspaces.ledgerRetentionDays).toBe(400);
   });
 });
 
@@ -146,7 +147,7 @@ describe("bad config is rejected with the key, the value and what is allowed", (
 
   it("unknown nested key", () => {
     expect(problemsFor("dev", { "crucible:workspaces": { retentionDay: 3 } })).toEqual([
-      "crucible:workspaces.retentionDay is not a known setting; allowed here: retentionDays, checkpointRetentionDays, noncurrentVersionDays, abortMultipartDays, quotaGiBPerProject, encryption",
+      "crucible:workspaces.retentionDay is not a known setting; allowed here: retentionDays, checkpointRetentionDays, ledgerRetentionDays, noncurrentVersionDays, abortMultipartDays, quotaGiBPerProject, encryption",
     ]);
   });
 

@@ -765,6 +765,66 @@ describe.each(STACKS)("%s stack fleet", (stack) => {
       }
     });
 
+    it("writes and reads finance's ledger entries, and lists only the ledger's partitions", () => {
+      const bucketArn = workspacesBucket().state.arn as string;
+      for (const tier of tiers) {
+        expect(statement(tier, "Ledger")).toEqual({
+          Sid: "Ledger",
+          Effect: "Allow",
+          Action: ["s3:PutObject", "s3:GetObject"],
+          Resource: `${bucketArn}/ledger/*`,
+        });
+        expect(statement(tier, "ListLedger")).toEqual({
+          Sid: "ListLedger",
+          Effect: "Allow",
+          Action: "s3:ListBucket",
+          Resource: bucketArn,
+          Condition: { StringLike: { "s3:prefix": ["ledger/*"] } },
+        });
+      }
+    });
+
+    it("holds exactly the agent's statements and the node's own, in order", () => {
+      for (const tier of tiers) {
+        expect(statements(tier).map((s) => s.Sid)).toEqual([
+          "TierQueue",
+          "Workspaces",
+          "RunningMarkers",
+          "ListWorkspaces",
+          "Ledger",
+          "ListLedger",
+          "ReadDatasets",
+          ...(want.kms ? ["WorkspacesKey"] : []),
+          "RegistryToken",
+          "PullImages",
+          "OwnGroupLifecycle",
+          "JobMetrics",
+          "AgentConfig",
+          "AgentLog",
+          ...(want.tiers[tier]!.spot ? ["SpotPrices"] : []),
+        ]);
+      }
+    });
+
+    it("reaches S3 only in the workspaces bucket's prefixes and the datasets bucket", () => {
+      const bucketArn = workspacesBucket().state.arn as string;
+      const datasetsArn = plan.get(T.bucket, "workspaces-datasets").state.arn as string;
+      for (const tier of tiers) {
+        const s3 = statements(tier).filter((s) => list(s.Action).some((a) => a.startsWith("s3:")));
+        expect(s3.flatMap((s) => list(s.Resource)).sort()).toEqual(
+          [
+            `${bucketArn}/workspaces/*`,
+            `${bucketArn}/workspaces/*/_running/*`,
+            bucketArn,
+            `${bucketArn}/ledger/*`,
+            bucketArn,
+            datasetsArn,
+            `${datasetsArn}/*`,
+          ].sort(),
+        );
+      }
+    });
+
     it(
       want.kms
         ? "may use the buckets' KMS key, only through S3 in its region"

@@ -421,6 +421,8 @@ describe.each(STACKS)("%s stack with the Kubernetes target", (stack) => {
         "Workspaces",
         "RunningMarkers",
         "ListWorkspaces",
+        "Ledger",
+        "ListLedger",
         "ReadDatasets",
         ...(file["crucible:workspaces"]?.includes('"encryption":"s3"') ? [] : ["WorkspacesKey"]),
         "JobMetrics",
@@ -437,6 +439,21 @@ describe.each(STACKS)("%s stack with the Kubernetes target", (stack) => {
         Resource: PRIORITIES.map((p) => queueOf(tier, p).state.arn),
       });
       expect(policy.Statement[1]!.Resource).toBe(`${storage.bucketArn}/${storage.workspacesPrefix}*`);
+      expect(policy.Statement.slice(4, 6)).toEqual([
+        {
+          Sid: "Ledger",
+          Effect: "Allow",
+          Action: ["s3:PutObject", "s3:GetObject"],
+          Resource: `${storage.bucketArn}/ledger/*`,
+        },
+        {
+          Sid: "ListLedger",
+          Effect: "Allow",
+          Action: "s3:ListBucket",
+          Resource: storage.bucketArn,
+          Condition: { StringLike: { "s3:prefix": ["ledger/*"] } },
+        },
+      ]);
     });
   });
 });

@@ -1,13 +1,14 @@
 import { beforeAll, describe, expect, it } from "vitest";
 import { CHECKPOINT_OBJECT_TAG } from "../../runtime/src/contract";
+import { LEDGER_PREFIX } from "../../runtime/src/ledger";
 import { MOCK_ACCOUNT_ID } from "../../scripts/lib/mock-engine";
 import { STACKS, configProblems, runStack, type DeclaredResource, type Plan } from "../harness";
 
 /** What each stack file says (or inherits from its environment's defaults). */
 const EXPECTED = {
-  dev: { retentionDays: 14, checkpointDays: undefined, quota: 50, encryption: "s3" },
-  staging: { retentionDays: 30, checkpointDays: undefined, quota: 100, encryption: "kms" },
-  prod: { retentionDays: 30, checkpointDays: 14, quota: 500, encryption: "kms" },
+  dev: { retentionDays: 14, checkpointDays: undefined, ledgerDays: 400, quota: 50, encryption: "s3" },
+  staging: { retentionDays: 30, checkpointDays: undefined, ledgerDays: 400, quota: 100, encryption: "kms" },
+  prod: { retentionDays: 30, checkpointDays: 14, ledgerDays: 730, quota: 500, encryption: "kms" },
 } as const;
 const NONCURRENT_DAYS = 7;
 const ABORT_MULTIPART_DAYS = 2;
@@ -108,7 +109,7 @@ describe.each(STACKS)("%s stack workspaces", (stack) => {
     });
   });
 
-  it("workspaces expire after the retention, checkpoints (by their tag) after theirs", () => {
+  it("workspaces expire after the retention, checkpoints (by their tag) after theirs, the ledger after its own", () => {
     const rules = configOf(
       "aws:s3/bucketLifecycleConfiguration:BucketLifecycleConfiguration",
       "workspaces-workspaces",
@@ -135,8 +136,32 @@ describe.each(STACKS)("%s stack workspaces", (stack) => {
               expiration: { days: expected.checkpointDays },
             },
           ]),
+      {
+        id: "expire-ledger",
+        status: "Enabled",
+        filter: { prefix: "ledger/" },
+        expiration: { days: expected.ledgerDays },
+      },
       ...housekeeping,
     ]);
+  });
+
+  it("keeps the ledger out of every rule that expires job files, and job files out of the ledger's", () => {
+    expect(LEDGER_PREFIX).toBe("ledger/");
+    const rules = configOf(
+      "aws:s3/bucketLifecycleConfiguration:BucketLifecycleConfiguration",
+      "workspaces-workspaces",
+    ).inputs.rules as { id: string; filter: { prefix?: string; and?: { prefix?: string } } }[];
+    const prefixOf = (r: (typeof rules)[number]) => r.filter.prefix ?? r.filter.and?.prefix;
+    const jobRules = rules.filter((r) => r.id === "expire-workspaces" || r.id === "expire-checkpoints");
+    expect(jobRules.length).toBeGreaterThan(0);
+    for (const r of jobRules) {
+      expect(prefixOf(r), r.id).toBe("workspaces/");
+      expect(`${LEDGER_PREFIX}2026-12/p/u/j/1.json`.startsWith(prefixOf(r)!), r.id).toBe(false);
+    }
+    const ledger = rules.filter((r) => prefixOf(r) !== undefined && LEDGER_PREFIX.startsWith(prefixOf(r)!));
+    expect(ledger.map((r) => r.id)).toEqual(["expire-ledger"]);
+    expect("workspaces/p/u/jobs/j/ledger/1.json".startsWith(LEDGER_PREFIX)).toBe(false);
   });
 
   it("datasets never expire; only old versions and stalled uploads go", () => {
@@ -185,6 +210,32 @@ describe("bad workspaces config names the key", () => {
   it("a fractional retention", () => {
     expect(configProblems("dev", { "crucible:workspaces": { retentionDays: 0.5 } })).toEqual([
       "crucible:workspaces.retentionDays must be a whole number from 1 to 3650, got 0.5",
+    ]);
+  });
+
+  it("a ledger kept less than two calendar months", () => {
+    expect(configProblems("dev", { "crucible:workspaces": { ledgerRetentionDays: 61 } })).toEqual([
+      "crucible:workspaces.ledgerRetentionDays must be a whole number from 62 to 3650 (at least two calendar months, so last month's report is always complete), got 61",
+    ]);
+  });
+
+  it("a ledger kept longer than ten years, while both bounds are accepted", () => {
+    expect(configProblems("dev", { "crucible:workspaces": { ledgerRetentionDays: 3651 } })).toEqual([
+      "crucible:workspaces.ledgerRetentionDays must be a whole number from 62 to 3650 (at least two calendar months, so last month's report is always complete), got 3651",
+    ]);
+    for (const days of [62, 3650])
+      expect(configProblems("dev", { "crucible:workspaces": { ledgerRetentionDays: days } })).toEqual([]);
+  });
+
+  it("a fractional ledger retention", () => {
+    expect(configProblems("prod", { "crucible:workspaces": { ledgerRetentionDays: 0.5 } })).toEqual([
+      "crucible:workspaces.ledgerRetentionDays must be a whole number from 62 to 3650 (at least two calendar months, so last month's report is always complete), got 0.5",
+    ]);
+  });
+
+  it("a ledger retention that is not a number", () => {
+    expect(configProblems("staging", { "crucible:workspaces": { ledgerRetentionDays: "x" } })).toEqual([
+      'crucible:workspaces.ledgerRetentionDays must be a whole number from 62 to 3650 (at least two calendar months, so last month\'s report is always complete), got "x"',
     ]);
   });
 

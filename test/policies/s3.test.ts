@@ -310,6 +310,20 @@ describe("s3-workspaces-expire", () => {
     ]);
   });
 
+  it("leaves the ledger's longer expiry alone, and does not count it for job files", async () => {
+    const ledger = expire(400, { prefix: "ledger/" });
+    const both = await validateStack(
+      policy,
+      [bucket("workspaces-workspaces"), lifecycle([expire(30), ledger])],
+      config,
+    );
+    expect(both.violations).toEqual([]);
+    const alone = await validateStack(policy, [bucket("workspaces-workspaces"), lifecycle([ledger])], config);
+    expect(messages(alone)[0]).toMatch(
+      /^S3 bucket workspaces-workspaces keeps job files forever: add an enabled lifecycle rule/,
+    );
+  });
+
   it("does not count a rule that only covers tagged objects", async () => {
     const tagged = expire(7, { and: { prefix: "workspaces/", tags: { "crucible:kind": "checkpoint" } } });
     const o = await validateStack(policy, [bucket("workspaces-workspaces"), lifecycle([tagged])], config);

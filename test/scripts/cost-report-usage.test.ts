@@ -68,6 +68,26 @@ describe("--ledger <dir>", () => {
     );
   });
 
+  it("reads a sync of finance's ledger partitions, alone or beside the jobs' copies, counting each entry once", async () => {
+    const partitions = Object.fromEntries(
+      LEDGER.map((e) => [
+        `${e.endedAt.slice(0, 7)}/${e.project}/${e.user}/${e.jobId}/${e.attempt}.json`,
+        JSON.stringify(e),
+      ]),
+    );
+    const ids = (entries: readonly { jobId: string; attempt: number }[]) =>
+      entries.map((e) => `${e.jobId}/${e.attempt}`).sort();
+    const want = ids(LEDGER);
+    // `aws s3 sync s3://<bucket>/ledger/ <dir>`
+    expect(ids(await readLedgerDir(await tree("partitions", partitions)))).toEqual(want);
+    // `aws s3 sync s3://<bucket>/ <dir>`: both copies of every entry.
+    const whole = await tree("whole-bucket", {
+      ...Object.fromEntries(Object.entries(partitions).map(([path, text]) => [`ledger/${path}`, text])),
+      ...Object.fromEntries(Object.entries(synced()).map(([path, text]) => [`workspaces/${path}`, text])),
+    });
+    expect(ids(await readLedgerDir(whole))).toEqual(want);
+  });
+
   it("reads a `crucible usage --format json` export, counting an entry found twice once", async () => {
     const exported = renderUsage(
       buildUsage(LEDGER, { by: "user", window: periodWindow("month", NOW) }),
