@@ -14,8 +14,11 @@ export const GITHUB_OIDC_AUDIENCE = "sts.amazonaws.com";
 export const SMOKE_PROJECT = "ci";
 /** How long a deploy session lasts: a dev `pulumi up` builds and pushes the image matrix, CUDA included. */
 export const DEPLOY_SESSION_SECONDS = 2 * 3600;
-/** AWS managed policies the program attaches to its own roles (the nodes' Session Manager access). */
-export const ATTACHABLE_MANAGED_POLICIES = ["AmazonSSMManagedInstanceCore"] as const;
+/**
+ * AWS managed policies earlier versions attached to the nodes' roles (now an inline Session Manager
+ * statement): the deploy role may detach them, never attach, so the first deploy of this version can.
+ */
+export const DETACHABLE_MANAGED_POLICIES = ["AmazonSSMManagedInstanceCore"] as const;
 
 export type GitHubSettings = NonNullable<CrucibleConfig["ci"]>["github"];
 
@@ -433,14 +436,14 @@ export function deployPolicy(s: AccountScope, environment: Environment, stack: s
         },
       },
       {
-        Sid: "AttachOnlyTheNodesManagedPolicies",
+        Sid: "DetachTheNodesFormerManagedPolicies",
         Effect: "Allow",
-        Action: ["iam:AttachRolePolicy", "iam:DetachRolePolicy"],
+        Action: "iam:DetachRolePolicy",
         Resource: global("iam", "role/*"),
         Condition: {
           StringEquals: { [resourceTag]: environment },
           ArnEquals: {
-            "iam:PolicyARN": ATTACHABLE_MANAGED_POLICIES.map(
+            "iam:PolicyARN": DETACHABLE_MANAGED_POLICIES.map(
               (p) => pulumi.interpolate`arn:${s.partition}:iam::aws:policy/${p}`,
             ),
           },

@@ -212,14 +212,6 @@ export class TierFleet extends pulumi.ComponentResource {
       },
       { parent: this },
     );
-    new aws.iam.RolePolicyAttachment(
-      `${name}-ssm-core`,
-      {
-        role: role.name,
-        policyArn: pulumi.interpolate`arn:${partition.partition}:iam::aws:policy/AmazonSSMManagedInstanceCore`,
-      },
-      { parent: this },
-    );
     const profile = new aws.iam.InstanceProfile(`${name}-node`, { role: role.name, tags }, { parent: this });
 
     const ami = aws.ssm.getParameterOutput(
@@ -570,6 +562,7 @@ export function nodePolicy(
         Action: ["logs:CreateLogStream", "logs:PutLogEvents"],
         Resource: pulumi.interpolate`${scope.logGroupArn}:*`,
       },
+      SESSION_MANAGER_STATEMENT,
       ...(scope.spot ? [SPOT_PRICES_STATEMENT] : []),
     ],
   };
@@ -661,6 +654,30 @@ export function agentDataStatements(scope: AgentDataScope): PolicyStatement[] {
         ]),
   ];
 }
+
+/**
+ * What the SSM agent needs for Session Manager shells (operators reach nodes without SSH or open ports):
+ * register the instance and open its message channels, actions IAM authorises only on "*". In place of
+ * AmazonSSMManagedInstanceCore, which also lets a node read every SSM parameter in the account.
+ */
+const SESSION_MANAGER_STATEMENT: PolicyStatement = {
+  Sid: "SessionManager",
+  Effect: "Allow",
+  Action: [
+    "ssm:UpdateInstanceInformation",
+    "ssmmessages:CreateControlChannel",
+    "ssmmessages:CreateDataChannel",
+    "ssmmessages:OpenControlChannel",
+    "ssmmessages:OpenDataChannel",
+    "ec2messages:AcknowledgeMessage",
+    "ec2messages:DeleteMessage",
+    "ec2messages:FailMessage",
+    "ec2messages:GetEndpoint",
+    "ec2messages:GetMessages",
+    "ec2messages:SendReply",
+  ],
+  Resource: "*",
+};
 
 /** A read-only action with no resource-level permissions: IAM authorises it only on "*". */
 const SPOT_PRICES_STATEMENT: PolicyStatement = {

@@ -162,13 +162,16 @@ describe.each(STACKS)("the %s stack's CI access", (stack) => {
     expect(sid(deploy, "PassRolesToNodesAndTheEnforcer").Condition).toEqual({
       StringEquals: { ...tag, "iam:PassedToService": ["ec2.amazonaws.com", "lambda.amazonaws.com"] },
     });
-    expect(sid(deploy, "AttachOnlyTheNodesManagedPolicies").Condition).toEqual({
-      StringEquals: tag,
-      ArnEquals: { "iam:PolicyARN": ["arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"] },
+    // The program attaches no managed policy; the deploy role may only detach the one earlier versions did.
+    expect(plan.ofType("aws:iam/rolePolicyAttachment:RolePolicyAttachment")).toEqual([]);
+    expect(sid(deploy, "DetachTheNodesFormerManagedPolicies")).toMatchObject({
+      Action: "iam:DetachRolePolicy",
+      Condition: {
+        StringEquals: tag,
+        ArnEquals: { "iam:PolicyARN": ["arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"] },
+      },
     });
-    // Every managed policy the program attaches is one the deploy role may attach.
-    for (const a of plan.ofType("aws:iam/rolePolicyAttachment:RolePolicyAttachment"))
-      expect(a.inputs.policyArn).toBe("arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore");
+    expect(deploy.filter((s) => list(s.Action).includes("iam:AttachRolePolicy"))).toEqual([]);
   });
 
   it("denies the deploy role any change to CI's own roles and OIDC provider", () => {

@@ -696,19 +696,18 @@ describe.each(STACKS)("%s stack fleet", (stack) => {
       }
     });
 
-    it('uses Resource "*" only for the registry token, job metrics in their namespace and spot prices', () => {
+    it('uses Resource "*" only for the registry token, job metrics in their namespace, Session Manager and spot prices', () => {
       for (const tier of tiers) {
         const starred = statements(tier).filter((s) => list(s.Resource).includes("*"));
         for (const s of starred) expect(list(s.Resource)).toEqual(["*"]);
-        expect(starred.map((s) => ({ Action: s.Action, Condition: s.Condition }))).toEqual([
-          { Action: "ecr:GetAuthorizationToken", Condition: undefined },
+        expect(starred.map((s) => ({ Sid: s.Sid, Condition: s.Condition }))).toEqual([
+          { Sid: "RegistryToken", Condition: undefined },
           {
-            Action: "cloudwatch:PutMetricData",
+            Sid: "JobMetrics",
             Condition: { StringEquals: { "cloudwatch:namespace": "Crucible/Jobs" } },
           },
-          ...(want.tiers[tier]!.spot
-            ? [{ Action: "ec2:DescribeSpotPriceHistory", Condition: undefined }]
-            : []),
+          { Sid: "SessionManager", Condition: undefined },
+          ...(want.tiers[tier]!.spot ? [{ Sid: "SpotPrices", Condition: undefined }] : []),
         ]);
       }
     });
@@ -801,6 +800,7 @@ describe.each(STACKS)("%s stack fleet", (stack) => {
           "JobMetrics",
           "AgentConfig",
           "AgentLog",
+          "SessionManager",
           ...(want.tiers[tier]!.spot ? ["SpotPrices"] : []),
         ]);
       }
@@ -904,7 +904,7 @@ describe.each(STACKS)("%s stack fleet", (stack) => {
       }
     });
 
-    it("reads its own agent config, pulls from the stack's repositories, and has the SSM agent's policy", () => {
+    it("reads its own agent config, pulls from the stack's repositories, and has no managed policy", () => {
       const refs = imageRefs();
       for (const tier of tiers) {
         expect(statement(tier, "AgentConfig").Resource).toBe(
@@ -916,12 +916,34 @@ describe.each(STACKS)("%s stack fleet", (stack) => {
           const [, region, name] = /^\d{12}\.dkr\.ecr\.([a-z0-9-]+)\.amazonaws\.com\/([^@]+)@/.exec(ref)!;
           expect(repositories).toContain(`arn:aws:ecr:${region}:${MOCK_ACCOUNT_ID}:repository/${name}`);
         }
-        const attachments = plan.ofType(T.attachment).filter((a) => a.name === `fleet-${tier}-ssm-core`);
-        expect(attachments.map((a) => a.inputs)).toEqual([
-          {
-            role: plan.get(T.role, `fleet-${tier}-node`).state.name,
-            policyArn: "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore",
-          },
+      }
+      // Not AmazonSSMManagedInstanceCore: it would let a node read every SSM parameter in the account.
+      expect(plan.ofType(T.attachment)).toEqual([]);
+    });
+
+    it("opens Session Manager shells, and reads no SSM parameter but its own agent config", () => {
+      for (const tier of tiers) {
+        expect(statement(tier, "SessionManager")).toEqual({
+          Sid: "SessionManager",
+          Effect: "Allow",
+          Action: [
+            "ssm:UpdateInstanceInformation",
+            "ssmmessages:CreateControlChannel",
+            "ssmmessages:CreateDataChannel",
+            "ssmmessages:OpenControlChannel",
+            "ssmmessages:OpenDataChannel",
+            "ec2messages:AcknowledgeMessage",
+            "ec2messages:DeleteMessage",
+            "ec2messages:FailMessage",
+            "ec2messages:GetEndpoint",
+            "ec2messages:GetMessages",
+            "ec2messages:SendReply",
+          ],
+          Resource: "*",
+        });
+        const reads = statements(tier).filter((s) => list(s.Action).some((a) => /^ssm:Get/.test(a)));
+        expect(reads.map((s) => s.Resource)).toEqual([
+          plan.get(T.parameter, `fleet-${tier}-agent-config`).state.arn,
         ]);
       }
     });

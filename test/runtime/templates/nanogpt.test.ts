@@ -78,8 +78,11 @@ describe("the nanogpt template in the ml-cpu image, through crucible run", () =>
     const envelope = envelopeOf(stdout);
     expect(envelope.systemInfo.image).toBe(imageRef("ml-cpu"));
     uninterrupted = envelope.result as Trained;
-    expect(estimate.seconds).toBeGreaterThan(envelope.executionTime / 2);
-    expect(estimate.seconds).toBeLessThan(envelope.executionTime * 2);
+    // The estimate times a few steps right before the run, but a shared machine's load still changes
+    // between the two (CI saw 2.2× either way): within 4× says it estimated this run, not a per-step or
+    // per-epoch figure. How close it gets belongs to a benchmark, not a test.
+    expect(estimate.seconds).toBeGreaterThan(envelope.executionTime / 4);
+    expect(estimate.seconds).toBeLessThan(envelope.executionTime * 4);
     expect(uninterrupted.iterations).toBe(ITERS);
     expect(uninterrupted.resumed_from).toBeNull();
     // An untrained model over 65 characters starts near ln 65 = 4.17.
