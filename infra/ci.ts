@@ -4,7 +4,7 @@ import type { CrucibleConfig, Environment } from "./config";
 import type { PolicyDocument, PolicyStatement } from "./policy-document";
 import { webIdentityTrustPolicy } from "./policy-document";
 import { COST_TAGS, componentTags } from "./providers";
-import { LEDGER_PREFIX } from "../runtime/src/ledger";
+import { LEDGER_PREFIX } from "../runtime/src/bucket-layout";
 
 /** The issuer of GitHub Actions' OIDC tokens, without its scheme (how IAM names its condition keys). */
 export const GITHUB_OIDC_HOST = "token.actions.githubusercontent.com";

@@ -11,6 +11,7 @@ import {
   type TierName,
 } from "../runtime/src/catalog";
 import { DEFAULT_SCHEDULING, schedulingPolicySchema, type SchedulingPolicy } from "../runtime/src/scheduling";
+import { LEDGER_MIN_RETENTION_DAYS } from "../runtime/src/bucket-layout";
 import { KUBERNETES } from "../runtime/src/kubernetes-names";
 import { PUBLIC_SUBNET_PREFIX, publicSubnetRoom, publicSubnetsFor } from "./cidr";
 
@@ -218,7 +219,7 @@ const workspacesSchema = z.strictObject({
    * Defaults to 400 (13 months: a year of chargeback, and year-over-year for the month before).
    */
   ledgerRetentionDays: int(
-    62,
+    LEDGER_MIN_RETENTION_DAYS,
     3650,
     "at least two calendar months, so last month's report is always complete",
   ),

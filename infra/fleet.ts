@@ -3,7 +3,7 @@ import * as pulumi from "@pulumi/pulumi";
 import type { ImageFamily, Tier, TierName } from "../runtime/src/catalog";
 import { JOB_METRICS } from "../runtime/src/contract";
 import { getTier, jobImageFamily } from "../runtime/src/catalog";
-import { LEDGER_PREFIX } from "../runtime/src/ledger";
+import { LEDGER_PREFIX } from "../runtime/src/bucket-layout";
 import { sandboxFacts } from "../runtime/src/sandbox";
 import { PRIORITIES, type Priority, type SchedulingPolicy } from "../runtime/src/scheduling";
 import type { CrucibleConfig, TierConfig } from "./config";

@@ -145,6 +145,7 @@ export const storage = {
   datasetsBucketName: workspaces.datasetsBucketName,
   datasetsBucketArn: workspaces.datasetsBucketArn,
   workspacesPrefix: workspaces.workspacesPrefix,
+  ledgerPrefix: workspaces.ledgerPrefix,
   quotaGiBPerProject: workspaces.quotaGiBPerProject,
   kmsKeyArn: workspaces.kmsKeyArn,
 };

@@ -1,13 +1,13 @@
 import * as aws from "@pulumi/aws";
 import * as pulumi from "@pulumi/pulumi";
 import { CHECKPOINT_OBJECT_TAG } from "../runtime/src/contract";
-import { LEDGER_PREFIX } from "../runtime/src/ledger";
+import { LEDGER_PREFIX, WORKSPACES_PREFIX } from "../runtime/src/bucket-layout";
 import type { CrucibleConfig } from "./config";
 import { type PolicyDocument, accountRoot } from "./policy-document";
 import { componentTags } from "./providers";
 
 /** Where job state lives in the workspaces bucket: `workspaces/<project>/<user>/jobs/<jobId>/`. */
-export const WORKSPACES_PREFIX = "workspaces/";
+export { WORKSPACES_PREFIX };
 
 /** Arguments of {@link Workspaces}. */
 export interface WorkspacesArgs {
@@ -28,6 +28,8 @@ export class Workspaces extends pulumi.ComponentResource {
   public readonly datasetsBucketName: pulumi.Output<string>;
   public readonly datasetsBucketArn: pulumi.Output<string>;
   public readonly workspacesPrefix = WORKSPACES_PREFIX;
+  /** Where finance reads the cost ledger, one partition per month (`ledger/<yyyy-mm>/`). */
+  public readonly ledgerPrefix = LEDGER_PREFIX;
   /** Storage a project may use under its prefix; the runtime enforces it on upload. */
   public readonly quotaGiBPerProject: number;
   /** The buckets' KMS key; undefined where the stack encrypts with S3-managed keys. */

@@ -23,6 +23,7 @@ import {
   s3PublicAccessBlocked,
   s3VersioningEnabled,
   s3WorkspacesExpire,
+  s3LedgerKept,
 } from "./s3";
 
 /** The pack's name, as `pulumi preview --policy-pack policies` reports it. */
@@ -43,6 +44,7 @@ export function cruciblePolicies(): Policies {
     s3VersioningEnabled(),
     s3BucketsVersioned(),
     s3WorkspacesExpire(),
+    s3LedgerKept(),
     ecrImmutableTags(),
     ecrScanOnPush(),
     ecrLifecyclePolicies(),

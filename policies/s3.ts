@@ -3,8 +3,10 @@ import {
   validateResourceOfType,
   type PolicyResource,
   type ResourceValidationPolicy,
+  type StackValidationArgs,
   type StackValidationPolicy,
 } from "@pulumi/policy";
+import { LEDGER_MIN_RETENTION_DAYS, LEDGER_PREFIX, WORKSPACES_PREFIX } from "../runtime/src/catalog";
 import { configSchema, readSettings } from "./config";
 import {
   UNKNOWN,
@@ -213,9 +215,6 @@ export function s3BucketsVersioned(): StackValidationPolicy {
   });
 }
 
-/** Where job files live in the workspaces bucket (the runtime's `workspaces/` prefix). */
-export const WORKSPACES_PREFIX = "workspaces/";
-
 /**
  * The workspaces bucket is the one whose logical name ends in `workspaces` (the Workspaces component
  * names it `<name>-workspaces`; its sibling `<name>-datasets` never expires).
@@ -231,24 +230,50 @@ interface ExpiryRule {
   expiration?: { days?: number } | { days?: number }[];
 }
 
-/** Days after which a rule expires every job file (`workspaces/...`), or undefined if it does not. */
-function expiryDaysOverJobFiles(rule: ExpiryRule): number | undefined {
+/**
+ * Days after which a rule expires every object under `under` (`workspaces/` for job files), or undefined
+ * if it does not: a rule filtered by tag or size leaves some objects out.
+ */
+function expiryDaysOver(under: string, rule: ExpiryRule): number | undefined {
   if (rule.status !== undefined ? rule.status !== "Enabled" : rule.enabled !== true) return undefined;
   const f = rule.filter ?? {};
-  // A tag or size filter leaves some job files out; only prefixes that hold all of workspaces/ count.
   const tagged = f.and !== undefined || f.tag !== undefined || Object.keys(rule.tags ?? {}).length > 0;
   if (tagged || f.objectSizeGreaterThan !== undefined) return undefined;
   const prefix = f.prefix ?? rule.prefix ?? "";
-  if (!WORKSPACES_PREFIX.startsWith(prefix)) return undefined;
+  if (!under.startsWith(prefix)) return undefined;
   return asList(rule.expiration).find((e) => typeof e.days === "number" && e.days > 0)?.days;
+}
+
+const LIFECYCLES: ResourceClass[] = [
+  aws.s3.BucketLifecycleConfiguration,
+  aws.s3.BucketLifecycleConfigurationV2,
+];
+
+/**
+ * Each workspaces bucket with the expiry days of its lifecycle rules (inline or in lifecycle resources)
+ * over `under`; a bucket whose rules are not all known yet is left out.
+ */
+function workspacesExpiries(
+  args: StackValidationArgs,
+  under: string,
+): { bucket: PolicyResource; days: number[] }[] {
+  const buckets = ofTypes(args.resources, BUCKETS).filter(isWorkspacesBucket);
+  const joined = join(buckets, ofTypes(args.resources, LIFECYCLES), "bucket", bucketKeys);
+  const over = (rule: ExpiryRule) => expiryDaysOver(under, rule);
+  return buckets.flatMap((bucket) => {
+    const rules = [
+      ...joined.of(bucket).map((l) => known(() => asList(l.props.rules as ExpiryRule[]).map(over))),
+      known(() => asList(bucket.props.lifecycleRules as ExpiryRule[]).map(over)),
+    ];
+    if (joined.undecided && joined.of(bucket).length === 0) return [];
+    const resolved = rules.filter((r): r is (number | undefined)[] => r !== UNKNOWN);
+    if (resolved.length < rules.length) return [];
+    return [{ bucket, days: resolved.flat().filter((d): d is number => d !== undefined) }];
+  });
 }
 
 export function s3WorkspacesExpire(): StackValidationPolicy {
   const name = "s3-workspaces-expire";
-  const lifecycles: ResourceClass[] = [
-    aws.s3.BucketLifecycleConfiguration,
-    aws.s3.BucketLifecycleConfigurationV2,
-  ];
   return {
     name,
     description: `The workspaces bucket expires job files (${WORKSPACES_PREFIX}) within the configured retention.`,
@@ -256,19 +281,7 @@ export function s3WorkspacesExpire(): StackValidationPolicy {
     configSchema: configSchema("workspaceRetentionDays"),
     validateStack: forStacksWith(BUCKETS, (args, report) => {
       const { workspaceRetentionDays: retention } = readSettings(args, name, "workspaceRetentionDays");
-      const buckets = ofTypes(args.resources, BUCKETS).filter(isWorkspacesBucket);
-      const joined = join(buckets, ofTypes(args.resources, lifecycles), "bucket", bucketKeys);
-      for (const bucket of buckets) {
-        const rules = [
-          ...joined
-            .of(bucket)
-            .map((l) => known(() => asList(l.props.rules as ExpiryRule[]).map(expiryDaysOverJobFiles))),
-          known(() => asList(bucket.props.lifecycleRules as ExpiryRule[]).map(expiryDaysOverJobFiles)),
-        ];
-        if (joined.undecided && joined.of(bucket).length === 0) continue;
-        const resolved = rules.filter((r): r is (number | undefined)[] => r !== UNKNOWN);
-        if (resolved.length < rules.length) continue;
-        const days = resolved.flat().filter((d): d is number => d !== undefined);
+      for (const { bucket, days } of workspacesExpiries(args, WORKSPACES_PREFIX)) {
         const shortest = days.length > 0 ? Math.min(...days) : undefined;
         if (shortest === undefined) {
           report(
@@ -280,6 +293,26 @@ export function s3WorkspacesExpire(): StackValidationPolicy {
           report(
             `S3 bucket ${bucket.name} expires job files after ${shortest} days, longer than the retention of ${retention} days: ` +
               `set the rule's expiration.days to at most ${retention}.`,
+            bucket.urn,
+          );
+        }
+      }
+    }),
+  };
+}
+
+export function s3LedgerKept(): StackValidationPolicy {
+  return {
+    name: "s3-ledger-kept",
+    description: `No lifecycle rule expires the cost ledger (${LEDGER_PREFIX}) within ${LEDGER_MIN_RETENTION_DAYS} days: last month's chargeback must stay complete.`,
+    enforcementLevel: "mandatory",
+    validateStack: forStacksWith(BUCKETS, (args, report) => {
+      for (const { bucket, days } of workspacesExpiries(args, LEDGER_PREFIX)) {
+        const shortest = Math.min(...days);
+        if (shortest < LEDGER_MIN_RETENTION_DAYS) {
+          report(
+            `S3 bucket ${bucket.name} expires the cost ledger (${LEDGER_PREFIX}) after ${shortest} days: ` +
+              `keep it at least ${LEDGER_MIN_RETENTION_DAYS} days (workspaces.ledgerRetentionDays), and give job-file rules the prefix "${WORKSPACES_PREFIX}".`,
             bucket.urn,
           );
         }

@@ -2,7 +2,8 @@ import { Command, Option } from "commander";
 import { writeFile } from "node:fs/promises";
 import { platformFromEnv } from "../runtime/src/commands/platform";
 import { cliLogger } from "../runtime/src/commands/shared";
-import { LEDGER_PREFIX, ledgerMonth } from "../runtime/src/ledger";
+import { LEDGER_PREFIX } from "../runtime/src/bucket-layout";
+import { ledgerMonth } from "../runtime/src/ledger";
 import { readLedgerDir } from "../runtime/src/usage";
 import {
   FORMATS,

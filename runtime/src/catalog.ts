@@ -2,3 +2,4 @@
 export * from "./instance-types";
 export * from "./tiers";
 export * from "./image-matrix";
+export * from "./bucket-layout";

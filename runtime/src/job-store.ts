@@ -12,7 +12,8 @@ import { z } from "zod";
 import type { Envelope, JobSpecInput } from "./contract";
 import { CHECKPOINT_OBJECT_TAG, envelopeSchema, jobIdSchema } from "./contract";
 import type { LedgerEntry } from "./ledger";
-import { LEDGER_PREFIX, ledgerEntrySchema, ledgerMonth, ledgerMonths } from "./ledger";
+import { LEDGER_PREFIX, WORKSPACES_PREFIX } from "./bucket-layout";
+import { ledgerEntrySchema, ledgerMonth, ledgerMonths } from "./ledger";
 import type { Logger } from "./logger";
 
 /** Who a job belongs to, and so where everything about it lives. */
@@ -87,7 +88,7 @@ export class JobStore {
     private readonly s3: S3Client,
     readonly bucket: string,
     private readonly logger: Logger,
-    readonly prefix = "workspaces/",
+    readonly prefix = WORKSPACES_PREFIX,
   ) {}
 
   jobPrefix(address: JobAddress): string {

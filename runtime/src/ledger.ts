@@ -4,14 +4,6 @@ import { PRIORITIES } from "./scheduling";
 import { TIER_NAMES } from "./tiers";
 
 /**
- * Where finance's copy of the ledger lives in the workspaces bucket, partitioned by the UTC month an
- * attempt ended in (`ledger/2026-12/<project>/<user>/<jobId>/<attempt>.json`). It sits outside
- * `workspaces/`, whose objects expire with the jobs (14 to 30 days), so last month's chargeback and this
- * month's budgets are read complete, and reading a month lists only that month.
- */
-export const LEDGER_PREFIX = "ledger/";
-
-/**
  * The cost ledger: one entry per attempt of a job, written by the agent that ran it next to the job
  * (`<job prefix>ledger/<attempt>.json`), so showback needs no database and a job's history travels with
  * it. `crucible usage` and the cost report aggregate these entries.

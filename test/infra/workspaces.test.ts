@@ -1,6 +1,6 @@
 import { beforeAll, describe, expect, it } from "vitest";
 import { CHECKPOINT_OBJECT_TAG } from "../../runtime/src/contract";
-import { LEDGER_PREFIX } from "../../runtime/src/ledger";
+import { LEDGER_PREFIX } from "../../runtime/src/bucket-layout";
 import { MOCK_ACCOUNT_ID } from "../../scripts/lib/mock-engine";
 import { STACKS, configProblems, runStack, type DeclaredResource, type Plan } from "../harness";
 
@@ -172,7 +172,7 @@ describe.each(STACKS)("%s stack workspaces", (stack) => {
     expect(rules).toEqual(housekeeping);
   });
 
-  it("exports the buckets, the prefix and the quota the runtime enforces", () => {
+  it("exports the buckets, the prefixes (job files, finance's ledger) and the quota the runtime enforces", () => {
     const key = plan.ofType("aws:kms/key:Key").find((k) => k.name === "workspaces-key");
     expect(plan.outputs.storage).toEqual({
       bucketName: bucket("workspaces-workspaces").state.bucket,
@@ -180,6 +180,7 @@ describe.each(STACKS)("%s stack workspaces", (stack) => {
       datasetsBucketName: bucket("workspaces-datasets").state.bucket,
       datasetsBucketArn: bucket("workspaces-datasets").state.arn,
       workspacesPrefix: "workspaces/",
+      ledgerPrefix: "ledger/",
       quotaGiBPerProject: expected.quota,
       ...(key ? { kmsKeyArn: key.state.arn } : {}),
     });

@@ -8,6 +8,7 @@ import {
   s3EncryptionConfigured,
   s3PublicAccessBlocked,
   s3VersioningEnabled,
+  s3LedgerKept,
   s3WorkspacesExpire,
 } from "../../policies/s3";
 import {
@@ -336,5 +337,61 @@ describe("s3-workspaces-expire", () => {
     await expect(validateStack(policy, [bucket("workspaces-workspaces")], {})).rejects.toThrow(
       "policy s3-workspaces-expire: config workspaceRetentionDays must be a whole number of at least 1, got nothing; write the file with `npm run policy-config -- <stack>`",
     );
+  });
+});
+
+describe("s3-ledger-kept", () => {
+  const policy = s3LedgerKept();
+  const lifecycle = (rules: unknown[]): TestResource => ({
+    type: LIFECYCLE,
+    name: "workspaces-workspaces-lifecycle",
+    props: { bucket: "workspaces-workspaces-abc1234", rules },
+  });
+  const expire = (id: string, days: number, filter: unknown) => ({
+    id,
+    status: "Enabled",
+    filter,
+    expiration: { days },
+  });
+  const jobFiles = expire("expire-workspaces", 14, { prefix: "workspaces/" });
+
+  it("passes job files expiring after 14 days beside a ledger kept 400", async () => {
+    const rules = [jobFiles, expire("expire-ledger", 400, { prefix: "ledger/" })];
+    const o = await validateStack(policy, [bucket("workspaces-workspaces"), lifecycle(rules)]);
+    expect(o.violations).toEqual([]);
+  });
+
+  it("passes a ledger no rule expires, and ignores rules over tagged objects only", async () => {
+    const tagged = expire("expire-checkpoints", 7, {
+      and: { prefix: "", tags: { "crucible:kind": "checkpoint" } },
+    });
+    const o = await validateStack(policy, [bucket("workspaces-workspaces"), lifecycle([jobFiles, tagged])]);
+    expect(o.violations).toEqual([]);
+  });
+
+  it("fails a rule over the whole bucket that would take the ledger with the job files", async () => {
+    const o = await validateStack(policy, [
+      bucket("workspaces-workspaces"),
+      lifecycle([expire("expire-everything", 30, {}), expire("expire-ledger", 400, { prefix: "ledger/" })]),
+    ]);
+    expect(messages(o)).toEqual([
+      'S3 bucket workspaces-workspaces expires the cost ledger (ledger/) after 30 days: keep it at least 62 days (workspaces.ledgerRetentionDays), and give job-file rules the prefix "workspaces/".',
+    ]);
+  });
+
+  it("fails a ledger rule shorter than two months, set inline on the bucket too", async () => {
+    const o = await validateStack(policy, [
+      bucket("workspaces-workspaces", {
+        lifecycleRules: [{ enabled: true, prefix: "ledger/", expiration: { days: 31 } }],
+      }),
+    ]);
+    expect(messages(o)).toEqual([
+      'S3 bucket workspaces-workspaces expires the cost ledger (ledger/) after 31 days: keep it at least 62 days (workspaces.ledgerRetentionDays), and give job-file rules the prefix "workspaces/".',
+    ]);
+  });
+
+  it("ignores the datasets bucket", async () => {
+    const o = await validateStack(policy, [bucket("workspaces-datasets"), lifecycle([expire("x", 1, {})])]);
+    expect(o.violations).toEqual([]);
   });
 });

@@ -204,7 +204,7 @@ describe.each(STACKS)("the %s stack under the whole pack", (stack) => {
       "policy-config-matches-stack",
       "cost-allocation-tags",
       ...(declares("aws:s3/bucket:Bucket")
-        ? ["s3-buckets-have-public-access-blocks", "s3-workspaces-expire"]
+        ? ["s3-buckets-have-public-access-blocks", "s3-workspaces-expire", "s3-ledger-kept"]
         : []),
       ...(declares("aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock")
         ? ["s3-public-access-blocked"]

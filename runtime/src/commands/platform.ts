@@ -7,6 +7,7 @@ import { randomBytes } from "node:crypto";
 import { userInfo } from "node:os";
 import { z } from "zod";
 import { Agent } from "../agent";
+import { WORKSPACES_PREFIX } from "../bucket-layout";
 import type { Envelope } from "../contract";
 import { DockerLauncher } from "../docker-launcher";
 import type { ImageFamily } from "../image-matrix";
@@ -63,7 +64,7 @@ export function platformFromEnv(logger: Logger): Platform {
   const queues = parseQueues(env("CRUCIBLE_QUEUES"));
   const { weights } = schedulingFromEnv();
   return {
-    store: new JobStore(s3, bucket, logger, env("CRUCIBLE_WORKSPACES_PREFIX") ?? "workspaces/"),
+    store: new JobStore(s3, bucket, logger, env("CRUCIBLE_WORKSPACES_PREFIX") ?? WORKSPACES_PREFIX),
     queues: (tier) => {
       const urls = queues[tier];
       if (!urls)

@@ -1,0 +1,16 @@
+// Where things live in the workspaces bucket: the runtime writes there, the program's lifecycle rules and
+// IAM statements name the same prefixes, and the policy pack checks them. No dependencies here.
+
+/** Job files: `workspaces/<project>/<user>/jobs/<jobId>/`; they expire after the workspaces' retention. */
+export const WORKSPACES_PREFIX = "workspaces/";
+
+/**
+ * Finance's copy of the cost ledger, partitioned by the UTC month an attempt ended in
+ * (`ledger/2026-12/<project>/<user>/<jobId>/<attempt>.json`). It sits outside `workspaces/`, whose
+ * objects expire with the jobs (14 to 30 days), so last month's chargeback and this month's budgets are
+ * read complete, and reading a month lists only that month.
+ */
+export const LEDGER_PREFIX = "ledger/";
+
+/** The ledger is kept at least two calendar months, so last month's report is always complete. */
+export const LEDGER_MIN_RETENTION_DAYS = 62;
