@@ -27,6 +27,8 @@ export interface SpotPriceLookupOptions {
  */
 export class SpotPriceLookup {
   private cached: { price: NodePrice; until: number } | undefined;
+  /** The lookup under way: jobs starting together share it. */
+  private pending: Promise<NodePrice> | undefined;
   private ec2: EC2Client | undefined;
   private readonly now: () => number;
 
@@ -35,9 +37,14 @@ export class SpotPriceLookup {
   }
 
   /** Never rejects: what cannot be looked up is charged on-demand, and tried again later. */
-  async current(): Promise<NodePrice> {
+  current(): Promise<NodePrice> {
     const now = this.now();
-    if (this.cached && now < this.cached.until) return this.cached.price;
+    if (this.cached && now < this.cached.until) return Promise.resolve(this.cached.price);
+    this.pending ??= this.refresh(now).finally(() => (this.pending = undefined));
+    return this.pending;
+  }
+
+  private async refresh(now: number): Promise<NodePrice> {
     try {
       this.cached = await this.lookUp(now);
     } catch (error) {

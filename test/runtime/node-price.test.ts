@@ -103,6 +103,20 @@ describe("the price of the node an agent runs on", () => {
     expect(node.calls).toHaveLength(2);
   });
 
+  it("looks up once for jobs that start together", async () => {
+    spotNode("m6i.xlarge");
+    node.answers.set(
+      "DescribeSpotPriceHistory",
+      spotPriceHistory([
+        { instanceType: "m6i.xlarge", zone: "us-east-1b", price: "0.096", at: "2026-12-03T00:00:00Z" },
+      ]),
+    );
+    const prices = lookup();
+    const all = await Promise.all([prices.current(), prices.current(), prices.current()]);
+    expect(all).toEqual(Array(3).fill({ source: "spot", factor: 0.5 }));
+    expect(node.calls).toHaveLength(1);
+  });
+
   it("charges on-demand while EC2 refuses, and asks again five minutes later", async () => {
     spotNode("m6i.xlarge");
     node.failing.set("DescribeSpotPriceHistory", "UnauthorizedOperation");
