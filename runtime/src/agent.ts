@@ -5,7 +5,7 @@ import { join } from "node:path";
 import type { Envelope, JobOutcome, Launcher, ProgressEvent, StopReason } from "./contract";
 import { StopRequest } from "./contract";
 import type { ReceivedJob } from "./job-queue";
-import type { JobAddress, JobState, StoredSpec } from "./job-store";
+import type { JobAddress, JobState, RunningMarker, StoredSpec } from "./job-store";
 import type { JobStore } from "./job-store";
 import type { LedgerEntry, NodePrice } from "./ledger";
 import { attemptCost, costOf, ON_DEMAND } from "./ledger";
@@ -94,6 +94,8 @@ interface ClaimedJob {
   readonly message: ReceivedJob & { address: JobAddress };
   readonly spec: StoredSpec;
   readonly pricing: Pricing;
+  /** Its place in the fair share, refreshed with each heartbeat. */
+  readonly marker: RunningMarker;
   readonly slot: Slot;
   readonly scratch: string;
   readonly codeZip: string;
@@ -373,19 +375,21 @@ export class Agent extends EventEmitter<AgentEvents> {
         await this.finish(address, message, notRun(address, tier, node, "budget", why), log, why);
         return;
       }
-      if (!(await this.claimShare(address, message, log))) return;
+      const marker = await this.claimShare(address, message, log);
+      if (!marker) return;
       try {
         await this.runClaimed({
           message: { ...message, address },
           spec,
           pricing,
+          marker,
           slot,
           scratch,
           codeZip,
           log,
         });
       } finally {
-        await store.clearRunning(address, tier).catch((error: unknown) => {
+        await store.clearRunning(marker).catch((error: unknown) => {
           log.warn({ err: error }, "clearing the running marker failed; it goes stale by itself");
         });
       }
@@ -395,23 +399,29 @@ export class Agent extends EventEmitter<AgentEvents> {
   }
 
   /**
-   * Fair share: marks the job running, then counts its owner's running jobs in the tier with it; over the
-   * user's or the project's share, the mark is taken back and the job goes back on its queue for later.
+   * Fair share: marks the job running, then counts its owner's running jobs in the tier that claimed
+   * their place before it (itself included); over the user's or the project's share, the mark is taken
+   * back and the job goes back on its queue for later. Resolves with the mark when the job may run.
    */
-  private async claimShare(address: JobAddress, message: ReceivedJob, log: Logger): Promise<boolean> {
+  private async claimShare(
+    address: JobAddress,
+    message: ReceivedJob,
+    log: Logger,
+  ): Promise<RunningMarker | undefined> {
     const claim = this.claims.then(async () => {
       const { store, tier, node, policy, visibilitySeconds } = this.settings;
-      await store.markRunning(address, tier, node);
-      const counts = await store.runningCounts(address, tier, visibilitySeconds);
+      const marker: RunningMarker = { address, tier, claimedAt: Date.now() };
+      await store.markRunning(marker, node);
+      const counts = await store.runningAhead(marker, visibilitySeconds);
       const { perUser, perProject, deferSeconds } = policy.fairShare;
-      if (counts.user <= perUser && counts.project <= perProject) return true;
-      await store.clearRunning(address, tier);
+      if (counts.user <= perUser && counts.project <= perProject) return marker;
+      await store.clearRunning(marker);
       // Jitter, so two agents that backed off from each other do not meet again at the same moment.
       const delaySeconds = deferSeconds + Math.floor(Math.random() * Math.min(5, deferSeconds));
       await message.queue.requeue({ ...message, address }, delaySeconds);
       log.info({ ...counts, perUser, perProject, delaySeconds }, "over its owner's fair share; deferred");
       this.emit("deferred", address);
-      return false;
+      return undefined;
     });
     this.claims = claim.catch(() => undefined);
     return claim;
@@ -449,7 +459,7 @@ export class Agent extends EventEmitter<AgentEvents> {
         this.settings.heartbeatSeconds,
         async () => {
           await message.queue.extend(message.receiptHandle, this.settings.visibilitySeconds);
-          await store.markRunning(address, tier, node);
+          await store.markRunning(job.marker, node);
         },
         log,
         "heartbeat",

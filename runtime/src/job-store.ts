@@ -48,6 +48,20 @@ export type JobState = z.infer<typeof jobStateSchema>;
 /** What `spec.json` holds: the job as submitted, less its code (which is `code.zip` beside it). */
 export type StoredSpec = Omit<JobSpecInput, "code" | "workspaceDir" | "datasetsDir">;
 
+/** A job's place in its tier's fair share: who, where, and when it claimed the place (epoch ms). */
+export interface RunningMarker {
+  readonly address: JobAddress;
+  readonly tier: string;
+  readonly claimedAt: number;
+}
+
+/** `<user>/<claimedAt>-<jobId>`, below a tier's `_running/`. */
+const RUNNING_KEY = /^([^/]+)\/(\d+)-(.+)$/;
+
+/** Sorts as claims were made: the time zero-padded, so keys and comparisons agree; ties by job id. */
+const claimOrder = (claimedAt: number, jobId: string): string =>
+  `${String(claimedAt).padStart(15, "0")}-${jobId}`;
+
 /** Which entries of the ledger to read; `until` defaults to now. */
 export interface LedgerScope {
   readonly project?: string;
@@ -287,34 +301,37 @@ export class JobStore {
 
   /**
    * Fair share's count of running jobs lives next to the jobs: one marker per running job at
-   * `<prefix><project>/_running/<tier>/<user>/<jobId>` (no user name starts with `_`). The agent re-puts it
-   * with every heartbeat, so a marker left by a dead agent goes stale and stops counting.
+   * `<prefix><project>/_running/<tier>/<user>/<claimedAt>-<jobId>` (no user name starts with `_`). The
+   * agent re-puts it with every heartbeat, so a marker left by a dead agent goes stale and stops counting.
    */
-  async markRunning(address: JobAddress, tier: string, node: string): Promise<void> {
+  async markRunning(marker: RunningMarker, node: string): Promise<void> {
     await this.s3.send(
       new PutObjectCommand({
         Bucket: this.bucket,
-        Key: this.runningKey(address, tier),
+        Key: this.runningKey(marker),
         Body: JSON.stringify({ node, at: new Date().toISOString() }),
       }),
     );
   }
 
-  async clearRunning(address: JobAddress, tier: string): Promise<void> {
-    await this.s3.send(new DeleteObjectCommand({ Bucket: this.bucket, Key: this.runningKey(address, tier) }));
+  async clearRunning(marker: RunningMarker): Promise<void> {
+    await this.s3.send(new DeleteObjectCommand({ Bucket: this.bucket, Key: this.runningKey(marker) }));
   }
 
   /**
-   * Jobs running in `tier` for the address's user and for its project, counting markers refreshed within
-   * `freshSeconds`; the address's own job is included when it is marked.
+   * Jobs running in the marker's tier for its user and for its project that claimed their place no later
+   * than it did (the marker itself included), counting markers refreshed within `freshSeconds`. Claims
+   * are ordered by time, then job id, the same for every agent that lists them: of two agents claiming a
+   * user's last place at once, exactly one sees itself within the share, and the other backs off.
    */
-  async runningCounts(
-    address: JobAddress,
-    tier: string,
+  async runningAhead(
+    marker: RunningMarker,
     freshSeconds: number,
   ): Promise<{ user: number; project: number }> {
+    const { address, tier } = marker;
     const prefix = `${this.prefix}${address.project}/_running/${tier}/`;
     const since = Date.now() - freshSeconds * 1000;
+    const own = claimOrder(marker.claimedAt, address.jobId);
     let user = 0;
     let project = 0;
     let token: string | undefined;
@@ -324,16 +341,18 @@ export class JobStore {
       );
       for (const object of page.Contents ?? []) {
         if (!object.Key || (object.LastModified?.getTime() ?? 0) < since) continue;
+        const [, owner, claimedAt, jobId] = RUNNING_KEY.exec(object.Key.slice(prefix.length)) ?? [];
+        if (!owner || claimOrder(Number(claimedAt), jobId!) > own) continue;
         project += 1;
-        if (object.Key.startsWith(`${prefix}${address.user}/`)) user += 1;
+        if (owner === address.user) user += 1;
       }
       token = page.NextContinuationToken;
     } while (token);
     return { user, project };
   }
 
-  private runningKey(address: JobAddress, tier: string): string {
-    return `${this.prefix}${address.project}/_running/${tier}/${address.user}/${address.jobId}`;
+  private runningKey({ address, tier, claimedAt }: RunningMarker): string {
+    return `${this.prefix}${address.project}/_running/${tier}/${address.user}/${claimOrder(claimedAt, address.jobId)}`;
   }
 
   /** The envelope of one attempt, kept beside the final one: a preempted attempt's says `preempted`. */

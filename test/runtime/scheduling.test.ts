@@ -7,7 +7,7 @@ import { Agent } from "../../runtime/src/agent";
 import type { Envelope } from "../../runtime/src/contract";
 import { DockerLauncher } from "../../runtime/src/docker-launcher";
 import { imageRef } from "../../runtime/src/image-matrix";
-import type { JobAddress } from "../../runtime/src/job-store";
+import type { JobAddress, RunningMarker } from "../../runtime/src/job-store";
 import type { LedgerEntry } from "../../runtime/src/ledger";
 import { costOf } from "../../runtime/src/ledger";
 import type { Priority, SchedulingPolicyInput } from "../../runtime/src/scheduling";
@@ -335,4 +335,31 @@ describe("scheduling on the local platform", () => {
     },
     TEST_MS,
   );
+});
+
+describe("fair share's markers", () => {
+  const marker = (user: string, jobId: string, claimedAt: number): RunningMarker => ({
+    address: { project: "race", user, jobId },
+    tier: TIER,
+    claimedAt,
+  });
+
+  it("order claims by time, then job id, so of two agents racing for a user's last place exactly one is within it", async () => {
+    const { store } = local.platform;
+    const earlier = marker("erin", "job-x", 1_000);
+    // Claimed in the same millisecond: the job id decides, the same way for both agents.
+    const first = marker("dora", "job-a", 2_000);
+    const second = marker("dora", "job-b", 2_000);
+    // Both marked before either counts: the race.
+    for (const m of [earlier, first, second]) await store.markRunning(m, "node-1");
+    expect(await store.runningAhead(first, 60)).toEqual({ user: 1, project: 2 });
+    expect(await store.runningAhead(second, 60)).toEqual({ user: 2, project: 3 });
+    // The one over its share takes its mark back; the other keeps its place.
+    await store.clearRunning(second);
+    expect(await store.runningAhead(first, 60)).toEqual({ user: 1, project: 2 });
+    // A later claim counts everyone ahead of it, whoever started first.
+    expect(await store.runningAhead(marker("dora", "job-c", 3_000), 60)).toEqual({ user: 1, project: 2 });
+    for (const m of [earlier, first]) await store.clearRunning(m);
+    expect(await store.runningAhead(marker("dora", "job-c", 3_000), 60)).toEqual({ user: 0, project: 0 });
+  });
 });
