@@ -11,17 +11,16 @@ import type { PreparedJob } from "./job-spec";
 import { disposeJob, InvalidJobError, prepareJob, SCRATCH_PREFIX } from "./job-spec";
 import type { Logger } from "./logger";
 import { createLogger } from "./logger";
-import type { EnvelopeFields, RunnerRead, Stop } from "./outcome";
+import type { RunnerRead, Stop } from "./outcome";
 import {
-  buildEnvelope,
   drain,
   invalidJobEnvelope,
   judge,
   parseRunnerResult,
+  runReporting,
   secondsBetween,
   stopFrom,
 } from "./outcome";
-import { JobOutput } from "./output";
 import type { ProcessOwner } from "./sandbox";
 import { containerSpec, LABELS, sandboxUser } from "./sandbox";
 
@@ -106,25 +105,10 @@ export class DockerLauncher implements Launcher {
   private async runPrepared(job: PreparedJob, options: LaunchOptions, log: Logger): Promise<Envelope> {
     const { spec, tier } = job;
     const ctx = { jobId: spec.jobId };
-    const output = new JobOutput({
-      jobId: spec.jobId,
-      ...(this.options.tailBytes !== undefined && { tailBytes: this.options.tailBytes }),
-      ...(options.onLog && { onLog: options.onLog }),
-      ...(options.onProgress && { onProgress: options.onProgress }),
-    });
-    const envelope = (fields: EnvelopeFields): Envelope =>
-      buildEnvelope(job, this.node, output.logs(), fields);
-    const stoppedBeforeStart = (): Envelope => {
-      const stop = this.stopFrom(options.signal?.reason);
-      return envelope({
-        status: "error",
-        reason: stop.reason,
-        error: { type: "Stopped", message: `the job was stopped (${stop.reason}) before it started` },
-        exitCode: null,
-        executionTime: 0,
-        resources: {},
-      });
-    };
+    const reporting = runReporting(job, this.node, this.options.tailBytes, options);
+    const { output, envelope } = reporting;
+    const stoppedBeforeStart = (): Envelope =>
+      reporting.stoppedBeforeStart(this.stopFrom(options.signal?.reason));
     if (options.signal?.aborted) return stoppedBeforeStart();
 
     let id: string | undefined;

@@ -22,15 +22,15 @@ import type { Logger } from "./logger";
 import { createLogger } from "./logger";
 import type { EnvelopeFields, RunnerRead, Stop } from "./outcome";
 import {
-  buildEnvelope,
   drain,
   invalidJobEnvelope,
   judge,
   parseRunnerResult,
+  runReporting,
   secondsBetween,
   stopFrom,
 } from "./outcome";
-import { JobOutput } from "./output";
+import type { JobOutput } from "./output";
 import { ROOTLESS_FALLBACK_USER } from "./sandbox";
 import { DEFAULT_PRIORITY } from "./scheduling";
 
@@ -442,23 +442,12 @@ export class KubernetesLauncher implements Launcher {
   ): Promise<Envelope> {
     const { spec, tier } = job;
     const { namespace } = this.options;
-    const output = new JobOutput({
-      jobId: spec.jobId,
-      ...(this.options.tailBytes !== undefined && { tailBytes: this.options.tailBytes }),
-      ...(options.onLog && { onLog: options.onLog }),
-      ...(options.onProgress && { onProgress: options.onProgress }),
-    });
-    const envelope = (fields: EnvelopeFields): Envelope =>
-      buildEnvelope(job, this.node, output.logs(), fields);
-    const stoppedBeforeStart = (stop: Stop): Envelope =>
-      envelope({
-        status: "error",
-        reason: stop.reason,
-        error: { type: "Stopped", message: `the job was stopped (${stop.reason}) before it started` },
-        exitCode: null,
-        executionTime: 0,
-        resources: {},
-      });
+    const { output, envelope, stoppedBeforeStart } = runReporting(
+      job,
+      this.node,
+      this.options.tailBytes,
+      options,
+    );
     if (options.signal?.aborted)
       return stoppedBeforeStart(stopFrom(options.signal.reason, this.graceSeconds));
 

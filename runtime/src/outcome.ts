@@ -1,8 +1,9 @@
 import { constants as osConstants } from "node:os";
-import type { Envelope, JobSpecInput, Reason, RunnerResult, StopReason } from "./contract";
+import type { Envelope, JobSpecInput, LaunchOptions, Reason, RunnerResult, StopReason } from "./contract";
 import { CONTAINER_PATHS, envelopeSchema, runnerResultSchema, StopRequest } from "./contract";
 import type { InvalidJobError, PreparedJob } from "./job-spec";
 import type { Logger } from "./logger";
+import { JobOutput } from "./output";
 import { isTierName, TIER_NAMES } from "./tiers";
 
 /**
@@ -156,6 +157,36 @@ export function buildEnvelope(
     },
     logs,
   });
+}
+
+/** A run's bounded output and the envelopes it can end in: the same for every launcher. */
+export function runReporting(
+  job: Pick<PreparedJob, "spec" | "tier" | "image">,
+  node: string,
+  tailBytes: number | undefined,
+  options: Pick<LaunchOptions, "onLog" | "onProgress">,
+): {
+  readonly output: JobOutput;
+  readonly envelope: (fields: EnvelopeFields) => Envelope;
+  readonly stoppedBeforeStart: (stop: Stop) => Envelope;
+} {
+  const output = new JobOutput({
+    jobId: job.spec.jobId,
+    ...(tailBytes !== undefined && { tailBytes }),
+    ...(options.onLog && { onLog: options.onLog }),
+    ...(options.onProgress && { onProgress: options.onProgress }),
+  });
+  const envelope = (fields: EnvelopeFields): Envelope => buildEnvelope(job, node, output.logs(), fields);
+  const stoppedBeforeStart = (stop: Stop): Envelope =>
+    envelope({
+      status: "error",
+      reason: stop.reason,
+      error: { type: "Stopped", message: `the job was stopped (${stop.reason}) before it started` },
+      exitCode: null,
+      executionTime: 0,
+      resources: {},
+    });
+  return { output, envelope, stoppedBeforeStart };
 }
 
 /** The envelope of a job that cannot run as given: nothing was started. */
