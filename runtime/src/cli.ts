@@ -1,41 +1,54 @@
 import { Command, CommanderError } from "commander";
-import { registerDatasets } from "./commands/datasets";
-import { registerDetect } from "./commands/detect";
-import { registerEstimate } from "./commands/estimate";
-import { registerGc } from "./commands/gc";
-import { registerPlatform } from "./commands/platform";
-import { registerRun } from "./commands/run";
 import { EXIT, UsageError } from "./commands/shared";
-import { registerTemplates } from "./commands/templates";
-import { registerTiers } from "./commands/tiers";
-import { registerUsage } from "./commands/usage";
+
+type Register = (program: Command) => void;
 
 /**
- * The `crucible` command line. Each command lives in `commands/<name>.ts` and registers itself here with
- * one line; they share the program's settings (exit codes, error output) by being created through it.
+ * The modules that register the commands, in the order help lists them, with the top-level commands each
+ * one owns. A run loads only its command's module: the AWS SDK clients and dockerode take hundreds of
+ * milliseconds to load, and `crucible tiers` needs neither.
  */
-export function buildCli(): Command {
+const MODULES: readonly { readonly commands: readonly string[]; readonly load: () => Promise<Register> }[] = [
+  { commands: ["run"], load: async () => (await import("./commands/run.js")).registerRun },
+  { commands: ["tiers"], load: async () => (await import("./commands/tiers.js")).registerTiers },
+  { commands: ["detect"], load: async () => (await import("./commands/detect.js")).registerDetect },
+  { commands: ["gc"], load: async () => (await import("./commands/gc.js")).registerGc },
+  {
+    commands: ["templates", "init"],
+    load: async () => (await import("./commands/templates.js")).registerTemplates,
+  },
+  { commands: ["estimate"], load: async () => (await import("./commands/estimate.js")).registerEstimate },
+  { commands: ["datasets"], load: async () => (await import("./commands/datasets.js")).registerDatasets },
+  {
+    commands: ["submit", "status", "result", "logs", "cancel", "agent", "local"],
+    load: async () => (await import("./commands/platform.js")).registerPlatform,
+  },
+  { commands: ["usage"], load: async () => (await import("./commands/usage.js")).registerUsage },
+];
+
+/**
+ * The `crucible` command line. Each command lives in `commands/<name>.ts` and registers itself through
+ * {@link MODULES}; they share the program's settings (exit codes, error output) by being created through
+ * it. Given the arguments, only the module of the command they name is loaded; help, and anything that
+ * names no known command, loads them all.
+ */
+export async function buildCli(argv: readonly string[] = []): Promise<Command> {
   const program = new Command("crucible")
     .description("run ML jobs in sandboxed containers, locally or on the Crucible platform")
     .version("0.1.0")
     .showHelpAfterError("(run with --help for usage)")
     .exitOverride();
-  registerRun(program);
-  registerTiers(program);
-  registerDetect(program);
-  registerGc(program);
-  registerTemplates(program);
-  registerEstimate(program);
-  registerDatasets(program);
-  registerPlatform(program);
-  registerUsage(program);
+  const named = argv[2];
+  const owner = MODULES.find((m) => named !== undefined && m.commands.includes(named));
+  for (const register of await Promise.all((owner ? [owner] : MODULES).map((m) => m.load())))
+    register(program);
   return program;
 }
 
 /** Runs the CLI and sets the exit code: 0 success, 1 failure, 2 bad usage (130 for an interrupted run). */
 export async function main(argv: readonly string[] = process.argv): Promise<void> {
   try {
-    await buildCli().parseAsync([...argv]);
+    await (await buildCli(argv)).parseAsync([...argv]);
   } catch (error) {
     if (error instanceof CommanderError) {
       // Commander has printed its message already; help and version are not failures.

@@ -6,6 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { envelopeSchema } from "../../runtime/src/contract";
 import { imageRef } from "../../runtime/src/image-matrix";
 import { TIER_NAMES, TIERS } from "../../runtime/src/tiers";
+import { buildCli } from "../../runtime/src/cli";
 import { crucible } from "../cli";
 
 const IMAGE = process.env.CRUCIBLE_TEST_JOB_IMAGE ?? imageRef("cpu");
@@ -111,5 +112,34 @@ describe("crucible CLI", () => {
       filters: JSON.stringify({ label: [`crucible.job-id=${jobId}`] }),
     });
     expect(left).toEqual([]);
+  });
+});
+
+describe("loading the command line", () => {
+  const names = (program: { commands: readonly { name(): string }[] }) =>
+    program.commands.map((c) => c.name());
+
+  it("loads only the module of the command named, and every module for help or an unknown command", async () => {
+    const all = names(await buildCli());
+    expect(all).toEqual(
+      expect.arrayContaining(["run", "tiers", "init", "submit", "agent", "local", "usage"]),
+    );
+    expect(names(await buildCli(["node", "crucible", "tiers"]))).toEqual(["tiers"]);
+    expect(names(await buildCli(["node", "crucible", "status", "job-1"]))).toEqual([
+      "submit",
+      "status",
+      "result",
+      "logs",
+      "cancel",
+      "agent",
+      "local",
+    ]);
+    for (const argv of [
+      ["node", "crucible", "--help"],
+      ["node", "crucible", "nonsense"],
+    ])
+      expect(names(await buildCli(argv))).toEqual(all);
+    // Each command, named, finds the module that defines it.
+    for (const name of all) expect(names(await buildCli(["node", "crucible", name]))).toContain(name);
   });
 });
