@@ -13,7 +13,7 @@ import type { Envelope, JobSpecInput } from "./contract";
 import { CHECKPOINT_OBJECT_TAG, envelopeSchema, jobIdSchema } from "./contract";
 import type { LedgerEntry } from "./ledger";
 import { LEDGER_PREFIX, WORKSPACES_PREFIX } from "./bucket-layout";
-import { ledgerEntrySchema, ledgerMonth, ledgerMonths } from "./ledger";
+import { LEDGER_PARTITION_PATH, ledgerEntrySchema, ledgerMonths, ledgerPartitionPath } from "./ledger";
 import type { Logger } from "./logger";
 
 /** Who a job belongs to, and so where everything about it lives. */
@@ -69,9 +69,6 @@ export interface LedgerScope {
   readonly since?: Date;
   readonly until?: Date;
 }
-
-/** `ledger/<yyyy-mm>/<project>/<user>/<jobId>/<attempt>.json`. */
-const LEDGER_KEY = new RegExp(`^${LEDGER_PREFIX}(\\d{4}-\\d{2})/([^/]+)/([^/]+)/[^/]+/\\d+\\.json$`);
 
 const KEYS = {
   code: "code.zip",
@@ -249,7 +246,7 @@ export class JobStore {
   async putLedgerEntry(address: JobAddress, entry: LedgerEntry): Promise<void> {
     const body = JSON.stringify(entry);
     await this.put(address, `${KEYS.ledger}${entry.attempt}.json`, body);
-    const key = `${LEDGER_PREFIX}${ledgerMonth(new Date(entry.endedAt))}/${address.project}/${address.user}/${address.jobId}/${entry.attempt}.json`;
+    const key = LEDGER_PREFIX + ledgerPartitionPath(entry);
     await this.s3.send(new PutObjectCommand({ Bucket: this.bucket, Key: key, Body: body }));
   }
 
@@ -272,7 +269,8 @@ export class JobStore {
     const entries: LedgerEntry[] = [];
     for (const prefix of prefixes) {
       for (const key of await this.keys(prefix)) {
-        const [, month, project, user] = LEDGER_KEY.exec(key) ?? [];
+        const match = LEDGER_PARTITION_PATH.exec(key.slice(LEDGER_PREFIX.length));
+        const [, month, project, user] = match?.index === 0 ? match : [];
         if (!month || (scope.project && project !== scope.project) || (scope.user && user !== scope.user))
           continue;
         const entry = seen.get(key) ?? (await this.ledgerEntry(key));

@@ -60,6 +60,20 @@ export function ledgerMonth(at: Date): string {
   return at.toISOString().slice(0, 7);
 }
 
+/**
+ * Where an entry is filed in finance's partitions, below LEDGER_PREFIX:
+ * `<yyyy-mm>/<project>/<user>/<jobId>/<attempt>.json`, the month being the one its attempt ended in.
+ */
+export function ledgerPartitionPath(entry: LedgerEntry): string {
+  return `${ledgerMonth(new Date(entry.endedAt))}/${entry.project}/${entry.user}/${entry.jobId}/${entry.attempt}.json`;
+}
+
+/**
+ * A path ending in a partition path (a key, or a file of a synced copy), with its month, project and user
+ * captured.
+ */
+export const LEDGER_PARTITION_PATH = /(?:^|\/)(\d{4}-\d{2})\/([^/]+)\/([^/]+)\/[^/]+\/\d+\.json$/;
+
 /** Every month partition from the one holding `since` to the one holding `until`, oldest first. */
 export function ledgerMonths(since: Date, until: Date): string[] {
   const months: string[] = [];

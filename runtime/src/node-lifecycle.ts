@@ -8,6 +8,7 @@ import type { CloudWatchClient } from "@aws-sdk/client-cloudwatch";
 import { PutMetricDataCommand } from "@aws-sdk/client-cloudwatch";
 import type { JobOutcome } from "./contract";
 import { JOB_METRICS } from "./contract";
+import { costOf } from "./ledger";
 import type { Logger } from "./logger";
 
 /** The variable the AWS SDKs read for a non-default instance metadata endpoint. */
@@ -260,7 +261,7 @@ export function cloudWatchOutcomes(
               Dimensions: dimensions,
               Unit: "None",
               // To a millionth of a dollar, finer than the ledger: a dashboard of many short jobs adds up.
-              Value: Math.round(((chargedHourlyUsd * seconds) / 3600) * 1e6) / 1e6,
+              Value: Math.round(costOf(seconds, chargedHourlyUsd) * 1e6) / 1e6,
             },
           ],
         }),

@@ -2,7 +2,7 @@ import { readdir, readFile } from "node:fs/promises";
 import { join, relative, sep } from "node:path";
 import { z } from "zod";
 import type { LedgerEntry } from "./ledger";
-import { ledgerEntrySchema, monthStart } from "./ledger";
+import { LEDGER_PARTITION_PATH, ledgerEntrySchema, monthStart } from "./ledger";
 import type { SchedulingPolicy } from "./scheduling";
 
 /**
@@ -328,9 +328,7 @@ export async function readLedgerDir(dir: string): Promise<LedgerEntry[]> {
   for (const file of files) {
     const path = relative(dir, file).split(sep).join("/");
     // A job's copy (`…/jobs/<id>/ledger/<n>.json`) or finance's (`[ledger/]<yyyy-mm>/<project>/<user>/<id>/<n>.json`).
-    const isEntry =
-      /(^|\/)ledger\/\d+\.json$/.test(path) ||
-      /(^|\/)\d{4}-\d{2}\/[^/]+\/[^/]+\/[^/]+\/\d+\.json$/.test(path);
+    const isEntry = /(^|\/)ledger\/\d+\.json$/.test(path) || LEDGER_PARTITION_PATH.test(path);
     let value: unknown;
     try {
       value = JSON.parse(await readFile(file, "utf8"));
