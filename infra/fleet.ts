@@ -8,6 +8,7 @@ import { sandboxFacts } from "../runtime/src/sandbox";
 import { PRIORITIES, type Priority, type SchedulingPolicy } from "../runtime/src/scheduling";
 import type { CrucibleConfig, TierConfig } from "./config";
 import type { PolicyDocument, PolicyStatement } from "./policy-document";
+import { SESSION_MANAGER_ACTIONS } from "./iam-actions";
 import { componentTags } from "./providers";
 
 /** ECS-optimized Amazon Linux 2023: Docker ready; the GPU variant adds the NVIDIA driver and toolkit. */
@@ -656,26 +657,13 @@ export function agentDataStatements(scope: AgentDataScope): PolicyStatement[] {
 }
 
 /**
- * What the SSM agent needs for Session Manager shells (operators reach nodes without SSH or open ports):
- * register the instance and open its message channels, actions IAM authorises only on "*". In place of
+ * Session Manager shells, so operators reach nodes without SSH or open ports. In place of
  * AmazonSSMManagedInstanceCore, which also lets a node read every SSM parameter in the account.
  */
 const SESSION_MANAGER_STATEMENT: PolicyStatement = {
   Sid: "SessionManager",
   Effect: "Allow",
-  Action: [
-    "ssm:UpdateInstanceInformation",
-    "ssmmessages:CreateControlChannel",
-    "ssmmessages:CreateDataChannel",
-    "ssmmessages:OpenControlChannel",
-    "ssmmessages:OpenDataChannel",
-    "ec2messages:AcknowledgeMessage",
-    "ec2messages:DeleteMessage",
-    "ec2messages:FailMessage",
-    "ec2messages:GetEndpoint",
-    "ec2messages:GetMessages",
-    "ec2messages:SendReply",
-  ],
+  Action: SESSION_MANAGER_ACTIONS,
   Resource: "*",
 };
 

@@ -6,6 +6,7 @@ import {
   type ResourceValidationPolicy,
   type StackValidationPolicy,
 } from "@pulumi/policy";
+import { SESSION_MANAGER_ACTIONS } from "../infra/iam-actions";
 import {
   UNKNOWN,
   actionsOf,
@@ -111,17 +112,7 @@ export function iamNoInlineAdminPolicies(): ResourceValidationPolicy {
  */
 export const RESOURCE_STAR_ONLY_ACTIONS: readonly string[] = [
   "cloudwatch:PutMetricData",
-  "ssm:UpdateInstanceInformation",
-  "ssmmessages:CreateControlChannel",
-  "ssmmessages:CreateDataChannel",
-  "ssmmessages:OpenControlChannel",
-  "ssmmessages:OpenDataChannel",
-  "ec2messages:AcknowledgeMessage",
-  "ec2messages:DeleteMessage",
-  "ec2messages:FailMessage",
-  "ec2messages:GetEndpoint",
-  "ec2messages:GetMessages",
-  "ec2messages:SendReply",
+  ...SESSION_MANAGER_ACTIONS,
   "xray:PutTraceSegments",
   "xray:PutTelemetryRecords",
 ];

@@ -1,0 +1,19 @@
+// IAM actions the program grants and the policy pack judges: no dependencies, so the pack can import it.
+
+/**
+ * What the SSM agent needs for Session Manager shells: register the instance and open its message
+ * channels. IAM authorises these only on `Resource: "*"`; the policy pack allows them there on node roles.
+ */
+export const SESSION_MANAGER_ACTIONS: readonly string[] = [
+  "ssm:UpdateInstanceInformation",
+  "ssmmessages:CreateControlChannel",
+  "ssmmessages:CreateDataChannel",
+  "ssmmessages:OpenControlChannel",
+  "ssmmessages:OpenDataChannel",
+  "ec2messages:AcknowledgeMessage",
+  "ec2messages:DeleteMessage",
+  "ec2messages:FailMessage",
+  "ec2messages:GetEndpoint",
+  "ec2messages:GetMessages",
+  "ec2messages:SendReply",
+];
