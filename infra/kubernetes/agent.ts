@@ -8,6 +8,7 @@ import { JOB_METRICS_STATEMENT, agentDataStatements } from "../fleet";
 import { webIdentityTrustPolicy } from "../policy-document";
 import { componentTags } from "../providers";
 import { AGENT_RESOURCES } from "./namespace";
+import type { NodeLabel } from "../../runtime/src/kubernetes-names";
 
 /** The audience EKS's pod identity webhook requests service account tokens for. */
 export const IRSA_AUDIENCE = "sts.amazonaws.com";
@@ -60,7 +61,7 @@ export interface TierAgentArgs {
   readonly visibilityTimeoutSeconds: number;
   readonly scheduling?: pulumi.Input<string>;
   /** The label GPU job pods select nodes by; set for GPU tiers only. */
-  readonly gpuNodeLabel?: { readonly key: string; readonly value: string };
+  readonly gpuNodeLabel?: NodeLabel;
   readonly region: string;
   readonly oidc?: ClusterOidc;
 }

@@ -1,6 +1,7 @@
 import * as k8s from "@pulumi/kubernetes";
 import type * as pulumi from "@pulumi/pulumi";
 import { KUBERNETES } from "../../runtime/src/kubernetes-names";
+import type { NodeLabel } from "../../runtime/src/kubernetes-names";
 
 /**
  * Values of the jobs' priority classes. Low on purpose: they order Crucible's jobs among themselves and
@@ -62,7 +63,7 @@ export function devicePlugin(
   name: string,
   args: {
     readonly image: string;
-    readonly gpuNodeLabel: { readonly key: string; readonly value: string };
+    readonly gpuNodeLabel: NodeLabel;
     readonly labels: Readonly<Record<string, string>>;
   },
   opts: pulumi.CustomResourceOptions,

@@ -3,6 +3,7 @@ import type { V1ConfigMap, V1Job, V1OwnerReference } from "@kubernetes/client-no
 };
 import { basename, dirname } from "node:path";
 import { CONTAINER_PATHS } from "./contract";
+import type { NodeLabel } from "./kubernetes-names";
 import { KUBERNETES, priorityClassFor } from "./kubernetes-names";
 import type { SandboxUser } from "./sandbox";
 import { jobEnvironment } from "./sandbox";
@@ -123,7 +124,7 @@ export interface KubernetesJobInput {
   readonly user: SandboxUser;
   readonly owner: { readonly pod: string; readonly start: string };
   /** The node label GPU pods select by: the one the cluster's GPU nodes carry (the stack's `gpuNodeLabel`). */
-  readonly gpuNodeLabel: { readonly key: string; readonly value: string };
+  readonly gpuNodeLabel: NodeLabel;
 }
 
 /** Labels on the Job, its pod and its ConfigMap. */

@@ -17,6 +17,7 @@ import {
   OWNER_LABELS,
   TERMINATION_MESSAGE_MAX_BYTES,
 } from "./kubernetes-job";
+import type { NodeLabel } from "./kubernetes-names";
 import { KUBERNETES } from "./kubernetes-names";
 import type { Logger } from "./logger";
 import { createLogger } from "./logger";
@@ -46,7 +47,7 @@ export interface KubernetesLauncherOptions extends LauncherOptions {
   /** How long one watch request lasts before it is renewed. Defaults to 300. */
   readonly watchTimeoutSeconds?: number;
   /** The node label GPU pods select by. Defaults to KUBERNETES.defaultGpuNodeLabel (nvidia.com/gpu.present=true). */
-  readonly gpuNodeLabel?: { readonly key: string; readonly value: string };
+  readonly gpuNodeLabel?: NodeLabel;
 }
 
 /** How long after the container ended the Job may take to show its condition (the controller's lag). */

@@ -25,6 +25,12 @@ export const KUBERNETES = {
   priorityClasses: { interactive: "crucible-interactive", batch: "crucible-batch" },
 } as const;
 
+/** A node label as a pod's node selector names it. */
+export interface NodeLabel {
+  readonly key: string;
+  readonly value: string;
+}
+
 /** The namespace of one stack's environment. */
 export const kubernetesNamespace = (environment: string): string => `crucible-${environment}`;
 

@@ -6,6 +6,7 @@ import { KubernetesLauncher } from "../kubernetes-launcher";
 import type { Logger } from "../logger";
 import { InvalidArgumentError } from "commander";
 import { UsageError } from "./shared";
+import type { NodeLabel } from "../kubernetes-names";
 
 export const LAUNCHER_KINDS = ["docker", "kubernetes"] as const;
 export type LauncherKind = (typeof LAUNCHER_KINDS)[number];
@@ -74,7 +75,7 @@ export async function launcherFor(kind: LauncherKind, settings: LauncherSettings
 }
 
 /** `key=value` from CRUCIBLE_K8S_GPU_NODE_LABEL; unset or empty leaves the launcher's default. */
-function parseNodeLabel(text: string | undefined): { key: string; value: string } | undefined {
+function parseNodeLabel(text: string | undefined): NodeLabel | undefined {
   if (!text) return undefined;
   const at = text.indexOf("=");
   if (at <= 0 || at === text.length - 1) {
