@@ -5,7 +5,8 @@ import * as pulumi from "@pulumi/pulumi";
 import * as ts from "typescript";
 import type { TierName } from "../runtime/src/catalog";
 import { SPEND_METRICS } from "../runtime/src/contract";
-import { ENFORCED_BUDGETS_ENV, type EnforcedBudget } from "./budget-enforcer/handler";
+import { PAUSE_MARKER_PREFIX, pauseMarkerKey } from "../runtime/src/bucket-layout";
+import { ENFORCED_BUDGETS_ENV, PAUSE_MARKERS_ENV, type EnforcedBudget } from "./budget-enforcer/handler";
 import type { CrucibleConfig } from "./config";
 import type { PolicyDocument } from "./policy-document";
 import { COST_TAGS, componentTags } from "./providers";
@@ -33,6 +34,16 @@ export interface BudgetsArgs {
    * tier missing here is only notified about, never paused. Defaults to none.
    */
   readonly asgNamesByTier?: Partial<Record<TierName, pulumi.Input<string[]>>>;
+  /**
+   * The workspaces bucket, where a pause writes the tier's marker that stops protected nodes taking jobs
+   * (runtime/src/budget-pause.ts). Required where the stack enforces a tier's budget.
+   */
+  readonly pauseMarkers?: {
+    readonly bucketName: pulumi.Input<string>;
+    readonly bucketArn: pulumi.Input<string>;
+    /** The bucket's KMS key; undefined with SSE-S3. */
+    readonly kmsKeyArn?: pulumi.Input<string>;
+  };
 }
 
 /** What an AWS budget covers: the environment, or one tier in it. */
@@ -132,6 +143,7 @@ export class Budgets extends pulumi.ComponentResource {
             environment,
             topic,
             tiers: enforcedTiers.map((tier) => ({ tier, asgNames: pulumi.output(asgNamesByTier[tier]!) })),
+            pauseMarkers: requirePauseMarkers(args.pauseMarkers),
           },
           this,
         )
@@ -264,6 +276,16 @@ interface EnforcerArgs {
   readonly environment: string;
   readonly topic: pulumi.Output<string>;
   readonly tiers: readonly { readonly tier: TierName; readonly asgNames: pulumi.Output<string[]> }[];
+  readonly pauseMarkers: NonNullable<BudgetsArgs["pauseMarkers"]>;
+}
+
+/** Enforcement without pause markers would fail open (protected nodes keep taking jobs): refuse it. */
+function requirePauseMarkers(markers: BudgetsArgs["pauseMarkers"]): NonNullable<BudgetsArgs["pauseMarkers"]> {
+  if (!markers)
+    throw new Error(
+      "Budgets: enforcing a tier's budget needs pauseMarkers (the workspaces bucket), or protected nodes would keep taking jobs",
+    );
+  return markers;
 }
 
 /**
@@ -271,7 +293,7 @@ interface EnforcerArgs {
  * their previous sizes as tags on them) and to write its own log group.
  */
 function budgetEnforcer(name: string, args: EnforcerArgs, parent: pulumi.Resource): pulumi.Output<string> {
-  const { environment, topic, tiers } = args;
+  const { environment, topic, tiers, pauseMarkers } = args;
   const tags = componentTags("budgets");
   const functionName = `crucible-${environment}-budget-enforcer`;
   const { accountId } = aws.getCallerIdentityOutput({}, { parent });
@@ -325,6 +347,29 @@ function budgetEnforcer(name: string, args: EnforcerArgs, parent: pulumi.Resourc
         Resource: "*",
       },
       {
+        // Each enforced tier's pause marker, nothing else of the bucket: written on pause, removed on resume.
+        Sid: "PauseMarkers",
+        Effect: "Allow",
+        Action: ["s3:PutObject", "s3:DeleteObject"],
+        Resource: tiers.map(
+          ({ tier }) => pulumi.interpolate`${pauseMarkers.bucketArn}/${pauseMarkerKey(tier)}`,
+        ),
+      },
+      ...(pauseMarkers.kmsKeyArn === undefined
+        ? []
+        : [
+            {
+              // SSE-KMS: writing the marker needs a data key, through S3 only.
+              Sid: "PauseMarkerKey",
+              Effect: "Allow" as const,
+              Action: "kms:GenerateDataKey",
+              Resource: pauseMarkers.kmsKeyArn,
+              Condition: {
+                StringEquals: { "kms:ViaService": pulumi.interpolate`s3.${region}.amazonaws.com` },
+              },
+            },
+          ]),
+      {
         Sid: "WriteOwnLogs",
         Effect: "Allow",
         Action: ["logs:CreateLogStream", "logs:PutLogEvents"],
@@ -361,7 +406,15 @@ function budgetEnforcer(name: string, args: EnforcerArgs, parent: pulumi.Resourc
       role: role.arn,
       timeout: 60,
       memorySize: 128,
-      environment: { variables: { [ENFORCED_BUDGETS_ENV]: enforced } },
+      environment: {
+        variables: {
+          [ENFORCED_BUDGETS_ENV]: enforced,
+          [PAUSE_MARKERS_ENV]: pulumi.jsonStringify({
+            bucket: pauseMarkers.bucketName,
+            prefix: PAUSE_MARKER_PREFIX,
+          }),
+        },
+      },
       loggingConfig: { logFormat: "Text", logGroup: logGroup.name },
       tags,
     },

@@ -4,14 +4,17 @@ import type { CrucibleConfig, Environment } from "./config";
 import type { PolicyDocument, PolicyStatement } from "./policy-document";
 import { webIdentityTrustPolicy } from "./policy-document";
 import { COST_TAGS, componentTags } from "./providers";
+import { permissionsBoundaryName } from "./boundary";
 import { LEDGER_PREFIX } from "../runtime/src/bucket-layout";
 
 /** The issuer of GitHub Actions' OIDC tokens, without its scheme (how IAM names its condition keys). */
 export const GITHUB_OIDC_HOST = "token.actions.githubusercontent.com";
 /** The audience aws-actions/configure-aws-credentials requests. */
 export const GITHUB_OIDC_AUDIENCE = "sts.amazonaws.com";
-/** The project CI's smoke jobs submit as: the deploy role may write job files under its prefix only. */
+/** The project CI's smoke jobs submit as: the smoke role may write job files under its prefix only. */
 export const SMOKE_PROJECT = "ci";
+/** The tier the smoke job runs on (scripts/smoke.sh): the only queues the smoke role may send to. */
+export const SMOKE_TIER = "cpu-small";
 /** How long a deploy session lasts: a dev `pulumi up` builds and pushes the image matrix, CUDA included. */
 export const DEPLOY_SESSION_SECONDS = 2 * 3600;
 /**
@@ -33,6 +36,11 @@ export interface CiAccessArgs {
   readonly environment: Environment;
   /** The stack's name: the CI roles, the dashboard and the node-event log are named after it. */
   readonly stack: string;
+  /**
+   * The permissions boundary the program declares (infra/boundary.ts): the deploy role may create roles
+   * and write their policies only when they carry it.
+   */
+  readonly permissionsBoundaryArn: pulumi.Input<string>;
 }
 
 /** The `sub` claims of GitHub's tokens that each role trusts, exactly (no wildcards). */
@@ -41,17 +49,21 @@ export interface CiSubjects {
   readonly deploy: readonly string[];
   /** Pull requests' jobs, which only preview. */
   readonly preview: readonly string[];
+  /** Jobs that run the smoke job after a deploy: the deploy subjects, and for dev pushes to the branch. */
+  readonly smoke: readonly string[];
 }
 
 /**
  * What GitHub Actions may do in the stack's account, through OIDC (no long-lived keys): the account's
- * GitHub OIDC provider, a read-only preview role that pull requests assume, and a deploy role for
- * `pulumi up` that only jobs in the stack's GitHub environment (which may require an approval) assume.
+ * GitHub OIDC provider, a read-only preview role that pull requests assume, a deploy role for
+ * `pulumi up` that only jobs in the stack's GitHub environment (which may require an approval) assume,
+ * and a smoke role that submits one job as project `ci` and reads its result.
  */
 export class CiAccess extends pulumi.ComponentResource {
   public readonly oidcProviderArn: pulumi.Output<string>;
   public readonly previewRoleArn: pulumi.Output<string>;
   public readonly deployRoleArn: pulumi.Output<string>;
+  public readonly smokeRoleArn: pulumi.Output<string>;
   public readonly subjects: CiSubjects;
 
   constructor(name: string, args: CiAccessArgs, opts?: pulumi.ComponentResourceOptions) {
@@ -75,34 +87,46 @@ export class CiAccess extends pulumi.ComponentResource {
       roleName: ciRoleName(stack, "deploy"),
       description: `GitHub Actions deployments of Crucible ${stack} from ${github.repository}`,
       subjects: this.subjects.deploy,
-      policy: deployPolicy(scope, environment, stack),
+      policy: deployPolicy(scope, environment, stack, args.permissionsBoundaryArn),
       maxSessionDuration: DEPLOY_SESSION_SECONDS,
+    });
+    const smoke = federatedRole(`${name}-smoke`, this, {
+      ...trusted,
+      roleName: ciRoleName(stack, "smoke"),
+      description: `GitHub Actions smoke jobs of Crucible ${stack} from ${github.repository}`,
+      subjects: this.subjects.smoke,
+      policy: smokePolicy(scope, environment),
     });
 
     this.previewRoleArn = preview.arn;
     this.deployRoleArn = deploy.arn;
+    this.smokeRoleArn = smoke.arn;
     this.registerOutputs({
       oidcProviderArn: this.oidcProviderArn,
       previewRoleArn: this.previewRoleArn,
       deployRoleArn: this.deployRoleArn,
+      smokeRoleArn: this.smokeRoleArn,
       subjects: this.subjects,
     });
   }
 }
 
 /** `crucible-<stack>-ci-<purpose>`: fixed names, so the deploy role can be denied changes to them. */
-export const ciRoleName = (stack: string, purpose: "deploy" | "preview") => `crucible-${stack}-ci-${purpose}`;
+export const ciRoleName = (stack: string, purpose: "deploy" | "preview" | "smoke") =>
+  `crucible-${stack}-ci-${purpose}`;
 
 export function ciSubjects(github: GitHubSettings, environment: Environment): CiSubjects {
   const repo = `repo:${github.repository}`;
+  const deploy = (github.environments ?? [environment]).map((e) => `${repo}:environment:${e}`);
   return {
-    deploy: [
-      ...(github.environments ?? [environment]).map((e) => `${repo}:environment:${e}`),
-      // Dev also takes pushes to the deploy branch (a job with no GitHub environment, such as the smoke
-      // test on main); staging and prod are reached only through their environments' protection rules.
+    // Only jobs in the stack's GitHub environments, behind their protection rules: no branch push.
+    deploy,
+    preview: [`${repo}:pull_request`],
+    // Dev's smoke job runs on a push to the deploy branch (a job with no GitHub environment).
+    smoke: [
+      ...deploy,
       ...(environment === "dev" ? [`${repo}:ref:refs/heads/${github.branch ?? "main"}`] : []),
     ],
-    preview: [`${repo}:pull_request`],
   };
 }
 
@@ -279,34 +303,149 @@ export function previewPolicy(s: AccountScope, environment: Environment): Policy
   return { Version: "2012-10-17", Statement: readStatements(s, environment) };
 }
 
+/** EC2 actions that create a resource (with its tags, in the same request). */
+const EC2_CREATE_ACTIONS = [
+  "ec2:CreateVpc",
+  "ec2:CreateSubnet",
+  "ec2:CreateRouteTable",
+  "ec2:CreateInternetGateway",
+  "ec2:AllocateAddress",
+  "ec2:CreateNatGateway",
+  "ec2:CreateSecurityGroup",
+  "ec2:CreateVpcEndpoint",
+  "ec2:CreateLaunchTemplate",
+] as const;
+
+/** Actions that create a tagged resource: allowed only with this environment's tag in the request. */
+const CREATE_ACTIONS = [
+  ...EC2_CREATE_ACTIONS,
+  "sqs:CreateQueue",
+  "sns:CreateTopic",
+  "kms:CreateKey",
+  "cloudwatch:PutMetricAlarm",
+  "events:PutRule",
+] as const;
+
+/** Actions on existing resources: allowed only on resources tagged for this environment. */
+const MANAGE_ACTIONS = [
+  "ec2:DeleteVpc",
+  "ec2:ModifyVpcAttribute",
+  "ec2:DeleteSubnet",
+  "ec2:ModifySubnetAttribute",
+  "ec2:DeleteRouteTable",
+  "ec2:AssociateRouteTable",
+  "ec2:DisassociateRouteTable",
+  "ec2:ReplaceRouteTableAssociation",
+  "ec2:CreateRoute",
+  "ec2:ReplaceRoute",
+  "ec2:DeleteRoute",
+  "ec2:AttachInternetGateway",
+  "ec2:DetachInternetGateway",
+  "ec2:DeleteInternetGateway",
+  "ec2:DisassociateAddress",
+  "ec2:ReleaseAddress",
+  "ec2:DeleteNatGateway",
+  "ec2:DeleteSecurityGroup",
+  "ec2:AuthorizeSecurityGroupIngress",
+  "ec2:AuthorizeSecurityGroupEgress",
+  "ec2:RevokeSecurityGroupIngress",
+  "ec2:RevokeSecurityGroupEgress",
+  "ec2:ModifySecurityGroupRules",
+  "ec2:UpdateSecurityGroupRuleDescriptionsIngress",
+  "ec2:UpdateSecurityGroupRuleDescriptionsEgress",
+  "ec2:ModifyVpcEndpoint",
+  "ec2:DeleteVpcEndpoints",
+  "ec2:CreateLaunchTemplateVersion",
+  "ec2:ModifyLaunchTemplate",
+  "ec2:DeleteLaunchTemplate",
+  "sqs:DeleteQueue",
+  "sqs:SetQueueAttributes",
+  "sns:DeleteTopic",
+  "sns:SetTopicAttributes",
+  "sns:Subscribe",
+  "sns:Unsubscribe",
+  "sns:SetSubscriptionAttributes",
+  "kms:ScheduleKeyDeletion",
+  "kms:CancelKeyDeletion",
+  "kms:EnableKeyRotation",
+  "kms:DisableKeyRotation",
+  "kms:PutKeyPolicy",
+  "kms:UpdateKeyDescription",
+  "kms:EnableKey",
+  "kms:DisableKey",
+  // The key's side of an alias; the alias's own side is scoped by name (it carries no tags).
+  "kms:CreateAlias",
+  "kms:UpdateAlias",
+  "kms:DeleteAlias",
+  "cloudwatch:PutMetricAlarm",
+  "cloudwatch:DeleteAlarms",
+  "events:PutRule",
+  "events:DeleteRule",
+  "events:PutTargets",
+  "events:RemoveTargets",
+] as const;
+
+/** Tagging actions: on this environment's resources, never touching the environment tag itself. */
+const TAG_ACTIONS = [
+  "ec2:CreateTags",
+  "ec2:DeleteTags",
+  "sqs:TagQueue",
+  "sqs:UntagQueue",
+  "sns:TagResource",
+  "sns:UntagResource",
+  "kms:TagResource",
+  "kms:UntagResource",
+  "cloudwatch:TagResource",
+  "cloudwatch:UntagResource",
+  "events:TagResource",
+  "events:UntagResource",
+  "iam:TagRole",
+  "iam:UntagRole",
+  "iam:TagInstanceProfile",
+  "iam:UntagInstanceProfile",
+] as const;
+
+/** Tagging a resource in the request that creates it: EC2 names the create action, the others do not. */
+const TAG_ON_CREATE_ACTIONS = TAG_ACTIONS.filter((a) => a.includes(":Tag") && !a.startsWith("ec2:"));
+
 /**
- * What `pulumi up` of the whole platform needs, scoped as far as AWS allows:
+ * What `pulumi up` of the whole platform needs, scoped as far as AWS allows, with tag conditions that
+ * never match an untagged resource (no `...IfExists`):
  *
  * - by ARN where the program names a resource after the environment or the stack (ECR repositories,
  *   SSM parameters, log groups, the enforcer Lambda, Auto Scaling groups, budgets, the dashboard);
- * - by the provider's `crucible:environment` default tag where Pulumi auto-names the resource (EC2
- *   networking and launch templates, queues, topics, keys, alarms, the event rule): never a resource
- *   tagged for another environment, never a tag naming another environment. The condition is
- *   `...IfExists` because a create has no resource tag yet and some actions carry no tag context, so
- *   resources with no environment tag at all (another team's, in a shared account) are not excluded;
- * - IAM strictly by that tag (roles and instance profiles must carry it), passing roles only to EC2 and
- *   Lambda, attaching only the managed policies the nodes use, and never touching CI's own roles or
- *   the OIDC provider (an engineer applies changes to CI access; see the README).
+ * - where Pulumi auto-names the resource (EC2 networking and launch templates, queues, topics, keys,
+ *   alarms, the event rule), by the provider's `crucible:environment` default tag: a create only with that
+ *   tag in the request (`aws:RequestTag`), anything else only on a resource that carries it
+ *   (`aws:ResourceTag`), and tag changes never touch the environment tag (`aws:TagKeys`). Tagging in the
+ *   request that creates a resource is allowed by `ec2:CreateAction` for EC2, and elsewhere only on a
+ *   resource with no environment tag yet (`Null`), to this environment;
+ * - IAM: roles only with the program's permissions boundary (`iam:PermissionsBoundary` on CreateRole,
+ *   PutRolePolicy and DeleteRolePolicy) and this environment's tag; no trust policy changes
+ *   (UpdateAssumeRolePolicy is not granted: a new trust is applied by an engineer), no managed policy
+ *   attached; roles passed only to EC2 and Lambda; never CI's own roles, the boundary or the OIDC provider.
  *
  * What could not be scoped: bucket names are Pulumi auto-names (`workspaces-<kind>-<suffix>`) with no
  * environment in them, so bucket configuration is scoped to this account's `workspaces-*` buckets, not
- * to this stack's; CloudWatch Logs resource policies exist only account-wide (`Resource: "*"`). And a
- * principal that may write role policies can give a role it creates more than it holds itself: the
- * roles the program declares have no permissions boundary, which is why staging's and prod's deploy
- * roles are reachable only from their GitHub environments, prod's behind a required approval.
+ * to this stack's; CloudWatch Logs resource policies exist only account-wide (`Resource: "*"`); KMS aliases
+ * carry no tags, so they are scoped by the program's `alias/crucible-*` names; and `ec2:RunInstances`,
+ * which Auto Scaling checks against the caller, is scoped to launches from this account's launch templates
+ * (the instance can only be handed a role tagged for this environment, which carries the boundary).
  */
-export function deployPolicy(s: AccountScope, environment: Environment, stack: string): PolicyDocument {
+export function deployPolicy(
+  s: AccountScope,
+  environment: Environment,
+  stack: string,
+  boundaryArn: pulumi.Input<string>,
+): PolicyDocument {
   const regional = (service: string, resource: string) => arnOf(s, service, resource, "regional");
   const global = (service: string, resource: string) => arnOf(s, service, resource, "global");
   const resourceTag = `aws:ResourceTag/${ENVIRONMENT_TAG}`;
   const requestTag = `aws:RequestTag/${ENVIRONMENT_TAG}`;
   const roles = [global("iam", "role/*"), global("iam", "instance-profile/*")];
   const thisAccount = { StringEquals: { "aws:ResourceAccount": s.accountId } };
+  const taggedHere = { StringEquals: { [resourceTag]: environment } };
+  const boundary = { "iam:PermissionsBoundary": boundaryArn };
   return {
     Version: "2012-10-17",
     Statement: [
@@ -341,75 +480,77 @@ export function deployPolicy(s: AccountScope, environment: Environment, stack: s
         ],
       },
       {
-        Sid: "ResourcesTaggedForThisEnvironment",
+        Sid: "CreateTaggedForThisEnvironment",
         Effect: "Allow",
-        Action: [
-          "ec2:CreateVpc",
-          "ec2:DeleteVpc",
-          "ec2:ModifyVpcAttribute",
-          "ec2:CreateSubnet",
-          "ec2:DeleteSubnet",
-          "ec2:ModifySubnetAttribute",
-          "ec2:CreateRouteTable",
-          "ec2:DeleteRouteTable",
-          "ec2:AssociateRouteTable",
-          "ec2:DisassociateRouteTable",
-          "ec2:ReplaceRouteTableAssociation",
-          "ec2:CreateRoute",
-          "ec2:ReplaceRoute",
-          "ec2:DeleteRoute",
-          "ec2:CreateInternetGateway",
-          "ec2:AttachInternetGateway",
-          "ec2:DetachInternetGateway",
-          "ec2:DeleteInternetGateway",
-          "ec2:AllocateAddress",
-          "ec2:DisassociateAddress",
-          "ec2:ReleaseAddress",
-          "ec2:CreateNatGateway",
-          "ec2:DeleteNatGateway",
-          "ec2:CreateSecurityGroup",
-          "ec2:DeleteSecurityGroup",
-          "ec2:AuthorizeSecurityGroupIngress",
-          "ec2:AuthorizeSecurityGroupEgress",
-          "ec2:RevokeSecurityGroupIngress",
-          "ec2:RevokeSecurityGroupEgress",
-          "ec2:ModifySecurityGroupRules",
-          "ec2:UpdateSecurityGroupRuleDescriptionsIngress",
-          "ec2:UpdateSecurityGroupRuleDescriptionsEgress",
-          "ec2:CreateVpcEndpoint",
-          "ec2:ModifyVpcEndpoint",
-          "ec2:DeleteVpcEndpoints",
-          "ec2:CreateLaunchTemplate",
-          "ec2:CreateLaunchTemplateVersion",
-          "ec2:ModifyLaunchTemplate",
-          "ec2:DeleteLaunchTemplate",
-          // Auto Scaling checks that the caller could launch the group's template.
-          "ec2:RunInstances",
-          "ec2:CreateTags",
-          "ec2:DeleteTags",
-          "sqs:*",
-          "sns:*",
-          "kms:*",
-          "cloudwatch:PutMetricAlarm",
-          "cloudwatch:DeleteAlarms",
-          "cloudwatch:TagResource",
-          "cloudwatch:UntagResource",
-          "events:PutRule",
-          "events:DeleteRule",
-          "events:PutTargets",
-          "events:RemoveTargets",
-          "events:TagResource",
-          "events:UntagResource",
-        ],
+        Action: [...CREATE_ACTIONS],
         Resource: "*",
-        Condition: { StringEqualsIfExists: { [resourceTag]: environment, [requestTag]: environment } },
+        Condition: { StringEquals: { [requestTag]: environment } },
       },
       {
-        Sid: "CreateRolesTaggedForThisEnvironment",
+        Sid: "ManageTaggedForThisEnvironment",
         Effect: "Allow",
-        Action: ["iam:CreateRole", "iam:CreateInstanceProfile"],
-        Resource: roles,
+        Action: [...MANAGE_ACTIONS],
+        Resource: "*",
+        Condition: taggedHere,
+      },
+      {
+        Sid: "RetagTaggedForThisEnvironment",
+        Effect: "Allow",
+        Action: [...TAG_ACTIONS],
+        Resource: "*",
+        Condition: { ...taggedHere, "ForAllValues:StringNotEquals": { "aws:TagKeys": [ENVIRONMENT_TAG] } },
+      },
+      {
+        Sid: "TagEc2ResourcesOnCreate",
+        Effect: "Allow",
+        Action: "ec2:CreateTags",
+        Resource: "*",
+        Condition: {
+          StringEquals: { "ec2:CreateAction": [...EC2_CREATE_ACTIONS], [requestTag]: environment },
+        },
+      },
+      {
+        Sid: "TagNewResourcesForThisEnvironment",
+        Effect: "Allow",
+        Action: [...TAG_ON_CREATE_ACTIONS],
+        Resource: "*",
+        Condition: { Null: { [resourceTag]: "true" }, StringEquals: { [requestTag]: environment } },
+      },
+      {
+        Sid: "ProgramKeyAliases",
+        Effect: "Allow",
+        Action: ["kms:CreateAlias", "kms:UpdateAlias", "kms:DeleteAlias"],
+        Resource: regional("kms", "alias/crucible-*"),
+      },
+      {
+        // Auto Scaling checks that the caller could launch the group's template.
+        Sid: "LaunchFromThisAccountsTemplates",
+        Effect: "Allow",
+        Action: "ec2:RunInstances",
+        Resource: "*",
+        Condition: { ArnLike: { "ec2:LaunchTemplate": regional("ec2", "launch-template/*") } },
+      },
+      {
+        Sid: "CreateRolesWithTheBoundary",
+        Effect: "Allow",
+        Action: "iam:CreateRole",
+        Resource: global("iam", "role/*"),
+        Condition: { StringEquals: { [requestTag]: environment, ...boundary } },
+      },
+      {
+        Sid: "CreateInstanceProfilesForThisEnvironment",
+        Effect: "Allow",
+        Action: "iam:CreateInstanceProfile",
+        Resource: global("iam", "instance-profile/*"),
         Condition: { StringEquals: { [requestTag]: environment } },
+      },
+      {
+        // PutRolePermissionsBoundary: a role of an earlier version gets the boundary, never another one.
+        Sid: "RolePoliciesWithinTheBoundary",
+        Effect: "Allow",
+        Action: ["iam:PutRolePolicy", "iam:DeleteRolePolicy", "iam:PutRolePermissionsBoundary"],
+        Resource: global("iam", "role/*"),
+        Condition: { StringEquals: { [resourceTag]: environment, ...boundary } },
       },
       {
         Sid: "ManageRolesOfThisEnvironment",
@@ -418,22 +559,12 @@ export function deployPolicy(s: AccountScope, environment: Environment, stack: s
           "iam:DeleteRole",
           "iam:UpdateRole",
           "iam:UpdateRoleDescription",
-          "iam:UpdateAssumeRolePolicy",
-          "iam:PutRolePolicy",
-          "iam:DeleteRolePolicy",
-          "iam:TagRole",
-          "iam:UntagRole",
           "iam:DeleteInstanceProfile",
           "iam:AddRoleToInstanceProfile",
           "iam:RemoveRoleFromInstanceProfile",
-          "iam:TagInstanceProfile",
-          "iam:UntagInstanceProfile",
         ],
         Resource: roles,
-        Condition: {
-          StringEquals: { [resourceTag]: environment },
-          StringEqualsIfExists: { [requestTag]: environment },
-        },
+        Condition: taggedHere,
       },
       {
         Sid: "DetachTheNodesFormerManagedPolicies",
@@ -441,7 +572,7 @@ export function deployPolicy(s: AccountScope, environment: Environment, stack: s
         Action: "iam:DetachRolePolicy",
         Resource: global("iam", "role/*"),
         Condition: {
-          StringEquals: { [resourceTag]: environment },
+          StringEquals: { [resourceTag]: environment, ...boundary },
           ArnEquals: {
             "iam:PolicyARN": DETACHABLE_MANAGED_POLICIES.map(
               (p) => pulumi.interpolate`arn:${s.partition}:iam::aws:policy/${p}`,
@@ -490,22 +621,6 @@ export function deployPolicy(s: AccountScope, environment: Environment, stack: s
         Condition: thisAccount,
       },
       {
-        // The smoke job submits a job as project `ci` and reads its result: that prefix, nothing else.
-        Sid: "SmokeJobFiles",
-        Effect: "Allow",
-        Action: ["s3:GetObject", "s3:PutObject"],
-        Resource: pulumi.interpolate`arn:${s.partition}:s3:::workspaces-*/workspaces/${SMOKE_PROJECT}/*`,
-        Condition: thisAccount,
-      },
-      {
-        // A submission checks its project's budget: it reads that project's ledger entries of the month.
-        Sid: "SmokeJobLedger",
-        Effect: "Allow",
-        Action: "s3:GetObject",
-        Resource: pulumi.interpolate`arn:${s.partition}:s3:::workspaces-*/${LEDGER_PREFIX}*/${SMOKE_PROJECT}/*`,
-        Condition: thisAccount,
-      },
-      {
         // CloudWatch Logs resource policies are account-wide: IAM authorises them only on "*".
         Sid: "AccountWideLogPolicies",
         Effect: "Allow",
@@ -513,7 +628,8 @@ export function deployPolicy(s: AccountScope, environment: Environment, stack: s
         Resource: "*",
       },
       {
-        // CI never widens its own access: its roles (tagged like the rest) and the OIDC provider.
+        // CI never widens its own access: its roles (tagged like the rest), the roles' boundary, the OIDC
+        // provider; nor does it lift a role's boundary.
         Sid: "NoChangesToCiAccess",
         Effect: "Deny",
         Action: [
@@ -525,11 +641,75 @@ export function deployPolicy(s: AccountScope, environment: Environment, stack: s
           "iam:Detach*",
           "iam:Tag*",
           "iam:Untag*",
+          "iam:SetDefaultPolicyVersion",
           "iam:PassRole",
           "iam:AddClientIDToOpenIDConnectProvider",
           "iam:RemoveClientIDFromOpenIDConnectProvider",
         ],
-        Resource: [global("iam", "role/crucible-*-ci-*"), global("iam", `oidc-provider/${GITHUB_OIDC_HOST}`)],
+        Resource: [
+          global("iam", "role/crucible-*-ci-*"),
+          global("iam", `policy/${permissionsBoundaryName("*")}`),
+          global("iam", `oidc-provider/${GITHUB_OIDC_HOST}`),
+        ],
+      },
+      {
+        Sid: "NoRoleWithoutTheBoundary",
+        Effect: "Deny",
+        Action: "iam:DeleteRolePermissionsBoundary",
+        Resource: "*",
+      },
+    ],
+  };
+}
+
+/**
+ * What the smoke job (scripts/smoke.sh) needs and no more: write a job under project `ci`'s prefix and read
+ * its result, read that project's ledger entries (a submission checks its budget), send to this
+ * environment's cpu-small queues, and use the buckets' key through S3. The stack's outputs come from
+ * Pulumi Cloud, not AWS.
+ */
+export function smokePolicy(s: AccountScope, environment: Environment): PolicyDocument {
+  const thisAccount = { StringEquals: { "aws:ResourceAccount": s.accountId } };
+  return {
+    Version: "2012-10-17",
+    Statement: [
+      {
+        Sid: "SmokeJobFiles",
+        Effect: "Allow",
+        Action: ["s3:GetObject", "s3:PutObject"],
+        Resource: pulumi.interpolate`arn:${s.partition}:s3:::workspaces-*/workspaces/${SMOKE_PROJECT}/*`,
+        Condition: thisAccount,
+      },
+      {
+        Sid: "SmokeJobLedger",
+        Effect: "Allow",
+        Action: "s3:GetObject",
+        Resource: pulumi.interpolate`arn:${s.partition}:s3:::workspaces-*/${LEDGER_PREFIX}*/${SMOKE_PROJECT}/*`,
+        Condition: thisAccount,
+      },
+      {
+        Sid: "SmokeJobQueue",
+        Effect: "Allow",
+        Action: ["sqs:SendMessage", "sqs:GetQueueUrl"],
+        Resource: arnOf(s, "sqs", "*", "regional"),
+        Condition: {
+          StringEquals: {
+            [`aws:ResourceTag/${ENVIRONMENT_TAG}`]: environment,
+            [`aws:ResourceTag/${COST_TAGS.tier}`]: SMOKE_TIER,
+          },
+        },
+      },
+      {
+        Sid: "SmokeJobKey",
+        Effect: "Allow",
+        Action: ["kms:Decrypt", "kms:GenerateDataKey"],
+        Resource: arnOf(s, "kms", "key/*", "regional"),
+        Condition: {
+          StringEquals: {
+            [`aws:ResourceTag/${ENVIRONMENT_TAG}`]: environment,
+            "kms:ViaService": pulumi.interpolate`s3.${s.region}.amazonaws.com`,
+          },
+        },
       },
     ],
   };

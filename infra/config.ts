@@ -10,9 +10,16 @@ import {
   unfitReason,
   type TierName,
 } from "../runtime/src/catalog";
-import { DEFAULT_SCHEDULING, schedulingPolicySchema, type SchedulingPolicy } from "../runtime/src/scheduling";
+import {
+  DEFAULT_SCHEDULING,
+  PRIORITIES,
+  schedulingPolicySchema,
+  type Priority,
+  type SchedulingPolicy,
+} from "../runtime/src/scheduling";
 import { LEDGER_MIN_RETENTION_DAYS } from "../runtime/src/bucket-layout";
 import { KUBERNETES } from "../runtime/src/kubernetes-names";
+import { jobAddressSchema } from "../runtime/src/job-store";
 import { PUBLIC_SUBNET_PREFIX, publicSubnetRoom, publicSubnetsFor } from "./cidr";
 
 /**
@@ -323,6 +330,43 @@ const ciSchema = z.strictObject({
   }),
 });
 
+/**
+ * The IAM identity of one person: an IAM user, or a role only that person can assume. A role shared by
+ * several people (an Identity Center permission set's role) would let each of them pick any session name.
+ */
+const principalArn = z
+  .string()
+  .regex(/^arn:aws[a-z-]*:iam::\d{12}:(user|role)(\/[\w+=,.@-]+)*\/[\w+=,.@-]{1,128}$/, {
+    error:
+      "must be the ARN of one person's IAM user or role, such as arn:aws:iam::123456789012:user/alice (no wildcards, no assumed-role or root ARNs)",
+  })
+  .refine((arn) => !arn.includes(":role/aws-reserved/"), {
+    error:
+      "must not be an Identity Center permission set's role: everyone in the set could submit under any user name",
+  });
+
+/** Priority classes a project may send at when its entry does not say: `high` preempts others, so it is granted explicitly. */
+export const DEFAULT_SUBMITTER_PRIORITIES = ["normal", "low"] as const;
+
+const accessProjectSchema = z.strictObject({
+  /** User name (as the job's address records it) → the IAM principal that submits as that user. */
+  users: z
+    .record(jobAddressSchema.shape.user, principalArn, { error: "must map user names to IAM principal ARNs" })
+    .refine((users) => Object.keys(users).length > 0, { error: "must name at least one user" }),
+  /** Tiers the project may submit to. Defaults to every enabled tier. */
+  tiers: uniqueList(oneOf(TIER_NAMES), "tiers").min(1, { error: "must name at least one tier" }).optional(),
+  /** Priority classes the project may send at. Defaults to normal and low. */
+  priorities: uniqueList(oneOf(PRIORITIES), "priority classes")
+    .min(1, { error: "must name at least one priority class" })
+    .optional(),
+});
+export type AccessProject = z.infer<typeof accessProjectSchema>;
+
+/** Who may submit to which project: one submitter role per project, assumable by its users only. */
+const accessSchema = z.record(jobAddressSchema.shape.project, accessProjectSchema, {
+  error: "must map project names to { users, tiers?, priorities? }",
+});
+
 /** What the NVIDIA device plugin runs when `kubernetes.devicePluginImage` is not set. */
 export const DEFAULT_DEVICE_PLUGIN_IMAGE = "nvcr.io/nvidia/k8s-device-plugin:v0.17.0";
 
@@ -409,6 +453,8 @@ export const crucibleConfigSchema = z
     ci: ciSchema.optional(),
     /** The Kubernetes target (off unless enabled). */
     kubernetes: kubernetesSchema,
+    /** Who may submit jobs to which project, tier and priority (a submitter role per project). */
+    access: accessSchema,
   })
   .superRefine(checkCrossFieldRules);
 
@@ -483,6 +529,7 @@ function checkCrossFieldRules(cfg: z.infer<z.ZodObject<Record<string, z.ZodTypeA
     }
   });
   checkNetwork(c.network, ctx);
+  checkAccess(c, ctx);
   if (c.kubernetes.enabled) checkKubernetes(c, ctx);
   const anyEnabled = TIER_NAMES.some((t) => c.fleet.tiers[t]?.enabled);
   if (anyEnabled && !c.registry.families.includes("agent") && !c.registry.promoteFrom) {
@@ -493,6 +540,48 @@ function checkCrossFieldRules(cfg: z.infer<z.ZodObject<Record<string, z.ZodTypeA
       input: c.registry.families,
     });
   }
+}
+
+/** A project's tiers must have queues: only enabled tiers do. */
+function checkAccess(c: CrucibleSettings, ctx: Ctx): void {
+  const enabled = TIER_NAMES.filter((t) => c.fleet.tiers[t]?.enabled);
+  for (const [project, entry] of Object.entries(c.access)) {
+    entry.tiers?.forEach((tier, i) => {
+      if (!enabled.includes(tier)) {
+        ctx.addIssue({
+          code: "custom",
+          path: ["access", project, "tiers", i],
+          message: `must be a tier enabled in crucible:fleet.tiers (${enabled.join(", ")})`,
+          input: tier,
+        });
+      }
+    });
+  }
+}
+
+/**
+ * `crucible:access` with its defaults applied: each project's users, the tiers it may submit to (every
+ * enabled tier unless it names some) and its priority classes ({@link DEFAULT_SUBMITTER_PRIORITIES}).
+ */
+export function submitterProjects(config: CrucibleSettings): Record<
+  string,
+  {
+    readonly users: Readonly<Record<string, string>>;
+    readonly tiers: TierName[];
+    readonly priorities: Priority[];
+  }
+> {
+  const enabled = TIER_NAMES.filter((t) => config.fleet.tiers[t]?.enabled);
+  return Object.fromEntries(
+    Object.entries(config.access).map(([project, entry]) => [
+      project,
+      {
+        users: entry.users,
+        tiers: entry.tiers ? [...entry.tiers] : enabled,
+        priorities: [...(entry.priorities ?? DEFAULT_SUBMITTER_PRIORITIES)],
+      },
+    ]),
+  );
 }
 
 function checkNetwork(network: CrucibleSettings["network"], ctx: Ctx): void {
@@ -722,6 +811,8 @@ const common: DeepPartial<CrucibleSettings> = {
     devicePluginImage: DEFAULT_DEVICE_PLUGIN_IMAGE,
     clusterObjects: "declare",
   },
+  // No one may submit until a stack names its projects and their users.
+  access: {},
 };
 
 export const ENVIRONMENT_DEFAULTS: Record<Environment, DeepPartial<CrucibleSettings>> = {
@@ -820,6 +911,7 @@ function allowedKeysAt(path: readonly PropertyKey[]): string[] {
     schema = unwrapped(schema);
     if (schema instanceof z.ZodObject) schema = (schema.shape as Record<string, z.ZodType>)[String(p)]!;
     else if (schema instanceof z.ZodArray) schema = schema.element as z.ZodType;
+    else if (schema instanceof z.ZodRecord) schema = schema.valueType as z.ZodType;
     else return [];
   }
   schema = unwrapped(schema);

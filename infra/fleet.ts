@@ -3,8 +3,9 @@ import * as pulumi from "@pulumi/pulumi";
 import type { ImageFamily, Tier, TierName } from "../runtime/src/catalog";
 import { JOB_METRICS } from "../runtime/src/contract";
 import { getTier, jobImageFamily } from "../runtime/src/catalog";
-import { LEDGER_PREFIX } from "../runtime/src/bucket-layout";
+import { LEDGER_PREFIX, pauseMarkerKey } from "../runtime/src/bucket-layout";
 import { sandboxFacts } from "../runtime/src/sandbox";
+import { SENDERS_ENV, formatSenders } from "../runtime/src/senders";
 import { PRIORITIES, type Priority, type SchedulingPolicy } from "../runtime/src/scheduling";
 import type { CrucibleConfig, TierConfig } from "./config";
 import type { PolicyDocument, PolicyStatement } from "./policy-document";
@@ -98,6 +99,11 @@ export interface TierFleetArgs {
   >;
   /** The validated scheduling policy (`schedulingPolicy(config)`), handed to the agent as `CRUCIBLE_SCHEDULING`. */
   readonly scheduling: SchedulingPolicy;
+  /**
+   * Submitter role unique id → project, for the projects that may submit to this tier: with the node
+   * role's own unique id, the agent's `CRUCIBLE_SENDERS` (runtime/src/senders.ts).
+   */
+  readonly submitters: pulumi.Input<Record<string, string>>;
   readonly workspaces: {
     readonly bucketName: pulumi.Input<string>;
     readonly bucketArn: pulumi.Input<string>;
@@ -126,6 +132,8 @@ export class TierFleet extends pulumi.ComponentResource {
   readonly asgNames: pulumi.Output<string[]>;
   readonly launchTemplateId: pulumi.Output<string>;
   readonly roleArn: pulumi.Output<string>;
+  /** The node role's unique id: the SenderId of the messages its agents re-send. */
+  readonly roleUniqueId: pulumi.Output<string>;
   readonly agentConfigParameter: pulumi.Output<string>;
   readonly agentLogGroupName: pulumi.Output<string>;
   readonly capacity: TierCapacity;
@@ -197,6 +205,7 @@ export class TierFleet extends pulumi.ComponentResource {
         role: role.id,
         policy: pulumi.jsonStringify(
           nodePolicy({
+            tier,
             queueArns: PRIORITIES.map((p) => args.queues[p].queueArn),
             bucketArn: args.workspaces.bucketArn,
             prefix: args.workspaces.prefix,
@@ -214,6 +223,10 @@ export class TierFleet extends pulumi.ComponentResource {
       { parent: this },
     );
     const profile = new aws.iam.InstanceProfile(`${name}-node`, { role: role.name, tags }, { parent: this });
+    // Re-sent messages (deferral, preemption) come from this tier's nodes; jobs from its submitters.
+    const agentSenders = pulumi
+      .all([role.uniqueId, pulumi.output(args.submitters)])
+      .apply(([self, submitters]) => formatSenders({ agents: [self], submitters }));
 
     const ami = aws.ssm.getParameterOutput(
       {
@@ -259,9 +272,9 @@ export class TierFleet extends pulumi.ComponentResource {
             args.workspaces.quotaGiB,
             pulumi.output(args.jobImages),
             region.name,
-            agentLog.name,
+            pulumi.all([agentLog.name, agentSenders]),
           ])
-          .apply(([agentImage, urls, bucket, prefix, quota, images, regionName, logGroup]) =>
+          .apply(([agentImage, urls, bucket, prefix, quota, images, regionName, [logGroup, senders]]) =>
             Buffer.from(
               userData({
                 tier,
@@ -286,6 +299,7 @@ export class TierFleet extends pulumi.ComponentResource {
                   CRUCIBLE_LAUNCH_HOOK: `${groupName}-launch`,
                   CRUCIBLE_TERMINATION_HOOK: `${groupName}-terminate`,
                   CRUCIBLE_GRACE_SECONDS: String(grace),
+                  [SENDERS_ENV]: senders,
                   AWS_REGION: regionName,
                 },
               }),
@@ -493,6 +507,7 @@ export class TierFleet extends pulumi.ComponentResource {
     this.asgNames = pulumi.output([group.name]);
     this.launchTemplateId = template.id;
     this.roleArn = role.arn;
+    this.roleUniqueId = role.uniqueId;
     this.agentConfigParameter = agentConfig.name;
     this.agentLogGroupName = agentLog.name;
     this.capacity = {
@@ -571,6 +586,8 @@ export function nodePolicy(
 
 /** Where an agent's data lives: its tier's queues (one per priority class), the buckets and their key. */
 export interface AgentDataScope {
+  /** The agent's tier: it reads that tier's budget pause marker only. */
+  readonly tier: string;
   readonly queueArns: readonly pulumi.Input<string>[];
   readonly bucketArn: pulumi.Input<string>;
   readonly prefix: pulumi.Input<string>;
@@ -592,6 +609,8 @@ export function agentDataStatements(scope: AgentDataScope): PolicyStatement[] {
       Effect: "Allow",
       Action: [
         "sqs:ReceiveMessage",
+        // Fair-share deferral and preemption re-send a job's message to its own queue (job-queue.ts `requeue`).
+        "sqs:SendMessage",
         "sqs:DeleteMessage",
         "sqs:ChangeMessageVisibility",
         "sqs:GetQueueAttributes",
@@ -631,6 +650,21 @@ export function agentDataStatements(scope: AgentDataScope): PolicyStatement[] {
       Action: "s3:ListBucket",
       Resource: scope.bucketArn,
       Condition: { StringLike: { "s3:prefix": [`${LEDGER_PREFIX}*`] } },
+    },
+    {
+      // The tier's budget pause marker (budget-pause.ts), checked before each receive: the agent lists
+      // its one key (absent: not paused), then reads it. A read it may not make counts as a pause.
+      Sid: "BudgetPause",
+      Effect: "Allow",
+      Action: "s3:GetObject",
+      Resource: pulumi.interpolate`${scope.bucketArn}/${pauseMarkerKey(scope.tier)}`,
+    },
+    {
+      Sid: "ListBudgetPause",
+      Effect: "Allow",
+      Action: "s3:ListBucket",
+      Resource: scope.bucketArn,
+      Condition: { StringEquals: { "s3:prefix": pauseMarkerKey(scope.tier) } },
     },
     {
       Sid: "ReadDatasets",

@@ -17,3 +17,13 @@ export const SESSION_MANAGER_ACTIONS: readonly string[] = [
   "ec2messages:GetMessages",
   "ec2messages:SendReply",
 ];
+
+/** The name suffix of the permissions boundary the program declares (`crucible-<stack>-permissions-boundary`). */
+export const PERMISSIONS_BOUNDARY_SUFFIX = "-permissions-boundary";
+
+/**
+ * CI's own roles (`crucible-<stack>-ci-<purpose>`, infra/ci.ts): the only roles without the boundary. They
+ * create roles themselves, and CI may never change them (an engineer applies them).
+ */
+export const isCiRoleName = (name: unknown): boolean =>
+  typeof name === "string" && /^crucible-[a-z0-9-]+-ci-[a-z]+$/.test(name);

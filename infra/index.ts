@@ -1,9 +1,11 @@
 import * as pulumi from "@pulumi/pulumi";
 import { TIER_NAMES, TIERS } from "../runtime/src/catalog";
 import { PRIORITIES, type Priority } from "../runtime/src/scheduling";
+import { Submitters } from "./access";
 import { Budgets } from "./budgets";
+import { PermissionsBoundary, boundEveryRole } from "./boundary";
 import { CiAccess } from "./ci";
-import { loadConfig, schedulingPolicy } from "./config";
+import { loadConfig, schedulingPolicy, submitterProjects } from "./config";
 import { fixedMonthlyCosts, tierHourlyCosts } from "./finance";
 import { TierFleet } from "./fleet";
 import { KubernetesTarget } from "./kubernetes";
@@ -20,6 +22,16 @@ const config = loadConfig();
 const aws = awsProvider(config);
 
 const enabledTiers = TIER_NAMES.filter((t) => config.fleet.tiers[t]?.enabled);
+
+// Every role declared below (nodes, agents, the enforcer, submitters; CI's own excepted) carries this
+// boundary, and CI's deploy role may create and change roles only with it: no deploy reaches past it.
+const boundary = new PermissionsBoundary(
+  "permissions-boundary",
+  { environment: config.environment, stack: config.stack },
+  { provider: aws },
+);
+boundEveryRole(boundary.arn);
+export const permissionsBoundaryArn = boundary.arn;
 
 export const environment = config.environment;
 export const region = config.region;
@@ -62,6 +74,28 @@ const notifications = new Notifications(
   { provider: aws },
 );
 const workspaces = new Workspaces("workspaces", { settings: config.workspaces }, { provider: aws });
+
+// Researchers submit as themselves: each project's role, assumed with the user's name as session name and
+// tag, writes only that user's prefix and sends only to the project's queues; agents check the sender.
+const projects = submitterProjects(config);
+const submitters = new Submitters(
+  "submitters",
+  {
+    projects,
+    bucketArn: workspaces.bucketArn,
+    prefix: workspaces.workspacesPrefix,
+    kmsKeyArn: workspaces.kmsKeyArn,
+    queueArns: Object.fromEntries(
+      enabledTiers.map((t) => [
+        t,
+        Object.fromEntries(PRIORITIES.map((p) => [p, jobQueues.byTier[t]![p].queueArn])),
+      ]),
+    ),
+  },
+  { provider: aws },
+);
+export const access = { submitterRoleArns: submitters.roleArns };
+
 const jobImages = Object.fromEntries(
   Object.entries(registry.imageRefs).filter(([family]) => family !== "agent"),
 );
@@ -81,6 +115,7 @@ const fleets = Object.fromEntries(
         securityGroupId: net.nodeSecurityGroupId,
         queues: jobQueues.byTier[tier]!,
         scheduling,
+        submitters: Submitters.sendersFor(submitters, projects, tier),
         workspaces: {
           bucketName: workspaces.bucketName,
           bucketArn: workspaces.bucketArn,
@@ -119,6 +154,11 @@ const budgetSet = new Budgets(
     settings: config.budgets,
     topicArn: notifications.topicArn,
     asgNamesByTier,
+    pauseMarkers: {
+      bucketName: workspaces.bucketName,
+      bucketArn: workspaces.bucketArn,
+      kmsKeyArn: workspaces.kmsKeyArn,
+    },
   },
   { provider: aws },
 );
@@ -183,6 +223,10 @@ const kubernetesTarget = kubernetesEnabled
                   >,
                 ),
                 queueArns: PRIORITIES.map((p) => queues[p].queueArn),
+                // The tier's nodes re-send to the same queues.
+                senders: pulumi
+                  .all([fleets[tier]!.roleUniqueId, Submitters.sendersFor(submitters, projects, tier)])
+                  .apply(([node, bySubmitter]) => ({ agents: [node], submitters: bySubmitter })),
               },
             ];
           }),
@@ -214,7 +258,12 @@ export const kubernetes = kubernetesTarget && {
 const ciAccess = config.ci
   ? new CiAccess(
       "ci",
-      { github: config.ci.github, environment: config.environment, stack: config.stack },
+      {
+        github: config.ci.github,
+        environment: config.environment,
+        stack: config.stack,
+        permissionsBoundaryArn: boundary.arn,
+      },
       { provider: aws },
     )
   : undefined;
@@ -222,5 +271,6 @@ export const ci = ciAccess && {
   oidcProviderArn: ciAccess.oidcProviderArn,
   previewRoleArn: ciAccess.previewRoleArn,
   deployRoleArn: ciAccess.deployRoleArn,
+  smokeRoleArn: ciAccess.smokeRoleArn,
   subjects: ciAccess.subjects,
 };

@@ -11,6 +11,9 @@ import { policyConfigMatchesStack } from "./config";
 import { costAllocationTags, gpuStacksHaveBudgets } from "./cost";
 import { ecrImmutableTags, ecrLifecyclePolicies, ecrScanOnPush } from "./ecr";
 import { iamNoInlineAdminPolicies, iamNoWildcardActions, iamNodeRolesScoped } from "./iam";
+import { iamRolesHavePermissionsBoundary } from "./iam-boundary";
+import { iamNoIfExistsConditions } from "./iam-conditions";
+import { iamNoWildcardTrust } from "./iam-trust";
 import { jobQueuesHaveDlq, snsTopicsEncrypted, sqsQueuesEncrypted } from "./messaging";
 import { agentConfigSandboxed, asgTiersHaveAgentConfig } from "./sandbox";
 import {
@@ -60,6 +63,9 @@ export function cruciblePolicies(): Policies {
     iamNoWildcardActions(),
     iamNoInlineAdminPolicies(),
     iamNodeRolesScoped(),
+    iamRolesHavePermissionsBoundary(),
+    iamNoWildcardTrust(),
+    iamNoIfExistsConditions(),
     costAllocationTags(),
     gpuStacksHaveBudgets(),
     agentConfigSandboxed(),

@@ -21,12 +21,22 @@ interface SandboxFacts {
   networkMode?: unknown;
   dockerSocketMounted?: unknown;
   privileged?: unknown;
+  capDrop?: unknown;
+  capAdd?: unknown;
+  noNewPrivileges?: unknown;
 }
+
+/**
+ * The only capabilities a job's container may keep: its supervisor's, which starts the job as another uid
+ * (SETUID, SETGID) and forwards it SIGTERM (KILL); the job itself loses them (runtime/src/sandbox.ts).
+ */
+export const SUPERVISOR_CAPABILITIES: readonly string[] = ["KILL", "SETGID", "SETUID"];
 
 export function agentConfigSandboxed(): ResourceValidationPolicy {
   return {
     name: "agent-config-sandboxed",
-    description: "Each tier's agent config gives jobs no network, no Docker socket and no privileges.",
+    description:
+      "Each tier's agent config gives jobs no network, no Docker socket, no privileges and no capabilities but the supervisor's.",
     enforcementLevel: "mandatory",
     validateResource: validateResourceOfType(aws.ssm.Parameter, (param, args, report) => {
       if (typeof param.name !== "string" || !AGENT_CONFIG.test(param.name)) {
@@ -52,6 +62,25 @@ export function agentConfigSandboxed(): ResourceValidationPolicy {
       }
       if (sandbox.privileged !== false) {
         report(`${args.name}: jobs must not run privileged; sandbox.privileged must be false.`);
+      }
+      if (!Array.isArray(sandbox.capDrop) || !sandbox.capDrop.includes("ALL")) {
+        report(
+          `${args.name}: jobs must drop every capability; sandbox.capDrop is ${JSON.stringify(sandbox.capDrop)}, must include "ALL".`,
+        );
+      }
+      const added: unknown[] = Array.isArray(sandbox.capAdd)
+        ? sandbox.capAdd
+        : sandbox.capAdd === undefined
+          ? []
+          : [sandbox.capAdd];
+      const extra = added.filter((c) => typeof c !== "string" || !SUPERVISOR_CAPABILITIES.includes(c));
+      if (extra.length > 0) {
+        report(
+          `${args.name}: jobs may keep only the supervisor's capabilities (${SUPERVISOR_CAPABILITIES.join(", ")}); remove ${JSON.stringify(extra)} from sandbox.capAdd.`,
+        );
+      }
+      if (sandbox.noNewPrivileges !== true) {
+        report(`${args.name}: jobs must not gain privileges; sandbox.noNewPrivileges must be true.`);
       }
     }),
   };

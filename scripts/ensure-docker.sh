@@ -59,7 +59,19 @@ bootstrap_debian() {
   log "imported $image"
 }
 
+# A root runtime gives each job's /workspace a size limit: a loop-mounted ext4 volume
+# (runtime/src/quota-volume.ts) needs mkfs.ext4 (e2fsprogs), losetup and mount (util-linux, mount).
+ensure_quota_tools() {
+  [ "$(id -u)" = 0 ] || return 0
+  command -v mkfs.ext4 >/dev/null 2>&1 && command -v losetup >/dev/null 2>&1 && command -v fallocate >/dev/null 2>&1 && return 0
+  command -v apt-get >/dev/null 2>&1 || die "job disk quotas need mkfs.ext4, losetup and fallocate; install e2fsprogs and util-linux"
+  log "installing e2fsprogs and util-linux (job disk quotas)"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq e2fsprogs util-linux mount >/dev/null
+}
+
 engine_up || start_engine
+ensure_quota_tools
 [ -x node_modules/.bin/tsx ] || die "node_modules is missing: run npm ci first"
 
 while read -r image; do

@@ -17,6 +17,8 @@ export const FAST_AGENT = {
   checkpointSeconds: 1,
   cancelPollSeconds: 1,
   graceSeconds: 5,
+  /** Small volumes: a test machine runs several agents at once, and this is what a job may fill. */
+  workspaceMiB: 64,
 } as const;
 
 /**

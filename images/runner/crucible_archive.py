@@ -7,6 +7,11 @@ import stat
 import zipfile
 
 CHUNK = 1024 * 1024
+# The most a job's code may hold: the same limits as MAX_CODE_FILES and MAX_CODE_BYTES in
+# runtime/src/code-source.ts, which refuses more at submit (test/runtime/code-source.test.ts checks they
+# agree). `extract` never allows more than these, whatever its caller asks for.
+MAX_CODE_FILES = 10_000
+MAX_CODE_BYTES = 256 * 1024 * 1024
 # An entry compressed better than this is a bomb, not code: source and data rarely pass 20:1.
 MAX_RATIO = 200
 MAX_LINK_BYTES = 4096
@@ -17,7 +22,10 @@ class ArchiveError(Exception):
 
 
 def extract(zip_path, dest, max_bytes, max_files):
-    """Extracts `zip_path` into the new directory `dest`; returns (files, bytes) written."""
+    """Extracts `zip_path` into the new directory `dest`; returns (files, bytes) written. At most
+    `max_bytes` and `max_files`, and never more than MAX_CODE_BYTES and MAX_CODE_FILES."""
+    max_bytes = min(max_bytes, MAX_CODE_BYTES)
+    max_files = min(max_files, MAX_CODE_FILES)
     if not os.path.isfile(zip_path):
         raise ArchiveError(f"the job's code archive {zip_path} is missing")
     try:

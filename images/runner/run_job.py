@@ -88,6 +88,24 @@ def error_of(exception):
     return {"type": type(exception).__qualname__, "message": str(exception), "traceback": text}
 
 
+class Exit(Exception):
+    """The job called sys.exit(code): it ends with the exit status it asked for."""
+
+    def __init__(self, status):
+        super().__init__(status)
+        self.status = status
+
+
+def exit_status(done):
+    """The exit status Python itself would give `raise SystemExit(code)`."""
+    if done.code is None:
+        return 0
+    if isinstance(done.code, int):
+        return done.code & 0xFF
+    print(done.code, file=sys.stderr)
+    return 1
+
+
 def outcome(code_dir, max_result_bytes):
     try:
         requirements = os.path.join(code_dir, "requirements.txt")
@@ -96,11 +114,15 @@ def outcome(code_dir, max_result_bytes):
         entry = load_main(code_dir)
     except InvalidJob as error:
         return {"status": "error", "reason": "invalid_job", "error": {"type": "InvalidJob", "message": str(error)}}
+    except SystemExit as done:
+        return exited(done)
     except BaseException as error:  # noqa: BLE001 - whatever main.py raises on import is the job's error
         return {"status": "error", "reason": "exception", "error": error_of(error)}
     try:
         value = entry()
-    except BaseException as error:  # noqa: BLE001 - SystemExit and KeyboardInterrupt are the job's too
+    except SystemExit as done:
+        return exited(done)
+    except BaseException as error:  # noqa: BLE001 - KeyboardInterrupt is the job's too
         return {"status": "error", "reason": "exception", "error": error_of(error)}
     try:
         text = to_json_text(value, max_result_bytes)
@@ -113,11 +135,26 @@ def outcome(code_dir, max_result_bytes):
     return {"status": "success", "result": json.loads(text)}
 
 
+def exited(done):
+    """sys.exit(0) is a success without a value; any other status is the job's exit code, with no verdict."""
+    status = exit_status(done)
+    if status == 0:
+        return {"status": "success", "result": None}
+    raise Exit(status)
+
+
 def main(argv):
     code_dir, result_fd, max_result_bytes = argv[1], int(argv[2]), int(argv[3])
     # The job's own subprocesses must not inherit the channel.
     os.set_inheritable(result_fd, False)
-    result = outcome(code_dir, max_result_bytes)
+    try:
+        result = outcome(code_dir, max_result_bytes)
+    except Exit as done:
+        # No message: the supervisor reports the exit status itself, measured, as the job's exit code.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.close(result_fd)
+        return done.status
     sys.stdout.flush()
     sys.stderr.flush()
     with os.fdopen(result_fd, "w", encoding="utf-8") as channel:

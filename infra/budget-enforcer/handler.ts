@@ -5,10 +5,13 @@ import {
   DescribeAutoScalingGroupsCommand,
   UpdateAutoScalingGroupCommand,
 } from "@aws-sdk/client-auto-scaling";
+import { DeleteObjectCommand, PutObjectCommand, S3Client } from "@aws-sdk/client-s3";
 
 /**
- * The budget enforcer: an SNS-triggered Lambda that pauses a tier's Auto Scaling groups when the
- * tier's budget reports ACTUAL spend at or above 100 %, and the resume that undoes it.
+ * The budget enforcer: an SNS-triggered Lambda that pauses a tier when the tier's budget reports ACTUAL
+ * spend at or above 100 %, and the resume that undoes it. A pause first writes the tier's pause marker to
+ * the workspaces bucket (agents on nodes that scale-in protection keeps alive stop taking jobs when they
+ * see it: runtime/src/budget-pause.ts), then sets the tier's groups to 0.
  *
  * This file is the Lambda's code as deployed (infra/budgets.ts transpiles it on its own, unbundled),
  * so it imports nothing but the AWS SDK that the nodejs20.x runtime provides.
@@ -23,6 +26,18 @@ export const PAUSED_TAGS = {
 
 /** The Lambda's environment variable: budget name → the tier it covers and that tier's groups. */
 export const ENFORCED_BUDGETS_ENV = "CRUCIBLE_ENFORCED_BUDGETS";
+
+/**
+ * The Lambda's environment variable: where pause markers go, `{"bucket": ..., "prefix": "_control/paused/"}`.
+ * The prefix is runtime/src/bucket-layout.ts `PAUSE_MARKER_PREFIX`, handed over here because this file
+ * may import nothing but the AWS SDK. A tier's marker is `<prefix><tier>`.
+ */
+export const PAUSE_MARKERS_ENV = "CRUCIBLE_PAUSE_MARKERS";
+
+export interface PauseMarkers {
+  readonly bucket: string;
+  readonly prefix: string;
+}
 
 export interface EnforcedBudget {
   readonly tier: string;
@@ -42,6 +57,7 @@ export type Decision =
   | {
       readonly action: "pause";
       readonly tier: string;
+      readonly budget: string;
       readonly asgNames: readonly string[];
       readonly reason: string;
     };
@@ -97,6 +113,7 @@ export function decide(message: string, enforced: Readonly<Record<string, Enforc
   return {
     action: "pause",
     tier: budget.tier,
+    budget: notice.budgetName,
     asgNames: budget.asgNames,
     reason: `${notice.budgetName}: ACTUAL spend reached ${percent.toFixed(0)} % of $${notice.budgetedUsd.toFixed(2)}`,
   };
@@ -248,6 +265,62 @@ export async function findPausedGroups(
   return names;
 }
 
+type ObjectSender = Pick<S3Client, "send">;
+
+/**
+ * Writes the tier's pause marker (JSON: reason, budget, at). Written on every pause notification, so the
+ * marker always holds the latest reason; agents only test that it exists.
+ */
+export async function writePauseMarker(
+  s3: ObjectSender,
+  markers: PauseMarkers,
+  tier: string,
+  marker: { readonly reason: string; readonly budget: string; readonly at: string },
+): Promise<string> {
+  const key = `${markers.prefix}${tier}`;
+  await s3.send(
+    new PutObjectCommand({
+      Bucket: markers.bucket,
+      Key: key,
+      Body: JSON.stringify(marker),
+      ContentType: "application/json",
+    }),
+  );
+  return key;
+}
+
+/** Removes the tier's pause marker (a resume); removing one that is not there is not an error. */
+export async function removePauseMarker(
+  s3: ObjectSender,
+  markers: PauseMarkers,
+  tier: string,
+): Promise<string> {
+  const key = `${markers.prefix}${tier}`;
+  await s3.send(new DeleteObjectCommand({ Bucket: markers.bucket, Key: key }));
+  return key;
+}
+
+/** Reads where pause markers go from the Lambda's environment; missing, the enforcer cannot fail closed. */
+export function pauseMarkersFrom(env: NodeJS.ProcessEnv): PauseMarkers {
+  const raw = env[PAUSE_MARKERS_ENV];
+  if (!raw)
+    throw new Error(
+      `${PAUSE_MARKERS_ENV} is not set; the enforcer cannot tell agents to stop taking jobs, so it refuses to run`,
+    );
+  const value = JSON.parse(raw) as Partial<PauseMarkers>;
+  if (typeof value.bucket !== "string" || !value.bucket || typeof value.prefix !== "string" || !value.prefix)
+    throw new Error(
+      `${PAUSE_MARKERS_ENV} must be JSON such as {"bucket": "...", "prefix": "_control/paused/"}`,
+    );
+  return { bucket: value.bucket, prefix: value.prefix };
+}
+
+/** The clients the enforcer uses. */
+export interface EnforcerClients {
+  readonly autoScaling: Sender;
+  readonly s3: ObjectSender;
+}
+
 /** The part of an SNS event the handler reads. */
 export interface SnsEvent {
   readonly Records: readonly { readonly Sns: { readonly Message: string; readonly MessageId?: string } }[];
@@ -264,29 +337,42 @@ export function enforcedBudgetsFrom(env: NodeJS.ProcessEnv): Record<string, Enfo
 const log = (entry: Record<string, unknown>) => console.log(JSON.stringify(entry));
 
 /** Handles one SNS event: one decision per record, every decision and change logged as JSON. */
-export async function handle(event: SnsEvent, client: Sender, env: NodeJS.ProcessEnv): Promise<Decision[]> {
+export async function handle(
+  event: SnsEvent,
+  clients: EnforcerClients,
+  env: NodeJS.ProcessEnv,
+  now: () => Date = () => new Date(),
+): Promise<Decision[]> {
   const enforced = enforcedBudgetsFrom(env);
+  const markers = pauseMarkersFrom(env);
   const decisions: Decision[] = [];
   for (const record of event.Records) {
     const decision = decide(record.Sns.Message, enforced);
     decisions.push(decision);
     log({ event: "decision", messageId: record.Sns.MessageId, ...decision });
     if (decision.action !== "pause") continue;
-    const changes = await pauseGroups(client, decision.asgNames);
+    // The marker first: protected nodes keep running (and receiving) after the groups go to 0.
+    const key = await writePauseMarker(clients.s3, markers, decision.tier, {
+      reason: decision.reason,
+      budget: decision.budget,
+      at: now().toISOString(),
+    });
+    log({ event: "marker", tier: decision.tier, bucket: markers.bucket, key });
+    const changes = await pauseGroups(clients.autoScaling, decision.asgNames);
     for (const change of changes) log({ event: "pause", tier: decision.tier, ...change });
     log({
       event: "paused",
       tier: decision.tier,
-      resume: `npm run budget-resume -- --asg ${decision.asgNames.join(",")}`,
+      resume: `npm run budget-resume -- --tier ${decision.tier} --bucket ${markers.bucket} --asg ${decision.asgNames.join(",")}`,
     });
   }
   return decisions;
 }
 
-let client: AutoScalingClient | undefined;
+let clients: EnforcerClients | undefined;
 
-/** The Lambda entry point (`index.handler`); the client is reused across invocations of a container. */
+/** The Lambda entry point (`index.handler`); the clients are reused across invocations of a container. */
 export async function handler(event: SnsEvent): Promise<void> {
-  client ??= new AutoScalingClient({});
-  await handle(event, client, process.env);
+  clients ??= { autoScaling: new AutoScalingClient({}), s3: new S3Client({}) };
+  await handle(event, clients, process.env);
 }

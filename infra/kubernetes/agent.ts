@@ -4,6 +4,7 @@ import * as pulumi from "@pulumi/pulumi";
 import type { TierName } from "../../runtime/src/catalog";
 import { KUBERNETES, kubernetesAgentName } from "../../runtime/src/kubernetes-names";
 import type { Priority } from "../../runtime/src/scheduling";
+import { SENDERS_ENV, formatSenders, type Senders } from "../../runtime/src/senders";
 import { JOB_METRICS_STATEMENT, agentDataStatements } from "../fleet";
 import { webIdentityTrustPolicy } from "../policy-document";
 import { componentTags } from "../providers";
@@ -55,6 +56,8 @@ export interface TierAgentArgs {
   readonly image: pulumi.Input<string>;
   readonly queueUrls: pulumi.Input<Record<Priority, string>>;
   readonly queueArns: readonly pulumi.Input<string>[];
+  /** The tier's other senders (`CRUCIBLE_SENDERS`); the agent's own IRSA role joins `agents`. */
+  readonly senders: pulumi.Input<Senders>;
   readonly workspaces: AgentWorkspaces;
   readonly jobImages: pulumi.Input<Record<string, pulumi.Input<string>>>;
   readonly heartbeatSeconds: number;
@@ -122,7 +125,7 @@ export function tierAgent(
                 image: args.image,
                 // The image's entrypoint is the crucible CLI (images/agent/Dockerfile), as on a node.
                 args: ["agent", "--tier", args.tier],
-                env: agentEnv(args),
+                env: agentEnv(args, role?.uniqueId),
                 resources: AGENT_RESOURCES,
                 securityContext: {
                   runAsNonRoot: true,
@@ -144,7 +147,10 @@ export function tierAgent(
   return { deploymentName: deployment.metadata.name, ...(role && { roleArn: role.arn }) };
 }
 
-function agentEnv(args: TierAgentArgs): k8s.types.input.core.v1.EnvVar[] {
+function agentEnv(
+  args: TierAgentArgs,
+  roleUniqueId?: pulumi.Output<string>,
+): k8s.types.input.core.v1.EnvVar[] {
   const env: Record<string, pulumi.Input<string>> = {
     CRUCIBLE_TIER: args.tier,
     CRUCIBLE_LAUNCHER: "kubernetes",
@@ -156,6 +162,11 @@ function agentEnv(args: TierAgentArgs): k8s.types.input.core.v1.EnvVar[] {
     CRUCIBLE_HEARTBEAT_SECONDS: String(args.heartbeatSeconds),
     CRUCIBLE_VISIBILITY_TIMEOUT_SECONDS: String(args.visibilityTimeoutSeconds),
     ...(args.scheduling !== undefined && { CRUCIBLE_SCHEDULING: args.scheduling }),
+    [SENDERS_ENV]: pulumi
+      .all([pulumi.output(args.senders), roleUniqueId])
+      .apply(([senders, self]) =>
+        formatSenders({ ...senders, agents: [...(self === undefined ? [] : [self]), ...senders.agents] }),
+      ),
     ...(args.gpuNodeLabel && {
       CRUCIBLE_K8S_GPU_NODE_LABEL: `${args.gpuNodeLabel.key}=${args.gpuNodeLabel.value}`,
     }),
@@ -198,7 +209,12 @@ function agentRole(
       policy: pulumi.jsonStringify({
         Version: "2012-10-17",
         Statement: [
-          ...agentDataStatements({ ...args.workspaces, queueArns: args.queueArns, regionName: args.region }),
+          ...agentDataStatements({
+            ...args.workspaces,
+            tier: args.tier,
+            queueArns: args.queueArns,
+            regionName: args.region,
+          }),
           JOB_METRICS_STATEMENT,
         ],
       }),

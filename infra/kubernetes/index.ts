@@ -3,6 +3,7 @@ import * as pulumi from "@pulumi/pulumi";
 import type { TierName } from "../../runtime/src/catalog";
 import { kubernetesNamespace } from "../../runtime/src/kubernetes-names";
 import type { Priority } from "../../runtime/src/scheduling";
+import type { Senders } from "../../runtime/src/senders";
 import type { CrucibleConfig, Environment } from "../config";
 import { tierAgent, type AgentWorkspaces } from "./agent";
 import { devicePlugin, priorityClasses } from "./cluster";
@@ -23,6 +24,11 @@ export interface KubernetesTierArgs {
   readonly queueUrls: pulumi.Input<Record<Priority, string>>;
   /** The ARNs of those queues: the agent's AWS role may take and delete messages there only. */
   readonly queueArns: readonly pulumi.Input<string>[];
+  /**
+   * Who else may send to the tier's queues: the tier's node role (`agents`) and the submitter roles of
+   * the projects that may use the tier. The agent's own IRSA role is added to `agents`.
+   */
+  readonly senders: pulumi.Input<Senders>;
 }
 
 /** Arguments of {@link KubernetesTarget}. */
@@ -110,6 +116,7 @@ export class KubernetesTarget extends pulumi.ComponentResource {
               image: args.agentImage,
               queueUrls: t.queueUrls,
               queueArns: t.queueArns,
+              senders: t.senders,
               workspaces: args.workspaces,
               jobImages: args.jobImages,
               heartbeatSeconds: args.heartbeatSeconds,

@@ -5,16 +5,24 @@ import { join } from "node:path";
 import type { Envelope, JobOutcome, Launcher, ProgressEvent, StopReason } from "./contract";
 import { StopRequest } from "./contract";
 import type { ReceivedJob } from "./job-queue";
-import type { JobAddress, JobState, RunningMarker, StoredSpec } from "./job-store";
+import type { AdmittedJob } from "./job-request";
+import { admitJob, launchInput, redactSecrets } from "./job-request";
+import { InvalidJobError } from "./job-spec";
+import type { JobAddress, JobState, RunningMarker } from "./job-store";
 import type { JobStore } from "./job-store";
+import { SpecError } from "./job-store";
 import type { LedgerEntry, NodePrice } from "./ledger";
 import { attemptCost, costOf, ON_DEMAND } from "./ledger";
 import type { Logger } from "./logger";
 import type { PriorityQueues } from "./priority-queues";
 import type { Priority, SchedulingPolicy } from "./scheduling";
 import { PRIORITIES, parseSchedulingPolicy } from "./scheduling";
+import type { Senders } from "./senders";
+import { senderProblem } from "./senders";
 import type { BudgetStanding } from "./spend";
 import { describeStanding, overBudget, SpendTracker } from "./spend";
+import { createQuotaDir } from "./quota-volume";
+import { invalidJobEnvelope } from "./outcome";
 import type { TierName } from "./tiers";
 import { getTier } from "./tiers";
 
@@ -25,6 +33,11 @@ export interface AgentOptions {
   readonly store: JobStore;
   readonly launcher: Launcher;
   readonly logger: Logger;
+  /**
+   * Who may queue jobs ({@link SENDERS_ENV}): a message whose SQS SenderId is not an agent, or not the
+   * submitter of the project and user its address names, is refused unread and left for the dead-letter queue.
+   */
+  readonly senders: Senders;
   /** This node's name in job states and envelopes. Defaults to the host name. */
   readonly node?: string;
   /** Jobs run at once. Defaults to the tier's GPU count, or as many as the node's CPUs fit. */
@@ -43,6 +56,12 @@ export interface AgentOptions {
   readonly waitSeconds?: number;
   /** Where jobs' code and workspaces are staged. Defaults to the system's temporary directory. */
   readonly scratchRoot?: string;
+  /**
+   * Size of each job's `/workspace`: a volume of its own (see {@link createQuotaDir}), so a job that fills
+   * it gets ENOSPC while the node's disk and the other jobs' stay untouched. 0 turns the quota off, as a
+   * runtime that is not root must. Defaults to the tier's `workspaceMiB` when the agent runs as root, else 0.
+   */
+  readonly workspaceMiB?: number;
   /** Records each attempt's outcome (e.g. as CloudWatch metrics). Defaults to none. */
   readonly recordOutcome?: (outcome: JobOutcome) => Promise<void>;
   /** Fair share, preemption and budgets. Defaults to the policy's defaults (no budgets). */
@@ -75,6 +94,8 @@ export interface AgentEvents {
   /** The node failed its health check and takes no more work. */
   unhealthy: [];
   poison: [problem: string, messageId: string];
+  /** A message whose sender may not queue the job it names: nothing of that job is read or written. */
+  refused: [problem: string, messageId: string];
   /** Running the job failed for a reason outside it (the store, the engine); its message returns. */
   failed: [address: JobAddress, error: unknown];
 }
@@ -92,7 +113,9 @@ interface RunningJob {
 /** A job past the budget and fair-share gates, with its code staged in `scratch`. */
 interface ClaimedJob {
   readonly message: ReceivedJob & { address: JobAddress };
-  readonly spec: StoredSpec;
+  readonly job: AdmittedJob;
+  /** The submitter's earlier job whose checkpoints it starts from, when it names one. */
+  readonly resumeFrom?: JobAddress;
   readonly pricing: Pricing;
   /** Its place in the fair share, refreshed with each heartbeat. */
   readonly marker: RunningMarker;
@@ -157,6 +180,7 @@ export class Agent extends EventEmitter<AgentEvents> {
       graceSeconds: 10,
       waitSeconds: 20,
       scratchRoot: tmpdir(),
+      workspaceMiB: process.getuid?.() === 0 ? tier.workspaceMiB : 0,
       policy: parseSchedulingPolicy(undefined),
       schedulingPollSeconds: 5,
       nodePrice: () => Promise.resolve(ON_DEMAND),
@@ -326,6 +350,15 @@ export class Agent extends EventEmitter<AgentEvents> {
       return;
     }
     const address = message.address;
+    const refused = senderProblem(this.settings.senders, message.senderId, address);
+    if (refused) {
+      // Never deleted, like poison: after the queue's maxReceiveCount it waits in the dead-letter queue,
+      // whose alarm tells the operators that someone tried to queue work under another name.
+      logger.error({ messageId: message.messageId, claimed: address, problem: refused }, "refused message");
+      this.emit("refused", refused, message.messageId);
+      await message.queue.release(message.receiptHandle).catch(() => undefined);
+      return;
+    }
     const log = logger.child({ jobId: address.jobId });
     try {
       await this.runJob(address, message, slot, log);
@@ -355,19 +388,21 @@ export class Agent extends EventEmitter<AgentEvents> {
       await this.finish(address, message, envelope, log);
       return;
     }
-    const spec = await store.getSpec(address);
+    const admitted = await this.admit(address, message, log);
+    if (!admitted) return;
+    const { job, resumeFrom } = admitted;
     const scratch = await mkdtemp(join(this.settings.scratchRoot, `crucible-agent-${address.jobId}-`));
     try {
       const codeZip = join(scratch, "code.zip");
-      if (!spec || !(await store.getCode(address, codeZip))) {
-        const problem = `poison: the job's ${spec ? "code.zip" : "spec.json"} is missing from ${store.jobPrefix(address)}`;
+      if (!(await store.getCode(address, codeZip))) {
+        const problem = `poison: the job's code.zip is missing from ${store.jobPrefix(address)}`;
         log.error({ receiveCount: message.receiveCount }, problem);
         await store.updateState(address, { status: "failed", note: problem, tier });
         this.emit("poison", problem, message.messageId);
         await message.queue.release(message.receiptHandle);
         return;
       }
-      const pricing = await this.pricing(spec);
+      const pricing = await this.pricing(job);
       const over = overBudget(await this.spend.standings(address), this.marginUsd(pricing));
       if (over) {
         const why = `not started: ${describeStanding(over)}`;
@@ -380,7 +415,8 @@ export class Agent extends EventEmitter<AgentEvents> {
       try {
         await this.runClaimed({
           message: { ...message, address },
-          spec,
+          job,
+          resumeFrom,
           pricing,
           marker,
           slot,
@@ -395,6 +431,47 @@ export class Agent extends EventEmitter<AgentEvents> {
       }
     } finally {
       await rm(scratch, { recursive: true, force: true });
+    }
+  }
+
+  /**
+   * Reads `spec.json` as the hostile input it is and admits it against the queue the message came on
+   * ({@link admitJob}); a spec that cannot be admitted finishes the job as `invalid_job`, naming the field,
+   * before anything runs or is charged. A missing spec is poison (its message goes to the dead-letter queue).
+   */
+  private async admit(
+    address: JobAddress,
+    message: ReceivedJob,
+    log: Logger,
+  ): Promise<{ job: AdmittedJob; resumeFrom?: JobAddress } | undefined> {
+    const { store, tier, node } = this.settings;
+    const arrival = { address, tier, priority: message.queue.priority };
+    try {
+      const raw = await store.getSpec(address);
+      if (raw === undefined) {
+        const problem = `poison: the job's spec.json is missing from ${store.jobPrefix(address)}`;
+        log.error({ receiveCount: message.receiveCount }, problem);
+        await store.updateState(address, { status: "failed", note: problem, tier });
+        this.emit("poison", problem, message.messageId);
+        await message.queue.release(message.receiptHandle);
+        return undefined;
+      }
+      const job = admitJob(raw, arrival);
+      if (!job.spec.resumeFrom) return { job };
+      // Within the submitter's own prefix by construction: the reference is a job id, never a path.
+      const resumeFrom = { ...address, jobId: job.spec.resumeFrom };
+      if (!(await store.hasCheckpoints(resumeFrom)))
+        throw new InvalidJobError(
+          "resumeFrom",
+          `resumeFrom names job ${resumeFrom.jobId}, which has no checkpoints in ${address.project}/${address.user}`,
+        );
+      return { job, resumeFrom };
+    } catch (error) {
+      if (!(error instanceof InvalidJobError || error instanceof SpecError)) throw error;
+      const invalid = error instanceof InvalidJobError ? error : new InvalidJobError("spec", error.message);
+      const envelope = invalidJobEnvelope({ jobId: address.jobId, tier }, invalid, node, log);
+      await this.finish(address, message, envelope, log, `not run: ${invalid.message}`);
+      return undefined;
     }
   }
 
@@ -427,29 +504,50 @@ export class Agent extends EventEmitter<AgentEvents> {
     return claim;
   }
 
-  private async runClaimed(job: ClaimedJob): Promise<void> {
-    const { message, spec, pricing, slot, scratch, codeZip, log } = job;
+  private async runClaimed(claimed: ClaimedJob): Promise<void> {
+    const { scratch, message } = claimed;
+    // Hidden for a heartbeat's worth before the workspace volume is made: that can take seconds.
+    await message.queue.extend(message.receiptHandle, this.settings.visibilitySeconds);
+    const workspace = join(scratch, "workspace");
+    const { workspaceMiB } = this.settings;
+    const quota = workspaceMiB > 0 ? await createQuotaDir(workspace, workspaceMiB, undefined) : undefined;
+    try {
+      await this.runInWorkspace(claimed, workspace);
+    } finally {
+      await quota?.release();
+    }
+  }
+
+  /** Restores checkpoints into the job's workspace, runs it there, and syncs what it leaves. */
+  private async runInWorkspace(claimed: ClaimedJob, workspace: string): Promise<void> {
+    const { message, job, resumeFrom, pricing, slot, codeZip, log } = claimed;
     const { address } = message;
     const { store, tier, node, queues } = this.settings;
     const stop = slot.stop;
-    const workspace = join(scratch, "workspace");
     const checkpoints = join(workspace, "checkpoints");
     await mkdir(checkpoints, { recursive: true });
-    const restored = await store.downloadCheckpoints(address, checkpoints);
+    let restored = await store.downloadCheckpoints(address, checkpoints);
+    // Its own checkpoints first: a resumed job that was since interrupted continues from where it got to.
+    if (restored === 0 && resumeFrom) restored = await store.downloadCheckpoints(resumeFrom, checkpoints);
     const previous = await store.getState(address);
     const attempt = (previous?.attempts ?? 0) + 1;
     const startedAt = new Date();
-    const priority = spec.priority ?? message.queue.priority;
+    const { priority } = job;
     await store.updateState(address, {
       status: "running",
-      tier: spec.tier,
+      tier: job.tier,
       attempts: attempt,
       node,
       startedAt: startedAt.toISOString(),
       resumedFromCheckpoint: restored > 0,
     });
     log.info({ attempt, priority, restoredCheckpoints: restored }, "job started");
-    slot.job = { address, priority, preemptible: spec.preemptible !== false, startedAt: startedAt.getTime() };
+    slot.job = {
+      address,
+      priority,
+      preemptible: job.spec.preemptible !== false,
+      startedAt: startedAt.getTime(),
+    };
     this.emit("started", address);
 
     const uploaded = new Map<string, string>();
@@ -459,7 +557,7 @@ export class Agent extends EventEmitter<AgentEvents> {
         this.settings.heartbeatSeconds,
         async () => {
           await message.queue.extend(message.receiptHandle, this.settings.visibilitySeconds);
-          await store.markRunning(job.marker, node);
+          await store.markRunning(claimed.marker, node);
         },
         log,
         "heartbeat",
@@ -507,12 +605,13 @@ export class Agent extends EventEmitter<AgentEvents> {
     try {
       await message.queue.extend(message.receiptHandle, this.settings.visibilitySeconds);
       envelope = await this.settings.launcher.run(
-        { ...spec, jobId: address.jobId, code: codeZip, workspaceDir: workspace },
+        launchInput(job, { jobId: address.jobId, codeZip, workspaceDir: workspace }),
         { signal: stop.signal, onProgress: (event) => this.emit("progress", address, event) },
       );
     } finally {
       for (const timer of timers) clearInterval(timer);
     }
+    envelope = redactSecrets(envelope, job.spec.env);
     await store.uploadDir(address, "checkpoints", checkpoints, uploaded);
     await store.putAttemptEnvelope(address, attempt, envelope);
     const reason = envelope.reason;
@@ -564,13 +663,13 @@ export class Agent extends EventEmitter<AgentEvents> {
     );
   }
 
-  private async pricing(spec: StoredSpec): Promise<Pricing> {
+  private async pricing(job: AdmittedJob): Promise<Pricing> {
     const node = await this.settings.nodePrice();
     return {
       // To a millionth of a dollar: the ledger's costs are rounded far coarser, to a hundredth of a cent.
       pricePerHourUsd: Math.round(getTier(this.settings.tier).onDemandHourlyUsd * node.factor * 1e6) / 1e6,
       priceSource: node.source,
-      priceFactor: spec.preemptible === false ? this.settings.policy.preemption.noPreemptPriceFactor : 1,
+      priceFactor: job.spec.preemptible === false ? this.settings.policy.preemption.noPreemptPriceFactor : 1,
     };
   }
 

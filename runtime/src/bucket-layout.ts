@@ -14,3 +14,14 @@ export const LEDGER_PREFIX = "ledger/";
 
 /** The ledger is kept at least two calendar months, so last month's report is always complete. */
 export const LEDGER_MIN_RETENTION_DAYS = 62;
+
+/**
+ * Budget pause markers, one object per paused tier (`_control/paused/<tier>`, JSON: reason, budget, at).
+ * The budget enforcer writes one when a tier's budget is spent and `npm run budget-resume` removes it;
+ * agents read their own tier's before each receive and take no job while it exists (budget-pause.ts).
+ * At the bucket root, outside `workspaces/` (no submitter reaches it, no retention expires it).
+ */
+export const PAUSE_MARKER_PREFIX = "_control/paused/";
+
+/** The pause marker of one tier. */
+export const pauseMarkerKey = (tier: string): string => `${PAUSE_MARKER_PREFIX}${tier}`;

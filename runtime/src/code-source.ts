@@ -1,5 +1,5 @@
-import { createWriteStream } from "node:fs";
-import { chmod, copyFile, lstat, readdir, readFile, stat } from "node:fs/promises";
+import { constants, createWriteStream } from "node:fs";
+import { chmod, copyFile, lstat, open, readdir, stat } from "node:fs/promises";
 import { basename, extname, join, relative, sep } from "node:path";
 import { pipeline } from "node:stream/promises";
 import yauzl from "yauzl";
@@ -11,9 +11,23 @@ import yazl from "yazl";
  */
 export type CodeKind = "directory" | "python-file" | "zip";
 
-/** More than this is data, not code: pass it as a dataset directory instead. */
-export const MAX_CODE_BYTES = 256 * 1024 * 1024;
+const MiB = 1024 * 1024;
+/**
+ * More than this is data, not code: pass it as a dataset directory instead. The runner applies the same
+ * limits to what it extracts (`MAX_CODE_BYTES`, `MAX_CODE_FILES` in images/runner/crucible_archive.py;
+ * test/runtime/code-source.test.ts checks they agree).
+ */
+export const MAX_CODE_BYTES = 256 * MiB;
 export const MAX_CODE_FILES = 10_000;
+/**
+ * The largest code.zip: {@link MAX_CODE_BYTES} stored uncompressed plus the headers of
+ * {@link MAX_CODE_FILES} entries. Refused at submit, and by the agent before it downloads one.
+ */
+export const MAX_CODE_ARCHIVE_BYTES = MAX_CODE_BYTES + 32 * MiB;
+/** Detection reads Python sources and requirements of at most this size each... */
+export const MAX_SOURCE_BYTES = MiB;
+/** ...and at most this much in all; what is left unread is counted, not read. */
+export const MAX_DETECTION_BYTES = 16 * MiB;
 /** Directories that are never job code: VCS metadata, caches, virtual environments. */
 const SKIPPED_DIRS = new Set([".git", ".hg", "__pycache__", "node_modules", ".venv", "venv", ".mypy_cache"]);
 
@@ -89,6 +103,7 @@ export async function listCodeFiles(dir: string): Promise<CodeFile[]> {
  */
 export async function packageCode(path: string, kind: CodeKind, zipPath: string): Promise<void> {
   if (kind === "zip") {
+    checkArchiveSize(basename(path), (await stat(path)).size);
     await checkZip(path);
     await copyFile(path, zipPath);
     await chmod(zipPath, 0o644);
@@ -102,6 +117,30 @@ export async function packageCode(path: string, kind: CodeKind, zipPath: string)
   }
   zip.end();
   await pipeline(zip.outputStream, createWriteStream(zipPath, { mode: 0o644 }));
+  checkArchiveSize(basename(path), (await stat(zipPath)).size);
+}
+
+/** `300 MiB (314572800 bytes)`: exact, and readable. */
+export function describeBytes(bytes: number): string {
+  const mib = bytes / MiB;
+  return `${Number.isInteger(mib) ? mib : mib.toFixed(1)} MiB (${bytes} bytes)`;
+}
+
+/** Refuses a code archive over {@link MAX_CODE_ARCHIVE_BYTES}, naming its size and the limit. */
+export function checkArchiveSize(name: string, bytes: number): void {
+  if (bytes > MAX_CODE_ARCHIVE_BYTES) {
+    throw new CodeError(
+      `code: ${name} is ${describeBytes(bytes)}, more than the ${describeBytes(MAX_CODE_ARCHIVE_BYTES)} allowed for a job's code archive; pass data as a dataset directory`,
+    );
+  }
+}
+
+function checkDeclaredSize(name: string, bytes: number): void {
+  if (bytes > MAX_CODE_BYTES) {
+    throw new CodeError(
+      `code: ${name} expands to ${describeBytes(bytes)}, more than the ${describeBytes(MAX_CODE_BYTES)} allowed; pass data as a dataset directory`,
+    );
+  }
 }
 
 async function checkZip(path: string): Promise<void> {
@@ -114,19 +153,35 @@ async function checkZip(path: string): Promise<void> {
 }
 
 async function zipEntryNames(path: string): Promise<string[]> {
-  const zip = await yauzl.openPromise(path).catch((error: Error) => {
-    throw new CodeError(`code: ${path} is not a readable zip (${error.message})`);
-  });
+  const zip = await openZip(path);
   try {
-    if (zip.entryCount > MAX_CODE_FILES) {
-      throw new CodeError(`code: ${path} holds ${zip.entryCount} entries, more than ${MAX_CODE_FILES}`);
-    }
     const names: string[] = [];
-    for await (const entry of zip.eachEntry()) names.push(entry.fileName);
+    let declared = 0;
+    for await (const entry of zip.eachEntry()) {
+      names.push(entry.fileName);
+      declared += entry.uncompressedSize;
+    }
+    checkDeclaredSize(basename(path), declared);
     return names;
   } finally {
     zip.close();
   }
+}
+
+/**
+ * Opens a zip whose size and entry count are within the limits; reads nothing else yet. Entries are
+ * read only when asked for (`autoClose: false`: the caller closes it).
+ */
+async function openZip(path: string): Promise<yauzl.ZipFile> {
+  checkArchiveSize(basename(path), (await stat(path)).size);
+  const zip = await yauzl.openPromise(path, { autoClose: false }).catch((error: Error) => {
+    throw new CodeError(`code: ${path} is not a readable zip (${error.message})`);
+  });
+  if (zip.entryCount > MAX_CODE_FILES) {
+    zip.close();
+    throw new CodeError(`code: ${path} holds ${zip.entryCount} entries, more than ${MAX_CODE_FILES}`);
+  }
+  return zip;
 }
 
 /** A source file read for analysis. */
@@ -135,32 +190,121 @@ export interface SourceText {
   readonly text: string;
 }
 
-/** Only what an analysis of the code needs: Python sources and requirements, each at most this big. */
-const MAX_SOURCE_BYTES = 1024 * 1024;
+/** What {@link readSources} read, and how many sources it left unread for being over its limits. */
+export interface SourceReading {
+  bytesRead: number;
+  unread: number;
+}
+
 const isSource = (name: string): boolean => name.endsWith(".py") || basename(name) === "requirements.txt";
 
-/** The Python sources and requirements.txt of a job's code, whichever form it takes. */
-export async function readSources(path: string, kind?: CodeKind): Promise<SourceText[]> {
+/**
+ * The Python sources and requirements.txt of a job's code, whichever form it takes, read within bounds:
+ * each at most {@link MAX_SOURCE_BYTES}, all together at most {@link MAX_DETECTION_BYTES} (the rest are
+ * counted in `reading.unread`). A zip declaring more than {@link MAX_CODE_BYTES}, or an entry inflating
+ * past the size its header declares, is refused with a {@link CodeError}.
+ */
+export async function readSources(
+  path: string,
+  kind?: CodeKind,
+  reading: SourceReading = { bytesRead: 0, unread: 0 },
+): Promise<SourceText[]> {
   const resolved = kind ?? (await codeKind(path));
-  if (resolved === "python-file") return [{ name: "main.py", text: await readFile(path, "utf8") }];
-  if (resolved === "directory") {
-    const files = (await listCodeFiles(path)).filter((f) => isSource(f.name) && f.size <= MAX_SOURCE_BYTES);
-    return Promise.all(files.map(async (f) => ({ name: f.name, text: await readFile(f.path, "utf8") })));
-  }
-  const zip = await yauzl.openPromise(path).catch((error: Error) => {
-    throw new CodeError(`code: ${path} is not a readable zip (${error.message})`);
-  });
+  const room = (declared: number): boolean => {
+    const fits =
+      declared <= MAX_SOURCE_BYTES && reading.bytesRead + declared <= MAX_DETECTION_BYTES;
+    if (!fits) reading.unread += 1;
+    return fits;
+  };
+  const sources: SourceText[] = [];
+  const readFiles = async (files: readonly { name: string; path: string }[]): Promise<SourceText[]> => {
+    for (const file of files) {
+      const data = await readRegularFile(file.path, room);
+      if (!data) continue;
+      reading.bytesRead += data.length;
+      sources.push({ name: file.name, text: data.toString("utf8") });
+    }
+    return sources;
+  };
+  if (resolved === "python-file") return readFiles([{ name: "main.py", path }]);
+  if (resolved === "directory") return readFiles((await listCodeFiles(path)).filter((f) => isSource(f.name)));
+
+  const zip = await openZip(path);
   try {
-    const sources: SourceText[] = [];
+    const wanted: yauzl.Entry[] = [];
+    let declared = 0;
     for await (const entry of zip.eachEntry()) {
-      if (!isSource(entry.fileName) || entry.uncompressedSize > MAX_SOURCE_BYTES) continue;
-      const chunks: Buffer[] = [];
-      for await (const chunk of await zip.openReadStreamPromise(entry)) chunks.push(chunk as Buffer);
-      sources.push({ name: entry.fileName, text: Buffer.concat(chunks).toString("utf8") });
-      if (sources.length >= MAX_CODE_FILES) break;
+      declared += entry.uncompressedSize;
+      if (isSource(entry.fileName)) wanted.push(entry);
+    }
+    checkDeclaredSize(basename(path), declared);
+    for (const entry of wanted) {
+      if (!room(entry.uncompressedSize)) continue;
+      const data = await readEntry(zip, entry, basename(path));
+      reading.bytesRead += data.length;
+      sources.push({ name: entry.fileName, text: data.toString("utf8") });
     }
     return sources;
   } finally {
     zip.close();
+  }
+}
+
+/**
+ * An entry's bytes, never more than its header declares: an entry that inflates past that is refused
+ * as the zip bomb it is, after reading at most one chunk more.
+ */
+async function readEntry(zip: yauzl.ZipFile, entry: yauzl.Entry, zipName: string): Promise<Buffer> {
+  const declared = entry.uncompressedSize;
+  const bomb = (): CodeError =>
+    new CodeError(
+      `code: ${zipName} entry ${entry.fileName} inflates past the ${declared} bytes its header declares; refusing it as a zip bomb`,
+    );
+  const stream = await zip.openReadStreamPromise(entry).catch((error: Error) => {
+    throw new CodeError(`code: ${zipName} entry ${entry.fileName} cannot be read (${error.message})`);
+  });
+  const chunks: Buffer[] = [];
+  let count = 0;
+  try {
+    for await (const chunk of stream) {
+      count += (chunk as Buffer).length;
+      if (count > declared) throw bomb();
+      chunks.push(chunk as Buffer);
+    }
+  } catch (error) {
+    stream.destroy();
+    if (error instanceof CodeError) throw error;
+    // yauzl checks the declared size itself, and may say so first.
+    if (/too many bytes/.test((error as Error).message)) throw bomb();
+    throw new CodeError(`code: ${zipName} entry ${entry.fileName} is corrupt (${(error as Error).message})`);
+  }
+  return Buffer.concat(chunks, count);
+}
+
+/**
+ * A regular file's bytes, when `wanted(size)` says so: opened without following a link and without
+ * blocking on a FIFO, and read no further than the size it had when opened.
+ */
+async function readRegularFile(
+  path: string,
+  wanted: (size: number) => boolean,
+): Promise<Buffer | undefined> {
+  const handle = await open(path, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK).catch(
+    () => undefined,
+  );
+  if (!handle) return undefined;
+  try {
+    const info = await handle.stat();
+    if (!info.isFile() || !wanted(info.size)) return undefined;
+    const buffer = Buffer.alloc(info.size);
+    let offset = 0;
+    while (offset < info.size) {
+      const { bytesRead } = await handle.read(buffer, offset, info.size - offset, offset);
+      if (bytesRead === 0) break;
+      offset += bytesRead;
+    }
+    return buffer.subarray(0, offset);
+  } finally {
+    await handle.close();
   }
 }

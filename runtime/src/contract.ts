@@ -1,5 +1,6 @@
 import { z } from "zod";
 import type { ImageFamily } from "./image-matrix";
+import { JOB_IMAGE_FAMILIES } from "./image-matrix";
 import type { Logger } from "./logger";
 import { PRIORITIES } from "./scheduling";
 import type { TierLimits, TierName } from "./tiers";
@@ -36,6 +37,24 @@ export const jobIdSchema = z
   .string()
   .regex(/^[a-z0-9][a-z0-9-]{2,62}$/, { error: "must be 3-63 lowercase letters, digits and dashes" });
 
+/** A job's own environment variables: valid names, none of the runtime's, values of bounded size. */
+export const MAX_ENV_VALUE_BYTES = 32 * 1024;
+export const MAX_ENV_VARIABLES = 256;
+export const jobEnvSchema = z
+  .record(
+    z
+      .string()
+      .regex(ENV_NAME, { error: "must be a valid environment variable name" })
+      .refine((k) => !RESERVED_ENV.test(k), { error: "is reserved for the runtime" }),
+    z.string().max(MAX_ENV_VALUE_BYTES, {
+      error: (issue) =>
+        `must be at most ${MAX_ENV_VALUE_BYTES} characters, got ${String((issue.input as string).length)} (the value is not shown: it may be a secret)`,
+    }),
+  )
+  .refine((env) => Object.keys(env).length <= MAX_ENV_VARIABLES, {
+    error: `may set at most ${MAX_ENV_VARIABLES} variables`,
+  });
+
 export const jobSpecSchema = z.strictObject({
   jobId: jobIdSchema,
   /** A directory holding main.py, a .py file, or a code.zip. */
@@ -43,17 +62,11 @@ export const jobSpecSchema = z.strictObject({
   tier: z.enum(TIER_NAMES, { error: `must be one of ${TIER_NAMES.join(", ")}` }),
   /** Image reference; by default the matrix picks one from the tier and the code. */
   image: z.string().min(1).optional(),
+  /** The matrix family to run in (the node's pinned image of it); by default picked from the tier and the code. */
+  imageFamily: z.enum(JOB_IMAGE_FAMILIES, { error: `must be one of ${JOB_IMAGE_FAMILIES.join(", ")}` }).optional(),
   /** Seconds before the job is stopped; at most the tier's maximum runtime. */
   timeoutSeconds: z.number().int().positive().optional(),
-  env: z
-    .record(
-      z
-        .string()
-        .regex(ENV_NAME, { error: "must be a valid environment variable name" })
-        .refine((k) => !RESERVED_ENV.test(k), { error: "is reserved for the runtime" }),
-      z.string().max(32 * 1024),
-    )
-    .default({}),
+  env: jobEnvSchema.default({}),
   /** Host directory mounted at /workspace: checkpoints, outputs. Defaults to a fresh temporary one. */
   workspaceDir: z.string().min(1).optional(),
   /** Host directory mounted read-only at /datasets. */

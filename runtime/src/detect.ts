@@ -1,5 +1,5 @@
-import type { SourceText } from "./code-source";
-import { readSources } from "./code-source";
+import type { SourceReading, SourceText } from "./code-source";
+import { MAX_DETECTION_BYTES, MAX_SOURCE_BYTES, readSources } from "./code-source";
 import type { ImageFamily } from "./image-matrix";
 import { imageRef, jobImageFamily } from "./image-matrix";
 import type { TierName } from "./tiers";
@@ -22,9 +22,21 @@ export interface Detection {
   readonly warnings: readonly string[];
 }
 
-/** Reads the job's code (directory, .py file or zip) and suggests a tier and image. */
-export async function detect(codePath: string): Promise<Detection> {
-  return detectSources(await readSources(codePath));
+/**
+ * Reads the job's code (directory, .py file or zip) and suggests a tier and image. What it reads is
+ * bounded ({@link readSources}); sources left unread are named in a warning.
+ */
+export async function detect(codePath: string, reading?: SourceReading): Promise<Detection> {
+  const read = reading ?? { bytesRead: 0, unread: 0 };
+  const found = detectSources(await readSources(codePath, undefined, read));
+  if (read.unread === 0) return found;
+  return {
+    ...found,
+    warnings: [
+      ...found.warnings,
+      `${read.unread} source file(s) not read: detection reads at most ${formatBytes(MAX_SOURCE_BYTES)} a file and ${formatBytes(MAX_DETECTION_BYTES)} in all, so it may miss what they use`,
+    ],
+  };
 }
 
 const MiB = 2 ** 20;

@@ -1,5 +1,5 @@
 import Dockerode from "dockerode";
-import { constants as fsConstants, readFileSync } from "node:fs";
+import { constants as fsConstants } from "node:fs";
 import { open, rm } from "node:fs/promises";
 import { hostname, tmpdir } from "node:os";
 import { basename, dirname, join, resolve } from "node:path";
@@ -21,14 +21,30 @@ import {
   secondsBetween,
   stopFrom,
 } from "./outcome";
-import type { ProcessOwner } from "./sandbox";
-import { containerSpec, LABELS, sandboxUser } from "./sandbox";
+import { checkQuotaSupport, isQuotaDir, quotaUsage, releaseQuotaDirsUnder } from "./quota-volume";
+import type { JobUserLease, ProcessOwner } from "./sandbox";
+import {
+  callerUser,
+  containerSpec,
+  LABELS,
+  leaseJobUser,
+  ownerAlive,
+  perJobUsers,
+  processStart,
+} from "./sandbox";
 
 export interface DockerLauncherOptions extends LauncherOptions {
   /** The engine to talk to. Defaults to the local one (DOCKER_HOST or the default socket). */
   readonly docker?: Dockerode;
   /** The container operations; defaults to Docker through `docker`. */
   readonly engine?: ContainerEngine;
+  /**
+   * Whether the workspace the launcher creates for a job is a volume of the tier's `workspaceMiB`
+   * (quota-volume.ts). "on" needs root, mkfs.ext4 and loop devices, and a run fails with a clear error
+   * without them; "off" lets a job fill the disk its workspace is on (the local CLI as a normal user).
+   * Defaults to "on" on a root runtime, "off" otherwise.
+   */
+  readonly diskQuota?: "on" | "off";
 }
 
 /** Largest runner.json read back; a bigger result is reported as an error instead of read into memory. */
@@ -48,6 +64,8 @@ export class DockerLauncher implements Launcher {
   private readonly node: string;
   private readonly graceSeconds: number;
   private readonly owner = thisProcess();
+  private readonly diskQuota: "on" | "off";
+  private quotaSupport: Promise<void> | undefined;
 
   constructor(private readonly options: DockerLauncherOptions = {}) {
     this.logger = options.logger ?? createLogger();
@@ -57,28 +75,46 @@ export class DockerLauncher implements Launcher {
     if (!Number.isFinite(this.graceSeconds) || this.graceSeconds < 0) {
       throw new Error(`graceSeconds must be a number of seconds >= 0, got ${this.graceSeconds}`);
     }
+    this.diskQuota = options.diskQuota ?? (perJobUsers() ? "on" : "off");
+    if (this.diskQuota === "on" && !perJobUsers()) {
+      throw new Error(
+        `diskQuota "on" needs a root runtime (it mounts a volume per job); this one runs as uid ${process.getuid?.()}. Run it as root, or pass diskQuota: "off"`,
+      );
+    }
   }
 
   async run(input: JobSpecInput, options: LaunchOptions = {}): Promise<Envelope> {
-    let job: PreparedJob;
-    try {
-      job = await prepareJob(input, {
-        tierOverrides: this.options.tierOverrides,
-        user: sandboxUser(),
-        ...(this.options.images && { images: this.options.images }),
-      });
-    } catch (error) {
-      if (error instanceof InvalidJobError) return this.invalidJobEnvelope(input, error);
-      throw error;
+    if (this.diskQuota === "on") {
+      this.quotaSupport ??= checkQuotaSupport();
+      await this.quotaSupport;
     }
-    const log = this.logger.child({ jobId: job.spec.jobId });
-    for (const line of job.capped) log.warn(`tier override capped: ${line}`);
+    // A root runtime gives each job a uid of its own; otherwise the job runs as the caller.
+    const lease: JobUserLease | undefined = perJobUsers() ? await leaseJobUser(this.owner) : undefined;
     try {
-      return await this.runPrepared(job, options, log);
+      let job: PreparedJob;
+      try {
+        job = await prepareJob(input, {
+          tierOverrides: this.options.tierOverrides,
+          user: lease?.user ?? callerUser(),
+          workspaceQuota: this.diskQuota === "on",
+          ...(this.options.images && { images: this.options.images }),
+        });
+      } catch (error) {
+        if (error instanceof InvalidJobError) return this.invalidJobEnvelope(input, error);
+        throw error;
+      }
+      const log = this.logger.child({ jobId: job.spec.jobId });
+      for (const line of job.capped) log.warn(`tier override capped: ${line}`);
+      try {
+        return await this.runPrepared(job, lease, options, log);
+      } finally {
+        await disposeJob(job).catch((error: unknown) =>
+          log.error({ err: error }, "removing scratch files failed"),
+        );
+      }
     } finally {
-      await disposeJob(job).catch((error: unknown) =>
-        log.error({ err: error }, "removing scratch files failed"),
-      );
+      // Only once the container and the job's files are gone may another job get this uid.
+      await lease?.release();
     }
   }
 
@@ -87,8 +123,7 @@ export class DockerLauncher implements Launcher {
     const orphans = containers.filter((c) => {
       const pid = Number(c.Labels[LABELS.ownerPid]);
       if (c.Labels[LABELS.ownerHost] !== this.owner.host || !Number.isInteger(pid)) return false;
-      const start = c.Labels[LABELS.ownerStart];
-      return !processAlive(pid) || (start !== undefined && processStart(pid) !== start);
+      return !ownerAlive(pid, c.Labels[LABELS.ownerStart]);
     });
     const removed = await Promise.all(
       orphans.map(async (c) => {
@@ -102,7 +137,12 @@ export class DockerLauncher implements Launcher {
     return removed.filter(Boolean).length;
   }
 
-  private async runPrepared(job: PreparedJob, options: LaunchOptions, log: Logger): Promise<Envelope> {
+  private async runPrepared(
+    job: PreparedJob,
+    lease: JobUserLease | undefined,
+    options: LaunchOptions,
+    log: Logger,
+  ): Promise<Envelope> {
     const { spec, tier } = job;
     const ctx = { jobId: spec.jobId };
     const reporting = runReporting(job, this.node, this.options.tailBytes, options);
@@ -123,7 +163,8 @@ export class DockerLauncher implements Launcher {
             tier,
             image: job.image,
             env: spec.env,
-            user: sandboxUser(),
+            user: lease?.user ?? callerUser(),
+            separateSupervisor: lease !== undefined,
             hostPaths: {
               codeZip: job.codeZip,
               output: job.outputDir,
@@ -177,12 +218,14 @@ export class DockerLauncher implements Launcher {
         log[stopper.delivered ? "debug" : "warn"]({ problem: runner.problem }, "no usable runner result");
       }
       const exitCode = typeof state.ExitCode === "number" ? state.ExitCode : waited;
+      const diskFull = await this.diskFull(job, log);
       const outcome = judge({
         stop: stopper.delivered,
         oom: state.OOMKilled,
         exitCode,
         runner,
         job,
+        ...(diskFull && { diskFull }),
       });
       const result = envelope({
         ...outcome,
@@ -209,6 +252,24 @@ export class DockerLauncher implements Launcher {
           );
         });
       }
+    }
+  }
+
+  /**
+   * Whether the job's workspace volume is full now that it has ended, measured here (outside the job):
+   * a job that ran into its quota got ENOSPC, and the envelope says why. Undefined without a quota.
+   */
+  private async diskFull(job: PreparedJob, log: Logger): Promise<{ quotaMiB: number } | undefined> {
+    try {
+      if (!(await isQuotaDir(job.workspaceDir))) return undefined;
+      const usage = await quotaUsage(job.workspaceDir);
+      if (!usage.full) return undefined;
+      log.info({ freeBytes: usage.freeBytes, sizeBytes: usage.sizeBytes }, "workspace quota full");
+      // The quota as declared (tier.workspaceMiB, what the volume was made with), not ext4's usable part.
+      return { quotaMiB: job.tier.workspaceMiB };
+    } catch (error) {
+      log.warn({ err: error }, "could not measure the workspace quota");
+      return undefined;
     }
   }
 
@@ -284,8 +345,10 @@ class Stopper {
 }
 
 /**
- * Reads what the runner wrote, without trusting it: the job can write to the same directory, so a link
- * (which could point anywhere on the host), a FIFO (which would block) or an oversized file are refused.
+ * Reads what the runner wrote, without trusting it: on a root runtime the directory is the supervisor's
+ * (root, 0700) and the job cannot write it, but a runtime that is not root shares its uid with the job,
+ * so a link (which could point anywhere on the host), a FIFO (which would block) or an oversized file
+ * are refused either way.
  */
 export async function readRunnerResult(outputDir: string): Promise<RunnerRead> {
   const path = join(outputDir, basename(CONTAINER_PATHS.runnerResult));
@@ -312,29 +375,9 @@ export async function readRunnerResult(outputDir: string): Promise<RunnerRead> {
   }
 }
 
-/** A process's start time in clock ticks after boot (field 22 of /proc/PID/stat), where Linux tells it. */
-function processStart(pid: number): string | undefined {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-    // The command name (field 2) may hold spaces and parentheses: count fields after its closing one.
-    return stat.slice(stat.lastIndexOf(")") + 2).split(" ")[19];
-  } catch {
-    return undefined;
-  }
-}
-
 function thisProcess(): ProcessOwner {
   const start = processStart(process.pid);
   return { pid: process.pid, host: hostname(), ...(start !== undefined && { start }) };
-}
-
-function processAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (error) {
-    return (error as NodeJS.ErrnoException).code === "EPERM";
-  }
 }
 
 /** Removes a scratch directory named on a container, but only one this runtime could have made. */
@@ -342,5 +385,7 @@ async function removeScratch(path: string | undefined): Promise<void> {
   if (!path) return;
   const absolute = resolve(path);
   if (dirname(absolute) !== resolve(tmpdir()) || !basename(absolute).startsWith(SCRATCH_PREFIX)) return;
+  // A crashed run's workspace volume is still mounted there: unmount it (and drop its image) first.
+  await releaseQuotaDirsUnder(absolute);
   await rm(absolute, { recursive: true, force: true });
 }

@@ -6,6 +6,9 @@ import type { Tier } from "./tiers";
  */
 export const IMAGE_FAMILIES = ["cpu", "ml-cpu", "ml-cuda", "agent"] as const;
 export type ImageFamily = (typeof IMAGE_FAMILIES)[number];
+/** The families jobs run in (the agent image runs the agent, never a job). */
+export const JOB_IMAGE_FAMILIES = ["cpu", "ml-cpu", "ml-cuda"] as const satisfies readonly ImageFamily[];
+export type JobImageFamily = (typeof JOB_IMAGE_FAMILIES)[number];
 
 export interface VersionAxes {
   readonly python?: string;
@@ -149,8 +152,13 @@ export function buildOrder(families: readonly ImageFamily[] = IMAGE_FAMILIES): I
   return ordered;
 }
 
+/** The families a tier's nodes run jobs in: CUDA on GPU tiers, the CPU families elsewhere. */
+export function tierImageFamilies(tier: Pick<Tier, "gpu">): readonly JobImageFamily[] {
+  return tier.gpu ? ["ml-cuda"] : ["cpu", "ml-cpu"];
+}
+
 /** The family a job runs in: CUDA on GPU tiers, PyTorch on CPU when the code needs it, else the slim one. */
-export function jobImageFamily(tier: Pick<Tier, "gpu">, needs: { readonly torch: boolean }): ImageFamily {
+export function jobImageFamily(tier: Pick<Tier, "gpu">, needs: { readonly torch: boolean }): JobImageFamily {
   if (tier.gpu) return "ml-cuda";
   return needs.torch ? "ml-cpu" : "cpu";
 }

@@ -19,6 +19,8 @@ export interface ReceivedJob {
   readonly receiveCount: number;
   readonly address?: JobAddress;
   readonly problem?: string;
+  /** Who sent it, as SQS authenticated them (`<role unique id>:<session>` for an assumed role). */
+  readonly senderId?: string;
   /** The queue it came from: its priority class, and where to extend, release or delete it. */
   readonly queue: JobQueue;
 }
@@ -82,13 +84,14 @@ export class JobQueue {
         QueueUrl: this.queueUrl,
         MaxNumberOfMessages: Math.min(10, Math.max(1, max)),
         WaitTimeSeconds: waitSeconds,
-        MessageSystemAttributeNames: ["ApproximateReceiveCount"],
+        MessageSystemAttributeNames: ["ApproximateReceiveCount", "SenderId"],
       }),
     );
     return (out.Messages ?? []).map((m) => ({
       receiptHandle: m.ReceiptHandle ?? "",
       messageId: m.MessageId ?? "",
       receiveCount: Number(m.Attributes?.ApproximateReceiveCount ?? "1"),
+      ...(m.Attributes?.SenderId && { senderId: m.Attributes.SenderId }),
       queue: this,
       ...parseBody(m.Body),
     }));

@@ -1,4 +1,4 @@
-import { chown, lstat, mkdir, mkdtemp, readdir, rm, stat } from "node:fs/promises";
+import { chmod, chown, lstat, mkdir, mkdtemp, readdir, rm, stat } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import type { z } from "zod";
@@ -10,6 +10,7 @@ import type { Detection } from "./detect";
 import { detectSources } from "./detect";
 import type { ImageFamily } from "./image-matrix";
 import { imageRef, jobImageFamily } from "./image-matrix";
+import { createQuotaDir, releaseQuotaDirsUnder } from "./quota-volume";
 import type { SandboxUser } from "./sandbox";
 import { effectiveTier } from "./sandbox";
 import type { Tier, TierLimits, TierName } from "./tiers";
@@ -27,21 +28,38 @@ export class InvalidJobError extends Error {
 
 /** Validates a spec, turning the first problem into an error that names the field, the rule and the value. */
 export function parseJobSpec(input: unknown): JobSpec {
-  const parsed = jobSpecSchema.safeParse(input, { reportInput: true });
-  if (parsed.success) return parsed.data;
-  const issue = parsed.error.issues[0]!;
-  throw new InvalidJobError(issue.path.join(".") || "spec", describeIssue(issue));
+  return parseStrict(jobSpecSchema, input, "job spec");
 }
 
-function describeIssue(issue: z.core.$ZodIssue): string {
+/**
+ * Parses `input` with a strict object schema; the first problem becomes an {@link InvalidJobError} naming
+ * the field, the rule and the value given — except environment values, which may be secrets and are
+ * never repeated back.
+ */
+export function parseStrict<S extends z.ZodObject>(schema: S, input: unknown, what: string): z.output<S> {
+  const parsed = schema.safeParse(input, { reportInput: true });
+  if (parsed.success) return parsed.data;
+  const issue = parsed.error.issues[0]!;
+  // An unknown field is named by itself: the field the submitter should not have set.
+  const path = issue.code === "unrecognized_keys" ? [...issue.path, issue.keys[0]!] : issue.path;
+  const field = path.map(String).join(".");
+  throw new InvalidJobError(field || "spec", describeIssue(issue, Object.keys(schema.shape), what));
+}
+
+function describeIssue(issue: z.core.$ZodIssue, known: readonly string[], what: string): string {
   const field = issue.path.map(String).join(".");
-  const got = "input" in issue && issue.input !== undefined ? `, got ${JSON.stringify(issue.input)}` : "";
+  const secret = issue.path[0] === "env";
+  const got =
+    !secret && "input" in issue && issue.input !== undefined ? `, got ${JSON.stringify(issue.input)}` : "";
   if (issue.code === "invalid_key") {
     const parent = issue.path.slice(0, -1).map(String).join(".");
     return `${parent} name ${JSON.stringify(issue.input)} ${issue.issues[0]?.message ?? issue.message}`;
   }
   if (issue.code === "unrecognized_keys") {
-    return `job spec has unknown field(s) ${issue.keys.join(", ")}; known: ${Object.keys(jobSpecSchema.shape).join(", ")}`;
+    return `${what} has unknown field(s) ${issue.keys.join(", ")}; known: ${known.join(", ")}`;
+  }
+  if (issue.code === "invalid_type" && issue.path.length === 0) {
+    return `${what} must be a JSON object${got}`;
   }
   return `${field ? `${field} ` : ""}${issue.message}${got}`;
 }
@@ -92,8 +110,16 @@ export interface PreparedJob {
 
 export interface PrepareOptions {
   readonly tierOverrides?: Partial<Record<TierName, Partial<TierLimits>>>;
-  /** Who the job runs as; directories the job writes are handed to this user when the runtime is root. */
+  /**
+   * Who the job runs as; directories the job writes are handed to this user, mode 0700, when the runtime
+   * is root. The output directory (the supervisor's) stays the runtime's own.
+   */
   readonly user: SandboxUser;
+  /**
+   * Make the workspace the launcher creates itself a volume of the tier's `workspaceMiB`
+   * ({@link createQuotaDir}; needs root). A workspace the caller gives must be one already. Defaults to false.
+   */
+  readonly workspaceQuota?: boolean;
   /** The image of each family where it is not the local matrix tag (on a node: ECR references by digest). */
   readonly images?: Partial<Record<ImageFamily, string>>;
 }
@@ -122,13 +148,14 @@ export async function prepareJob(input: JobSpecInput, options: PrepareOptions): 
   try {
     const codeZip = join(scratchDir, "code.zip");
     await asInvalidJob("code", () => packageCode(code, kind, codeZip));
+    // The supervisor's alone (root's on a root runtime, 0700): the job cannot write its own runner.json.
     const outputDir = join(scratchDir, "output");
     await mkdir(outputDir, { mode: 0o700 });
-    await handTo(outputDir, options.user, false);
     let workspaceDir = workspace;
     if (!workspaceDir) {
       workspaceDir = join(scratchDir, "workspace");
-      await mkdir(workspaceDir, { mode: 0o700 });
+      if (options.workspaceQuota) await createQuotaDir(workspaceDir, tier.workspaceMiB, options.user);
+      else await mkdir(workspaceDir, { mode: 0o700 });
     }
     await handTo(workspaceDir, options.user, true);
     return {
@@ -146,13 +173,14 @@ export async function prepareJob(input: JobSpecInput, options: PrepareOptions): 
       ...(datasetsDir && { datasetsDir }),
     };
   } catch (error) {
-    await rm(scratchDir, { recursive: true, force: true });
+    await disposeJob({ scratchDir });
     throw error;
   }
 }
 
-/** Removes what {@link prepareJob} staged; the caller's workspace directory is kept. */
+/** Removes what {@link prepareJob} staged (its quota volume included); the caller's workspace is kept. */
 export async function disposeJob(job: Pick<PreparedJob, "scratchDir">): Promise<void> {
+  await releaseQuotaDirsUnder(job.scratchDir);
   await rm(job.scratchDir, { recursive: true, force: true, maxRetries: 2 });
 }
 
@@ -189,12 +217,14 @@ async function ensureWorkspace(path: string): Promise<void> {
 }
 
 /**
- * Makes a directory writable by the job's user. Only a root runtime needs to (otherwise the job runs as
- * the caller, who owns it); the workspace is handed over whole so restored checkpoints stay writable.
+ * Makes a directory the job's user's alone (mode 0700 at its top). Only a root runtime can (otherwise the
+ * job runs as the caller, who owns it); the workspace is handed over whole so restored checkpoints stay
+ * writable.
  */
 async function handTo(path: string, user: SandboxUser, recursive: boolean): Promise<void> {
   if (process.getuid?.() !== 0) return;
   await chown(path, user.uid, user.gid);
+  if (recursive) await chmod(path, 0o700);
   if (!recursive) return;
   for (const entry of await readdir(path, { withFileTypes: true })) {
     const child = join(path, entry.name);

@@ -6,15 +6,26 @@ import {
   ListObjectsV2Command,
   PutObjectCommand,
 } from "@aws-sdk/client-s3";
-import { mkdir, readdir, readFile, stat, writeFile } from "node:fs/promises";
-import { dirname, join, relative, resolve, sep } from "node:path";
+import type { GetObjectCommandOutput } from "@aws-sdk/client-s3";
+import { Upload } from "@aws-sdk/lib-storage";
+import { randomUUID } from "node:crypto";
+import { constants } from "node:fs";
+import type { FileHandle } from "node:fs/promises";
+import { lstat, mkdir, open, readdir, readlink, realpath, rename, rm, stat, unlink } from "node:fs/promises";
+import { basename, join, relative, sep } from "node:path";
+import type { Readable } from "node:stream";
+import { Transform } from "node:stream";
+import { pipeline } from "node:stream/promises";
 import { z } from "zod";
-import type { Envelope, JobSpecInput } from "./contract";
+import type { Envelope } from "./contract";
 import { CHECKPOINT_OBJECT_TAG, envelopeSchema, jobIdSchema } from "./contract";
 import type { LedgerEntry } from "./ledger";
 import { LEDGER_PREFIX, WORKSPACES_PREFIX } from "./bucket-layout";
 import { LEDGER_PARTITION_PATH, ledgerEntrySchema, ledgerMonths, ledgerPartitionPath } from "./ledger";
+import type { SubmittedSpecInput } from "./job-request";
+import { MAX_SPEC_BYTES } from "./job-request";
 import type { Logger } from "./logger";
+import { checkArchiveSize, CodeError, describeBytes, MAX_CODE_ARCHIVE_BYTES } from "./code-source";
 
 /** Who a job belongs to, and so where everything about it lives. */
 export const jobAddressSchema = z.strictObject({
@@ -45,8 +56,10 @@ export const jobStateSchema = z.object({
 });
 export type JobState = z.infer<typeof jobStateSchema>;
 
-/** What `spec.json` holds: the job as submitted, less its code (which is `code.zip` beside it). */
-export type StoredSpec = Omit<JobSpecInput, "code" | "workspaceDir" | "datasetsDir">;
+/** A `spec.json` that cannot even be read as a spec: too large, or not JSON. */
+export class SpecError extends Error {
+  override readonly name = "SpecError";
+}
 
 /** A job's place in its tier's fair share: who, where, and when it claimed the place (epoch ms). */
 export interface RunningMarker {
@@ -106,24 +119,79 @@ export class JobStore {
     return `${this.prefix}${address.project}/${address.user}/jobs/${address.jobId}/`;
   }
 
+  /** Uploads the job's code.zip, streamed from the file; one over {@link MAX_CODE_ARCHIVE_BYTES} is refused. */
   async putCode(address: JobAddress, zipPath: string): Promise<void> {
-    await this.put(address, KEYS.code, await readFile(zipPath));
+    const handle = await open(zipPath, constants.O_RDONLY | constants.O_NOFOLLOW);
+    try {
+      const { size } = await handle.stat();
+      checkArchiveSize(basename(zipPath), size);
+      await this.putFile(address, KEYS.code, handle, size);
+    } finally {
+      await handle.close();
+    }
   }
 
+  /**
+   * Streams the job's code.zip to `zipPath`; false when there is none. The submitter wrote it, so its
+   * size is checked first: over {@link MAX_CODE_ARCHIVE_BYTES}, a {@link CodeError} naming both, before
+   * anything is read or written.
+   */
   async getCode(address: JobAddress, zipPath: string): Promise<boolean> {
-    const body = await this.get(address, KEYS.code);
-    if (!body) return false;
-    await writeFile(zipPath, body);
+    const out = await this.getObject(this.jobPrefix(address) + KEYS.code);
+    if (!out) return false;
+    const body = out.Body as Readable;
+    try {
+      checkArchiveSize(KEYS.code, out.ContentLength ?? 0);
+    } catch (error) {
+      body.destroy();
+      throw error;
+    }
+    const file = await open(
+      zipPath,
+      constants.O_WRONLY | constants.O_CREAT | constants.O_TRUNC | constants.O_NOFOLLOW,
+      0o644,
+    );
+    const written = file.createWriteStream({ autoClose: false });
+    try {
+      await pipeline(body, atMost(MAX_CODE_ARCHIVE_BYTES, KEYS.code), written);
+    } catch (error) {
+      await rm(zipPath, { force: true });
+      throw error;
+    } finally {
+      // A stream that does not close its handle keeps a hold on it until destroyed.
+      written.destroy();
+      await file.close();
+    }
     return true;
   }
 
-  async putSpec(address: JobAddress, spec: StoredSpec): Promise<void> {
+  async putSpec(address: JobAddress, spec: SubmittedSpecInput): Promise<void> {
     await this.put(address, KEYS.spec, JSON.stringify(spec));
   }
 
-  async getSpec(address: JobAddress): Promise<StoredSpec | undefined> {
-    const body = await this.get(address, KEYS.spec);
-    return body ? (JSON.parse(body.toString("utf8")) as StoredSpec) : undefined;
+  /**
+   * `spec.json` as stored: JSON of unchecked shape (the submitter can rewrite it), which the agent parses
+   * with {@link admitJob}. Missing: undefined. Over {@link MAX_SPEC_BYTES} or not JSON: a {@link SpecError}.
+   */
+  async getSpec(address: JobAddress): Promise<unknown> {
+    const key = this.jobPrefix(address) + KEYS.spec;
+    let out;
+    try {
+      out = await this.s3.send(new GetObjectCommand({ Bucket: this.bucket, Key: key }));
+    } catch (error) {
+      if (isMissing(error)) return undefined;
+      throw error;
+    }
+    if ((out.ContentLength ?? 0) > MAX_SPEC_BYTES) {
+      await out.Body?.transformToWebStream().cancel();
+      throw new SpecError(`spec.json is ${out.ContentLength} bytes, more than the ${MAX_SPEC_BYTES} allowed`);
+    }
+    const text = await out.Body!.transformToString("utf8");
+    try {
+      return JSON.parse(text) as unknown;
+    } catch {
+      throw new SpecError("spec.json is not JSON");
+    }
   }
 
   async getState(address: JobAddress): Promise<JobState | undefined> {
@@ -205,36 +273,70 @@ export class JobStore {
     dir: string,
     seen: Map<string, string>,
   ): Promise<number> {
+    // The job owns `dir` and may swap any of it for a link at any time: only regular files that are
+    // still inside the directory once opened go up, streamed from the descriptor that was checked.
+    const root = await realDirectory(dir);
+    if (!root) return 0;
     let uploaded = 0;
-    for (const file of await filesUnder(dir)) {
-      const info = await stat(file);
-      const signature = `${info.size}:${info.mtimeMs}`;
-      const name = relative(dir, file).split(sep).join("/");
-      if (seen.get(name) === signature) continue;
-      // Whole files in one request: fine for checkpoints of the tiers' sizes up to S3's 5 GB single PUT.
-      await this.put(address, `${KEYS[kind]}${name}`, await readFile(file), {
-        ...(kind === "checkpoints" && {
-          Tagging: `${CHECKPOINT_OBJECT_TAG.key}=${CHECKPOINT_OBJECT_TAG.value}`,
-        }),
-      });
-      seen.set(name, signature);
-      uploaded += 1;
+    for (const file of await filesUnder(root)) {
+      const opened = await openRegularFile(root, file);
+      if (!opened) {
+        this.logger.warn({ jobId: address.jobId, file }, "not syncing a file swapped for a link or special file");
+        continue;
+      }
+      try {
+        const signature = `${opened.size}:${opened.mtimeMs}`;
+        const name = relative(root, file).split(sep).join("/");
+        if (seen.get(name) === signature) continue;
+        await this.putFile(address, `${KEYS[kind]}${name}`, opened.handle, opened.size, {
+          ...(kind === "checkpoints" && {
+            Tagging: `${CHECKPOINT_OBJECT_TAG.key}=${CHECKPOINT_OBJECT_TAG.value}`,
+          }),
+        });
+        seen.set(name, signature);
+        uploaded += 1;
+      } finally {
+        await opened.handle.close();
+      }
     }
     return uploaded;
   }
 
-  /** Restores a job's checkpoints into `dir`; returns how many files came back. */
+  /** Whether a job has any checkpoint stored: what `resumeFrom` needs. */
+  async hasCheckpoints(address: JobAddress): Promise<boolean> {
+    const page = await this.s3.send(
+      new ListObjectsV2Command({
+        Bucket: this.bucket,
+        Prefix: this.jobPrefix(address) + KEYS.checkpoints,
+        MaxKeys: 1,
+      }),
+    );
+    return (page.Contents ?? []).length > 0;
+  }
+
+  /**
+   * Restores a job's checkpoints into `dir`; returns how many files came back. Never writes through a
+   * link: parents are created one at a time and must be real directories, each file is streamed into a
+   * new temporary name (`O_EXCL|O_NOFOLLOW`) checked to be inside `dir`, then renamed over the target
+   * (which replaces a planted link instead of following it).
+   */
   async downloadCheckpoints(address: JobAddress, dir: string): Promise<number> {
     const prefix = this.jobPrefix(address) + KEYS.checkpoints;
+    const root = await realDirectory(dir);
+    if (!root) throw new Error(`cannot restore checkpoints into ${dir}: not a directory`);
     let count = 0;
     for (const key of await this.keys(prefix)) {
-      const target = resolve(dir, key.slice(prefix.length));
-      if (!target.startsWith(resolve(dir) + sep)) continue;
-      const body = await this.getKey(key);
-      if (!body) continue;
-      await mkdir(dirname(target), { recursive: true });
-      await writeFile(target, body);
-      count += 1;
+      const parts = key.slice(prefix.length).split("/");
+      if (parts.some((p) => p === "" || p === "." || p === ".." || p.includes("\0"))) continue;
+      const parent = await makeDirectories(root, parts.slice(0, -1));
+      if (!parent) {
+        this.logger.warn({ jobId: address.jobId, key }, "not restoring a checkpoint below a link or file");
+        continue;
+      }
+      const out = await this.getObject(key);
+      if (!out) continue;
+      if (await writeNewFile(root, join(parent, parts.at(-1)!), out.Body as Readable)) count += 1;
+      else this.logger.warn({ jobId: address.jobId, key }, "not restoring a checkpoint outside its directory");
     }
     return count;
   }
@@ -363,15 +465,18 @@ export class JobStore {
     return body ? envelopeSchema.parse(JSON.parse(body.toString("utf8"))) : undefined;
   }
 
-  /** Bytes a project holds in the bucket: what its quota is measured against. */
-  async projectBytes(project: string): Promise<number> {
+  /**
+   * Bytes one user holds in a project: what a submission is checked against, since a submitter may list
+   * nothing of the project beyond their own prefix.
+   */
+  async ownerBytes(owner: Pick<JobAddress, "project" | "user">): Promise<number> {
     let total = 0;
     let token: string | undefined;
     do {
       const page = await this.s3.send(
         new ListObjectsV2Command({
           Bucket: this.bucket,
-          Prefix: `${this.prefix}${project}/`,
+          Prefix: `${this.prefix}${owner.project}/${owner.user}/`,
           ContinuationToken: token,
         }),
       );
@@ -417,17 +522,83 @@ export class JobStore {
   }
 
   private async getKey(key: string): Promise<Buffer | undefined> {
+    const out = await this.getObject(key);
+    return out ? Buffer.from(await out.Body!.transformToByteArray()) : undefined;
+  }
+
+  /** The object with its body unread, or undefined when it does not exist. */
+  private async getObject(key: string): Promise<GetObjectCommandOutput | undefined> {
     try {
-      const out = await this.s3.send(new GetObjectCommand({ Bucket: this.bucket, Key: key }));
-      return Buffer.from(await out.Body!.transformToByteArray());
+      return await this.s3.send(new GetObjectCommand({ Bucket: this.bucket, Key: key }));
     } catch (error) {
       if (isMissing(error)) return undefined;
       throw error;
     }
   }
+
+  /**
+   * Uploads `size` bytes of an open file, streamed: one PUT up to {@link partBytes}, a multipart upload
+   * above (files over 2 GiB, and over S3's 5 GB single-PUT limit). Bytes the file gains meanwhile are not
+   * read; a file that shrinks meanwhile fails the upload.
+   */
+  private async putFile(
+    address: JobAddress,
+    name: string,
+    handle: FileHandle,
+    size: number,
+    extra: Partial<ConstructorParameters<typeof PutObjectCommand>[0]> = {},
+  ): Promise<void> {
+    const key = this.jobPrefix(address) + name;
+    this.logger.debug({ jobId: address.jobId, key, size }, "s3 upload");
+    const body =
+      size === 0 ? Buffer.alloc(0) : handle.createReadStream({ start: 0, end: size - 1, autoClose: false });
+    const upload = new Upload({
+      client: this.s3,
+      params: { Bucket: this.bucket, Key: key, Body: body, ...extra },
+      partSize: partBytes(size),
+      queueSize: UPLOAD_QUEUE,
+    });
+    try {
+      await upload.done();
+    } finally {
+      // A stream that does not close its handle keeps a hold on it until destroyed.
+      if (!Buffer.isBuffer(body)) body.destroy();
+    }
+    this.logger.debug({ jobId: address.jobId, key, size }, "s3 uploaded");
+  }
 }
 
-async function filesUnder(dir: string): Promise<string[]> {
+const MiB = 2 ** 20;
+/** Parts uploaded at once: an upload holds at most this many parts in memory. */
+const UPLOAD_QUEUE = 4;
+/** S3 takes at most this many parts in one multipart upload. */
+const MAX_PARTS = 10_000;
+
+/**
+ * The part size of a file's upload: 8 MiB (S3's minimum is 5 MiB), or more for files over 78 GiB so
+ * they fit in {@link MAX_PARTS} parts, up to S3's 5 TiB object limit.
+ */
+export function partBytes(size: number): number {
+  return Math.max(8 * MiB, Math.ceil(size / MAX_PARTS / MiB) * MiB);
+}
+
+/** Passes at most `limit` bytes, then fails the stream: a body larger than it said it was. */
+function atMost(limit: number, name: string): Transform {
+  let seen = 0;
+  return new Transform({
+    transform(chunk: Buffer, _encoding, done) {
+      seen += chunk.length;
+      if (seen > limit) done(new CodeError(`code: ${name} is more than the ${describeBytes(limit)} allowed`));
+      else done(null, chunk);
+    },
+  });
+}
+
+/**
+ * The regular files below `dir`, by lstat: links (to files or directories), FIFOs, sockets and devices
+ * are skipped, and links to directories are not descended into.
+ */
+export async function filesUnder(dir: string): Promise<string[]> {
   const entries = await readdir(dir, { withFileTypes: true }).catch(() => []);
   const nested = await Promise.all(
     entries.map((e) => {
@@ -437,4 +608,117 @@ async function filesUnder(dir: string): Promise<string[]> {
     }),
   );
   return nested.flat();
+}
+
+/** A regular file opened for sync, with its size and mtime from the descriptor. */
+export interface OpenedFile {
+  readonly handle: FileHandle;
+  readonly size: number;
+  readonly mtimeMs: number;
+}
+
+/**
+ * Opens `path` for reading if, as opened, it is a regular file inside the real directory `root`: without
+ * following a final link (`O_NOFOLLOW`), without blocking on a FIFO (`O_NONBLOCK`), checked by `fstat`,
+ * and with the descriptor's own path inside `root` (a directory above it swapped for a link is otherwise
+ * followed). Anything else: undefined, and nothing left open.
+ */
+export async function openRegularFile(root: string, path: string): Promise<OpenedFile | undefined> {
+  const flags = constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK;
+  const handle = await open(path, flags).catch(() => undefined);
+  if (!handle) return undefined;
+  try {
+    const info = await handle.stat();
+    if (info.isFile() && isInside(root, await openedPath(handle, path, info)))
+      return { handle, size: info.size, mtimeMs: info.mtimeMs };
+  } catch {
+    // Gone or changed while opened: not synced.
+  }
+  await handle.close();
+  return undefined;
+}
+
+/** `dir`'s real path, when `dir` is a directory and not a link to one; otherwise undefined. */
+async function realDirectory(dir: string): Promise<string | undefined> {
+  const flags = constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NOFOLLOW;
+  const handle = await open(dir, flags).catch(() => undefined);
+  if (!handle) return undefined;
+  try {
+    return await openedPath(handle, dir, await handle.stat());
+  } finally {
+    await handle.close();
+  }
+}
+
+/**
+ * Where an open descriptor really is: `/proc/self/fd/N` on Linux. Elsewhere (a CLI on macOS), the path's
+ * real path, trusted only if it names the same file as the descriptor.
+ */
+async function openedPath(
+  handle: FileHandle,
+  path: string,
+  info: { dev: number; ino: number },
+): Promise<string> {
+  try {
+    return await readlink(`/proc/self/fd/${handle.fd}`);
+  } catch {
+    const real = await realpath(path);
+    const again = await stat(real);
+    if (again.dev !== info.dev || again.ino !== info.ino) throw new Error(`${path} changed while opened`);
+    return real;
+  }
+}
+
+function isInside(root: string, path: string): boolean {
+  return path.startsWith(root.endsWith(sep) ? root : root + sep);
+}
+
+/** Creates `parts` below `root` a directory at a time, never through a link; undefined if one is in the way. */
+async function makeDirectories(root: string, parts: readonly string[]): Promise<string | undefined> {
+  let current = root;
+  for (const part of parts) {
+    current = join(current, part);
+    await mkdir(current, { mode: 0o755 }).catch((error: NodeJS.ErrnoException) => {
+      if (error.code !== "EEXIST") throw error;
+    });
+    if (!(await lstat(current)).isDirectory()) return undefined;
+  }
+  return current;
+}
+
+/**
+ * Streams `body` into `target` by way of a new temporary file beside it, created with `O_EXCL|O_NOFOLLOW`
+ * and checked to be inside `root` before any byte is written, then renamed over `target` (replacing a
+ * link or file there, never following it). False, with nothing written, when it would land outside `root`.
+ */
+async function writeNewFile(root: string, target: string, body: Readable): Promise<boolean> {
+  const temporary = join(target, "..", `.${basename(target)}.${randomUUID()}.partial`);
+  const flags = constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW;
+  const handle = await open(temporary, flags, 0o644);
+  try {
+    if (!isInside(root, await openedPath(handle, temporary, await handle.stat()))) {
+      body.destroy();
+      await unlink(temporary);
+      return false;
+    }
+    const written = handle.createWriteStream({ autoClose: false });
+    try {
+      await pipeline(body, written);
+    } finally {
+      written.destroy();
+    }
+  } catch (error) {
+    await unlink(temporary).catch(() => undefined);
+    throw error;
+  } finally {
+    await handle.close();
+  }
+  try {
+    await rename(temporary, target);
+    return true;
+  } catch (error) {
+    await unlink(temporary).catch(() => undefined);
+    if ((error as NodeJS.ErrnoException).code === "EISDIR") return false;
+    throw error;
+  }
 }

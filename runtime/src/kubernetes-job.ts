@@ -51,7 +51,10 @@ export const GPU_TOLERATION = {
  * file there, and the runner's unlink and atomic rename onto a mount point fail with EBUSY. A record over
  * 4 KiB keeps its status and error with the traceback's end cut to fit; a success whose result does not
  * fit becomes a `ResultTooLarge` error, since a cut result is no result. Runs in the runner's own process
- * (runpy), so its signal forwarding works as under the image's entrypoint.
+ * (runpy), so its signal forwarding works as under the image's entrypoint. The runner gets no `--job-user`:
+ * it runs the job as its own (non-root) uid, since the pod, not a uid, is the boundary between jobs here
+ * and a `runAsNonRoot` pod cannot start a root supervisor; the Docker launcher's root supervisor is the
+ * node's per-job isolation (sandbox.ts, SUPERVISOR_CAPABILITIES).
  */
 export const RUNNER_WRAPPER = `
 import json, os, runpy, stat, sys

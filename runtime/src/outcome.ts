@@ -54,7 +54,9 @@ export interface Judged {
 /**
  * The outcome, trusting the engine's measurements over anything the job wrote: a stop that reached it,
  * then an OOM kill, then the runner's error, then the exit code; only a clean exit with a runner result
- * of success is a success.
+ * of success is a success. A runner record of `error` without a reason is no verdict (the job ended
+ * without saying why, e.g. `sys.exit(3)`): it carries only the supervisor's measurements, and the exit
+ * code decides. A failed job whose workspace volume is full (`diskFull`, measured after it ended) says so.
  */
 export function judge(facts: {
   readonly stop: Stop | undefined;
@@ -62,7 +64,27 @@ export function judge(facts: {
   readonly exitCode: number;
   readonly runner: RunnerRead;
   readonly job: Pick<PreparedJob, "tier" | "timeoutSeconds" | "image">;
+  readonly diskFull?: { readonly quotaMiB: number };
 }): Judged {
+  const judged = judgeMeasured(facts);
+  const { diskFull, job } = facts;
+  if (!diskFull || judged.status !== "error" || judged.reason === "oom") return judged;
+  if (facts.stop && judged.reason !== "timeout") return judged;
+  const message = `the job filled its ${diskFull.quotaMiB} MiB disk quota (${CONTAINER_PATHS.workspace}, tier ${job.tier.name} workspaceMiB): writes past it fail with ENOSPC`;
+  return {
+    ...judged,
+    error: {
+      ...judged.error,
+      type: DISK_QUOTA_ERROR,
+      message: judged.error?.message ? `${message}; ${judged.error.message}` : message,
+    },
+  };
+}
+
+/** The error type of a failed job whose workspace was full when it ended. */
+export const DISK_QUOTA_ERROR = "DiskQuotaExceeded";
+
+function judgeMeasured(facts: Parameters<typeof judge>[0]): Judged {
   const { stop, oom, exitCode, runner, job } = facts;
   const { tier } = job;
   if (stop?.reason === "timeout") {
@@ -95,10 +117,10 @@ export function judge(facts: {
       },
     };
   }
-  if (runner.result?.status === "error") {
+  if (runner.result?.status === "error" && runner.result.reason !== undefined) {
     return {
       status: "error",
-      reason: runner.result.reason ?? "exception",
+      reason: runner.result.reason,
       error: runner.result.error ?? {
         type: "Error",
         message: "the job failed and its runner gave no details",
@@ -116,13 +138,13 @@ export function judge(facts: {
       },
     };
   }
-  if (!runner.result) {
+  if (runner.result?.status !== "success") {
     return {
       status: "error",
       reason: "invalid_job",
       error: {
         type: "NoRunnerResult",
-        message: `${job.image} exited without a usable ${CONTAINER_PATHS.runnerResult} (${runner.problem}); is it a Crucible job image?`,
+        message: `${job.image} exited without a usable ${CONTAINER_PATHS.runnerResult} (${runner.problem ?? "it holds no verdict"}); is it a Crucible job image?`,
       },
     };
   }
@@ -191,7 +213,7 @@ export function runReporting(
 
 /** The envelope of a job that cannot run as given: nothing was started. */
 export function invalidJobEnvelope(
-  input: JobSpecInput,
+  input: Partial<Pick<JobSpecInput, "jobId" | "tier" | "image">>,
   error: InvalidJobError,
   node: string,
   logger: Logger,

@@ -1,4 +1,8 @@
 import type Dockerode from "dockerode";
+import { randomInt } from "node:crypto";
+import { readFileSync } from "node:fs";
+import { mkdir, readFile, rm, writeFile } from "node:fs/promises";
+import { join } from "node:path";
 import { CONTAINER_PATHS } from "./contract";
 import type { Tier, TierLimits, TierName } from "./tiers";
 import { getTier } from "./tiers";
@@ -18,6 +22,8 @@ export const LABELS = {
   ownerStart: "crucible.owner-start",
   /** Host directory with the job's code zip and output, removed with the container. */
   scratch: "crucible.scratch",
+  /** The uid the job runs as (a lease of {@link JOB_UID_POOL} on a root runtime). */
+  jobUid: "crucible.job-uid",
 } as const;
 
 /** Caps of the engine's own copy of a job's output (the runtime keeps its own bounded tails). */
@@ -29,17 +35,133 @@ export interface SandboxUser {
   readonly gid: number;
 }
 
-/** Who jobs run as when the runtime runs as root: a fixed unprivileged id, never root. */
+/**
+ * The images' own job user (`useradd --uid 1000` in images/*): who a Kubernetes pod runs as, where the
+ * pod is the boundary between jobs. Never used for a Docker job on a root runtime: uid 1000 is
+ * `ec2-user` on the nodes' AMI.
+ */
 export const ROOTLESS_FALLBACK_USER: SandboxUser = { uid: 1000, gid: 1000 };
 
 /**
- * Jobs run as the caller's own user, so files they leave in a workspace belong to whoever ran them; a
- * runtime running as root (the agent on a node) runs them as {@link ROOTLESS_FALLBACK_USER} instead.
+ * The uids (and gids, the same numbers) running jobs get, one each, on a root runtime: 600000-665535,
+ * inside the range systemd documents for container uids (524288-1879048191, "Users, Groups, UIDs and
+ * GIDs on systemd Systems"), so never a host user (regular users are 1000-60000, 65534 is nobody), a
+ * system or dynamic user, nor the first user's default `/etc/subuid` range (100000-165535).
  */
-export function sandboxUser(): SandboxUser {
+export const JOB_UID_POOL = { first: 600_000, size: 65_536 } as const;
+
+/**
+ * Capabilities the container starts with (all others dropped, no-new-privileges kept) on a root runtime:
+ * its supervisor stays uid 0 with only these, so a job (another uid, no capabilities) can neither signal,
+ * ptrace nor read the `/proc` of it or of the container's init. SETUID and SETGID let it start the job as
+ * the job's uid (setgroups, setgid, setuid); KILL lets it forward SIGTERM to a process of another uid so
+ * the job can checkpoint. The job loses all of them at setuid and cannot regain them (no-new-privileges).
+ */
+export const SUPERVISOR_CAPABILITIES = ["KILL", "SETGID", "SETUID"] as const;
+
+/** Where a root runtime records which job uids are leased, one file per uid: `<uid>` holding `<pid> <start>`. */
+export const JOB_UID_LEASES = "/run/crucible/job-uids";
+
+/**
+ * Whether jobs get their own uid with a supervisor apart from them: only a root runtime can hand a
+ * directory to another uid. A runtime that is not root (the local CLI) runs jobs as its caller, as before.
+ */
+export function perJobUsers(): boolean {
+  return process.getuid?.() === 0;
+}
+
+/** The caller's own user: who jobs run as when the runtime is not root. */
+export function callerUser(): SandboxUser {
   const uid = process.getuid?.() ?? 0;
   const gid = process.getgid?.() ?? 0;
-  return uid === 0 ? ROOTLESS_FALLBACK_USER : { uid, gid: gid === 0 ? uid : gid };
+  return { uid, gid: gid === 0 ? uid : gid };
+}
+
+/**
+ * The one user of a container whose supervisor and job share a uid ({@link SandboxInput.separateSupervisor}
+ * false): the caller, or the images' user on a root runtime (which the launcher itself never uses: it
+ * leases a uid per job). For tools that build a container without the launcher (scripts/bench.ts).
+ */
+export function sandboxUser(): SandboxUser {
+  return perJobUsers() ? ROOTLESS_FALLBACK_USER : callerUser();
+}
+
+/** A job's uid for as long as it runs; release it once its container and files are gone. */
+export interface JobUserLease {
+  readonly user: SandboxUser;
+  /** Idempotent. */
+  release(): Promise<void>;
+}
+
+/**
+ * Leases a uid of {@link JOB_UID_POOL} (or `pool`, in tests) no other running job holds, across processes: a lease is a file
+ * created exclusively under `dir`, naming its holder; a holder that is gone (or was restarted, same pid
+ * with another start time) loses its leases to the next caller.
+ */
+export async function leaseJobUser(
+  holder: ProcessOwner,
+  options: { readonly dir?: string; readonly pool?: { readonly first: number; readonly size: number } } = {},
+): Promise<JobUserLease> {
+  const { dir, pool } = { dir: JOB_UID_LEASES, pool: JOB_UID_POOL, ...options };
+  await mkdir(dir, { recursive: true, mode: 0o700 });
+  const offset = randomInt(pool.size);
+  for (let i = 0; i < pool.size; i++) {
+    const uid = pool.first + ((offset + i) % pool.size);
+    const path = join(dir, String(uid));
+    if (!(await claim(path, holder))) continue;
+    let released = false;
+    return {
+      user: { uid, gid: uid },
+      async release() {
+        if (released) return;
+        released = true;
+        await rm(path, { force: true });
+      },
+    };
+  }
+  throw new Error(`all ${pool.size} job uids are leased (${dir}); is something leaking leases?`);
+}
+
+async function claim(path: string, holder: ProcessOwner): Promise<boolean> {
+  for (let attempt = 0; attempt < 2; attempt++) {
+    try {
+      await writeFile(path, `${holder.pid} ${holder.start ?? ""}\n`, { flag: "wx", mode: 0o600 });
+      return true;
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== "EEXIST") throw error;
+    }
+    const [pid, start] = (await readFile(path, "utf8").catch(() => "")).trim().split(" ");
+    if (ownerAlive(Number(pid), start || undefined)) return false;
+    await rm(path, { force: true });
+  }
+  return false;
+}
+
+/** Whether a process with this pid (and, when given, this start time) still runs. */
+export function ownerAlive(pid: number, start: string | undefined): boolean {
+  if (!Number.isInteger(pid) || pid <= 0) return false;
+  if (!processAlive(pid)) return false;
+  return start === undefined || processStart(pid) === start;
+}
+
+/** A process's start time in clock ticks after boot (field 22 of /proc/PID/stat), where Linux tells it. */
+export function processStart(pid: number): string | undefined {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    // The command name (field 2) may hold spaces and parentheses: count fields after its closing one.
+    return stat.slice(stat.lastIndexOf(")") + 2).split(" ")[19];
+  } catch {
+    return undefined;
+  }
+}
+
+export function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === "EPERM";
+  }
 }
 
 /** Limits of a tier after a stack's overrides, and which overrides were cut down to the tier's ceilings. */
@@ -76,6 +198,7 @@ export function effectiveTier(name: TierName, overrides: Partial<TierLimits> = {
     tmpfsMiB: Math.floor(limit("tmpfsMiB", Math.min(base.tmpfsMiB, memoryMiB))),
     maxFileSizeMiB: limit("maxFileSizeMiB", base.maxFileSizeMiB),
     openFiles: Math.floor(limit("openFiles", base.openFiles)),
+    workspaceMiB: Math.floor(limit("workspaceMiB", base.workspaceMiB)),
   };
   return { tier, capped };
 }
@@ -88,7 +211,14 @@ export interface SandboxInput {
   readonly image: string;
   /** The job's own variables, already validated against the reserved names. */
   readonly env: Readonly<Record<string, string>>;
+  /** The job's own uid and gid. */
   readonly user: SandboxUser;
+  /**
+   * True on a root runtime: the container starts as uid 0 with only {@link SUPERVISOR_CAPABILITIES}, and
+   * its supervisor runs the job as `user`. False: the whole container runs as `user` (a runtime that is
+   * not root; the job can then trace its own supervisor, as it runs as the same uid). Defaults to false.
+   */
+  readonly separateSupervisor?: boolean;
   readonly hostPaths: {
     readonly codeZip: string;
     readonly output: string;
@@ -130,8 +260,9 @@ export interface ProcessOwner {
 
 /**
  * The one place a job's container is defined: no network, read-only root, capped `/tmp`, memory without
- * swap, CPU, pids and file limits, no capabilities or privilege gain, an init, private IPC, bounded engine
- * logs, a non-root user, the job's mounts, and GPUs only for GPU tiers.
+ * swap, CPU, pids and file limits, no capabilities (but the supervisor's three, when it runs apart from
+ * the job) or privilege gain, an init, private IPC, bounded engine logs, the job's own non-root user, the
+ * job's mounts, and GPUs only for GPU tiers.
  */
 export function containerSpec(input: SandboxInput): Dockerode.ContainerCreateOptions {
   const { tier, hostPaths } = input;
@@ -141,7 +272,9 @@ export function containerSpec(input: SandboxInput): Dockerode.ContainerCreateOpt
   const env = jobEnvironment(input.jobId, tier, input.env);
   return {
     Image: input.image,
-    User: `${input.user.uid}:${input.user.gid}`,
+    // Apart: the supervisor (images/runner/supervise.py) starts as root and drops the job to its uid.
+    User: input.separateSupervisor === true ? "0:0" : `${input.user.uid}:${input.user.gid}`,
+    ...(input.separateSupervisor && { Cmd: ["--job-user", `${input.user.uid}:${input.user.gid}`] }),
     Env: Object.entries(env).map(([k, v]) => `${k}=${v}`),
     Labels: {
       [LABELS.managed]: "true",
@@ -151,6 +284,7 @@ export function containerSpec(input: SandboxInput): Dockerode.ContainerCreateOpt
       [LABELS.ownerHost]: input.owner.host,
       ...(input.owner.start !== undefined && { [LABELS.ownerStart]: input.owner.start }),
       [LABELS.scratch]: input.scratchDir,
+      [LABELS.jobUid]: String(input.user.uid),
     },
     AttachStdin: false,
     AttachStdout: true,
@@ -184,6 +318,7 @@ export function containerSpec(input: SandboxInput): Dockerode.ContainerCreateOpt
       NanoCpus: Math.round(tier.vcpus * 1e9),
       PidsLimit: tier.pidsLimit,
       CapDrop: ["ALL"],
+      ...(input.separateSupervisor && { CapAdd: [...SUPERVISOR_CAPABILITIES] }),
       SecurityOpt: ["no-new-privileges:true"],
       Privileged: false,
       Ulimits: [
@@ -205,6 +340,10 @@ export interface SandboxFacts {
   readonly readonlyRootfs: boolean;
   readonly privileged: boolean;
   readonly capDrop: readonly string[];
+  /** Capabilities kept: only the supervisor's ({@link SUPERVISOR_CAPABILITIES}); the job has none. */
+  readonly capAdd: readonly string[];
+  /** Whether each job runs as a uid of its own, apart from its supervisor. */
+  readonly perJobUser: boolean;
   readonly noNewPrivileges: boolean;
   readonly dockerSocketMounted: boolean;
   readonly gpuCount: number;
@@ -212,7 +351,10 @@ export interface SandboxFacts {
   readonly pidsLimit: number;
 }
 
-/** The facts of a tier's sandbox, read off the very container spec the launcher creates (never restated). */
+/**
+ * The facts of a tier's sandbox on a node (a root runtime: per-job uids), read off the very container spec
+ * the launcher creates (never restated).
+ */
 export function sandboxFacts(name: TierName): SandboxFacts {
   const { tier } = effectiveTier(name);
   const spec = containerSpec({
@@ -220,7 +362,8 @@ export function sandboxFacts(name: TierName): SandboxFacts {
     tier,
     image: "crucible/facts",
     env: {},
-    user: ROOTLESS_FALLBACK_USER,
+    user: { uid: JOB_UID_POOL.first, gid: JOB_UID_POOL.first },
+    separateSupervisor: true,
     hostPaths: { codeZip: "/code.zip", output: "/output", workspace: "/workspace", datasets: "/datasets" },
     owner: { pid: 0, host: "facts" },
     scratchDir: "/scratch",
@@ -229,6 +372,7 @@ export function sandboxFacts(name: TierName): SandboxFacts {
   const host = spec.HostConfig ?? {};
   // dockerode types these two as any; containerSpec sets both as string lists.
   const capDrop = (host.CapDrop ?? []) as string[];
+  const capAdd = (host.CapAdd ?? []) as string[];
   const securityOpt = (host.SecurityOpt ?? []) as string[];
   const mounts = [...(host.Mounts ?? []).map((m) => m.Source ?? ""), ...(host.Binds ?? [])];
   return {
@@ -236,6 +380,8 @@ export function sandboxFacts(name: TierName): SandboxFacts {
     readonlyRootfs: host.ReadonlyRootfs === true,
     privileged: host.Privileged === true,
     capDrop,
+    capAdd,
+    perJobUser: spec.User === "0:0" && (spec.Cmd ?? []).includes("--job-user"),
     noNewPrivileges: securityOpt.includes("no-new-privileges:true"),
     dockerSocketMounted: mounts.some((m) => m.includes("docker.sock")),
     gpuCount: (host.DeviceRequests ?? []).reduce((n, r) => n + (r.Count ?? 0), 0),

@@ -1,17 +1,20 @@
 import { mkdtemp, rm, stat } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import type { JobSpecInput } from "./contract";
 import { codeKind, packageCode } from "./code-source";
 import type { JobQueue } from "./job-queue";
-import type { JobAddress, JobStore, StoredSpec } from "./job-store";
+import type { SubmittedSpecInput } from "./job-request";
+import { admitJob } from "./job-request";
+import { InvalidJobError } from "./job-spec";
+import type { JobAddress, JobStore } from "./job-store";
 import { jobAddressSchema } from "./job-store";
-import { checkJobSpec } from "./job-spec";
+import type { TierName } from "./tiers";
 
 export interface Submission {
   readonly path: string;
   readonly address: JobAddress;
-  readonly spec: StoredSpec;
+  /** What goes to `spec.json`; its tier names the queue's, and its priority is the queue's. */
+  readonly spec: SubmittedSpecInput & { readonly tier: TierName };
   /** The project's quota in GiB; the submission is refused when its code would pass it. */
   readonly quotaGiB: number;
 }
@@ -21,8 +24,9 @@ export class SubmitError extends Error {
 }
 
 /**
- * Queues a job: checks it, zips its code into its workspace prefix, writes its spec and `queued` state,
- * and sends its address to the tier's queue. Nothing is queued when anything is wrong.
+ * Queues a job: checks it as the agent will ({@link admitJob} against the queue), zips its code into its
+ * workspace prefix, writes its spec and `queued` state, and sends its address to the tier's queue.
+ * Nothing is queued when anything is wrong.
  */
 export async function submitJob(
   store: JobStore,
@@ -30,40 +34,36 @@ export async function submitJob(
   submission: Submission,
 ): Promise<JobAddress> {
   const address = jobAddressSchema.parse(submission.address);
-  const spec: JobSpecInput = { ...submission.spec, jobId: address.jobId, code: submission.path };
-  checkJobSpec(spec);
+  const spec = { ...submission.spec, jobId: address.jobId, priority: queue.priority };
+  try {
+    admitJob(spec, { address, tier: spec.tier, priority: queue.priority });
+  } catch (error) {
+    if (error instanceof InvalidJobError) throw new SubmitError(error.message);
+    throw error;
+  }
   if (await store.getState(address))
     throw new SubmitError(`job ${address.jobId} already exists in ${address.project}/${address.user}`);
+  if (spec.resumeFrom && !(await store.hasCheckpoints({ ...address, jobId: spec.resumeFrom })))
+    throw new SubmitError(
+      `--resume-from ${spec.resumeFrom}: no job of yours (${address.project}/${address.user}) by that id has checkpoints`,
+    );
   const scratch = await mkdtemp(join(tmpdir(), "crucible-submit-"));
   try {
     const zip = join(scratch, "code.zip");
     await packageCode(submission.path, await codeKind(submission.path), zip);
     const { size } = await stat(zip);
-    const used = await store.projectBytes(address.project);
+    const used = await store.ownerBytes(address);
     const quota = submission.quotaGiB * 2 ** 30;
     if (used + size > quota) {
       throw new SubmitError(
-        `project ${address.project} would hold ${formatGiB(used + size)} GiB, over its ${submission.quotaGiB} GiB quota; remove old jobs' outputs or raise crucible:workspaces.quotaGiBPerProject`,
+        `you (${address.user}) would hold ${formatGiB(used + size)} GiB in project ${address.project}, over its ${submission.quotaGiB} GiB quota; remove old jobs' outputs or raise crucible:workspaces.quotaGiBPerProject`,
       );
     }
     await store.putCode(address, zip);
-    await store.putSpec(address, { ...submission.spec, jobId: address.jobId });
-    await store.updateState(address, { status: "queued", tier: submission.spec.tier, attempts: 0 });
+    await store.putSpec(address, spec);
+    await store.updateState(address, { status: "queued", tier: spec.tier, attempts: 0 });
     await queue.send(address);
     return address;
-  } finally {
-    await rm(scratch, { recursive: true, force: true });
-  }
-}
-
-/** Starts a job from another's latest checkpoints (`--resume-from`). */
-export async function seedCheckpoints(store: JobStore, from: JobAddress, to: JobAddress): Promise<number> {
-  const scratch = await mkdtemp(join(tmpdir(), "crucible-resume-"));
-  try {
-    const count = await store.downloadCheckpoints(from, scratch);
-    if (count === 0) throw new SubmitError(`job ${from.jobId} has no checkpoints to resume from`);
-    await store.uploadDir(to, "checkpoints", scratch, new Map());
-    return count;
   } finally {
     await rm(scratch, { recursive: true, force: true });
   }

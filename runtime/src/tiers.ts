@@ -20,6 +20,11 @@ export interface TierLimits {
   /** Largest single file a job may write (RLIMIT_FSIZE). */
   readonly maxFileSizeMiB: number;
   readonly openFiles: number;
+  /**
+   * Size of the job's writable disk space (`/workspace`), a volume of its own: past it writes fail with
+   * ENOSPC and the envelope says the quota was reached; the node's own disk is never touched.
+   */
+  readonly workspaceMiB: number;
 }
 
 export interface Tier extends TierLimits {
@@ -73,6 +78,7 @@ export const TIERS: Readonly<Record<TierName, Tier>> = {
     tmpfsMiB: 64,
     maxFileSizeMiB: 256,
     openFiles: 1024,
+    workspaceMiB: 1024,
     instanceTypes: SHARED_CPU_NODES,
     allowedInstanceTypes: [...SHARED_CPU_NODES, ...LARGE_NODES, "c6i.large"],
     sharedNodes: true,
@@ -88,6 +94,7 @@ export const TIERS: Readonly<Record<TierName, Tier>> = {
     tmpfsMiB: 1024,
     maxFileSizeMiB: 4096,
     openFiles: 4096,
+    workspaceMiB: 10 * 1024,
     instanceTypes: SHARED_CPU_NODES,
     allowedInstanceTypes: [...SHARED_CPU_NODES, ...LARGE_NODES],
     sharedNodes: true,
@@ -105,6 +112,7 @@ export const TIERS: Readonly<Record<TierName, Tier>> = {
     tmpfsMiB: 4096,
     maxFileSizeMiB: 16 * 1024,
     openFiles: 65536,
+    workspaceMiB: 50 * 1024,
     instanceTypes: ["g4dn.xlarge"],
     allowedInstanceTypes: ["g4dn.xlarge", "g4dn.2xlarge", "g5.xlarge", "g6.xlarge"],
     sharedNodes: false,
@@ -122,6 +130,7 @@ export const TIERS: Readonly<Record<TierName, Tier>> = {
     tmpfsMiB: 8192,
     maxFileSizeMiB: 32 * 1024,
     openFiles: 65536,
+    workspaceMiB: 80 * 1024,
     instanceTypes: ["g4dn.2xlarge"],
     allowedInstanceTypes: ["g4dn.2xlarge", "g4dn.4xlarge", "g5.2xlarge", "g6.2xlarge"],
     sharedNodes: false,
@@ -139,6 +148,7 @@ export const TIERS: Readonly<Record<TierName, Tier>> = {
     tmpfsMiB: 8192,
     maxFileSizeMiB: 64 * 1024,
     openFiles: 65536,
+    workspaceMiB: 100 * 1024,
     instanceTypes: ["g5.2xlarge"],
     allowedInstanceTypes: ["g5.2xlarge", "g5.4xlarge", "g6.2xlarge", "g6.4xlarge"],
     sharedNodes: false,

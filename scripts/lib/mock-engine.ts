@@ -136,6 +136,8 @@ function mockState(
         .replace(/^[A-Z]/, (c) => c.toLowerCase())
         .replace("InstanceProfile", "instance-profile");
       state.arn = `arn:aws:iam::${MOCK_ACCOUNT_ID}:${kind === "instanceProfile" ? "instance-profile" : kind}/${state.name as string}`;
+      // A role's unique id (AROA...): what SQS reports as the SenderId of its sessions.
+      if (type === "aws:iam/role:Role") state.uniqueId = `AROA${hex(seed, 17).toUpperCase()}`;
       break;
     }
     case "aws:iam/openIdConnectProvider:OpenIdConnectProvider":

@@ -69,16 +69,12 @@ export class AgentProcess {
   }
 }
 
-/** The environment that points an agent or a CLI at the local platform's queues and bucket. */
+/**
+ * The environment that points an agent at the local platform's queues and bucket, as the node role, with
+ * small job workspaces: several agents share this machine's disk.
+ */
 export function localAgentEnv(platform: LocalPlatform): Record<string, string> {
-  return {
-    CRUCIBLE_BUCKET: platform.bucket,
-    CRUCIBLE_ENDPOINT: platform.endpoint,
-    CRUCIBLE_QUEUES: platform.queuesEnv,
-    AWS_REGION: platform.region,
-    AWS_ACCESS_KEY_ID: "local",
-    AWS_SECRET_ACCESS_KEY: "local",
-  };
+  return { ...platform.env(), CRUCIBLE_WORKSPACE_MIB: "64" };
 }
 
 export interface SoakOptions {
@@ -147,7 +143,7 @@ export async function runSoak(options: SoakOptions): Promise<SoakReport> {
         await submitJob(platform.store, platform.queue(TIER), {
           path: code,
           address: { project: "soak", user: "agent", jobId },
-          spec: { jobId, tier: TIER, image: imageRef("cpu"), env: { SOAK_N: String(n) } },
+          spec: { jobId, tier: TIER, imageFamily: "cpu", env: { SOAK_N: String(n) } },
           quotaGiB: 10,
         }),
       );

@@ -310,10 +310,17 @@ describe("credentials", () => {
       "aws-actions/configure-aws-credentials@v6",
     ]);
     const [login, outputs, , assume] = action.runs.steps;
+    // A team token, never the organization's: pull requests (and smoke jobs) get the read-only team's.
     expect(login!.with).toEqual({
       organization: "acme",
-      "requested-token-type": "urn:pulumi:token-type:access_token:organization",
+      "requested-token-type": "urn:pulumi:token-type:access_token:team",
+      scope: "${{ inputs.role == 'deploy' && 'team:crucible-deploy' || 'team:crucible-readers' }}",
     });
+    const sources = [
+      ...files.map(text),
+      readFileSync(path.join(ROOT, CREDENTIALS_ACTION, "action.yml"), "utf8"),
+    ];
+    for (const source of sources) expect(source).not.toContain("access_token:organization");
     expect(outputs!.with).toEqual({ command: "output", "stack-name": "acme/crucible/${{ inputs.stack }}" });
     expect(assume!.with).toMatchObject({
       "role-to-assume": "${{ steps.role.outputs.arn }}",
@@ -343,13 +350,26 @@ describe("credentials", () => {
       for (const { steps } of expand(job)) {
         for (const step of credentialSteps(steps)) {
           const stack = String(step.with!.stack);
-          const role = String(step.with!.role) as "deploy" | "preview";
+          const role = String(step.with!.role) as "deploy" | "preview" | "smoke";
           const config = stackConfig(stack);
           expect(config.ci?.github.repository).toBe(REPOSITORY);
           expect(
             ciSubjects(config.ci!.github, config.environment)[role],
             `${file}#${id} (${stack})`,
           ).toContain(sub);
+        }
+      }
+    }
+  });
+
+  it("give pull requests only the preview role, and smoke jobs only the smoke role", () => {
+    for (const { file, id, job } of allJobs()) {
+      const wf = workflows[file]!;
+      for (const { steps } of expand(job)) {
+        const smokes = commands(steps).some((c) => c.startsWith("bash scripts/smoke.sh"));
+        for (const step of credentialSteps(steps)) {
+          if ("pull_request" in wf.on) expect(step.with!.role, `${file}#${id}`).toBe("preview");
+          if (smokes) expect(step.with!.role, `${file}#${id}`).toBe("smoke");
         }
       }
     }

@@ -6,7 +6,14 @@ import pino from "pino";
 import yazl from "yazl";
 import { DockerEngine } from "../../runtime/src/container-engine";
 import { readRunnerResult } from "../../runtime/src/docker-launcher";
-import { containerSpec, effectiveTier, sandboxUser } from "../../runtime/src/sandbox";
+import type { JobUserLease } from "../../runtime/src/sandbox";
+import {
+  callerUser,
+  containerSpec,
+  effectiveTier,
+  leaseJobUser,
+  perJobUsers,
+} from "../../runtime/src/sandbox";
 
 const engine = new DockerEngine(new Dockerode(), pino({ level: "silent" }));
 
@@ -22,15 +29,17 @@ export interface RunnerRun {
  */
 export async function runRunner(image: string, zip: Buffer, jobId: string): Promise<RunnerRun> {
   const scratch = await mkdtemp(join(tmpdir(), "crucible-runner-test-"));
-  const user = sandboxUser();
+  // As the launcher: a uid of its own on a root runtime (output stays the supervisor's), else the caller.
+  const lease: JobUserLease | undefined = perJobUsers()
+    ? await leaseJobUser({ pid: process.pid, host: hostname() })
+    : undefined;
+  const user = lease?.user ?? callerUser();
   let id: string | undefined;
   try {
     const codeZip = join(scratch, "code.zip");
     await writeFile(codeZip, zip, { mode: 0o644 });
-    for (const dir of ["output", "workspace"]) {
-      await mkdir(join(scratch, dir), { mode: 0o700 });
-      await chown(join(scratch, dir), user.uid, user.gid);
-    }
+    for (const dir of ["output", "workspace"]) await mkdir(join(scratch, dir), { mode: 0o700 });
+    if (lease) await chown(join(scratch, "workspace"), user.uid, user.gid);
     id = await engine.create(
       containerSpec({
         jobId,
@@ -38,6 +47,7 @@ export async function runRunner(image: string, zip: Buffer, jobId: string): Prom
         image,
         env: {},
         user,
+        separateSupervisor: lease !== undefined,
         hostPaths: { codeZip, output: join(scratch, "output"), workspace: join(scratch, "workspace") },
         owner: { pid: process.pid, host: hostname() },
         scratchDir: scratch,
@@ -54,6 +64,7 @@ export async function runRunner(image: string, zip: Buffer, jobId: string): Prom
   } finally {
     if (id) await engine.remove(id, { jobId });
     await rm(scratch, { recursive: true, force: true });
+    await lease?.release();
   }
 }
 

@@ -1,6 +1,7 @@
 import { beforeAll, describe, expect, it } from "vitest";
 import type { TierName } from "../../runtime/src/catalog";
-import { ENFORCED_BUDGETS_ENV } from "../../infra/budget-enforcer/handler";
+import { ENFORCED_BUDGETS_ENV, PAUSE_MARKERS_ENV } from "../../infra/budget-enforcer/handler";
+import { PAUSE_MARKER_PREFIX } from "../../runtime/src/bucket-layout";
 import { Budgets, enforcerCode } from "../../infra/budgets";
 import { loadConfig } from "../../infra/config";
 import { MOCK_ACCOUNT_ID, runProgram } from "../../scripts/lib/mock-engine";
@@ -220,6 +221,7 @@ describe.each(STACKS)("%s stack budgets", (stack) => {
 });
 
 const TOPIC = `arn:aws:sns:us-east-1:${MOCK_ACCOUNT_ID}:notifications-topic`;
+const WORKSPACES = "workspaces-workspaces-0a1b2c3";
 
 /** Only the Budgets component, with the stack's config and the given groups, under the mock engine. */
 function budgetsOnly(
@@ -238,6 +240,7 @@ function budgetsOnly(
             settings: cfg.budgets,
             topicArn: TOPIC,
             asgNamesByTier,
+            pauseMarkers: { bucketName: WORKSPACES, bucketArn: `arn:aws:s3:::${WORKSPACES}` },
           });
           return { budgets: budgets.budgets, enforcerArn: budgets.enforcerArn };
         },
@@ -283,6 +286,8 @@ describe("enforcement wiring (dev: enforce on, gpu-small budgeted)", () => {
     expect(JSON.parse(env[ENFORCED_BUDGETS_ENV]!)).toEqual({
       "crucible-dev-gpu-small": { tier: "gpu-small", asgNames: ASGS },
     });
+    // Where a pause writes the marker that stops protected nodes taking jobs (runtime/src/budget-pause.ts).
+    expect(JSON.parse(env[PAUSE_MARKERS_ENV]!)).toEqual({ bucket: WORKSPACES, prefix: PAUSE_MARKER_PREFIX });
     // Assets arrive from the engine as they were declared: their fields may still be promises.
     const code = fn().inputs.code as { assets: Promise<Record<string, { text: Promise<string> }>> };
     const assets = await code.assets;
@@ -322,6 +327,12 @@ describe("enforcement wiring (dev: enforce on, gpu-small budgeted)", () => {
           Resource: "*",
         },
         {
+          Sid: "PauseMarkers",
+          Effect: "Allow",
+          Action: ["s3:PutObject", "s3:DeleteObject"],
+          Resource: [`arn:aws:s3:::${WORKSPACES}/_control/paused/gpu-small`],
+        },
+        {
           Sid: "WriteOwnLogs",
           Effect: "Allow",
           Action: ["logs:CreateLogStream", "logs:PutLogEvents"],
@@ -329,6 +340,64 @@ describe("enforcement wiring (dev: enforce on, gpu-small budgeted)", () => {
         },
       ],
     });
+  });
+
+  it("may write the marker with the workspaces' KMS key where there is one, through S3 only", async () => {
+    const key = `arn:aws:kms:us-east-1:${MOCK_ACCOUNT_ID}:key/0000`;
+    const kms = await runProgram("dev", {
+      config: readStackConfig("dev"),
+      load: () =>
+        Promise.resolve({
+          default: () => {
+            const cfg = loadConfig();
+            new Budgets("budgets", {
+              environment: cfg.environment,
+              settings: cfg.budgets,
+              topicArn: TOPIC,
+              asgNamesByTier: { "gpu-small": ASGS },
+              pauseMarkers: {
+                bucketName: WORKSPACES,
+                bucketArn: `arn:aws:s3:::${WORKSPACES}`,
+                kmsKeyArn: key,
+              },
+            });
+            return {};
+          },
+        }),
+    });
+    const policy = JSON.parse(
+      kms.get("aws:iam/rolePolicy:RolePolicy", "budgets-enforcer").inputs.policy as string,
+    ) as {
+      Statement: { Sid: string }[];
+    };
+    expect(policy.Statement.find((st) => st.Sid === "PauseMarkerKey")).toEqual({
+      Sid: "PauseMarkerKey",
+      Effect: "Allow",
+      Action: "kms:GenerateDataKey",
+      Resource: key,
+      Condition: { StringEquals: { "kms:ViaService": "s3.us-east-1.amazonaws.com" } },
+    });
+  });
+
+  it("refuses to enforce without somewhere to write pause markers (it would fail open)", async () => {
+    await expect(
+      runProgram("dev", {
+        config: readStackConfig("dev"),
+        load: () =>
+          Promise.resolve({
+            default: () => {
+              const cfg = loadConfig();
+              new Budgets("budgets", {
+                environment: cfg.environment,
+                settings: cfg.budgets,
+                topicArn: TOPIC,
+                asgNamesByTier: { "gpu-small": ASGS },
+              });
+              return {};
+            },
+          }),
+      }),
+    ).rejects.toThrow("enforcing a tier's budget needs pauseMarkers");
   });
 
   it("marks the enforced budget in finance's summary", () => {

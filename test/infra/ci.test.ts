@@ -24,11 +24,20 @@ const sid = (doc: Statement[], name: string) => doc.find((s) => s.Sid === name)!
 const WANT = {
   dev: {
     declaresProvider: true,
-    deploy: ["repo:acme/crucible:environment:dev", "repo:acme/crucible:ref:refs/heads/main"],
+    deploy: ["repo:acme/crucible:environment:dev"],
+    smoke: ["repo:acme/crucible:environment:dev", "repo:acme/crucible:ref:refs/heads/main"],
   },
   // Staging shares dev's account, whose provider the dev stack declares.
-  staging: { declaresProvider: false, deploy: ["repo:acme/crucible:environment:staging"] },
-  prod: { declaresProvider: true, deploy: ["repo:acme/crucible:environment:prod"] },
+  staging: {
+    declaresProvider: false,
+    deploy: ["repo:acme/crucible:environment:staging"],
+    smoke: ["repo:acme/crucible:environment:staging"],
+  },
+  prod: {
+    declaresProvider: true,
+    deploy: ["repo:acme/crucible:environment:prod"],
+    smoke: ["repo:acme/crucible:environment:prod"],
+  },
 } as const;
 
 /** The trust policy a CI role must have: GitHub's tokens for STS, with exactly these subjects. */
@@ -52,10 +61,14 @@ describe.each(STACKS)("the %s stack's CI access", (stack) => {
   let plan: Plan;
   let deploy: Statement[];
   let preview: Statement[];
+  let smoke: Statement[];
+  let boundaryArn: string;
   beforeAll(async () => {
     plan = await runStack(stack);
     deploy = statements(plan.get(ROLE_POLICY, "ci-deploy").inputs.policy);
     preview = statements(plan.get(ROLE_POLICY, "ci-preview").inputs.policy);
+    smoke = statements(plan.get(ROLE_POLICY, "ci-smoke").inputs.policy);
+    boundaryArn = `arn:aws:iam::${MOCK_ACCOUNT_ID}:policy/crucible-${stack}-permissions-boundary`;
   });
 
   it(
@@ -78,7 +91,7 @@ describe.each(STACKS)("the %s stack's CI access", (stack) => {
     },
   );
 
-  it("lets only jobs in the stack's GitHub environment assume the deploy role (dev: also pushes to main)", () => {
+  it("lets only jobs in the stack's GitHub environment assume the deploy role (no branch push)", () => {
     const role = plan.get(ROLE, "ci-deploy").inputs;
     expect(role.name).toBe(`crucible-${stack}-ci-deploy`);
     expect(statements(role.assumeRolePolicy)).toEqual(trust(want.deploy));
@@ -121,12 +134,30 @@ describe.each(STACKS)("the %s stack's CI access", (stack) => {
     expect(unscoped.map((s) => [s.Sid, s.Action])).toEqual([
       ["AccountWideLogPolicies", ["logs:PutResourcePolicy", "logs:DeleteResourcePolicy"]],
     ]);
-    expect(sid(deploy, "ResourcesTaggedForThisEnvironment").Condition).toEqual({
-      StringEqualsIfExists: {
-        "aws:ResourceTag/crucible:environment": stack,
-        "aws:RequestTag/crucible:environment": stack,
-      },
+    const env = "crucible:environment";
+    expect(sid(deploy, "CreateTaggedForThisEnvironment").Condition).toEqual({
+      StringEquals: { [`aws:RequestTag/${env}`]: stack },
     });
+    expect(sid(deploy, "ManageTaggedForThisEnvironment").Condition).toEqual({
+      StringEquals: { [`aws:ResourceTag/${env}`]: stack },
+    });
+    expect(sid(deploy, "RetagTaggedForThisEnvironment").Condition).toEqual({
+      StringEquals: { [`aws:ResourceTag/${env}`]: stack },
+      "ForAllValues:StringNotEquals": { "aws:TagKeys": [env] },
+    });
+    expect(sid(deploy, "TagNewResourcesForThisEnvironment").Condition).toEqual({
+      Null: { [`aws:ResourceTag/${env}`]: "true" },
+      StringEquals: { [`aws:RequestTag/${env}`]: stack },
+    });
+  });
+
+  it("uses no ...IfExists condition anywhere (they also match untagged resources)", () => {
+    for (const doc of [deploy, preview, smoke])
+      for (const s of doc)
+        expect(
+          Object.keys(s.Condition ?? {}).filter((op) => op.endsWith("IfExists")),
+          s.Sid,
+        ).toEqual([]);
   });
 
   it("names, by ARN, the resources the program names after the environment or the stack", () => {
@@ -150,14 +181,41 @@ describe.each(STACKS)("the %s stack's CI access", (stack) => {
     expect(names.filter((n) => n.startsWith(`crucible-${stack}-`)).length).toBeGreaterThan(0);
   });
 
-  it("creates and changes only roles tagged for this environment, and passes them only to EC2 and Lambda", () => {
+  it("creates roles and writes their policies only with the program's boundary, changes no trust policy, and passes roles only to EC2 and Lambda", () => {
     const tag = { "aws:ResourceTag/crucible:environment": stack };
-    expect(sid(deploy, "CreateRolesTaggedForThisEnvironment").Condition).toEqual({
-      StringEquals: { "aws:RequestTag/crucible:environment": stack },
+    expect(plan.outputs.permissionsBoundaryArn).toBe(boundaryArn);
+    expect(sid(deploy, "CreateRolesWithTheBoundary")).toMatchObject({
+      Action: "iam:CreateRole",
+      Condition: {
+        StringEquals: {
+          "aws:RequestTag/crucible:environment": stack,
+          "iam:PermissionsBoundary": boundaryArn,
+        },
+      },
     });
-    expect(sid(deploy, "ManageRolesOfThisEnvironment").Condition).toEqual({
-      StringEquals: tag,
-      StringEqualsIfExists: { "aws:RequestTag/crucible:environment": stack },
+    expect(sid(deploy, "RolePoliciesWithinTheBoundary")).toMatchObject({
+      Action: ["iam:PutRolePolicy", "iam:DeleteRolePolicy", "iam:PutRolePermissionsBoundary"],
+      Condition: { StringEquals: { ...tag, "iam:PermissionsBoundary": boundaryArn } },
+    });
+    expect(sid(deploy, "ManageRolesOfThisEnvironment").Condition).toEqual({ StringEquals: tag });
+    // Every allowed action that writes a role's permissions is conditioned on the boundary.
+    for (const s of deploy.filter((x) => x.Effect === "Allow")) {
+      const writes = list(s.Action).filter((a) =>
+        [
+          "iam:CreateRole",
+          "iam:PutRolePolicy",
+          "iam:AttachRolePolicy",
+          "iam:PutRolePermissionsBoundary",
+        ].includes(a),
+      );
+      if (writes.length > 0)
+        expect(s.Condition?.StringEquals?.["iam:PermissionsBoundary"], s.Sid).toBe(boundaryArn);
+    }
+    const allowed = deploy.filter((s) => s.Effect === "Allow").flatMap((s) => list(s.Action));
+    expect(allowed).not.toContain("iam:UpdateAssumeRolePolicy");
+    expect(sid(deploy, "NoRoleWithoutTheBoundary")).toMatchObject({
+      Effect: "Deny",
+      Action: "iam:DeleteRolePermissionsBoundary",
     });
     expect(sid(deploy, "PassRolesToNodesAndTheEnforcer").Condition).toEqual({
       StringEquals: { ...tag, "iam:PassedToService": ["ec2.amazonaws.com", "lambda.amazonaws.com"] },
@@ -167,18 +225,19 @@ describe.each(STACKS)("the %s stack's CI access", (stack) => {
     expect(sid(deploy, "DetachTheNodesFormerManagedPolicies")).toMatchObject({
       Action: "iam:DetachRolePolicy",
       Condition: {
-        StringEquals: tag,
+        StringEquals: { ...tag, "iam:PermissionsBoundary": boundaryArn },
         ArnEquals: { "iam:PolicyARN": ["arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"] },
       },
     });
     expect(deploy.filter((s) => list(s.Action).includes("iam:AttachRolePolicy"))).toEqual([]);
   });
 
-  it("denies the deploy role any change to CI's own roles and OIDC provider", () => {
+  it("denies the deploy role any change to CI's own roles, the boundary and the OIDC provider", () => {
     const deny = deploy.filter((s) => s.Effect === "Deny");
-    expect(deny.map((s) => s.Sid)).toEqual(["NoChangesToCiAccess"]);
+    expect(deny.map((s) => s.Sid)).toEqual(["NoChangesToCiAccess", "NoRoleWithoutTheBoundary"]);
     expect(list(deny[0]!.Resource)).toEqual([
       `arn:aws:iam::${MOCK_ACCOUNT_ID}:role/crucible-*-ci-*`,
+      `arn:aws:iam::${MOCK_ACCOUNT_ID}:policy/crucible-*-permissions-boundary`,
       GITHUB_PROVIDER_ARN,
     ]);
     expect(list(deny[0]!.Action)).toEqual(
@@ -186,8 +245,11 @@ describe.each(STACKS)("the %s stack's CI access", (stack) => {
     );
   });
 
-  it("reaches objects only under the smoke job's project (its files, its ledger entries), in this account's workspace buckets", () => {
-    const objects = deploy.filter((s) =>
+  it("gives the deploy role no object at all, and the smoke role only the smoke job's project (its files, its ledger entries)", () => {
+    expect(
+      deploy.filter((s) => list(s.Resource).some((r) => r.startsWith("arn:aws:s3:::") && r.includes("/"))),
+    ).toEqual([]);
+    const objects = smoke.filter((s) =>
       list(s.Resource).some((r) => r.startsWith("arn:aws:s3:::") && r.includes("/")),
     );
     expect(objects.map((s) => [s.Sid, s.Action, s.Resource, s.Condition])).toEqual([
@@ -204,6 +266,25 @@ describe.each(STACKS)("the %s stack's CI access", (stack) => {
         { StringEquals: { "aws:ResourceAccount": MOCK_ACCOUNT_ID } },
       ],
     ]);
+    // And it sends only to this environment's cpu-small queues; nothing else.
+    expect(sid(smoke, "SmokeJobQueue")).toMatchObject({
+      Action: ["sqs:SendMessage", "sqs:GetQueueUrl"],
+      Condition: {
+        StringEquals: {
+          "aws:ResourceTag/crucible:environment": stack,
+          "aws:ResourceTag/crucible:tier": "cpu-small",
+        },
+      },
+    });
+    expect(smoke.map((s) => s.Sid)).toEqual([
+      "SmokeJobFiles",
+      "SmokeJobLedger",
+      "SmokeJobQueue",
+      "SmokeJobKey",
+    ]);
+    const role = plan.get(ROLE, "ci-smoke").inputs;
+    expect(role.name).toBe(`crucible-${stack}-ci-smoke`);
+    expect(statements(role.assumeRolePolicy)).toEqual(trust(want.smoke));
     const buckets = sid(deploy, "WorkspaceBuckets");
     expect(list(buckets.Action).filter((a) => a.includes("Object"))).toEqual([]);
     const bucket = String(
@@ -213,10 +294,32 @@ describe.each(STACKS)("the %s stack's CI access", (stack) => {
   });
 
   it("fits IAM's limit of 10,240 characters of inline policy per role", () => {
-    for (const name of ["ci-deploy", "ci-preview"]) {
+    for (const name of ["ci-deploy", "ci-preview", "ci-smoke"]) {
       const text = JSON.stringify(JSON.parse(plan.get(ROLE_POLICY, name).inputs.policy as string));
       expect(text.replace(/\s/g, "").length, name).toBeLessThan(10_240);
     }
+  });
+
+  it("gives every role but CI's own the boundary, and the boundary every action those roles' policies grant", () => {
+    const boundary = statements(plan.get("aws:iam/policy:Policy", "permissions-boundary").inputs.policy);
+    const bounded = boundary.flatMap((s) => list(s.Action));
+    expect(bounded.filter((a) => /^(iam|sts|organizations|lambda|ec2:(Run|Create|Modify))/.test(a))).toEqual(
+      [],
+    );
+    const roles = plan.ofType(ROLE).filter((r) => !/^ci-/.test(r.name));
+    expect(roles.length).toBeGreaterThan(0);
+    for (const role of roles) {
+      expect(role.inputs.permissionsBoundary, role.name).toBe(boundaryArn);
+      const policies = plan
+        .ofType(ROLE_POLICY)
+        .filter((p) => p.inputs.role === role.state.name || p.inputs.role === role.state.id);
+      expect(policies.length, role.name).toBeGreaterThan(0);
+      for (const p of policies)
+        for (const st of statements(p.inputs.policy).filter((x) => x.Effect === "Allow"))
+          for (const action of list(st.Action)) expect(bounded, `${p.name} ${action}`).toContain(action);
+    }
+    for (const ci of plan.ofType(ROLE).filter((r) => /^ci-/.test(r.name)))
+      expect(ci.inputs.permissionsBoundary).toBeUndefined();
   });
 
   it("exports the roles and what they trust for the workflows", () => {
@@ -224,7 +327,8 @@ describe.each(STACKS)("the %s stack's CI access", (stack) => {
       oidcProviderArn: GITHUB_PROVIDER_ARN,
       previewRoleArn: `arn:aws:iam::${MOCK_ACCOUNT_ID}:role/crucible-${stack}-ci-preview`,
       deployRoleArn: `arn:aws:iam::${MOCK_ACCOUNT_ID}:role/crucible-${stack}-ci-deploy`,
-      subjects: { deploy: want.deploy, preview: ["repo:acme/crucible:pull_request"] },
+      smokeRoleArn: `arn:aws:iam::${MOCK_ACCOUNT_ID}:role/crucible-${stack}-ci-smoke`,
+      subjects: { deploy: want.deploy, preview: ["repo:acme/crucible:pull_request"], smoke: want.smoke },
     });
   });
 });
@@ -258,6 +362,9 @@ describe("crucible:ci settings", () => {
     );
     expect(plan.ofType(PROVIDER)).toEqual([]);
     expect(statements(plan.get(ROLE, "ci-deploy").inputs.assumeRolePolicy)).toEqual(
+      trust(["repo:acme/crucible:environment:dev", "repo:acme/crucible:environment:dev-eu"], providerArn),
+    );
+    expect(statements(plan.get(ROLE, "ci-smoke").inputs.assumeRolePolicy)).toEqual(
       trust(
         [
           "repo:acme/crucible:environment:dev",

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { ConfigError, parseCrucibleConfig, schedulingPolicy } from "../../infra/config";
+import { ConfigError, parseCrucibleConfig, schedulingPolicy, submitterProjects } from "../../infra/config";
 import { DEFAULT_SCHEDULING, parseSchedulingPolicy } from "../../runtime/src/scheduling";
 import { STACKS, configWith, readStackConfig, runStack } from "../harness";
 
@@ -310,6 +310,40 @@ describe("crucible:kubernetes", () => {
     expect(problemsFor("staging", kubernetes({ clusterObjects: "skip", replicas: 2 }))).toEqual([
       'crucible:kubernetes.clusterObjects must be one of declare, existing, got "skip"',
       "crucible:kubernetes.replicas is not a known setting; allowed here: enabled, kubeconfig, maxJobsPerTier, agentReplicas, gpuNodeLabel, devicePluginImage, clusterObjects, oidc",
+    ]);
+  });
+});
+
+describe("crucible:access", () => {
+  const parse = (stack: string, overrides: Record<string, unknown> = {}) => {
+    const config = configWith(stack, overrides);
+    return parseCrucibleConfig(settingsOf(config), { stack, region: config["aws:region"]! });
+  };
+
+  it("defaults to no projects: no one may submit until a stack names them", () => {
+    expect(parse("dev", { "crucible:access": undefined }).access).toEqual({});
+  });
+
+  it("defaults a project's tiers to every enabled tier and its priorities to normal and low", () => {
+    const alice = "arn:aws:iam::123456789012:user/alice";
+    const cfg = parse("dev", { "crucible:access": { lab: { users: { alice } } } });
+    expect(submitterProjects(cfg)).toEqual({
+      lab: {
+        users: { alice },
+        tiers: ["cpu-small", "cpu-large", "gpu-small"],
+        priorities: ["normal", "low"],
+      },
+    });
+  });
+
+  it("rejects a non-ARN principal and an unknown tier, naming the key (more cases: access.test.ts)", () => {
+    expect(
+      problemsFor("dev", {
+        "crucible:access": { lab: { users: { alice: "alice@example.com" }, tiers: ["tpu"] } },
+      }),
+    ).toEqual([
+      `crucible:access.lab.users.alice must be the ARN of one person's IAM user or role, such as arn:aws:iam::123456789012:user/alice (no wildcards, no assumed-role or root ARNs), got "alice@example.com"`,
+      'crucible:access.lab.tiers[0] must be one of cpu-small, cpu-large, gpu-small, gpu-medium, gpu-large, got "tpu"',
     ]);
   });
 });

@@ -725,6 +725,7 @@ describe.each(STACKS)("%s stack fleet", (stack) => {
             Effect: "Allow",
             Action: [
               "sqs:ReceiveMessage",
+              "sqs:SendMessage",
               "sqs:DeleteMessage",
               "sqs:ChangeMessageVisibility",
               "sqs:GetQueueAttributes",
@@ -783,6 +784,27 @@ describe.each(STACKS)("%s stack fleet", (stack) => {
       }
     });
 
+    it("reads its own tier's budget pause marker only: the one key, listed and read", () => {
+      const bucketArn = workspacesBucket().state.arn as string;
+      for (const tier of tiers) {
+        expect([statement(tier, "BudgetPause"), statement(tier, "ListBudgetPause")]).toEqual([
+          {
+            Sid: "BudgetPause",
+            Effect: "Allow",
+            Action: "s3:GetObject",
+            Resource: `${bucketArn}/_control/paused/${tier}`,
+          },
+          {
+            Sid: "ListBudgetPause",
+            Effect: "Allow",
+            Action: "s3:ListBucket",
+            Resource: bucketArn,
+            Condition: { StringEquals: { "s3:prefix": `_control/paused/${tier}` } },
+          },
+        ]);
+      }
+    });
+
     it("holds exactly the agent's statements and the node's own, in order", () => {
       for (const tier of tiers) {
         expect(statements(tier).map((s) => s.Sid)).toEqual([
@@ -792,6 +814,8 @@ describe.each(STACKS)("%s stack fleet", (stack) => {
           "ListWorkspaces",
           "Ledger",
           "ListLedger",
+          "BudgetPause",
+          "ListBudgetPause",
           "ReadDatasets",
           ...(want.kms ? ["WorkspacesKey"] : []),
           "RegistryToken",
@@ -817,6 +841,8 @@ describe.each(STACKS)("%s stack fleet", (stack) => {
             `${bucketArn}/workspaces/*/_running/*`,
             bucketArn,
             `${bucketArn}/ledger/*`,
+            bucketArn,
+            `${bucketArn}/_control/paused/${tier}`,
             bucketArn,
             datasetsArn,
             `${datasetsArn}/*`,

@@ -369,6 +369,7 @@ describe.each(STACKS)("%s stack with the Kubernetes target", (stack) => {
         "CRUCIBLE_HEARTBEAT_SECONDS",
         "CRUCIBLE_VISIBILITY_TIMEOUT_SECONDS",
         "CRUCIBLE_SCHEDULING",
+        "CRUCIBLE_SENDERS",
         ...(gpuTier ? ["CRUCIBLE_K8S_GPU_NODE_LABEL"] : []),
         "AWS_REGION",
       ]);
@@ -386,6 +387,8 @@ describe.each(STACKS)("%s stack with the Kubernetes target", (stack) => {
         CRUCIBLE_HEARTBEAT_SECONDS: "30",
         CRUCIBLE_VISIBILITY_TIMEOUT_SECONDS: "120",
         CRUCIBLE_SCHEDULING: env.CRUCIBLE_SCHEDULING,
+        // test/infra/access.test.ts checks its value.
+        CRUCIBLE_SENDERS: env.CRUCIBLE_SENDERS,
         ...(gpuTier && { CRUCIBLE_K8S_GPU_NODE_LABEL: "nvidia.com/gpu.present=true" }),
         AWS_REGION: file["aws:region"],
       });
@@ -423,6 +426,8 @@ describe.each(STACKS)("%s stack with the Kubernetes target", (stack) => {
         "ListWorkspaces",
         "Ledger",
         "ListLedger",
+        "BudgetPause",
+        "ListBudgetPause",
         "ReadDatasets",
         ...(file["crucible:workspaces"]?.includes('"encryption":"s3"') ? [] : ["WorkspacesKey"]),
         "JobMetrics",
@@ -432,6 +437,7 @@ describe.each(STACKS)("%s stack with the Kubernetes target", (stack) => {
         Effect: "Allow",
         Action: [
           "sqs:ReceiveMessage",
+          "sqs:SendMessage",
           "sqs:DeleteMessage",
           "sqs:ChangeMessageVisibility",
           "sqs:GetQueueAttributes",
@@ -439,7 +445,7 @@ describe.each(STACKS)("%s stack with the Kubernetes target", (stack) => {
         Resource: PRIORITIES.map((p) => queueOf(tier, p).state.arn),
       });
       expect(policy.Statement[1]!.Resource).toBe(`${storage.bucketArn}/${storage.workspacesPrefix}*`);
-      expect(policy.Statement.slice(4, 6)).toEqual([
+      expect(policy.Statement.slice(4, 8)).toEqual([
         {
           Sid: "Ledger",
           Effect: "Allow",
@@ -452,6 +458,19 @@ describe.each(STACKS)("%s stack with the Kubernetes target", (stack) => {
           Action: "s3:ListBucket",
           Resource: storage.bucketArn,
           Condition: { StringLike: { "s3:prefix": ["ledger/*"] } },
+        },
+        {
+          Sid: "BudgetPause",
+          Effect: "Allow",
+          Action: "s3:GetObject",
+          Resource: `${storage.bucketArn}/_control/paused/${tier}`,
+        },
+        {
+          Sid: "ListBudgetPause",
+          Effect: "Allow",
+          Action: "s3:ListBucket",
+          Resource: storage.bucketArn,
+          Condition: { StringEquals: { "s3:prefix": `_control/paused/${tier}` } },
         },
       ]);
     });

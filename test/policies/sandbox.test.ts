@@ -16,6 +16,8 @@ const facts = {
   readonlyRootfs: true,
   privileged: false,
   capDrop: ["ALL"],
+  capAdd: ["KILL", "SETGID", "SETUID"],
+  perJobUser: true,
   noNewPrivileges: true,
   dockerSocketMounted: false,
   gpuCount: 1,
@@ -61,6 +63,30 @@ describe("agent-config-sandboxed", () => {
     expect(messages(o)).toEqual([
       'fleet-gpu-small-agent-config: jobs must get no network; sandbox.networkMode is "host", must be "none".',
       "fleet-gpu-small-agent-config: jobs must never see the Docker socket; sandbox.dockerSocketMounted must be false.",
+    ]);
+  });
+
+  it("passes a sandbox that adds no capabilities at all", async () => {
+    const { capAdd: _none, ...withoutCaps } = facts;
+    expect((await validateResource(policy, agentConfig(withoutCaps))).violations).toEqual([]);
+  });
+
+  it("fails privileges, capabilities beyond the supervisor's, kept capabilities and privilege gain", async () => {
+    const o = await validateResource(
+      policy,
+      agentConfig({
+        ...facts,
+        privileged: true,
+        capDrop: [],
+        capAdd: ["SETUID", "SYS_ADMIN", "SYS_PTRACE"],
+        noNewPrivileges: false,
+      }),
+    );
+    expect(messages(o)).toEqual([
+      "fleet-gpu-small-agent-config: jobs must not run privileged; sandbox.privileged must be false.",
+      'fleet-gpu-small-agent-config: jobs must drop every capability; sandbox.capDrop is [], must include "ALL".',
+      'fleet-gpu-small-agent-config: jobs may keep only the supervisor\'s capabilities (KILL, SETGID, SETUID); remove ["SYS_ADMIN","SYS_PTRACE"] from sandbox.capAdd.',
+      "fleet-gpu-small-agent-config: jobs must not gain privileges; sandbox.noNewPrivileges must be true.",
     ]);
   });
 

@@ -55,7 +55,7 @@ async function submit(name: string, code: string): Promise<JobAddress> {
   return submitJob(platform.store, platform.queue(TIER), {
     path: dir,
     address: { project: "demo", user: "ada", jobId },
-    spec: { jobId, tier: TIER, image: imageRef("cpu"), env: {} },
+    spec: { jobId, tier: TIER, imageFamily: "cpu", env: {} },
     quotaGiB: 1,
   });
 }

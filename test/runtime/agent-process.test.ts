@@ -50,7 +50,7 @@ describe("an agent killed mid-job (SIGKILL)", () => {
     const address = await submitJob(platform.store, platform.queue(TIER), {
       path: dir,
       address: { project: "demo", user: "ada", jobId },
-      spec: { jobId, tier: TIER, image: imageRef("cpu"), env: {} },
+      spec: { jobId, tier: TIER, imageFamily: "cpu", env: {} },
       quotaGiB: 1,
     });
     const env = {

@@ -26,6 +26,7 @@ function newAgent(): Agent {
     tier: TIER,
     queues: local.platform.queues(TIER),
     store: local.platform.store,
+    senders: local.platform.senders,
     launcher,
     logger,
     concurrency: 2,
@@ -42,7 +43,7 @@ async function submit(code: string): Promise<JobAddress> {
   return submitJob(local.platform.store, local.platform.queue(TIER), {
     path: dir,
     address: { project: "demo", user: "ada", jobId },
-    spec: { jobId, tier: TIER, image: imageRef("cpu"), env: {} },
+    spec: { jobId, tier: TIER, imageFamily: "cpu", env: {} },
     quotaGiB: 1,
   });
 }

@@ -63,8 +63,8 @@ describe("parseJobSpec", () => {
     ],
     [
       { ...ok, gpus: 2 },
-      "spec",
-      "job spec has unknown field(s) gpus; known: jobId, code, tier, image, timeoutSeconds, env, workspaceDir, datasetsDir, priority, preemptible",
+      "gpus",
+      "job spec has unknown field(s) gpus; known: jobId, code, tier, image, imageFamily, timeoutSeconds, env, workspaceDir, datasetsDir, priority, preemptible",
     ],
   ])("names the bad field of %j", (spec, field, message) => {
     const error = fieldError(() => parseJobSpec(spec));

@@ -1,5 +1,6 @@
 import Dockerode from "dockerode";
-import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
+import { spawnSync } from "node:child_process";
+import { mkdir, mkdtemp, readdir, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
@@ -7,7 +8,14 @@ import type { TierName } from "../../runtime/src/catalog";
 import { TIER_NAMES } from "../../runtime/src/catalog";
 import { imageRef } from "../../runtime/src/image-matrix";
 import type { SandboxFacts, SandboxInput } from "../../runtime/src/sandbox";
-import { containerSpec, effectiveTier, sandboxFacts } from "../../runtime/src/sandbox";
+import {
+  containerSpec,
+  effectiveTier,
+  JOB_UID_POOL,
+  leaseJobUser,
+  processStart,
+  sandboxFacts,
+} from "../../runtime/src/sandbox";
 
 const GiB = 2 ** 30;
 const MiB = 2 ** 20;
@@ -78,7 +86,8 @@ function input(tier: TierName, extra: Partial<SandboxInput> = {}): SandboxInput 
     tier: effectiveTier(tier).tier,
     image: "crucible/cpu:py3.13",
     env: { SEED: "7" },
-    user: { uid: 1000, gid: 1000 },
+    user: { uid: 600_123, gid: 600_123 },
+    separateSupervisor: true,
     hostPaths: { codeZip: "/s/code.zip", output: "/s/output", workspace: "/w" },
     owner: { pid: 42, host: "node-a" },
     scratchDir: "/s",
@@ -93,7 +102,8 @@ describe("containerSpec", () => {
     const spec = containerSpec(input(tier));
     expect(spec).toEqual({
       Image: "crucible/cpu:py3.13",
-      User: "1000:1000",
+      User: "0:0",
+      Cmd: ["--job-user", "600123:600123"],
       Env: [
         "SEED=7",
         "CRUCIBLE_JOB_ID=job-1",
@@ -109,6 +119,7 @@ describe("containerSpec", () => {
         "crucible.owner-pid": "42",
         "crucible.owner-host": "node-a",
         "crucible.scratch": "/s",
+        "crucible.job-uid": "600123",
       },
       AttachStdin: false,
       AttachStdout: true,
@@ -132,6 +143,7 @@ describe("containerSpec", () => {
         NanoCpus: e.nanoCpus,
         PidsLimit: e.pids,
         CapDrop: ["ALL"],
+        CapAdd: ["KILL", "SETGID", "SETUID"],
         SecurityOpt: ["no-new-privileges:true"],
         Privileged: false,
         Ulimits: [
@@ -145,6 +157,17 @@ describe("containerSpec", () => {
         ...(e.gpus && { DeviceRequests: [{ Driver: "", Count: 1, Capabilities: [["gpu"]] }] }),
       },
     });
+  });
+
+  it("runs the whole container as the caller when the supervisor shares the job's uid", () => {
+    const spec = containerSpec(
+      input("cpu-small", { user: { uid: 1234, gid: 99 }, separateSupervisor: false }),
+    );
+    expect(spec.User).toBe("1234:99");
+    expect(spec).not.toHaveProperty("Cmd");
+    expect(spec.HostConfig).not.toHaveProperty("CapAdd");
+    expect(spec.HostConfig?.CapDrop).toEqual(["ALL"]);
+    expect(spec.Labels?.["crucible.job-uid"]).toBe("1234");
   });
 
   it("gives CPU tiers no GPU in any form", () => {
@@ -200,6 +223,20 @@ describe("effectiveTier", () => {
     ]);
   });
 
+  it("declares a workspace quota per tier, and an override can only lower it", () => {
+    expect(TIER_NAMES.map((t) => effectiveTier(t).tier.workspaceMiB)).toEqual([
+      1024,
+      10 * 1024,
+      50 * 1024,
+      80 * 1024,
+      100 * 1024,
+    ]);
+    expect(effectiveTier("cpu-small", { workspaceMiB: 64 }).tier.workspaceMiB).toBe(64);
+    const { tier, capped } = effectiveTier("cpu-small", { workspaceMiB: 1_000_000 });
+    expect(tier.workspaceMiB).toBe(1024);
+    expect(capped).toEqual(["cpu-small.workspaceMiB: asked 1000000, capped at 1024"]);
+  });
+
   it("keeps /tmp within the memory limit", () => {
     expect(effectiveTier("cpu-large", { memoryMiB: 512 }).tier.tmpfsMiB).toBe(512);
   });
@@ -211,6 +248,50 @@ describe("effectiveTier", () => {
   });
 });
 
+describe("leaseJobUser", () => {
+  const self = { pid: process.pid, host: "here", start: processStart(process.pid)! };
+
+  it("gives each running job its own uid and gid from the pool, never a host user's", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "crucible-uids-"));
+    try {
+      const leases = await Promise.all(Array.from({ length: 20 }, () => leaseJobUser(self, { dir })));
+      const uids = leases.map((l) => l.user.uid);
+      expect(new Set(uids).size).toBe(20);
+      for (const { user } of leases) {
+        expect(user.gid).toBe(user.uid);
+        expect(user.uid).toBeGreaterThanOrEqual(JOB_UID_POOL.first);
+        expect(user.uid).toBeLessThan(JOB_UID_POOL.first + JOB_UID_POOL.size);
+      }
+      expect(JOB_UID_POOL.first).toBeGreaterThan(165_535);
+      await leases[0]!.release();
+      await leases[0]!.release();
+      expect((await readdir(dir)).length).toBe(19);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("takes over the leases of a holder that is gone, and only those", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "crucible-uids-"));
+    try {
+      const dead = spawnSync("true").pid;
+      const pool = { first: JOB_UID_POOL.first, size: 16 };
+      const everyUid = Array.from({ length: pool.size }, (_, i) => pool.first + i);
+      // Every uid held: all by a live holder (this process) but one, held by a process that has exited.
+      await Promise.all(
+        everyUid.map((uid, i) =>
+          writeFile(join(dir, String(uid)), i === 7 ? `${dead} 1\n` : `${self.pid} ${self.start}\n`),
+        ),
+      );
+      const lease = await leaseJobUser(self, { dir, pool });
+      expect(lease.user.uid).toBe(pool.first + 7);
+      await expect(leaseJobUser(self, { dir, pool })).rejects.toThrow(/all 16 job uids are leased/);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+});
+
 describe("sandboxFacts", () => {
   /** What every tier's sandbox forbids, whatever its size. */
   const LOCKED_DOWN = {
@@ -218,6 +299,8 @@ describe("sandboxFacts", () => {
     readonlyRootfs: true,
     privileged: false,
     capDrop: ["ALL"],
+    capAdd: ["KILL", "SETGID", "SETUID"],
+    perJobUser: true,
     noNewPrivileges: true,
     dockerSocketMounted: false,
   } as const;
@@ -251,6 +334,8 @@ describe("sandboxFacts", () => {
       privileged: host.Privileged,
       // dockerode types these two as any; containerSpec sets both as string lists.
       capDrop: host.CapDrop as string[],
+      capAdd: host.CapAdd as string[],
+      perJobUser: true,
       noNewPrivileges: (host.SecurityOpt as string[]).includes("no-new-privileges:true"),
       dockerSocketMounted: (host.Mounts ?? []).some((m) => m.Source?.includes("docker.sock")),
       gpuCount: (host.DeviceRequests ?? []).reduce((n, r) => n + (r.Count ?? 0), 0),
@@ -287,13 +372,15 @@ describe("sandboxFacts", () => {
         ),
       );
       try {
-        const host = (await container.inspect()).HostConfig;
+        const { HostConfig: host, Config: config } = await container.inspect();
         const mounts = [...(host.Mounts ?? []).map((m) => m.Source ?? ""), ...(host.Binds ?? [])];
         expect({
           networkMode: host.NetworkMode,
           readonlyRootfs: host.ReadonlyRootfs,
           privileged: host.Privileged,
           capDrop: host.CapDrop as string[],
+          capAdd: host.CapAdd as string[],
+          perJobUser: config.User === "0:0" && (config.Cmd ?? []).includes("--job-user"),
           noNewPrivileges: ((host.SecurityOpt ?? []) as string[]).includes("no-new-privileges:true"),
           dockerSocketMounted: mounts.some((m) => m.includes("docker.sock")),
           gpuCount: (host.DeviceRequests ?? []).reduce((n, r) => n + (r.Count ?? 0), 0),

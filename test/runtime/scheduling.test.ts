@@ -61,6 +61,7 @@ function newAgent(policy: SchedulingPolicyInput = {}, options: Partial<AgentOpti
     tier: TIER,
     queues: local.platform.queues(TIER),
     store: local.platform.store,
+    senders: local.platform.senders,
     launcher,
     logger,
     policy: parsed,
@@ -82,7 +83,7 @@ async function submit(
   return submitJob(local.platform.store, local.platform.queue(TIER, priority), {
     path: dir,
     address: { project: "lab", user, jobId },
-    spec: { jobId, tier: TIER, image: imageRef("cpu"), env: {}, priority },
+    spec: { jobId, tier: TIER, imageFamily: "cpu", env: {}, priority },
     quotaGiB: 1,
   });
 }

@@ -299,11 +299,7 @@ describe("usage flags", () => {
 describe("crucible usage against the embedded S3 server", () => {
   let platform: LocalPlatform;
   const env = (): NodeJS.ProcessEnv => ({
-    CRUCIBLE_BUCKET: platform.bucket,
-    CRUCIBLE_ENDPOINT: platform.endpoint,
-    AWS_REGION: platform.region,
-    AWS_ACCESS_KEY_ID: "local",
-    AWS_SECRET_ACCESS_KEY: "local",
+    ...platform.env(),
   });
 
   beforeAll(async () => {
@@ -440,13 +436,11 @@ describe("the ledger in the bucket", () => {
   it("outlives the workspaces: with every job file expired, the month still adds up", async () => {
     for (const key of await keys("workspaces/"))
       await platform.s3.send(new DeleteObjectCommand({ Bucket: platform.bucket, Key: key }));
-    const done = await crucible(["usage", "--since", "2026-03-01", "--format", "json"], undefined, {
-      CRUCIBLE_BUCKET: platform.bucket,
-      CRUCIBLE_ENDPOINT: platform.endpoint,
-      AWS_REGION: platform.region,
-      AWS_ACCESS_KEY_ID: "local",
-      AWS_SECRET_ACCESS_KEY: "local",
-    });
+    const done = await crucible(
+      ["usage", "--since", "2026-03-01", "--format", "json"],
+      undefined,
+      platform.env(),
+    );
     expect(done.code).toBe(0);
     expect((JSON.parse(done.stdout) as { total: { costUsd: number } }).total.costUsd).toBe(5.329);
   });

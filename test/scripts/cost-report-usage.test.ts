@@ -360,11 +360,7 @@ describe("npm run cost-report -- --ledger --chart", () => {
           cwd: ROOT,
           env: {
             ...process.env,
-            CRUCIBLE_BUCKET: platform.bucket,
-            CRUCIBLE_ENDPOINT: platform.endpoint,
-            AWS_REGION: platform.region,
-            AWS_ACCESS_KEY_ID: "local",
-            AWS_SECRET_ACCESS_KEY: "local",
+            ...platform.env(),
           },
         },
       );

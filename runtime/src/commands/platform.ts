@@ -10,13 +10,16 @@ import { Agent } from "../agent";
 import { WORKSPACES_PREFIX } from "../bucket-layout";
 import type { Envelope } from "../contract";
 import { DockerLauncher } from "../docker-launcher";
-import type { ImageFamily } from "../image-matrix";
+import type { ImageFamily, JobImageFamily } from "../image-matrix";
+import { JOB_IMAGE_FAMILIES } from "../image-matrix";
+import { jobIdSchema } from "../contract";
 import { GpuHealth, HealthGate, LauncherGpuProbe, processRunner } from "../gpu-health";
 import { JobQueue } from "../job-queue";
 import { attemptCost } from "../ledger";
 import type { JobAddress } from "../job-store";
 import { jobAddressSchema, JobStore } from "../job-store";
 import type { Logger } from "../logger";
+import type { PlatformClients } from "../local-platform";
 import { startLocalPlatform } from "../local-platform";
 import type { Departure } from "../node-lifecycle";
 import { cloudWatchOutcomes, InstanceMetadata, NodeLifecycle } from "../node-lifecycle";
@@ -25,7 +28,8 @@ import { PriorityQueues } from "../priority-queues";
 import type { Priority, SchedulingPolicy } from "../scheduling";
 import { DEFAULT_PRIORITY, PRIORITIES, parseSchedulingPolicy } from "../scheduling";
 import { cloudWatchSpend, describeStanding, overBudget, SpendTracker } from "../spend";
-import { seedCheckpoints, SubmitError, submitJob } from "../submit";
+import { parseSenders, SENDERS_ENV } from "../senders";
+import { SubmitError, submitJob } from "../submit";
 import type { TierName } from "../tiers";
 import { getTier, isTierName, TIER_NAMES } from "../tiers";
 import { launcherFor, launcherKind, parseLauncherKind } from "./launchers";
@@ -97,6 +101,15 @@ function wholeNumberEnv(name: string): number | undefined {
   if (!/^\d+$/.test(text.trim()) || value <= 0)
     throw new UsageError(`${name} must be a whole number greater than 0, got "${text}"`);
   return value;
+}
+
+/** CRUCIBLE_WORKSPACE_MIB: each job's workspace volume in MiB (0: no quota), or undefined for the tier's. */
+function workspaceEnv(): number | undefined {
+  const text = env("CRUCIBLE_WORKSPACE_MIB");
+  if (text === undefined) return undefined;
+  if (!/^\d+$/.test(text.trim()))
+    throw new UsageError(`CRUCIBLE_WORKSPACE_MIB must be a whole number of MiB (0: no quota), got "${text}"`);
+  return Number(text);
 }
 
 /**
@@ -207,7 +220,7 @@ function ownerOptions(command: Command): Command {
 
 interface SubmitFlags {
   readonly tier?: string;
-  readonly image?: string;
+  readonly imageFamily?: string;
   readonly timeout?: number;
   readonly env: Record<string, string>;
   readonly project?: string;
@@ -223,10 +236,13 @@ function submitOptions(command: Command): Command {
   return ownerOptions(command)
     .argument("<path>", "a directory holding main.py, a .py file or a code.zip")
     .option("--tier <tier>", `resource tier (${TIER_NAMES.join(", ")}); default: detected from the code`)
-    .option("--image <image>", "image to run in; default: the matrix's image for the tier and the code")
+    .option(
+      "--image-family <family>",
+      `image family to run in (${JOB_IMAGE_FAMILIES.join(", ")}): the node's pinned image of it; default: picked from the tier and the code`,
+    )
     .option("--timeout <seconds>", "stop the job after this many seconds", positiveSeconds)
     .option("--env <K=V>", "set an environment variable for the job (repeatable)", collectEnv, {})
-    .option("--resume-from <job>", "start from another job's latest checkpoints")
+    .option("--resume-from <job>", "start from the latest checkpoints of another of your jobs (its id)")
     .option("--priority <class>", `priority class: ${PRIORITIES.join(", ")} (default: ${DEFAULT_PRIORITY})`)
     .option(
       "--no-preempt",
@@ -239,24 +255,47 @@ async function submitFrom(platform: Platform, path: string, flags: SubmitFlags):
   const priority = flags.priority ?? DEFAULT_PRIORITY;
   if (!(PRIORITIES as readonly string[]).includes(priority))
     throw new UsageError(`--priority must be one of ${PRIORITIES.join(", ")}, got "${priority}"`);
+  if (
+    flags.imageFamily !== undefined &&
+    !(JOB_IMAGE_FAMILIES as readonly string[]).includes(flags.imageFamily)
+  )
+    throw new UsageError(
+      `--image-family must be one of ${JOB_IMAGE_FAMILIES.join(", ")}, got "${flags.imageFamily}" (a platform job runs only the node's pinned images)`,
+    );
+  if (flags.resumeFrom !== undefined && !jobIdSchema.safeParse(flags.resumeFrom).success)
+    throw new UsageError(
+      `--resume-from must be the id of one of your own jobs, got "${flags.resumeFrom}" (jobs of other users cannot be resumed from)`,
+    );
   const spec = await jobSpecFromFlags(path, { ...flags, json: true });
-  const owner = ownerOf(flags);
-  const target = address(owner, newJobId());
+  const target = address(ownerOf(flags), newJobId());
   const tier = spec.tier;
   await refuseOverBudget(platform.store, target, tier, spec.timeoutSeconds, flags.preempt === false);
-  if (flags.resumeFrom) await seedCheckpoints(platform.store, address(owner, flags.resumeFrom), target);
-  const { code: _code, jobId: _jobId, ...stored } = spec;
   return submitJob(platform.store, platform.queues(tier).get(priority as Priority), {
     path,
     address: target,
     spec: {
-      ...stored,
       jobId: target.jobId,
-      priority: priority as Priority,
+      tier,
+      env: spec.env ?? {},
+      ...(spec.timeoutSeconds !== undefined && { timeoutSeconds: spec.timeoutSeconds }),
+      ...(flags.imageFamily && { imageFamily: flags.imageFamily as ImageFamily & JobImageFamily }),
+      ...(flags.resumeFrom && { resumeFrom: flags.resumeFrom }),
       ...(flags.preempt === false && { preemptible: false }),
     },
     quotaGiB: Number(env("CRUCIBLE_QUOTA_GIB") ?? 100),
   });
+}
+
+/** A local identity's view of the platform, as {@link submitFrom} uses a stack's. */
+function platformOf(clients: PlatformClients, weights: SchedulingPolicy["weights"]): Platform {
+  return {
+    store: clients.store,
+    queues: (tier) =>
+      new PriorityQueues(
+        Object.fromEntries(PRIORITIES.map((p) => [p, clients.queue(tier, p)])) as Record<Priority, JobQueue>,
+        weights,
+      ),
+  };
 }
 
 /**
@@ -388,7 +427,14 @@ export function registerPlatform(program: Command): void {
       const visibilitySeconds = wholeNumberEnv("CRUCIBLE_VISIBILITY_TIMEOUT_SECONDS");
       const graceSeconds = wholeNumberEnv("CRUCIBLE_GRACE_SECONDS");
       const checkpointSeconds = wholeNumberEnv("CRUCIBLE_CHECKPOINT_SECONDS");
+      const workspaceMiB = workspaceEnv();
       const node = fleetNodeFromEnv(logger);
+      let senders;
+      try {
+        senders = parseSenders(env(SENDERS_ENV));
+      } catch (error) {
+        throw new UsageError((error as Error).message);
+      }
 
       const signals = new AbortController();
       // Every signal, not just the first: a second SIGTERM must not kill an agent handing jobs back.
@@ -432,12 +478,14 @@ export function registerPlatform(program: Command): void {
         store: platform.store,
         launcher,
         logger,
+        senders,
         policy: schedulingFromEnv(),
         ...(concurrency && { concurrency }),
         ...(checkpointSeconds && { checkpointSeconds }),
         ...(heartbeatSeconds && { heartbeatSeconds }),
         ...(visibilitySeconds && { visibilitySeconds }),
         ...(graceSeconds && { graceSeconds }),
+        ...(workspaceMiB !== undefined && { workspaceMiB }),
         ...(node && {
           recordOutcome: node.recordOutcome,
           recordSpend: node.recordSpend,
@@ -478,6 +526,7 @@ export function registerPlatform(program: Command): void {
       queues: platform.queues(tier),
       policy,
       store: platform.store,
+      senders: platform.senders,
       launcher: new DockerLauncher({ logger }),
       logger,
       concurrency: 1,
@@ -485,7 +534,10 @@ export function registerPlatform(program: Command): void {
     });
     const running = agent.run();
     try {
-      const queued = await submitFrom(platform, path, flags);
+      // Submitted as the caller's local identity, so the job is checked as a researcher's would be.
+      const owner = ownerOf(flags);
+      const caller = platformOf(platform.as(owner.project, owner.user), policy.weights);
+      const queued = await submitFrom(caller, path, flags);
       if (!flags.json)
         process.stderr.write(`job ${queued.jobId} queued on ${tier}; waiting for the local agent...\n`);
       const envelope = await new Promise<Envelope>((resolve, reject) => {

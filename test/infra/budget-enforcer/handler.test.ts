@@ -1,9 +1,15 @@
 import { createRequire } from "node:module";
 import * as path from "node:path";
-import { describe, expect, it } from "vitest";
+import { GetObjectCommand, S3Client } from "@aws-sdk/client-s3";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { pausedTier } from "../../../runtime/src/budget-pause";
+import { PAUSE_MARKER_PREFIX, pauseMarkerKey } from "../../../runtime/src/bucket-layout";
 import {
   ENFORCED_BUDGETS_ENV,
+  PAUSE_MARKERS_ENV,
   PAUSED_TAGS,
+  removePauseMarker,
+  type EnforcerClients,
   decide,
   findPausedGroups,
   parseBudgetNotification,
@@ -47,6 +53,8 @@ function budgetsMessage(opts: {
   ].join("\n");
 }
 
+const BUCKET = "crucible-workspaces";
+
 const ENFORCED: Record<string, EnforcedBudget> = {
   "crucible-prod-gpu-small": {
     tier: "gpu-small",
@@ -88,6 +96,7 @@ describe("the enforcement decision", () => {
     expect(decide(gpuSmall("ACTUAL", "$9,000.00", "$9,001.87"), ENFORCED)).toEqual({
       action: "pause",
       tier: "gpu-small",
+      budget: "crucible-prod-gpu-small",
       asgNames: ["crucible-prod-gpu-small-a", "crucible-prod-gpu-small-b"],
       reason: "crucible-prod-gpu-small: ACTUAL spend reached 100 % of $9000.00",
     });
@@ -247,6 +256,35 @@ describe("pausing and resuming a tier's groups", () => {
 });
 
 describe("the code the Lambda runs", () => {
+  // A real S3 API (the local platform's embedded server), so the marker is a real object.
+  let server: { port: number; stop(): Promise<void>; createBucket(name: string): void } | undefined;
+  let s3: S3Client | undefined;
+  beforeAll(async () => {
+    const { startFauxqs } = await import("fauxqs");
+    server = await startFauxqs({ port: 0, host: "127.0.0.1", logger: false, defaultRegion: "us-east-1" });
+    server.createBucket(BUCKET);
+    s3 = new S3Client({
+      endpoint: `http://127.0.0.1:${server.port}`,
+      region: "us-east-1",
+      forcePathStyle: true,
+      credentials: { accessKeyId: "test", secretAccessKey: "test" },
+    });
+  });
+  afterAll(async () => {
+    s3?.destroy();
+    await server?.stop();
+  });
+  const clients = (autoScaling: EnforcerClients["autoScaling"]): EnforcerClients => ({
+    autoScaling,
+    s3: s3!,
+  });
+  const envWithMarkers = (): NodeJS.ProcessEnv => ({
+    [ENFORCED_BUDGETS_ENV]: JSON.stringify({
+      "crucible-prod-gpu-small": { tier: "gpu-small", asgNames: ["crucible-prod-gpu-small-a"] },
+    }),
+    [PAUSE_MARKERS_ENV]: JSON.stringify({ bucket: BUCKET, prefix: PAUSE_MARKER_PREFIX }),
+  });
+
   /** Loads the transpiled handler the way Lambda does, recording what it requires. */
   function loadDeployed(): { mod: { handle: typeof handle }; required: string[] } {
     const required: string[] = [];
@@ -267,7 +305,47 @@ describe("the code the Lambda runs", () => {
   }
 
   it("needs nothing but the AWS SDK the nodejs20.x runtime ships", () => {
-    expect(loadDeployed().required).toEqual(["@aws-sdk/client-auto-scaling"]);
+    expect(loadDeployed().required).toEqual(["@aws-sdk/client-auto-scaling", "@aws-sdk/client-s3"]);
+  });
+
+  it("writes the tier's pause marker before it sets the groups to 0, and the resume removes it", async () => {
+    const { mod } = loadDeployed();
+    const api = fakeAutoScaling({ "crucible-prod-gpu-small-a": { min: 1, max: 24, desired: 2 } });
+    const order: string[] = [];
+    const recorded = {
+      autoScaling: { send: (c: never) => (order.push("autoscaling"), api.client.send(c)) },
+      s3: { send: (c: never) => (order.push("s3"), s3!.send(c)) },
+    } as unknown as EnforcerClients;
+    const event: SnsEvent = {
+      Records: [{ Sns: { MessageId: "m2", Message: gpuSmall("ACTUAL", "$9,000.00", "$9,001.87") } }],
+    };
+    const at = new Date("2026-11-24T08:00:00.000Z");
+    await mod.handle(event, recorded, envWithMarkers(), () => at);
+    expect(order[0]).toBe("s3");
+    expect(api.groups["crucible-prod-gpu-small-a"]).toEqual({ min: 0, max: 0, desired: 0 });
+    const want = {
+      reason: "crucible-prod-gpu-small: ACTUAL spend reached 100 % of $9000.00",
+      budget: "crucible-prod-gpu-small",
+      at: at.toISOString(),
+    };
+    // The object the agents read, at the key the runtime defines, read by the runtime's own reader.
+    const body = await s3!.send(new GetObjectCommand({ Bucket: BUCKET, Key: pauseMarkerKey("gpu-small") }));
+    expect(JSON.parse(await body.Body!.transformToString())).toEqual(want);
+    expect(await pausedTier(s3!, BUCKET, "gpu-small")).toEqual(want);
+    expect(await pausedTier(s3!, BUCKET, "gpu-large")).toBeUndefined();
+
+    await removePauseMarker(s3!, { bucket: BUCKET, prefix: PAUSE_MARKER_PREFIX }, "gpu-small");
+    expect(await pausedTier(s3!, BUCKET, "gpu-small")).toBeUndefined();
+    // A second resume is a no-op.
+    await removePauseMarker(s3!, { bucket: BUCKET, prefix: PAUSE_MARKER_PREFIX }, "gpu-small");
+  });
+
+  it("refuses to run without somewhere to write pause markers (it would fail open)", async () => {
+    const { mod } = loadDeployed();
+    const env = { ...envWithMarkers(), [PAUSE_MARKERS_ENV]: undefined };
+    await expect(mod.handle({ Records: [] }, clients(fakeAutoScaling({}).client), env)).rejects.toThrow(
+      `${PAUSE_MARKERS_ENV} is not set`,
+    );
   });
 
   it("pauses the groups named in its environment when the 100 % ACTUAL notification arrives", async () => {
@@ -279,19 +357,14 @@ describe("the code the Lambda runs", () => {
         { Sns: { MessageId: "m2", Message: gpuSmall("ACTUAL", "$9,000.00", "$9,001.87") } },
       ],
     };
-    const env = {
-      [ENFORCED_BUDGETS_ENV]: JSON.stringify({
-        "crucible-prod-gpu-small": { tier: "gpu-small", asgNames: ["crucible-prod-gpu-small-a"] },
-      }),
-    };
-    const decisions = await mod.handle(event, api.client, env);
+    const decisions = await mod.handle(event, clients(api.client), envWithMarkers());
     expect(decisions.map((d) => d.action)).toEqual(["none", "pause"]);
     expect(api.groups["crucible-prod-gpu-small-a"]).toEqual({ min: 0, max: 0, desired: 0 });
   });
 
   it("refuses to run without the enforced budgets in its environment", async () => {
     const { mod } = loadDeployed();
-    await expect(mod.handle({ Records: [] }, fakeAutoScaling({}).client, {})).rejects.toThrow(
+    await expect(mod.handle({ Records: [] }, clients(fakeAutoScaling({}).client), {})).rejects.toThrow(
       `${ENFORCED_BUDGETS_ENV} is not set`,
     );
   });
