@@ -63,7 +63,9 @@ export class Submitters extends pulumi.ComponentResource {
           assumeRolePolicy: JSON.stringify(submitterTrustPolicy(access.users)),
           tags: { ...componentTags("access"), "crucible:project": project },
         },
-        { parent: this },
+        // Children do not inherit a component's dependsOn; a role must wait for the principals its trust
+        // names (CI's smoke role), or IAM refuses the trust policy.
+        { parent: this, ...(opts?.dependsOn !== undefined && { dependsOn: opts.dependsOn }) },
       );
       new aws.iam.RolePolicy(
         `${name}-${project}`,

@@ -5,16 +5,17 @@ import type { PolicyDocument, PolicyStatement } from "./policy-document";
 import { webIdentityTrustPolicy } from "./policy-document";
 import { COST_TAGS, componentTags } from "./providers";
 import { permissionsBoundaryName } from "./boundary";
-import { LEDGER_PREFIX } from "../runtime/src/bucket-layout";
 
 /** The issuer of GitHub Actions' OIDC tokens, without its scheme (how IAM names its condition keys). */
 export const GITHUB_OIDC_HOST = "token.actions.githubusercontent.com";
 /** The audience aws-actions/configure-aws-credentials requests. */
 export const GITHUB_OIDC_AUDIENCE = "sts.amazonaws.com";
-/** The project CI's smoke jobs submit as: the smoke role may write job files under its prefix only. */
+/**
+ * The project CI's smoke jobs submit to, and the user they submit as: the smoke role assumes that project's
+ * submitter role (infra/access.ts) with this session name and `crucible-user` tag (scripts/assume-submitter.sh).
+ */
 export const SMOKE_PROJECT = "ci";
-/** The tier the smoke job runs on (scripts/smoke.sh): the only queues the smoke role may send to. */
-export const SMOKE_TIER = "cpu-small";
+export const SMOKE_USER = "ci";
 /** How long a deploy session lasts: a dev `pulumi up` builds and pushes the image matrix, CUDA included. */
 export const DEPLOY_SESSION_SECONDS = 2 * 3600;
 /**
@@ -41,6 +42,11 @@ export interface CiAccessArgs {
    * and write their policies only when they carry it.
    */
   readonly permissionsBoundaryArn: pulumi.Input<string>;
+  /**
+   * Project `ci`'s submitter role, which the smoke role may assume (and tag the session) and nothing else;
+   * absent where `crucible:access` has no project `ci`: the smoke role may then do nothing.
+   */
+  readonly smokeSubmitterRoleArn?: pulumi.Input<string>;
 }
 
 /** The `sub` claims of GitHub's tokens that each role trusts, exactly (no wildcards). */
@@ -57,13 +63,18 @@ export interface CiSubjects {
  * What GitHub Actions may do in the stack's account, through OIDC (no long-lived keys): the account's
  * GitHub OIDC provider, a read-only preview role that pull requests assume, a deploy role for
  * `pulumi up` that only jobs in the stack's GitHub environment (which may require an approval) assume,
- * and a smoke role that submits one job as project `ci` and reads its result.
+ * and a smoke role that may only become project `ci`'s submitter, as user `ci`, to run one job.
  */
 export class CiAccess extends pulumi.ComponentResource {
   public readonly oidcProviderArn: pulumi.Output<string>;
   public readonly previewRoleArn: pulumi.Output<string>;
   public readonly deployRoleArn: pulumi.Output<string>;
   public readonly smokeRoleArn: pulumi.Output<string>;
+  /**
+   * The smoke role itself: project `ci`'s submitter role trusts it by ARN, and IAM refuses a trust policy
+   * naming a principal that does not exist yet, so the submitter roles depend on it.
+   */
+  public readonly smokeRole: aws.iam.Role;
   public readonly subjects: CiSubjects;
 
   constructor(name: string, args: CiAccessArgs, opts?: pulumi.ComponentResourceOptions) {
@@ -95,12 +106,13 @@ export class CiAccess extends pulumi.ComponentResource {
       roleName: ciRoleName(stack, "smoke"),
       description: `GitHub Actions smoke jobs of Crucible ${stack} from ${github.repository}`,
       subjects: this.subjects.smoke,
-      policy: smokePolicy(scope, environment),
+      ...(args.smokeSubmitterRoleArn !== undefined && { policy: smokePolicy(args.smokeSubmitterRoleArn) }),
     });
 
     this.previewRoleArn = preview.arn;
     this.deployRoleArn = deploy.arn;
     this.smokeRoleArn = smoke.arn;
+    this.smokeRole = smoke;
     this.registerOutputs({
       oidcProviderArn: this.oidcProviderArn,
       previewRoleArn: this.previewRoleArn,
@@ -182,8 +194,8 @@ interface FederatedRoleArgs {
   readonly providerArn: pulumi.Input<string>;
   /** The `sub` claims the trust policy admits. */
   readonly subjects: readonly string[];
-  /** The role's one inline policy. */
-  readonly policy: PolicyDocument;
+  /** The role's one inline policy; none: the role may do nothing. */
+  readonly policy?: PolicyDocument;
   readonly maxSessionDuration?: number;
   readonly tags: Record<string, string>;
 }
@@ -201,7 +213,8 @@ function federatedRole(name: string, parent: pulumi.Resource, args: FederatedRol
     },
     { parent },
   );
-  new aws.iam.RolePolicy(name, { role: role.name, policy: pulumi.jsonStringify(args.policy) }, { parent });
+  if (args.policy !== undefined)
+    new aws.iam.RolePolicy(name, { role: role.name, policy: pulumi.jsonStringify(args.policy) }, { parent });
   return role;
 }
 
@@ -663,53 +676,21 @@ export function deployPolicy(
 }
 
 /**
- * What the smoke job (scripts/smoke.sh) needs and no more: write a job under project `ci`'s prefix and read
- * its result, read that project's ledger entries (a submission checks its budget), send to this
- * environment's cpu-small queues, and use the buckets' key through S3. The stack's outputs come from
- * Pulumi Cloud, not AWS.
+ * What the smoke job needs and no more: to become project `ci`'s submitter as user `ci` (role chaining,
+ * scripts/assume-submitter.sh), whose own policy then confines it to that user's prefix, the project's
+ * ledger entries and queues (infra/access.ts). The submitter's trust fixes the session name and the one
+ * session tag. Nothing of S3 or SQS directly: a message sent as the smoke role has a SenderId no agent
+ * accepts. The stack's outputs come from Pulumi Cloud, not AWS.
  */
-export function smokePolicy(s: AccountScope, environment: Environment): PolicyDocument {
-  const thisAccount = { StringEquals: { "aws:ResourceAccount": s.accountId } };
+export function smokePolicy(submitterRoleArn: pulumi.Input<string>): PolicyDocument {
   return {
     Version: "2012-10-17",
     Statement: [
       {
-        Sid: "SmokeJobFiles",
+        Sid: "AssumeCiSubmitter",
         Effect: "Allow",
-        Action: ["s3:GetObject", "s3:PutObject"],
-        Resource: pulumi.interpolate`arn:${s.partition}:s3:::workspaces-*/workspaces/${SMOKE_PROJECT}/*`,
-        Condition: thisAccount,
-      },
-      {
-        Sid: "SmokeJobLedger",
-        Effect: "Allow",
-        Action: "s3:GetObject",
-        Resource: pulumi.interpolate`arn:${s.partition}:s3:::workspaces-*/${LEDGER_PREFIX}*/${SMOKE_PROJECT}/*`,
-        Condition: thisAccount,
-      },
-      {
-        Sid: "SmokeJobQueue",
-        Effect: "Allow",
-        Action: ["sqs:SendMessage", "sqs:GetQueueUrl"],
-        Resource: arnOf(s, "sqs", "*", "regional"),
-        Condition: {
-          StringEquals: {
-            [`aws:ResourceTag/${ENVIRONMENT_TAG}`]: environment,
-            [`aws:ResourceTag/${COST_TAGS.tier}`]: SMOKE_TIER,
-          },
-        },
-      },
-      {
-        Sid: "SmokeJobKey",
-        Effect: "Allow",
-        Action: ["kms:Decrypt", "kms:GenerateDataKey"],
-        Resource: arnOf(s, "kms", "key/*", "regional"),
-        Condition: {
-          StringEquals: {
-            [`aws:ResourceTag/${ENVIRONMENT_TAG}`]: environment,
-            "kms:ViaService": pulumi.interpolate`s3.${s.region}.amazonaws.com`,
-          },
-        },
+        Action: ["sts:AssumeRole", "sts:TagSession"],
+        Resource: submitterRoleArn,
       },
     ],
   };

@@ -1,10 +1,11 @@
 import * as aws from "@pulumi/aws";
 import * as pulumi from "@pulumi/pulumi";
+import { dirname } from "node:path";
 import type { ImageFamily, Tier, TierName } from "../runtime/src/catalog";
 import { JOB_METRICS } from "../runtime/src/contract";
 import { getTier, jobImageFamily } from "../runtime/src/catalog";
 import { LEDGER_PREFIX, pauseMarkerKey } from "../runtime/src/bucket-layout";
-import { sandboxFacts } from "../runtime/src/sandbox";
+import { JOB_UID_LEASES, sandboxFacts } from "../runtime/src/sandbox";
 import { SENDERS_ENV, formatSenders } from "../runtime/src/senders";
 import { PRIORITIES, type Priority, type SchedulingPolicy } from "../runtime/src/scheduling";
 import type { CrucibleConfig, TierConfig } from "./config";
@@ -730,6 +731,16 @@ export function tierJobImages(tier: Pick<Tier, "gpu">, images: Readonly<Record<s
   return [...families].flatMap((f) => (images[f] === undefined ? [] : [images[f]]));
 }
 
+/** The node's directory for the agent's scratch (its TMPDIR is `tmp` under it): bind-mounted at the same path. */
+export const AGENT_SCRATCH_DIR = "/var/lib/crucible";
+/** The directory of the runtime's per-job uid leases (runtime/src/sandbox.ts `JOB_UID_LEASES`), on the host's tmpfs. */
+export const JOB_UID_LEASE_DIR = dirname(JOB_UID_LEASES);
+/**
+ * Loop device nodes made on the host before the agent starts: one per job workspace volume at once, with
+ * room to spare (more than any tier runs jobs on one node).
+ */
+export const LOOP_DEVICES = 64;
+
 /** `<account>.dkr.ecr.<region>.amazonaws.com/...` → the registry's host and region. */
 function ecrRegistry(image: string, fallbackRegion: string): { host: string; region: string } {
   const host = image.split("/")[0]!;
@@ -738,8 +749,9 @@ function ecrRegistry(image: string, fallbackRegion: string): { host: string; reg
 }
 
 /**
- * The node's boot script: the GPU check, the agent's directories, an ECR login per registry, the tier's
- * job images and the agent, all by digest, the agent logging to its CloudWatch group.
+ * The node's boot script: the GPU check, the agent's directories and loop devices, an ECR login per
+ * registry, the tier's job images and the agent (root, privileged), all by digest, the agent logging to its
+ * CloudWatch group.
  */
 export function userData(input: {
   readonly tier: string;
@@ -770,18 +782,28 @@ export function userData(input: {
           'if ! nvidia-smi >/dev/null 2>&1; then echo "nvidia-smi failed: no usable GPU; not starting the agent"; exit 1; fi',
         ]
       : []),
-    "install -d -o 1000 -g 1000 /var/lib/crucible /var/lib/crucible/tmp",
+    // Root's alone: job uids never reach their files but through the bind mounts of their own container.
+    `install -d -m 0700 ${AGENT_SCRATCH_DIR} ${AGENT_SCRATCH_DIR}/tmp ${JOB_UID_LEASE_DIR}`,
+    "# A privileged container sees the host's device nodes as they are when it starts, and a loop device",
+    "# the kernel adds later has no node in it: make the nodes each job's workspace volume may take first.",
+    `modprobe loop && for i in $(seq 0 ${LOOP_DEVICES - 1}); do [ -b /dev/loop$i ] || mknod -m 0660 /dev/loop$i b 7 $i; done`,
     ...[...registries.values()].map(
       (r) =>
         `aws ecr get-login-password --region ${r.region} | docker login --username AWS --password-stdin ${r.host}`,
     ),
     "# The launcher never pulls: a job's image must be on the engine before the agent takes a job.",
     ...[...new Set(images)].map((i) => `docker pull ${i}`),
-    "docker run -d --name crucible-agent --restart=always --network host \\",
+    "# The agent runs as root, privileged: it gives each job a uid of its own (leases in /run/crucible) and",
+    "# loop-mounts each job's workspace volume (runtime/src/quota-volume.ts). It already holds the Docker",
+    "# socket, which is root on this host, so neither widens its reach; --privileged over SYS_ADMIN and a",
+    "# device list because loop devices come and go. Its scratch root (TMPDIR: the agent's, the launcher's",
+    "# and job-spec's tmpdir()) is the same path here and inside, since job containers bind-mount paths",
+    "# under it; rshared carries the agent's workspace mounts out to the host, where Docker makes jobs' mounts.",
+    `docker run -d --name crucible-agent --restart=always --network host --user 0:0 --privileged \\`,
     `  --log-driver awslogs --log-opt awslogs-group=${input.logGroup} --log-opt awslogs-region=${input.regionName} --log-opt awslogs-create-group=false \\`,
-    '  --group-add "$(stat -c %g /var/run/docker.sock)" \\',
-    "  -v /var/run/docker.sock:/var/run/docker.sock -v /var/lib/crucible:/var/lib/crucible \\",
-    "  -e TMPDIR=/var/lib/crucible/tmp \\",
+    "  -v /var/run/docker.sock:/var/run/docker.sock \\",
+    `  -v ${AGENT_SCRATCH_DIR}:${AGENT_SCRATCH_DIR}:rshared -v ${JOB_UID_LEASE_DIR}:${JOB_UID_LEASE_DIR} \\`,
+    `  -e TMPDIR=${AGENT_SCRATCH_DIR}/tmp \\`,
     // nvidia-smi for the agent's health check: the utility capability only, the GPUs stay the jobs'.
     ...(input.gpu ? ["  --gpus all -e NVIDIA_DRIVER_CAPABILITIES=utility \\"] : []),
     envFlags,

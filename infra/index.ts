@@ -4,12 +4,12 @@ import { PRIORITIES, type Priority } from "../runtime/src/scheduling";
 import { Submitters } from "./access";
 import { Budgets } from "./budgets";
 import { PermissionsBoundary, boundEveryRole } from "./boundary";
-import { CiAccess } from "./ci";
+import { CiAccess, SMOKE_PROJECT } from "./ci";
 import { loadConfig, schedulingPolicy, submitterProjects } from "./config";
 import { fixedMonthlyCosts, tierHourlyCosts } from "./finance";
 import { TierFleet } from "./fleet";
 import { KubernetesTarget } from "./kubernetes";
-import { Network } from "./network";
+import { EndpointPolicies, Network } from "./network";
 import { Notifications } from "./notifications";
 import { Operations } from "./operations";
 import { awsProvider, stackTags } from "./providers";
@@ -75,9 +75,40 @@ const notifications = new Notifications(
 );
 const workspaces = new Workspaces("workspaces", { settings: config.workspaces }, { provider: aws });
 
+// The VPC's S3 and SQS endpoints reach only this stack's buckets (and ECR's layers) and queues.
+new EndpointPolicies(
+  "network-endpoints",
+  {
+    endpointIds: net.endpointIds,
+    region: config.region,
+    bucketArns: [workspaces.bucketArn, workspaces.datasetsBucketArn],
+    queueArns: enabledTiers.flatMap((t) => PRIORITIES.map((p) => jobQueues.byTier[t]![p].queueArn)),
+  },
+  { provider: aws },
+);
+
+// CI reaches the account through GitHub's OIDC provider: pull requests preview with a read-only role,
+// jobs in the stack's GitHub environment deploy with the deploy role, and the smoke job may only become
+// project ci's submitter (declared below, trusting the smoke role). Without crucible:ci, none exists.
+const projects = submitterProjects(config);
+const [ciSubmitterRoleArn, resolveCiSubmitterRoleArn] = pulumi.deferredOutput<string>();
+const ciAccess = config.ci
+  ? new CiAccess(
+      "ci",
+      {
+        github: config.ci.github,
+        environment: config.environment,
+        stack: config.stack,
+        permissionsBoundaryArn: boundary.arn,
+        ...(projects[SMOKE_PROJECT] && { smokeSubmitterRoleArn: ciSubmitterRoleArn }),
+      },
+      { provider: aws },
+    )
+  : undefined;
+
 // Researchers submit as themselves: each project's role, assumed with the user's name as session name and
 // tag, writes only that user's prefix and sends only to the project's queues; agents check the sender.
-const projects = submitterProjects(config);
+// After CI's smoke role, which a trust policy may name only once it exists.
 const submitters = new Submitters(
   "submitters",
   {
@@ -92,8 +123,9 @@ const submitters = new Submitters(
       ]),
     ),
   },
-  { provider: aws },
+  { provider: aws, dependsOn: ciAccess ? [ciAccess.smokeRole] : [] },
 );
+if (projects[SMOKE_PROJECT]) resolveCiSubmitterRoleArn(submitters.roleArns[SMOKE_PROJECT]!);
 export const access = { submitterRoleArns: submitters.roleArns };
 
 const jobImages = Object.fromEntries(
@@ -253,20 +285,6 @@ export const kubernetes = kubernetesTarget && {
   agentRoleArns: kubernetesTarget.agentRoleArns,
 };
 
-// CI reaches the account through GitHub's OIDC provider: pull requests preview with a read-only role,
-// jobs in the stack's GitHub environment deploy with the deploy role. Without crucible:ci, none exists.
-const ciAccess = config.ci
-  ? new CiAccess(
-      "ci",
-      {
-        github: config.ci.github,
-        environment: config.environment,
-        stack: config.stack,
-        permissionsBoundaryArn: boundary.arn,
-      },
-      { provider: aws },
-    )
-  : undefined;
 export const ci = ciAccess && {
   oidcProviderArn: ciAccess.oidcProviderArn,
   previewRoleArn: ciAccess.previewRoleArn,

@@ -2,6 +2,7 @@ import * as aws from "@pulumi/aws";
 import * as pulumi from "@pulumi/pulumi";
 import type { CrucibleConfig } from "./config";
 import { publicSubnetsFor, subnetLayout } from "./cidr";
+import type { PolicyDocument } from "./policy-document";
 import { componentTags } from "./providers";
 
 /**
@@ -58,6 +59,11 @@ export class Network extends pulumi.ComponentResource {
   public readonly natGatewayCount: number;
   public readonly interfaceEndpointCount: number;
   public readonly fixedCostCounts: NetworkFixedCostCounts;
+  /**
+   * The endpoints whose policies {@link EndpointPolicies} writes once the buckets and queues exist: S3's
+   * gateway, and SQS's interface endpoint where there is one (no NAT). None in an `existing` VPC.
+   */
+  public readonly endpointIds: { readonly s3?: pulumi.Output<string>; readonly sqs?: pulumi.Output<string> };
 
   constructor(name: string, args: NetworkArgs, opts?: pulumi.ComponentResourceOptions) {
     super("crucible:network:Network", name, {}, opts);
@@ -72,6 +78,7 @@ export class Network extends pulumi.ComponentResource {
     let vpc: { id: pulumi.Output<string>; cidr: pulumi.Output<string>; subnetIds: pulumi.Output<string[]> };
     let natGateways = 0;
     let interfaceEndpoints = 0;
+    let endpointIds: Network["endpointIds"] = {};
     if (settings.existing) {
       const found = aws.ec2.getVpcOutput({ id: settings.existing.vpcId }, { parent: this });
       vpc = {
@@ -84,6 +91,7 @@ export class Network extends pulumi.ComponentResource {
       vpc = built;
       natGateways = built.natGateways;
       interfaceEndpoints = built.interfaceEndpoints;
+      endpointIds = built.endpointIds;
     }
 
     const nodes = new aws.ec2.SecurityGroup(
@@ -108,6 +116,7 @@ export class Network extends pulumi.ComponentResource {
     this.nodeSecurityGroupId = nodes.id;
     this.natGatewayCount = natGateways;
     this.interfaceEndpointCount = interfaceEndpoints;
+    this.endpointIds = endpointIds;
     this.fixedCostCounts = {
       natGateways,
       interfaceEndpoints,
@@ -191,7 +200,7 @@ function buildVpc(
     return table;
   });
 
-  new aws.ec2.VpcEndpoint(
+  const s3 = new aws.ec2.VpcEndpoint(
     `${name}-s3`,
     {
       vpcId: vpc.id,
@@ -203,6 +212,7 @@ function buildVpc(
     { parent },
   );
   const services = nat === "none" ? INTERFACE_ENDPOINT_SERVICES : [];
+  let sqs: pulumi.Output<string> | undefined;
   if (services.length) {
     const endpointGroup = new aws.ec2.SecurityGroup(
       `${name}-endpoints`,
@@ -217,7 +227,7 @@ function buildVpc(
     );
     for (const service of services) {
       const id = `${name}-${service.replace(".", "-")}`;
-      new aws.ec2.VpcEndpoint(
+      const endpoint = new aws.ec2.VpcEndpoint(
         id,
         {
           vpcId: vpc.id,
@@ -230,6 +240,7 @@ function buildVpc(
         },
         { parent },
       );
+      if (service === "sqs") sqs = endpoint.id;
     }
   }
 
@@ -239,6 +250,7 @@ function buildVpc(
     subnetIds: pulumi.all(privateSubnets.map((s) => s.id)),
     natGateways: natIds.length,
     interfaceEndpoints: services.length,
+    endpointIds: { s3: s3.id, ...(sqs && { sqs }) },
   };
 }
 
@@ -297,4 +309,85 @@ function availabilityZones(count: number, parent: pulumi.Resource): pulumi.Outpu
     }
     return names.slice(0, count);
   });
+}
+
+/** The bucket ECR keeps image layers in, in the stack's region: image pulls read it through the S3 endpoint. */
+export const ecrLayerBucketArn = (region: string) => `arn:aws:s3:::prod-${region}-starport-layer-bucket/*`;
+
+/** Arguments of {@link EndpointPolicies}. */
+export interface EndpointPoliciesArgs {
+  /** `Network.endpointIds`: the endpoints to write policies on (none in an `existing` VPC). */
+  readonly endpointIds: Network["endpointIds"];
+  readonly region: string;
+  /** Every bucket the stack declares that anything in the VPC uses (workspaces, datasets). */
+  readonly bucketArns: readonly pulumi.Input<string>[];
+  /** Every queue the stack declares that anything in the VPC uses (each tier's job queues). */
+  readonly queueArns: readonly pulumi.Input<string>[];
+}
+
+/**
+ * The VPC endpoints' policies: through the S3 gateway, only the stack's own buckets and ECR's layer
+ * bucket (image pulls); through the SQS endpoint, only the stack's own queues. Whatever a node's
+ * credentials allow (or a job could borrow), nothing leaves the VPC for another bucket or queue this
+ * way. Declared apart from {@link Network}, which exists before the buckets and queues do.
+ */
+export class EndpointPolicies extends pulumi.ComponentResource {
+  constructor(name: string, args: EndpointPoliciesArgs, opts?: pulumi.ComponentResourceOptions) {
+    super("crucible:network:EndpointPolicies", name, {}, opts);
+    const { endpointIds, region } = args;
+    if (endpointIds.s3) {
+      new aws.ec2.VpcEndpointPolicy(
+        `${name}-s3`,
+        {
+          vpcEndpointId: endpointIds.s3,
+          policy: pulumi.jsonStringify(s3EndpointPolicy(args.bucketArns, region)),
+        },
+        { parent: this },
+      );
+    }
+    if (endpointIds.sqs) {
+      new aws.ec2.VpcEndpointPolicy(
+        `${name}-sqs`,
+        { vpcEndpointId: endpointIds.sqs, policy: pulumi.jsonStringify(sqsEndpointPolicy(args.queueArns)) },
+        { parent: this },
+      );
+    }
+    this.registerOutputs({});
+  }
+}
+
+/** The S3 gateway's policy: the stack's buckets and their objects, and reads of ECR's layers. */
+export function s3EndpointPolicy(
+  bucketArns: readonly pulumi.Input<string>[],
+  region: string,
+): PolicyDocument {
+  return {
+    Version: "2012-10-17",
+    Statement: [
+      {
+        Sid: "StackBuckets",
+        Effect: "Allow",
+        Principal: "*",
+        Action: "s3:*",
+        Resource: bucketArns.flatMap((arn) => [arn, pulumi.interpolate`${arn}/*`]),
+      },
+      {
+        Sid: "EcrLayers",
+        Effect: "Allow",
+        Principal: "*",
+        Action: "s3:GetObject",
+        Resource: ecrLayerBucketArn(region),
+      },
+    ],
+  };
+}
+
+/** The SQS endpoint's policy: the stack's queues only. */
+export function sqsEndpointPolicy(queueArns: readonly pulumi.Input<string>[]): PolicyDocument {
+  return {
+    Version: "2012-10-17",
+    Statement: [
+      { Sid: "StackQueues", Effect: "Allow", Principal: "*", Action: "sqs:*", Resource: [...queueArns] },
+    ],
+  };
 }

@@ -15,6 +15,7 @@ import { iamRolesHavePermissionsBoundary } from "./iam-boundary";
 import { iamNoIfExistsConditions } from "./iam-conditions";
 import { iamNoWildcardTrust } from "./iam-trust";
 import { jobQueuesHaveDlq, snsTopicsEncrypted, sqsQueuesEncrypted } from "./messaging";
+import { vpcEndpointsHavePolicies } from "./network";
 import { agentConfigSandboxed, asgTiersHaveAgentConfig } from "./sandbox";
 import {
   s3BucketPolicyRequiresTls,
@@ -70,6 +71,7 @@ export function cruciblePolicies(): Policies {
     gpuStacksHaveBudgets(),
     agentConfigSandboxed(),
     asgTiersHaveAgentConfig(),
+    vpcEndpointsHavePolicies(),
     policyConfigMatchesStack(),
   ];
 }

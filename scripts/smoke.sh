@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The platform end to end on a deployed stack: submits runtime/templates/hello to its cpu-small queue and
 # waits for the result (queue, scaling from zero, node, agent, sandbox, workspace). Needs the pulumi CLI
-# logged in and AWS credentials for the stack's account; the job runs as project "ci", the only prefix the
-# CI deploy role may write. CI runs it after every deploy of dev and staging.
+# logged in and credentials of project ci's submitter role as user ci (scripts/assume-submitter.sh), whose
+# session name the agents check against the job's address. CI runs it after every deploy of dev and staging.
 #   bash scripts/smoke.sh acme/crucible/dev [timeout-seconds, default 900]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,7 +14,7 @@ AWS_REGION=$(output region | jq -r .)
 CRUCIBLE_BUCKET=$(output storage | jq -r .bucketName)
 CRUCIBLE_QUEUES=$(output queues | jq -c 'map_values(map_values(.queueUrl))')
 CRUCIBLE_SCHEDULING=$(output scheduling | jq -c .)
-export AWS_REGION CRUCIBLE_BUCKET CRUCIBLE_QUEUES CRUCIBLE_SCHEDULING CRUCIBLE_PROJECT=ci CRUCIBLE_USER=${CRUCIBLE_USER:-smoke}
+export AWS_REGION CRUCIBLE_BUCKET CRUCIBLE_QUEUES CRUCIBLE_SCHEDULING CRUCIBLE_PROJECT=ci CRUCIBLE_USER=ci
 
 job=$(npm run --silent crucible -- submit runtime/templates/hello --tier cpu-small)
 echo "submitted $job to $stack's cpu-small queue; waiting up to ${timeout}s for its result"

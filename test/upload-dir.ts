@@ -12,7 +12,12 @@ async function main(): Promise<void> {
   const [project, user, jobId] = address!.split("/");
   const s3 = new S3Client({ endpoint: process.env.CRUCIBLE_ENDPOINT, forcePathStyle: true });
   const store = new JobStore(s3, process.env.CRUCIBLE_BUCKET!, pino({ level: "silent" }));
-  const uploaded = await store.uploadDir({ project: project!, user: user!, jobId: jobId! }, "checkpoints", dir!, new Map());
+  const uploaded = await store.uploadDir(
+    { project: project!, user: user!, jobId: jobId! },
+    "checkpoints",
+    dir!,
+    new Map(),
+  );
   s3.destroy();
   process.stdout.write(JSON.stringify({ uploaded, maxRssBytes: process.resourceUsage().maxRSS * 1024 }));
 }

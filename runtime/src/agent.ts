@@ -77,6 +77,13 @@ export interface AgentOptions {
   readonly ready?: () => Promise<boolean>;
   /** The node's price against on-demand, asked as each job starts (a spot node's spot price). Defaults to on-demand. */
   readonly nodePrice?: () => Promise<NodePrice>;
+  /**
+   * Whether the tier's budget is paused, and why ({@link pauseCheck}): asked before every receive and every
+   * `schedulingPollSeconds`. While it is, the agent takes no job and stops its running ones with reason
+   * `budget` (they checkpoint); its load falls to 0, which releases the node's scale-in protection so the
+   * paused group can shrink. Defaults to never paused.
+   */
+  readonly paused?: () => Promise<string | undefined>;
 }
 
 export interface AgentEvents {
@@ -93,6 +100,8 @@ export interface AgentEvents {
   preempting: [victim: JobAddress, forJob: JobAddress];
   /** The node failed its health check and takes no more work. */
   unhealthy: [];
+  /** The tier's budget is paused (with the reason), or resumed (undefined): no job is taken meanwhile. */
+  paused: [reason: string | undefined];
   poison: [problem: string, messageId: string];
   /** A message whose sender may not queue the job it names: nothing of that job is read or written. */
   refused: [problem: string, messageId: string];
@@ -164,8 +173,12 @@ export class Agent extends EventEmitter<AgentEvents> {
   /** Fair-share claims one at a time, so two of a user's jobs taken together do not both count each other. */
   private claims: Promise<unknown> = Promise.resolve();
   private readonly spend: SpendTracker;
-  private readonly settings: Required<Omit<AgentOptions, "recordOutcome" | "recordSpend" | "ready">> &
-    Pick<AgentOptions, "recordOutcome" | "recordSpend" | "ready">;
+  /** Why the tier's budget is paused, while it is. */
+  private pausedFor: string | undefined;
+  private readonly settings: Required<
+    Omit<AgentOptions, "recordOutcome" | "recordSpend" | "ready" | "paused">
+  > &
+    Pick<AgentOptions, "recordOutcome" | "recordSpend" | "ready" | "paused">;
 
   constructor(options: AgentOptions) {
     super();
@@ -207,12 +220,14 @@ export class Agent extends EventEmitter<AgentEvents> {
       logger,
       "preemption check",
     );
+    const pause = every(schedulingPollSeconds, () => this.checkPause(), logger, "budget pause check");
     try {
       this.polling = this.receiveUntilStopped();
       await this.polling;
       await Promise.all([...this.active.values()].map((a) => a.promise));
     } finally {
       clearInterval(preemption);
+      clearInterval(pause);
     }
     logger.info({ tier, reason: this.stopping?.reason }, "agent stopped");
   }
@@ -230,6 +245,10 @@ export class Agent extends EventEmitter<AgentEvents> {
         this.emit("unhealthy");
         this.stop("interrupted");
         break;
+      }
+      if (await this.checkPause()) {
+        await this.slotsChanged.wait(this.settings.schedulingPollSeconds * 1000);
+        continue;
       }
       let received: ReceivedJob[];
       try {
@@ -259,6 +278,27 @@ export class Agent extends EventEmitter<AgentEvents> {
     this.settings.logger.info({ reason, running: this.active.size }, "agent stopping");
     for (const { stop } of this.active.values()) stop.abort(new StopRequest(reason, graceSeconds));
     this.slotsChanged.fire();
+  }
+
+  /**
+   * Looks at the tier's budget pause: while it is on, every running job is stopped with reason `budget`.
+   * Resolves true while paused. The check itself fails closed ({@link pausedTier}).
+   */
+  private async checkPause(): Promise<boolean> {
+    const { paused, logger, graceSeconds } = this.settings;
+    if (!paused || this.stopping) return false;
+    const reason = await paused();
+    if (reason !== this.pausedFor) {
+      if (reason)
+        logger.warn({ reason, running: this.active.size }, "the tier's budget is paused; taking no jobs");
+      else logger.info("the tier's budget pause is lifted; taking jobs again");
+      this.pausedFor = reason;
+      this.emit("paused", reason);
+    }
+    if (!reason) return false;
+    for (const slot of this.active.values())
+      if (!slot.stop.signal.aborted) slot.stop.abort(new StopRequest("budget", graceSeconds));
+    return true;
   }
 
   private take(message: ReceivedJob): void {
@@ -658,7 +698,9 @@ export class Agent extends EventEmitter<AgentEvents> {
       message,
       envelope,
       log,
-      reason === "budget" ? "stopped: its owner's budget is spent; checkpoints kept" : undefined,
+      reason === "budget"
+        ? `stopped: ${this.pausedFor ? `the tier's budget is paused (${this.pausedFor})` : "its owner's budget is spent"}; checkpoints kept`
+        : undefined,
       pricing,
     );
   }
@@ -707,7 +749,7 @@ export class Agent extends EventEmitter<AgentEvents> {
       priceFactor: pricing.priceFactor,
       costUsd: attemptCost(envelope.executionTime, pricing.pricePerHourUsd, pricing.priceFactor),
     };
-    await store.putLedgerEntry(address, entry);
+    await store.putLedgerEntry(entry);
     this.spend.recorded(entry);
     if (!recordSpend) return;
     const standings = await this.spend.standings(address);
@@ -747,12 +789,22 @@ export class Agent extends EventEmitter<AgentEvents> {
 
 const charged = (pricing: Pricing): number => pricing.pricePerHourUsd * pricing.priceFactor;
 
-/** A promise that resolves on the next {@link fire}: the receive loop sleeps on it while every slot is taken. */
-function signal(): { wait(): Promise<void>; fire(): void } {
+/**
+ * A promise that resolves on the next {@link fire} (or after `timeoutMs`): the receive loop sleeps on it
+ * while every slot is taken, or while the tier is paused.
+ */
+function signal(): { wait(timeoutMs?: number): Promise<void>; fire(): void } {
   let release: () => void = () => undefined;
   let next = new Promise<void>((resolve) => (release = resolve));
   return {
-    wait: () => next,
+    wait: (timeoutMs) => {
+      if (timeoutMs === undefined) return next;
+      let timer: NodeJS.Timeout | undefined;
+      return Promise.race([
+        next,
+        new Promise<void>((resolve) => (timer = setTimeout(resolve, timeoutMs))),
+      ]).finally(() => clearTimeout(timer));
+    },
     fire: () => {
       release();
       next = new Promise<void>((resolve) => (release = resolve));

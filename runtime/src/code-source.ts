@@ -211,8 +211,7 @@ export async function readSources(
 ): Promise<SourceText[]> {
   const resolved = kind ?? (await codeKind(path));
   const room = (declared: number): boolean => {
-    const fits =
-      declared <= MAX_SOURCE_BYTES && reading.bytesRead + declared <= MAX_DETECTION_BYTES;
+    const fits = declared <= MAX_SOURCE_BYTES && reading.bytesRead + declared <= MAX_DETECTION_BYTES;
     if (!fits) reading.unread += 1;
     return fits;
   };
@@ -285,10 +284,7 @@ async function readEntry(zip: yauzl.ZipFile, entry: yauzl.Entry, zipName: string
  * A regular file's bytes, when `wanted(size)` says so: opened without following a link and without
  * blocking on a FIFO, and read no further than the size it had when opened.
  */
-async function readRegularFile(
-  path: string,
-  wanted: (size: number) => boolean,
-): Promise<Buffer | undefined> {
+async function readRegularFile(path: string, wanted: (size: number) => boolean): Promise<Buffer | undefined> {
   const handle = await open(path, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK).catch(
     () => undefined,
   );

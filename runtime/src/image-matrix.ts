@@ -157,6 +157,17 @@ export function tierImageFamilies(tier: Pick<Tier, "gpu">): readonly JobImageFam
   return tier.gpu ? ["ml-cuda"] : ["cpu", "ml-cpu"];
 }
 
+/** Why a tier's nodes do not run jobs in `family`, or undefined when they do. */
+export function imageFamilyRefusal(
+  tier: Pick<Tier, "gpu" | "name">,
+  family: JobImageFamily,
+): string | undefined {
+  const families = tierImageFamilies(tier);
+  return families.includes(family)
+    ? undefined
+    : `imageFamily must be one of ${families.join(", ")} on tier ${tier.name}, got "${family}"`;
+}
+
 /** The family a job runs in: CUDA on GPU tiers, PyTorch on CPU when the code needs it, else the slim one. */
 export function jobImageFamily(tier: Pick<Tier, "gpu">, needs: { readonly torch: boolean }): JobImageFamily {
   if (tier.gpu) return "ml-cuda";

@@ -2,7 +2,7 @@ import { z } from "zod";
 import type { Envelope, JobSpecInput } from "./contract";
 import { jobEnvSchema, jobIdSchema } from "./contract";
 import type { JobImageFamily } from "./image-matrix";
-import { JOB_IMAGE_FAMILIES, tierImageFamilies } from "./image-matrix";
+import { imageFamilyRefusal, JOB_IMAGE_FAMILIES } from "./image-matrix";
 import type { JobAddress } from "./job-store";
 import { InvalidJobError, parseStrict } from "./job-spec";
 import type { Priority } from "./scheduling";
@@ -87,12 +87,8 @@ export function admitJob(raw: unknown, arrival: Arrival): AdmittedJob {
       "timeoutSeconds",
       `timeoutSeconds must be at most ${maxRuntimeSeconds} for tier ${tier}, got ${timeoutSeconds}`,
     );
-  const families = tierImageFamilies(getTier(tier));
-  if (spec.imageFamily !== undefined && !families.includes(spec.imageFamily))
-    throw new InvalidJobError(
-      "imageFamily",
-      `imageFamily must be one of ${families.join(", ")} on tier ${tier}, got "${spec.imageFamily}"`,
-    );
+  const refusal = spec.imageFamily && imageFamilyRefusal(getTier(tier), spec.imageFamily);
+  if (refusal) throw new InvalidJobError("imageFamily", refusal);
   if (spec.resumeFrom === address.jobId)
     throw new InvalidJobError("resumeFrom", `resumeFrom must name an earlier job, not the job itself`);
   return { spec, tier, priority, timeoutSeconds };

@@ -92,7 +92,6 @@ const KEYS = {
   logs: "logs/",
   checkpoints: "checkpoints/",
   outputs: "outputs/",
-  ledger: "ledger/",
   attempts: "attempts/",
 } as const;
 
@@ -281,7 +280,10 @@ export class JobStore {
     for (const file of await filesUnder(root)) {
       const opened = await openRegularFile(root, file);
       if (!opened) {
-        this.logger.warn({ jobId: address.jobId, file }, "not syncing a file swapped for a link or special file");
+        this.logger.warn(
+          { jobId: address.jobId, file },
+          "not syncing a file swapped for a link or special file",
+        );
         continue;
       }
       try {
@@ -336,18 +338,19 @@ export class JobStore {
       const out = await this.getObject(key);
       if (!out) continue;
       if (await writeNewFile(root, join(parent, parts.at(-1)!), out.Body as Readable)) count += 1;
-      else this.logger.warn({ jobId: address.jobId, key }, "not restoring a checkpoint outside its directory");
+      else
+        this.logger.warn({ jobId: address.jobId, key }, "not restoring a checkpoint outside its directory");
     }
     return count;
   }
 
   /**
-   * Records one attempt's cost twice: under its job (`ledger/<attempt>.json`), where it goes with the job's
-   * files, and in finance's partition of the month it ended in ({@link LEDGER_PREFIX}), which outlives them.
+   * Records one attempt's cost in finance's partition of the month it ended in ({@link LEDGER_PREFIX}),
+   * which outlives the job's files. Never under the job: the submitter can write there, and only agents
+   * write the ledger.
    */
-  async putLedgerEntry(address: JobAddress, entry: LedgerEntry): Promise<void> {
+  async putLedgerEntry(entry: LedgerEntry): Promise<void> {
     const body = JSON.stringify(entry);
-    await this.put(address, `${KEYS.ledger}${entry.attempt}.json`, body);
     const key = LEDGER_PREFIX + ledgerPartitionPath(entry);
     await this.s3.send(new PutObjectCommand({ Bucket: this.bucket, Key: key, Body: body }));
   }

@@ -4,9 +4,9 @@ import { PRIORITIES } from "./scheduling";
 import { TIER_NAMES } from "./tiers";
 
 /**
- * The cost ledger: one entry per attempt of a job, written by the agent that ran it next to the job
- * (`<job prefix>ledger/<attempt>.json`), so showback needs no database and a job's history travels with
- * it. `crucible usage` and the cost report aggregate these entries.
+ * The cost ledger: one entry per attempt of a job, written by the agent that ran it in finance's partition
+ * of the month (`ledger/<yyyy-mm>/<project>/<user>/<jobId>/<attempt>.json`), so showback needs no
+ * database. Only agents write it. `crucible usage` and the cost report aggregate these entries.
  */
 export const ledgerEntrySchema = z.object({
   jobId: z.string(),

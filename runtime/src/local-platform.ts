@@ -30,9 +30,9 @@ export interface PlatformClients {
   readonly sqs: SQSClient;
   readonly store: JobStore;
   /** The tier's queue of one priority class (by default `normal`). */
-  queue(tier: TierName, priority?: Priority): JobQueue;
+  queue: (tier: TierName, priority?: Priority) => JobQueue;
   /** Variables that point a CLI or agent in another process at the platform as this identity. */
-  env(): Record<string, string>;
+  env: () => Record<string, string>;
 }
 
 /**

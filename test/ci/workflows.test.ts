@@ -384,6 +384,54 @@ describe("credentials", () => {
   });
 });
 
+describe("smoke jobs", () => {
+  const smokeJobs = () =>
+    allJobs().filter(({ job }) => commands(job.steps).some((c) => c.startsWith("bash scripts/smoke.sh")));
+  const script = () => readFileSync(path.join(ROOT, "scripts/assume-submitter.sh"), "utf8");
+
+  it("become project ci's submitter as user ci, after the smoke role and before submitting", () => {
+    expect(smokeJobs().map(({ file, id }) => `${file}#${id}`)).toEqual([
+      "main.yml#smoke-dev",
+      "promote.yml#smoke-staging",
+    ]);
+    for (const { file, id, job } of smokeJobs()) {
+      const stack = String(credentialSteps(job.steps)[0]!.with!.stack);
+      const at = (pred: (s: Step) => boolean) => job.steps.findIndex(pred);
+      const credentials = at((s) => s.uses === CREDENTIALS_ACTION);
+      const become = at((s) => s.run === `bash scripts/assume-submitter.sh acme/crucible/${stack} ci ci`);
+      const smoke = at((s) => (s.run ?? "").startsWith("bash scripts/smoke.sh"));
+      expect(
+        [credentials, become, smoke].every((i) => i >= 0),
+        `${file}#${id}`,
+      ).toBe(true);
+      expect(credentials, `${file}#${id}`).toBeLessThan(become);
+      expect(become, `${file}#${id}`).toBeLessThan(smoke);
+      // The submitter's trust admits project ci's one user, the smoke role (infra/access.ts).
+      expect(stackConfig(stack).access.ci?.users).toEqual({
+        ci: `arn:aws:iam::123456789012:role/crucible-${stack}-ci-smoke`,
+      });
+    }
+  });
+
+  it("assume the submitter with exactly what its trust admits: session name and the one crucible-user tag", () => {
+    const text = script();
+    expect(text).toContain(
+      'arn=$(pulumi stack output access --stack "$stack" --json | jq -r --arg p "$project" \'.submitterRoleArns[$p] // empty\')',
+    );
+    expect(text).toContain('creds=$(aws sts assume-role --role-arn "$arn" --role-session-name "$user" \\');
+    expect(text).toContain('  --tags "Key=crucible-user,Value=$user" --duration-seconds 3600');
+    // No action that adds its own session tags (configure-aws-credentials always tags GitHub's).
+    expect(text).not.toMatch(/transitive|--policy/);
+    for (const key of ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"])
+      expect(text).toContain(`echo "${key}=`);
+    expect(text).toContain('echo "::add-mask::');
+    // And smoke.sh submits as that user in that project, so the SenderId matches the job's address.
+    expect(readFileSync(path.join(ROOT, "scripts/smoke.sh"), "utf8")).toContain(
+      "CRUCIBLE_PROJECT=ci CRUCIBLE_USER=ci",
+    );
+  });
+});
+
 describe("every pulumi preview and up", () => {
   it("runs the policy pack with the stack's own config, written earlier in the same job", () => {
     for (const { file, id, job } of allJobs()) {

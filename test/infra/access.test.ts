@@ -108,6 +108,22 @@ describe.each(STACKS)("%s stack submitters", (stack) => {
     expect(children.filter((r) => r.type !== T.role && r.type !== T.rolePolicy)).toEqual([]);
   });
 
+  it("names CI's smoke role, exactly as infra/ci.ts declares it, as project ci's one user (ci)", () => {
+    const ci = want.projects.ci;
+    const outputs = plan.outputs as { ci?: { smokeRoleArn: string } };
+    if (!ci) {
+      // No smoke job here: no principal outside the stack's users.
+      expect(Object.values(want.projects).flatMap((p) => Object.values(p.users))).not.toContain(
+        outputs.ci?.smokeRoleArn,
+      );
+      return;
+    }
+    expect(ci.users).toEqual({ ci: outputs.ci!.smokeRoleArn });
+    expect(ci.users.ci).toBe(`arn:aws:iam::123456789012:role/crucible-${stack}-ci-smoke`);
+    // Only the cpu-small queues the smoke job uses, at the default priority classes.
+    expect(ci).toMatchObject({ tiers: ["cpu-small"], priorities: ["normal", "low"] });
+  });
+
   it("lets each user assume their project's role only as themselves: session name and tag", () => {
     for (const [project, access] of Object.entries(want.projects)) {
       expect(role(project).inputs.permissionsBoundary).toBe(plan.outputs.permissionsBoundaryArn);

@@ -24,17 +24,22 @@ const sid = (doc: Statement[], name: string) => doc.find((s) => s.Sid === name)!
 const WANT = {
   dev: {
     declaresProvider: true,
+    /** Project ci in crucible:access: the smoke role may become its submitter. */
+    smokeSubmits: true,
     deploy: ["repo:acme/crucible:environment:dev"],
     smoke: ["repo:acme/crucible:environment:dev", "repo:acme/crucible:ref:refs/heads/main"],
   },
   // Staging shares dev's account, whose provider the dev stack declares.
   staging: {
     declaresProvider: false,
+    smokeSubmits: true,
     deploy: ["repo:acme/crucible:environment:staging"],
     smoke: ["repo:acme/crucible:environment:staging"],
   },
   prod: {
     declaresProvider: true,
+    // Prod runs no smoke job: its smoke role may do nothing.
+    smokeSubmits: false,
     deploy: ["repo:acme/crucible:environment:prod"],
     smoke: ["repo:acme/crucible:environment:prod"],
   },
@@ -67,7 +72,8 @@ describe.each(STACKS)("the %s stack's CI access", (stack) => {
     plan = await runStack(stack);
     deploy = statements(plan.get(ROLE_POLICY, "ci-deploy").inputs.policy);
     preview = statements(plan.get(ROLE_POLICY, "ci-preview").inputs.policy);
-    smoke = statements(plan.get(ROLE_POLICY, "ci-smoke").inputs.policy);
+    const smokePolicy = plan.ofType(ROLE_POLICY).find((p) => p.name === "ci-smoke");
+    smoke = smokePolicy ? statements(smokePolicy.inputs.policy) : [];
     boundaryArn = `arn:aws:iam::${MOCK_ACCOUNT_ID}:policy/crucible-${stack}-permissions-boundary`;
   });
 
@@ -245,46 +251,10 @@ describe.each(STACKS)("the %s stack's CI access", (stack) => {
     );
   });
 
-  it("gives the deploy role no object at all, and the smoke role only the smoke job's project (its files, its ledger entries)", () => {
+  it("gives the deploy role no object at all", () => {
     expect(
       deploy.filter((s) => list(s.Resource).some((r) => r.startsWith("arn:aws:s3:::") && r.includes("/"))),
     ).toEqual([]);
-    const objects = smoke.filter((s) =>
-      list(s.Resource).some((r) => r.startsWith("arn:aws:s3:::") && r.includes("/")),
-    );
-    expect(objects.map((s) => [s.Sid, s.Action, s.Resource, s.Condition])).toEqual([
-      [
-        "SmokeJobFiles",
-        ["s3:GetObject", "s3:PutObject"],
-        "arn:aws:s3:::workspaces-*/workspaces/ci/*",
-        { StringEquals: { "aws:ResourceAccount": MOCK_ACCOUNT_ID } },
-      ],
-      [
-        "SmokeJobLedger",
-        "s3:GetObject",
-        "arn:aws:s3:::workspaces-*/ledger/*/ci/*",
-        { StringEquals: { "aws:ResourceAccount": MOCK_ACCOUNT_ID } },
-      ],
-    ]);
-    // And it sends only to this environment's cpu-small queues; nothing else.
-    expect(sid(smoke, "SmokeJobQueue")).toMatchObject({
-      Action: ["sqs:SendMessage", "sqs:GetQueueUrl"],
-      Condition: {
-        StringEquals: {
-          "aws:ResourceTag/crucible:environment": stack,
-          "aws:ResourceTag/crucible:tier": "cpu-small",
-        },
-      },
-    });
-    expect(smoke.map((s) => s.Sid)).toEqual([
-      "SmokeJobFiles",
-      "SmokeJobLedger",
-      "SmokeJobQueue",
-      "SmokeJobKey",
-    ]);
-    const role = plan.get(ROLE, "ci-smoke").inputs;
-    expect(role.name).toBe(`crucible-${stack}-ci-smoke`);
-    expect(statements(role.assumeRolePolicy)).toEqual(trust(want.smoke));
     const buckets = sid(deploy, "WorkspaceBuckets");
     expect(list(buckets.Action).filter((a) => a.includes("Object"))).toEqual([]);
     const bucket = String(
@@ -293,8 +263,51 @@ describe.each(STACKS)("the %s stack's CI access", (stack) => {
     expect(bucket).toMatch(/^workspaces-/);
   });
 
+  it(
+    want.smokeSubmits
+      ? "lets the smoke role only become project ci's submitter (assume it, tag the session), nothing of S3 or SQS"
+      : "gives the smoke role no policy where no project ci exists to submit as",
+    () => {
+      const role = plan.get(ROLE, "ci-smoke").inputs;
+      expect(role.name).toBe(`crucible-${stack}-ci-smoke`);
+      expect(statements(role.assumeRolePolicy)).toEqual(trust(want.smoke));
+      const submitters = plan.outputs.access as { submitterRoleArns: Record<string, string> };
+      expect(smoke).toEqual(
+        want.smokeSubmits
+          ? [
+              {
+                Sid: "AssumeCiSubmitter",
+                Effect: "Allow",
+                Action: ["sts:AssumeRole", "sts:TagSession"],
+                Resource: submitters.submitterRoleArns.ci,
+              },
+            ]
+          : [],
+      );
+      expect(submitters.submitterRoleArns.ci === undefined).toBe(!want.smokeSubmits);
+      if (!want.smokeSubmits) return;
+      // The submitter trusts the smoke role by its ARN, as user ci only, and is declared after it.
+      const submitter = plan.get(ROLE, "submitters-ci");
+      expect(submitter.state.arn).toBe(submitters.submitterRoleArns.ci);
+      expect(statements(submitter.inputs.assumeRolePolicy)).toEqual([
+        {
+          Sid: "Userci",
+          Effect: "Allow",
+          Principal: { AWS: plan.get(ROLE, "ci-smoke").state.arn },
+          Action: ["sts:AssumeRole", "sts:TagSession"],
+          Condition: {
+            StringEquals: { "sts:RoleSessionName": "ci", "aws:RequestTag/crucible-user": "ci" },
+            "ForAllValues:StringEquals": { "aws:TagKeys": ["crucible-user"] },
+          },
+        },
+      ]);
+      const order = plan.resources.map((r) => r.urn);
+      expect(order.indexOf(plan.get(ROLE, "ci-smoke").urn)).toBeLessThan(order.indexOf(submitter.urn));
+    },
+  );
+
   it("fits IAM's limit of 10,240 characters of inline policy per role", () => {
-    for (const name of ["ci-deploy", "ci-preview", "ci-smoke"]) {
+    for (const name of ["ci-deploy", "ci-preview", ...(want.smokeSubmits ? ["ci-smoke"] : [])]) {
       const text = JSON.stringify(JSON.parse(plan.get(ROLE_POLICY, name).inputs.policy as string));
       expect(text.replace(/\s/g, "").length, name).toBeLessThan(10_240);
     }

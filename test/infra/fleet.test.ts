@@ -457,6 +457,41 @@ describe.each(STACKS)("%s stack fleet", (stack) => {
       }
     });
 
+    it("runs the agent as root, privileged, with its scratch root (rshared) and uid leases at the host's own paths", () => {
+      for (const tier of tiers) {
+        const { lines, env } = bootScript(template(tier));
+        const run = lines.findIndex((l) => l.startsWith("docker run"));
+        expect(lines.slice(run, run + 5)).toEqual([
+          "docker run -d --name crucible-agent --restart=always --network host --user 0:0 --privileged \\",
+          `  --log-driver awslogs --log-opt awslogs-group=/crucible/${environment}/${tier}/agent` +
+            ` --log-opt awslogs-region=${want.region} --log-opt awslogs-create-group=false \\`,
+          "  -v /var/run/docker.sock:/var/run/docker.sock \\",
+          "  -v /var/lib/crucible:/var/lib/crucible:rshared -v /run/crucible:/run/crucible \\",
+          "  -e TMPDIR=/var/lib/crucible/tmp \\",
+        ]);
+        // Root needs no socket group; the scratch root is TMPDIR alone (the agent's and launcher's tmpdir()).
+        expect(lines.filter((l) => l.includes("--group-add") || l.includes("--user "))).toEqual([lines[run]]);
+        expect(env.CRUCIBLE_SCRATCH_ROOT).toBeUndefined();
+        expect(lines.filter((l) => l.startsWith("docker run"))).toHaveLength(1);
+      }
+    });
+
+    it("makes the agent's directories root's alone and its loop device nodes before the agent starts", () => {
+      for (const tier of tiers) {
+        const { lines } = bootScript(template(tier));
+        const setup = [
+          "install -d -m 0700 /var/lib/crucible /var/lib/crucible/tmp /run/crucible",
+          "modprobe loop && for i in $(seq 0 63); do [ -b /dev/loop$i ] || mknod -m 0660 /dev/loop$i b 7 $i; done",
+        ];
+        for (const line of setup) {
+          expect(lines).toContain(line);
+          expect(lines.indexOf(line)).toBeLessThan(lines.findIndex((l) => l.startsWith("docker run")));
+        }
+        // Never ec2-user's uid (the agent was 1000 once).
+        expect(lines.some((l) => /(-o|-g|--user) 1000\b/.test(l))).toBe(false);
+      }
+    });
+
     it("gives the agent nvidia-smi for its health checks (the utility capability only), exactly on GPU tiers", () => {
       for (const tier of tiers) {
         const { lines } = bootScript(template(tier));

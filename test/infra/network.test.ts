@@ -14,7 +14,19 @@ const T = {
   endpoint: "aws:ec2/vpcEndpoint:VpcEndpoint",
   sg: "aws:ec2/securityGroup:SecurityGroup",
   defaultSg: "aws:ec2/defaultSecurityGroup:DefaultSecurityGroup",
+  endpointPolicy: "aws:ec2/vpcEndpointPolicy:VpcEndpointPolicy",
+  endpointPolicies: "crucible:network:EndpointPolicies",
+  bucket: "aws:s3/bucket:Bucket",
+  queue: "aws:sqs/queue:Queue",
 } as const;
+
+/** Each stack's enabled tiers (Pulumi.<stack>.yaml), whose job queues the SQS endpoint admits. */
+const TIERS = {
+  dev: ["cpu-small", "cpu-large", "gpu-small"],
+  staging: ["cpu-small", "cpu-large", "gpu-small", "gpu-medium"],
+  prod: ["cpu-small", "cpu-large", "gpu-small", "gpu-medium", "gpu-large"],
+} as const;
+const PRIORITIES = ["high", "normal", "low"] as const;
 
 interface Rule {
   protocol: string;
@@ -228,6 +240,79 @@ describe.each(Object.entries(EXPECTED))("%s stack network", (stack, want) => {
     });
   });
 
+  it("limits the S3 gateway endpoint to the stack's two buckets and ECR's layer bucket in its region", () => {
+    const [policy, ...rest] = plan.ofType(T.endpointPolicy).filter((p) => p.name === "network-endpoints-s3");
+    expect(rest).toEqual([]);
+    expect(policy!.inputs.vpcEndpointId).toBe(plan.get(T.endpoint, "network-s3").id);
+    const workspaces = plan.get(T.bucket, "workspaces-workspaces").state.arn as string;
+    const datasets = plan.get(T.bucket, "workspaces-datasets").state.arn as string;
+    expect(
+      plan
+        .ofType(T.bucket)
+        .map((b) => b.name)
+        .sort(),
+    ).toEqual(["workspaces-datasets", "workspaces-workspaces"]);
+    expect(JSON.parse(policy!.inputs.policy as string)).toEqual({
+      Version: "2012-10-17",
+      Statement: [
+        {
+          Sid: "StackBuckets",
+          Effect: "Allow",
+          Principal: "*",
+          Action: "s3:*",
+          Resource: [workspaces, `${workspaces}/*`, datasets, `${datasets}/*`],
+        },
+        {
+          Sid: "EcrLayers",
+          Effect: "Allow",
+          Principal: "*",
+          Action: "s3:GetObject",
+          Resource: `arn:aws:s3:::prod-${want.region}-starport-layer-bucket/*`,
+        },
+      ],
+    });
+  });
+
+  it(
+    want.nat === "none"
+      ? "limits the SQS endpoint to the stack's job queues, every tier and priority"
+      : "has no SQS endpoint to limit (queues through NAT)",
+    () => {
+      const policies = plan.ofType(T.endpointPolicy).filter((p) => p.name === "network-endpoints-sqs");
+      if (want.nat !== "none") {
+        expect(policies).toEqual([]);
+        return;
+      }
+      const queueArn = (tier: string, p: (typeof PRIORITIES)[number]) =>
+        plan.get(T.queue, p === "normal" ? `queues-${tier}` : `queues-${tier}-${p}`).state.arn as string;
+      expect(policies).toHaveLength(1);
+      expect(policies[0]!.inputs.vpcEndpointId).toBe(plan.get(T.endpoint, "network-sqs").id);
+      expect(JSON.parse(policies[0]!.inputs.policy as string)).toEqual({
+        Version: "2012-10-17",
+        Statement: [
+          {
+            Sid: "StackQueues",
+            Effect: "Allow",
+            Principal: "*",
+            Action: "sqs:*",
+            Resource: TIERS[stack as keyof typeof TIERS].flatMap((t) =>
+              PRIORITIES.map((p) => queueArn(t, p)),
+            ),
+          },
+        ],
+      });
+    },
+  );
+
+  it("writes endpoint policies only in their component, one per S3 or SQS endpoint", () => {
+    const component = plan.get(T.endpointPolicies, "network-endpoints");
+    const policies = plan.ofType(T.endpointPolicy);
+    expect(policies.every((p) => p.parent === component.urn)).toBe(true);
+    expect(policies.map((p) => p.name).sort()).toEqual(
+      want.nat === "none" ? ["network-endpoints-s3", "network-endpoints-sqs"] : ["network-endpoints-s3"],
+    );
+  });
+
   it("tags every network resource as the network component's", () => {
     for (const type of [T.vpc, T.subnet, T.routeTable, T.igw, T.nat, T.eip, T.endpoint, T.sg, T.defaultSg]) {
       for (const r of plan.ofType(type)) {
@@ -267,6 +352,7 @@ describe.each([
       T.eip,
       T.endpoint,
       T.defaultSg,
+      T.endpointPolicy,
     ]) {
       expect(plan.ofType(type)).toEqual([]);
     }

@@ -216,6 +216,7 @@ describe.each(STACKS)("the %s stack under the whole pack", (stack) => {
       ...(declares("aws:autoscaling/group:Group")
         ? ["asg-max-within-cap", "asg-tiers-have-agent-config"]
         : []),
+      ...(declares("aws:ec2/vpcEndpoint:VpcEndpoint") ? ["vpc-endpoints-have-policies"] : []),
     ];
     for (const policy of expected) expect(result.applied.get(policy) ?? 0, policy).toBeGreaterThan(0);
   });

@@ -1,13 +1,15 @@
 import { ReceiveMessageCommand, SendMessageCommand } from "@aws-sdk/client-sqs";
-import { GetObjectCommand } from "@aws-sdk/client-s3";
+import { DeleteObjectCommand, GetObjectCommand, PutObjectCommand } from "@aws-sdk/client-s3";
 import { mkdir, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import pino from "pino";
 import { describe, expect, it } from "vitest";
+import type { AgentOptions } from "../../runtime/src/agent";
 import { Agent } from "../../runtime/src/agent";
+import { pauseMarkerKey } from "../../runtime/src/bucket-layout";
+import { pauseCheck } from "../../runtime/src/budget-pause";
 import type { Envelope } from "../../runtime/src/contract";
 import { DockerLauncher } from "../../runtime/src/docker-launcher";
-import { imageRef } from "../../runtime/src/image-matrix";
 import type { JobAddress } from "../../runtime/src/job-store";
 import { submitJob } from "../../runtime/src/submit";
 import { queueDepth } from "../../scripts/lib/soak";
@@ -21,7 +23,7 @@ const WAIT_MS = 60_000;
 const local = useLocalPlatform(TIER, logger, { maxReceiveCount: 2, visibilityTimeoutSeconds: 5 });
 let counter = 0;
 
-function newAgent(): Agent {
+function newAgent(options: Partial<AgentOptions> = {}): Agent {
   return new Agent({
     tier: TIER,
     queues: local.platform.queues(TIER),
@@ -31,6 +33,8 @@ function newAgent(): Agent {
     logger,
     concurrency: 2,
     ...FAST_AGENT,
+    schedulingPollSeconds: 1,
+    ...options,
   });
 }
 
@@ -198,6 +202,61 @@ describe("the agent on the local platform", () => {
     } finally {
       second.stop();
       await secondRun;
+    }
+  });
+
+  it("fails closed on a budget pause: stops its running job as budget with its checkpoint, takes nothing until resumed", async () => {
+    const marker = pauseMarkerKey(TIER);
+    const check = pauseCheck(local.platform.s3, local.platform.bucket, TIER);
+    let checks = 0;
+    const agent = newAgent({ paused: () => ((checks += 1), check()) });
+    const pauses: (string | undefined)[] = [];
+    agent.on("paused", (reason) => pauses.push(reason));
+    const running = agent.run();
+    try {
+      const address = await submit(
+        [
+          "import signal, time",
+          "from crucible import checkpoint_dir",
+          "def main():",
+          '    signal.signal(signal.SIGTERM, lambda *_: ((checkpoint_dir() / "step").write_text("5"), exit(0)))',
+          '    print("working", flush=True)',
+          "    time.sleep(300)",
+        ].join("\n"),
+      );
+      await next(agent, "started", address.jobId);
+      const finished = next<[JobAddress, Envelope]>(agent, "finished", address.jobId);
+      const reason = "crucible-dev-cpu-large: ACTUAL spend reached 100 %";
+      await local.platform.s3.send(
+        new PutObjectCommand({
+          Bucket: local.platform.bucket,
+          Key: marker,
+          Body: JSON.stringify({ reason, budget: "crucible-dev-cpu-large", at: new Date().toISOString() }),
+        }),
+      );
+      const [, envelope] = await finished;
+      expect(envelope).toMatchObject({ reason: "budget" });
+      expect(pauses).toEqual([reason]);
+      expect(await object(`${local.platform.store.jobPrefix(address)}checkpoints/step`)).toBe("5");
+      expect(await local.platform.store.getState(address)).toMatchObject({
+        note: `stopped: the tier's budget is paused (${reason}); checkpoints kept`,
+      });
+
+      let started = false;
+      const queued = await submit('def main():\n    return "after the pause"\n');
+      agent.on("started", (a) => (started ||= a.jobId === queued.jobId));
+      // The agent looks at the pause several more times while the job waits in the queue, untaken.
+      const looked = checks;
+      await expect.poll(() => checks, { timeout: WAIT_MS }).toBeGreaterThan(looked + 4);
+      expect(started).toBe(false);
+      expect(await queueDepth(local.platform, local.platform.queue(TIER).queueUrl)).toBe(1);
+      await local.platform.s3.send(new DeleteObjectCommand({ Bucket: local.platform.bucket, Key: marker }));
+      const [, after] = await next<[JobAddress, Envelope]>(agent, "finished", queued.jobId);
+      expect(after).toMatchObject({ status: "success", result: "after the pause" });
+      expect(pauses).toEqual([reason, undefined]);
+    } finally {
+      agent.stop();
+      await running;
     }
   });
 });

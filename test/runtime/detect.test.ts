@@ -6,6 +6,7 @@ import yazl from "yazl";
 import { createWriteStream } from "node:fs";
 import { pipeline } from "node:stream/promises";
 import { detect, detectSources } from "../../runtime/src/detect";
+import { writeRepeatedZip } from "../zip-bomb";
 
 const main = (text: string) => [{ name: "main.py", text }];
 
@@ -102,5 +103,28 @@ describe("detect", () => {
 
   it("names a path that does not exist", async () => {
     await expect(detect(join(dir, "nope"))).rejects.toThrow(`code: ${join(dir, "nope")} does not exist`);
+  });
+
+  it("reads 16 MiB of sources at most, from the start, and says what it left unread", async () => {
+    const zip = join(dir, "many.zip");
+    await writeRepeatedZip(
+      zip,
+      { count: 1, name: () => "main.py", data: Buffer.from("import torch\nx = torch.zeros(1).cuda()\n") },
+      { count: 999, name: (i) => `pkg/m${i}.py`, data: Buffer.from("y = 1\n".repeat(43_690)) },
+    );
+    const reading = { bytesRead: 0, unread: 0 };
+    const found = await detect(zip, reading);
+    expect(found.tier).toBe("gpu-small");
+    expect(reading.bytesRead).toBeLessThanOrEqual(16 * 2 ** 20);
+    expect(reading.unread).toBe(935);
+    expect(found.warnings).toEqual([
+      "935 source file(s) not read: detection reads at most 1.0 MiB a file and 16 MiB in all, so it may miss what they use",
+    ]);
+  });
+
+  it("refuses a zip bomb, naming the limit", async () => {
+    const zip = join(dir, "bomb.zip");
+    await writeRepeatedZip(zip, { count: 10_000, name: (i) => `m${i}.py`, data: Buffer.alloc(2 ** 20) });
+    await expect(detect(zip)).rejects.toThrow(/more than the 256 MiB \(268435456 bytes\) allowed/);
   });
 });

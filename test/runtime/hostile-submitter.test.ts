@@ -110,7 +110,8 @@ async function refused(address: JobAddress): Promise<Envelope> {
       executionTime: 0,
     });
     expect(started).toBe(false);
-    expect([...(await stored(address)).keys()].filter((k) => k.startsWith("ledger/"))).toEqual([]);
+    const charged = await local.platform.store.ledgerEntries({ project: PROJECT, user: "alice" });
+    expect(charged.filter((e) => e.jobId === address.jobId)).toEqual([]);
     expect(await local.platform.store.getState(address)).toMatchObject({ status: "failed", attempts: 0 });
     return envelope;
   } finally {

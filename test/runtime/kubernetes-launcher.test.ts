@@ -305,6 +305,21 @@ describe("KubernetesLauncher.gc", () => {
 });
 
 describe("the CLI", () => {
+  /** Accepted senders: the agent starts only with them, before it looks at the launcher's settings. */
+  const SENDERS = JSON.stringify({ agents: ["AROAEXAMPLEAGENT00000"], submitters: {} });
+
+  it("refuses to start an agent without CRUCIBLE_SENDERS, naming the variable", async () => {
+    const { code: exit, stderr } = await crucible(["agent", "--tier", "cpu-small"], undefined, {
+      CRUCIBLE_BUCKET: "b",
+      CRUCIBLE_QUEUES: JSON.stringify({ "cpu-small": "https://sqs.us-east-1.amazonaws.com/1/q" }),
+      CRUCIBLE_SENDERS: "",
+    });
+    expect(exit).toBe(2);
+    expect(stderr).toContain(
+      "crucible: CRUCIBLE_SENDERS is not set: the agent accepts messages only from the senders it names",
+    );
+  });
+
   it("rejects --launcher podman with exit code 2 and the allowed kinds", async () => {
     const { code: exit, stderr } = await crucible(["agent", "--tier", "cpu-small", "--launcher", "podman"]);
     expect(exit).toBe(2);
@@ -318,6 +333,7 @@ describe("the CLI", () => {
       {
         CRUCIBLE_LAUNCHER: "kubernetes",
         CRUCIBLE_BUCKET: "b",
+        CRUCIBLE_SENDERS: SENDERS,
         CRUCIBLE_K8S_NAMESPACE: "",
       },
     );
@@ -332,6 +348,7 @@ describe("the CLI", () => {
       {
         CRUCIBLE_LAUNCHER: "kubernetes",
         CRUCIBLE_BUCKET: "b",
+        CRUCIBLE_SENDERS: SENDERS,
         CRUCIBLE_K8S_NAMESPACE: "crucible-dev",
         CRUCIBLE_K8S_GPU_NODE_LABEL: "nvidia.com/gpu.present",
       },

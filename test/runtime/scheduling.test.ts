@@ -268,10 +268,7 @@ describe("scheduling on the local platform", () => {
         // Rounded like every ledger entry: to a hundredth of a cent.
         costUsd: Math.round((limit - costOf(8, price)) * 10_000) / 10_000,
       };
-      await local.platform.store.putLedgerEntry(
-        { project: "lab", user: "carol", jobId: "earlier-job" },
-        earlier,
-      );
+      await local.platform.store.putLedgerEntry(earlier);
       const policy = { budgets: { users: { carol: limit } } };
       const agent = newAgent(policy);
       const job = await whileRunning(agent, async () => {

@@ -304,8 +304,7 @@ describe("crucible usage against the embedded S3 server", () => {
 
   beforeAll(async () => {
     platform = await startLocalPlatform({ tiers: [], logger: pino({ level: "silent" }) });
-    for (const e of LEDGER)
-      await platform.store.putLedgerEntry({ project: e.project, user: e.user, jobId: e.jobId }, e);
+    for (const e of LEDGER) await platform.store.putLedgerEntry(e);
   });
 
   afterAll(() => platform.stop());
@@ -374,8 +373,7 @@ describe("the ledger in the bucket", () => {
 
   beforeAll(async () => {
     platform = await startLocalPlatform({ tiers: [], logger: pino({ level: "silent" }) });
-    for (const e of LEDGER)
-      await platform.store.putLedgerEntry({ project: e.project, user: e.user, jobId: e.jobId }, e);
+    for (const e of LEDGER) await platform.store.putLedgerEntry(e);
   });
 
   afterAll(() => platform.stop());
@@ -459,10 +457,7 @@ describe("the ledger in the bucket", () => {
       { step: "initialize", name: "countLedgerGets" },
     );
     try {
-      await platform.store.putLedgerEntry(
-        bob,
-        entry({ ...bob, endedAt: "2026-03-19T00:00:00Z", costUsd: 1.5 }),
-      );
+      await platform.store.putLedgerEntry(entry({ ...bob, endedAt: "2026-03-19T00:00:00Z", costUsd: 1.5 }));
       const [standing] = await spend.standings(bob);
       expect(standing!.spentUsd).toBeCloseTo(5.54, 10);
       expect(gets).toEqual(["ledger/2026-03/nlp/bob/job-x/1.json"]);

@@ -344,7 +344,7 @@ describe("npm run cost-report -- --ledger --chart", () => {
     const platform = await startLocalPlatform({ tiers: [], logger: pino({ level: "silent" }) });
     try {
       for (const e of LEDGER)
-        await platform.store.putLedgerEntry({ project: e.project, user: e.user, jobId: e.jobId }, e);
+        await platform.store.putLedgerEntry(e);
       const jobFiles = await platform.s3.send(
         new ListObjectsV2Command({ Bucket: platform.bucket, Prefix: "workspaces/" }),
       );

@@ -29,6 +29,7 @@ import type { Priority, SchedulingPolicy } from "../scheduling";
 import { DEFAULT_PRIORITY, PRIORITIES, parseSchedulingPolicy } from "../scheduling";
 import { cloudWatchSpend, describeStanding, overBudget, SpendTracker } from "../spend";
 import { parseSenders, SENDERS_ENV } from "../senders";
+import { pauseCheck } from "../budget-pause";
 import { SubmitError, submitJob } from "../submit";
 import type { TierName } from "../tiers";
 import { getTier, isTierName, TIER_NAMES } from "../tiers";
@@ -45,6 +46,12 @@ interface Platform {
   queues(tier: TierName): PriorityQueues;
 }
 
+/** A stack's platform as a node sees it: also the bucket's client, for the budget pause marker. */
+interface StackPlatform extends Platform {
+  readonly s3: S3Client;
+  readonly bucket: string;
+}
+
 interface Owner {
   readonly project: string;
   readonly user: string;
@@ -55,7 +62,7 @@ function env(name: string): string | undefined {
   return value === undefined || value === "" ? undefined : value;
 }
 
-export function platformFromEnv(logger: Logger): Platform {
+export function platformFromEnv(logger: Logger): StackPlatform {
   const bucket = env("CRUCIBLE_BUCKET");
   if (!bucket)
     throw new UsageError(
@@ -68,6 +75,8 @@ export function platformFromEnv(logger: Logger): Platform {
   const queues = parseQueues(env("CRUCIBLE_QUEUES"));
   const { weights } = schedulingFromEnv();
   return {
+    s3,
+    bucket,
     store: new JobStore(s3, bucket, logger, env("CRUCIBLE_WORKSPACES_PREFIX") ?? WORKSPACES_PREFIX),
     queues: (tier) => {
       const urls = queues[tier];
@@ -479,6 +488,7 @@ export function registerPlatform(program: Command): void {
         launcher,
         logger,
         senders,
+        paused: pauseCheck(platform.s3, platform.bucket, tier),
         policy: schedulingFromEnv(),
         ...(concurrency && { concurrency }),
         ...(checkpointSeconds && { checkpointSeconds }),
