@@ -109,7 +109,6 @@ export interface TierFleetArgs {
     readonly bucketName: pulumi.Input<string>;
     readonly bucketArn: pulumi.Input<string>;
     readonly prefix: pulumi.Input<string>;
-    readonly datasetsBucketArn: pulumi.Input<string>;
     readonly quotaGiB: pulumi.Input<number>;
     /** The buckets' KMS key, which nodes need to read and write objects; undefined with SSE-S3. */
     readonly kmsKeyArn?: pulumi.Input<string>;
@@ -210,12 +209,10 @@ export class TierFleet extends pulumi.ComponentResource {
             queueArns: PRIORITIES.map((p) => args.queues[p].queueArn),
             bucketArn: args.workspaces.bucketArn,
             prefix: args.workspaces.prefix,
-            datasetsBucketArn: args.workspaces.datasetsBucketArn,
             kmsKeyArn: args.workspaces.kmsKeyArn,
             regionName: region.name,
             repositoryArns: args.repositoryArns,
             groupArn,
-            parameterArn: agentConfig.arn,
             logGroupArn: agentLog.arn,
             spot: settings.spot.enabled,
           }),
@@ -539,7 +536,6 @@ export function nodePolicy(
   scope: AgentDataScope & {
     readonly repositoryArns: readonly pulumi.Input<string>[];
     readonly groupArn: pulumi.Input<string>;
-    readonly parameterArn: pulumi.Input<string>;
     /** The tier's agent log group. */
     readonly logGroupArn: pulumi.Input<string>;
     /** The group runs spot instances, whose agents charge jobs the spot price. */
@@ -564,14 +560,12 @@ export function nodePolicy(
         Action: [
           "autoscaling:SetInstanceProtection",
           "autoscaling:CompleteLifecycleAction",
-          "autoscaling:RecordLifecycleActionHeartbeat",
           // A GPU node that fails its health check has the group replace it.
           "autoscaling:SetInstanceHealth",
         ],
         Resource: scope.groupArn,
       },
       JOB_METRICS_STATEMENT,
-      { Sid: "AgentConfig", Effect: "Allow", Action: "ssm:GetParameter", Resource: scope.parameterArn },
       {
         // The Docker engine's awslogs driver writes the agent's output; the group itself is declared here.
         Sid: "AgentLog",
@@ -592,7 +586,6 @@ export interface AgentDataScope {
   readonly queueArns: readonly pulumi.Input<string>[];
   readonly bucketArn: pulumi.Input<string>;
   readonly prefix: pulumi.Input<string>;
-  readonly datasetsBucketArn: pulumi.Input<string>;
   /** The buckets' KMS key; undefined where they use S3-managed keys. */
   readonly kmsKeyArn?: pulumi.Input<string>;
   /** The stack's region: the key is usable only through this region's S3. */
@@ -666,12 +659,6 @@ export function agentDataStatements(scope: AgentDataScope): PolicyStatement[] {
       Action: "s3:ListBucket",
       Resource: scope.bucketArn,
       Condition: { StringEquals: { "s3:prefix": pauseMarkerKey(scope.tier) } },
-    },
-    {
-      Sid: "ReadDatasets",
-      Effect: "Allow",
-      Action: ["s3:GetObject", "s3:ListBucket"],
-      Resource: [scope.datasetsBucketArn, pulumi.interpolate`${scope.datasetsBucketArn}/*`],
     },
     // SSE-KMS objects: reading needs Decrypt, writing GenerateDataKey. The key policy leaves its use
     // to IAM, so without this a node could neither fetch a job's code nor upload its result.

@@ -30,7 +30,7 @@ import subprocess
 import sys
 import threading
 
-from crucible_archive import ArchiveError, extract
+from crucible_archive import MAX_CODE_BYTES, MAX_CODE_FILES, ArchiveError, extract
 
 CODE_ZIP = "/crucible/input/code.zip"
 OUTPUT_DIR = "/crucible/output"
@@ -40,8 +40,6 @@ CODE_DIR = "/tmp/crucible/code"
 RUN_JOB = os.path.join(os.path.dirname(os.path.abspath(__file__)), "run_job.py")
 # Mirrors the launcher's MAX_RUNNER_RESULT_BYTES, less room for the envelope around the result.
 MAX_RESULT_BYTES = 16 * 1024 * 1024 - 64 * 1024
-MAX_CODE_FILES = 10_000
-MAX_CODE_BYTES = 1024 * 1024 * 1024
 # How long the message may trail the child's exit (it is written before, so this is only scheduling).
 READ_GRACE_SECONDS = 5
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)

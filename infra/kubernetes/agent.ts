@@ -37,7 +37,6 @@ export interface AgentWorkspaces {
   readonly bucketName: pulumi.Input<string>;
   readonly bucketArn: pulumi.Input<string>;
   readonly prefix: pulumi.Input<string>;
-  readonly datasetsBucketArn: pulumi.Input<string>;
   /** The buckets' KMS key; undefined with SSE-S3. */
   readonly kmsKeyArn?: pulumi.Input<string>;
 }

@@ -7,6 +7,7 @@ import { StopRequest } from "./contract";
 import type { ReceivedJob } from "./job-queue";
 import type { AdmittedJob } from "./job-request";
 import { admitJob, launchInput, redactSecrets } from "./job-request";
+import { CodeError } from "./code-source";
 import { InvalidJobError } from "./job-spec";
 import type { JobAddress, JobState, RunningMarker } from "./job-store";
 import type { JobStore } from "./job-store";
@@ -434,7 +435,16 @@ export class Agent extends EventEmitter<AgentEvents> {
     const scratch = await mkdtemp(join(this.settings.scratchRoot, `crucible-agent-${address.jobId}-`));
     try {
       const codeZip = join(scratch, "code.zip");
-      if (!(await store.getCode(address, codeZip))) {
+      const code = await store.getCode(address, codeZip).catch(async (error: unknown) => {
+        if (!(error instanceof CodeError)) throw error;
+        // Refused before its download (too large): the job cannot run as submitted.
+        const invalid = new InvalidJobError("code", error.message);
+        const envelope = invalidJobEnvelope({ jobId: address.jobId, tier }, invalid, node, log);
+        await this.finish(address, message, envelope, log, `not run: ${invalid.message}`);
+        return "refused" as const;
+      });
+      if (code === "refused") return;
+      if (!code) {
         const problem = `poison: the job's code.zip is missing from ${store.jobPrefix(address)}`;
         log.error({ receiveCount: message.receiveCount }, problem);
         await store.updateState(address, { status: "failed", note: problem, tier });

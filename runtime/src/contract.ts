@@ -63,7 +63,9 @@ export const jobSpecSchema = z.strictObject({
   /** Image reference; by default the matrix picks one from the tier and the code. */
   image: z.string().min(1).optional(),
   /** The matrix family to run in (the node's pinned image of it); by default picked from the tier and the code. */
-  imageFamily: z.enum(JOB_IMAGE_FAMILIES, { error: `must be one of ${JOB_IMAGE_FAMILIES.join(", ")}` }).optional(),
+  imageFamily: z
+    .enum(JOB_IMAGE_FAMILIES, { error: `must be one of ${JOB_IMAGE_FAMILIES.join(", ")}` })
+    .optional(),
   /** Seconds before the job is stopped; at most the tier's maximum runtime. */
   timeoutSeconds: z.number().int().positive().optional(),
   env: jobEnvSchema.default({}),

@@ -56,6 +56,9 @@ export const jobStateSchema = z.object({
 });
 export type JobState = z.infer<typeof jobStateSchema>;
 
+/** Largest record (state, envelope, logs, ledger entry) read into memory: an envelope's result is up to 16 MiB. */
+export const MAX_RECORD_BYTES = 64 * 1024 * 1024;
+
 /** A `spec.json` that cannot even be read as a spec: too large, or not JSON. */
 export class SpecError extends Error {
   override readonly name = "SpecError";
@@ -524,9 +527,20 @@ export class JobStore {
     return this.getKey(this.jobPrefix(address) + name);
   }
 
+  /**
+   * A small record read whole: state, envelope, logs, ledger entries. A submitter can rewrite those under
+   * their own prefix, so the size is checked before the body is read ({@link MAX_RECORD_BYTES}).
+   */
   private async getKey(key: string): Promise<Buffer | undefined> {
     const out = await this.getObject(key);
-    return out ? Buffer.from(await out.Body!.transformToByteArray()) : undefined;
+    if (!out) return undefined;
+    if ((out.ContentLength ?? 0) > MAX_RECORD_BYTES) {
+      await out.Body?.transformToWebStream().cancel();
+      throw new Error(
+        `s3://${this.bucket}/${key} is ${out.ContentLength} bytes, more than the ${MAX_RECORD_BYTES} a record may hold; it was not read`,
+      );
+    }
+    return Buffer.from(await out.Body!.transformToByteArray());
   }
 
   /** The object with its body unread, or undefined when it does not exist. */

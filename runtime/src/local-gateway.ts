@@ -43,6 +43,11 @@ export type LocalIdentity =
 const AGENT_ROLE_ID = "AROALOCALAGENT00000000";
 /** Bodies of SQS calls are read whole to check the signature and the sender; none is near this. */
 const MAX_SQS_BODY_BYTES = 1024 * 1024;
+/**
+ * Senders remembered, oldest forgotten first: far more than a local queue holds at once. A message whose
+ * sender was forgotten is received as sent by "unknown", which agents refuse.
+ */
+const MAX_REMEMBERED_SENDERS = 100_000;
 /** As AWS: a signature more than 15 minutes off the server's clock is refused. */
 const MAX_CLOCK_SKEW_MS = 15 * 60 * 1000;
 
@@ -245,6 +250,10 @@ export class LocalGateway {
       const ids =
         target === "SendMessage" ? [answer.MessageId] : (answer.Successful ?? []).map((s) => s.MessageId);
       for (const id of ids) if (id) this.sentBy.set(id, identity.senderId);
+      for (const oldest of this.sentBy.keys()) {
+        if (this.sentBy.size <= MAX_REMEMBERED_SENDERS) break;
+        this.sentBy.delete(oldest);
+      }
     }
     const text = Buffer.from(JSON.stringify(answer));
     const { "content-length": _length, ...rest } = upstream.headers;

@@ -15,7 +15,6 @@ import type { JobAddress } from "../../runtime/src/job-store";
 import type { LocalPlatform } from "../../runtime/src/local-platform";
 import { startLocalPlatform } from "../../runtime/src/local-platform";
 import type { Logger } from "../../runtime/src/logger";
-import { imageRef } from "../../runtime/src/image-matrix";
 import { LABELS } from "../../runtime/src/sandbox";
 import { submitJob } from "../../runtime/src/submit";
 import { exponential, mulberry32 } from "./random";

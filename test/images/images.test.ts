@@ -274,8 +274,8 @@ describe.each(["cpu", "ml-cpu", "agent"] as const)("the %s image", (family) => {
     config = await docker.getImage(imageRef(family)).inspect();
   });
 
-  it("runs as a non-root user and carries the OCI labels of its matrix entry", () => {
-    expect(config.Config.User).toBe("1000:1000");
+  it("runs a job image as a non-root user (the agent as root, to give each job a uid) and carries the OCI labels of its matrix entry", () => {
+    expect(config.Config.User).toBe(IMAGE_MATRIX[family].runsJobs ? "1000:1000" : "0:0");
     const labels = config.Config.Labels;
     expect(labels["org.opencontainers.image.title"]).toBe(`crucible/${family}`);
     expect(labels["org.opencontainers.image.source"]).toMatch(/^https:\/\//);

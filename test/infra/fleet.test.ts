@@ -851,13 +851,11 @@ describe.each(STACKS)("%s stack fleet", (stack) => {
           "ListLedger",
           "BudgetPause",
           "ListBudgetPause",
-          "ReadDatasets",
           ...(want.kms ? ["WorkspacesKey"] : []),
           "RegistryToken",
           "PullImages",
           "OwnGroupLifecycle",
           "JobMetrics",
-          "AgentConfig",
           "AgentLog",
           "SessionManager",
           ...(want.tiers[tier]!.spot ? ["SpotPrices"] : []),
@@ -865,9 +863,8 @@ describe.each(STACKS)("%s stack fleet", (stack) => {
       }
     });
 
-    it("reaches S3 only in the workspaces bucket's prefixes and the datasets bucket", () => {
+    it("reaches S3 only in the workspaces bucket's prefixes (nothing reads the datasets bucket yet)", () => {
       const bucketArn = workspacesBucket().state.arn as string;
-      const datasetsArn = plan.get(T.bucket, "workspaces-datasets").state.arn as string;
       for (const tier of tiers) {
         const s3 = statements(tier).filter((s) => list(s.Action).some((a) => a.startsWith("s3:")));
         expect(s3.flatMap((s) => list(s.Resource)).sort()).toEqual(
@@ -879,8 +876,6 @@ describe.each(STACKS)("%s stack fleet", (stack) => {
             bucketArn,
             `${bucketArn}/_control/paused/${tier}`,
             bucketArn,
-            datasetsArn,
-            `${datasetsArn}/*`,
           ].sort(),
         );
       }
@@ -921,7 +916,6 @@ describe.each(STACKS)("%s stack fleet", (stack) => {
         expect(lifecycle[0]!.Action).toEqual([
           "autoscaling:SetInstanceProtection",
           "autoscaling:CompleteLifecycleAction",
-          "autoscaling:RecordLifecycleActionHeartbeat",
           "autoscaling:SetInstanceHealth",
         ]);
         const resource = lifecycle[0]!.Resource as string;
@@ -965,12 +959,9 @@ describe.each(STACKS)("%s stack fleet", (stack) => {
       }
     });
 
-    it("reads its own agent config, pulls from the stack's repositories, and has no managed policy", () => {
+    it("pulls from the stack's repositories and has no managed policy", () => {
       const refs = imageRefs();
       for (const tier of tiers) {
-        expect(statement(tier, "AgentConfig").Resource).toBe(
-          plan.get(T.parameter, `fleet-${tier}-agent-config`).state.arn,
-        );
         const repositories = list(statement(tier, "PullImages").Resource);
         expect(repositories).toHaveLength(Object.keys(refs).length);
         for (const ref of Object.values(refs)) {
@@ -982,7 +973,7 @@ describe.each(STACKS)("%s stack fleet", (stack) => {
       expect(plan.ofType(T.attachment)).toEqual([]);
     });
 
-    it("opens Session Manager shells, and reads no SSM parameter but its own agent config", () => {
+    it("opens Session Manager shells, and reads no SSM parameter", () => {
       for (const tier of tiers) {
         expect(statement(tier, "SessionManager")).toEqual({
           Sid: "SessionManager",
@@ -1002,10 +993,8 @@ describe.each(STACKS)("%s stack fleet", (stack) => {
           ],
           Resource: "*",
         });
-        const reads = statements(tier).filter((s) => list(s.Action).some((a) => /^ssm:Get/.test(a)));
-        expect(reads.map((s) => s.Resource)).toEqual([
-          plan.get(T.parameter, `fleet-${tier}-agent-config`).state.arn,
-        ]);
+        // The agent config reaches the node as environment (user data): no SSM parameter is read.
+        expect(statements(tier).filter((s) => list(s.Action).some((a) => /^ssm:Get/.test(a)))).toEqual([]);
       }
     });
   });

@@ -428,7 +428,6 @@ describe.each(STACKS)("%s stack with the Kubernetes target", (stack) => {
         "ListLedger",
         "BudgetPause",
         "ListBudgetPause",
-        "ReadDatasets",
         ...(file["crucible:workspaces"]?.includes('"encryption":"s3"') ? [] : ["WorkspacesKey"]),
         "JobMetrics",
       ]);

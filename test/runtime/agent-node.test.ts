@@ -3,7 +3,6 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import pino from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { imageRef } from "../../runtime/src/image-matrix";
 import type { JobAddress } from "../../runtime/src/job-store";
 import type { LocalPlatform } from "../../runtime/src/local-platform";
 import { startLocalPlatform } from "../../runtime/src/local-platform";

@@ -6,7 +6,6 @@ import type { AgentOptions } from "../../runtime/src/agent";
 import { Agent } from "../../runtime/src/agent";
 import type { Envelope } from "../../runtime/src/contract";
 import { DockerLauncher } from "../../runtime/src/docker-launcher";
-import { imageRef } from "../../runtime/src/image-matrix";
 import type { JobAddress, RunningMarker } from "../../runtime/src/job-store";
 import type { LedgerEntry } from "../../runtime/src/ledger";
 import { costOf } from "../../runtime/src/ledger";

@@ -343,8 +343,7 @@ describe("npm run cost-report -- --ledger --chart", () => {
   it("reads the month's partition of the stack's bucket, even after the jobs' files expired", async () => {
     const platform = await startLocalPlatform({ tiers: [], logger: pino({ level: "silent" }) });
     try {
-      for (const e of LEDGER)
-        await platform.store.putLedgerEntry(e);
+      for (const e of LEDGER) await platform.store.putLedgerEntry(e);
       const jobFiles = await platform.s3.send(
         new ListObjectsV2Command({ Bucket: platform.bucket, Prefix: "workspaces/" }),
       );

@@ -73,6 +73,7 @@ export function globMatch(pattern: string, value: string, ignoreCase = false): b
 /**
  * ARN matching as IAM does it for Resource and ArnLike: the first five colon-separated segments each on
  * their own (a wildcard never crosses a colon there), the resource part (which may hold colons) whole.
+ * A pattern of fewer segments (other than `*`) throws; a resource that is not an ARN (`*`) is matched whole.
  */
 export function arnMatch(pattern: string, arn: string): boolean {
   if (pattern === "*") return true;
@@ -82,7 +83,9 @@ export function arnMatch(pattern: string, arn: string): boolean {
   };
   const p = split(pattern);
   const a = split(arn);
-  if (!p || !a) return globMatch(pattern, arn);
+  if (!a) return globMatch(pattern, arn);
+  // Whether IAM lets such a pattern's wildcards cross segments is not settled here: refuse to guess.
+  if (!p) throw new UnsupportedPolicyError(`ARN pattern ${pattern} has fewer than six segments`);
   return p.every((segment, i) => globMatch(segment, a[i]!));
 }
 

@@ -12,6 +12,7 @@ import type { Envelope } from "../contract";
 import { DockerLauncher } from "../docker-launcher";
 import type { ImageFamily, JobImageFamily } from "../image-matrix";
 import { JOB_IMAGE_FAMILIES } from "../image-matrix";
+import type { JobSpecInput } from "../contract";
 import { jobIdSchema } from "../contract";
 import { GpuHealth, HealthGate, LauncherGpuProbe, processRunner } from "../gpu-health";
 import { JobQueue } from "../job-queue";
@@ -277,9 +278,29 @@ async function submitFrom(platform: Platform, path: string, flags: SubmitFlags):
     );
   const spec = await jobSpecFromFlags(path, { ...flags, json: true });
   const target = address(ownerOf(flags), newJobId());
-  const tier = spec.tier;
+  try {
+    return await submitAs(platform, path, target, spec, flags, priority as Priority);
+  } catch (error) {
+    if ((error as { name?: string }).name !== "AccessDenied") throw error;
+    throw new SubmitError(
+      `refused: your credentials may not submit as ${target.project}/${target.user} (${(error as Error).message}); ` +
+        `assume project ${target.project}'s submitter role (stack output access.submitterRoleArns.${target.project}) ` +
+        `with the role session name and the crucible-user session tag set to your user name, and submit as that user`,
+    );
+  }
+}
+
+async function submitAs(
+  platform: Platform,
+  path: string,
+  target: JobAddress,
+  spec: JobSpecInput,
+  flags: SubmitFlags,
+  priority: Priority,
+): Promise<JobAddress> {
+  const { tier } = spec;
   await refuseOverBudget(platform.store, target, tier, spec.timeoutSeconds, flags.preempt === false);
-  return submitJob(platform.store, platform.queues(tier).get(priority as Priority), {
+  return submitJob(platform.store, platform.queues(tier).get(priority), {
     path,
     address: target,
     spec: {
