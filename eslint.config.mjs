@@ -2,6 +2,20 @@
 import eslint from "@eslint/js";
 import tseslint from "typescript-eslint";
 
+/** Why an import is refused, by rule: each message says which dependency rule it breaks. */
+const RULES = {
+  runtimePulumi:
+    "runtime may not import Pulumi: the runtime runs on nodes and laptops without it (see docs/architecture.md, dependency rules)",
+  runtimeInfra:
+    "runtime may not import infra: the program depends on the runtime, never the reverse (see docs/architecture.md, dependency rules)",
+  policiesInfra:
+    "policies may not import infra: the pack judges the program, so it shares only the runtime's catalog (see docs/architecture.md, dependency rules)",
+  policiesRuntime:
+    "policies may import only the runtime's catalog (@crucible/runtime/catalog) from the runtime: see docs/architecture.md, dependency rules",
+  infraRuntime:
+    "infra may import only the runtime's catalog (@crucible/runtime/catalog) and job contract (runtime/src/contract) from the runtime: see docs/architecture.md, dependency rules",
+};
+
 export default tseslint.config(
   { ignores: ["**/node_modules/**", "**/dist/**", "coverage/**"] },
   eslint.configs.recommended,
@@ -20,4 +34,54 @@ export default tseslint.config(
     },
   },
   { files: ["**/*.mjs"], ...tseslint.configs.disableTypeChecked },
+  // Dependency direction (docs/architecture.md, dependency rules): the runtime knows nothing of Pulumi or the
+  // program; the program and the policy pack see the runtime only through its catalog (and the program the
+  // job contract), so a runtime module can move or change without breaking either.
+  {
+    files: ["runtime/**/*.ts"],
+    rules: {
+      "no-restricted-imports": [
+        "error",
+        {
+          patterns: [
+            { group: ["@pulumi/*"], message: RULES.runtimePulumi },
+            { group: ["**/infra", "**/infra/**"], message: RULES.runtimeInfra },
+          ],
+        },
+      ],
+    },
+  },
+  {
+    files: ["policies/**/*.ts"],
+    rules: {
+      "no-restricted-imports": [
+        "error",
+        {
+          patterns: [
+            { group: ["**/infra", "**/infra/**"], message: RULES.policiesInfra },
+            { group: ["**/runtime/src/**", "!**/runtime/src/catalog"], message: RULES.policiesRuntime },
+            { regex: "^@crucible/runtime(?!/catalog$)", message: RULES.policiesRuntime },
+          ],
+        },
+      ],
+    },
+  },
+  {
+    files: ["infra/**/*.ts"],
+    rules: {
+      "no-restricted-imports": [
+        "error",
+        {
+          patterns: [
+            {
+              group: ["**/runtime/src/**", "!**/runtime/src/catalog", "!**/runtime/src/contract"],
+              message: RULES.infraRuntime,
+            },
+            // The package's other entry points (its root is the whole runtime, Docker and AWS SDK included).
+            { regex: "^@crucible/runtime(?!/catalog$)", message: RULES.infraRuntime },
+          ],
+        },
+      ],
+    },
+  },
 );

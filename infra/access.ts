@@ -1,8 +1,6 @@
 import * as aws from "@pulumi/aws";
 import * as pulumi from "@pulumi/pulumi";
-import { LEDGER_PREFIX } from "../runtime/src/bucket-layout";
-import type { TierName } from "../runtime/src/catalog";
-import type { Priority } from "../runtime/src/scheduling";
+import { LEDGER_PREFIX, type TierName, type Priority } from "@crucible/runtime/catalog";
 import type { PolicyDocument, PolicyStatement } from "./policy-document";
 import { componentTags } from "./providers";
 

@@ -1,7 +1,11 @@
 import * as aws from "@pulumi/aws";
 import * as pulumi from "@pulumi/pulumi";
 import type { Environment } from "./config";
-import { PERMISSIONS_BOUNDARY_SUFFIX, SESSION_MANAGER_ACTIONS, isCiRoleName } from "./iam-actions";
+import {
+  PERMISSIONS_BOUNDARY_SUFFIX,
+  SESSION_MANAGER_ACTIONS,
+  isCiRoleName,
+} from "@crucible/runtime/catalog";
 import type { PolicyDocument } from "./policy-document";
 import { componentTags } from "./providers";
 

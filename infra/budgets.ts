@@ -3,9 +3,7 @@ import * as path from "node:path";
 import * as aws from "@pulumi/aws";
 import * as pulumi from "@pulumi/pulumi";
 import * as ts from "typescript";
-import type { TierName } from "../runtime/src/catalog";
-import { SPEND_METRICS } from "../runtime/src/contract";
-import { PAUSE_MARKER_PREFIX, pauseMarkerKey } from "../runtime/src/bucket-layout";
+import { SPEND_METRICS, type TierName, PAUSE_MARKER_PREFIX, pauseMarkerKey } from "@crucible/runtime/catalog";
 import { ENFORCED_BUDGETS_ENV, PAUSE_MARKERS_ENV, type EnforcedBudget } from "./budget-enforcer/handler";
 import type { CrucibleConfig } from "./config";
 import type { PolicyDocument } from "./policy-document";
@@ -259,7 +257,13 @@ function spendLimitAlarms(
   });
 }
 
-/** The handler module, transpiled on its own: it imports only the AWS SDK the Lambda runtime provides. */
+/**
+ * The handler module, transpiled on its own: it imports only the AWS SDK the Lambda runtime provides.
+ * This runs at `pulumi up`, so `typescript` is a production dependency (package.json "dependencies"),
+ * not a devDependency: Pulumi's own TypeScript runtime needs it to compile infra/ anyway, and a build
+ * step with a committed bundle would be a second copy of the handler to keep in step for no gain.
+ * test/infra/production-install.test.ts holds every package the program loads to that.
+ */
 export function enforcerCode(): string {
   const source = readFileSync(path.join(__dirname, "budget-enforcer", "handler.ts"), "utf8");
   return ts.transpileModule(source, {

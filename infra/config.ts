@@ -9,17 +9,18 @@ import {
   isGpuInstanceType,
   unfitReason,
   type TierName,
-} from "../runtime/src/catalog";
-import {
   DEFAULT_SCHEDULING,
   PRIORITIES,
   schedulingPolicySchema,
   type Priority,
   type SchedulingPolicy,
-} from "../runtime/src/scheduling";
-import { LEDGER_MIN_RETENTION_DAYS } from "../runtime/src/bucket-layout";
-import { KUBERNETES } from "../runtime/src/kubernetes-names";
-import { jobAddressSchema } from "../runtime/src/job-store";
+  LEDGER_MIN_RETENTION_DAYS,
+  KUBERNETES,
+  KUBERNETES_LABEL_VALUE,
+  KUBERNETES_LABEL_VALUE_RULE,
+  DEFAULT_QUOTA_GIB_PER_PROJECT,
+  jobAddressSchema,
+} from "@crucible/runtime/catalog";
 import { PUBLIC_SUBNET_PREFIX, publicSubnetRoom, publicSubnetsFor } from "./cidr";
 
 /**
@@ -370,10 +371,6 @@ const accessSchema = z.record(jobAddressSchema.shape.project, accessProjectSchem
 /** What the NVIDIA device plugin runs when `kubernetes.devicePluginImage` is not set. */
 export const DEFAULT_DEVICE_PLUGIN_IMAGE = "nvcr.io/nvidia/k8s-device-plugin:v0.17.0";
 
-/** A label value: up to 63 characters, alphanumeric at both ends (the API server's own rule). */
-const LABEL_VALUE = /^(?=.{1,63}$)[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$/;
-const LABEL_VALUE_RULE =
-  "a Kubernetes label value (1 to 63 letters, digits, -, _ and ., starting and ending with a letter or digit)";
 const labelKey = z
   .string()
   .regex(
@@ -405,7 +402,7 @@ const kubernetesSchema = z.strictObject({
   /** The node label the NVIDIA device plugin selects GPU nodes by. Defaults to nvidia.com/gpu.present=true. */
   gpuNodeLabel: z.strictObject({
     key: labelKey,
-    value: z.string().regex(LABEL_VALUE, { error: `must be ${LABEL_VALUE_RULE}` }),
+    value: z.string().regex(KUBERNETES_LABEL_VALUE, { error: `must be ${KUBERNETES_LABEL_VALUE_RULE}` }),
   }),
   /** The NVIDIA device plugin's image, with a tag or (better) a digest. Defaults to {@link DEFAULT_DEVICE_PLUGIN_IMAGE}. */
   devicePluginImage: z
@@ -619,11 +616,11 @@ function checkKubernetes(c: CrucibleSettings, ctx: Ctx): void {
   }
   // Both label every object the target declares; the API server rejects a bad label value at apply time.
   for (const key of ["owner", "costCenter"] as const) {
-    if (!LABEL_VALUE.test(c[key])) {
+    if (!KUBERNETES_LABEL_VALUE.test(c[key])) {
       ctx.addIssue({
         code: "custom",
         path: [key],
-        message: `must be ${LABEL_VALUE_RULE} while crucible:kubernetes.enabled is true: it labels every Kubernetes object`,
+        message: `must be ${KUBERNETES_LABEL_VALUE_RULE} while crucible:kubernetes.enabled is true: it labels every Kubernetes object`,
         input: c[key],
       });
     }
@@ -774,7 +771,7 @@ const common: DeepPartial<CrucibleSettings> = {
     ledgerRetentionDays: 400,
     noncurrentVersionDays: 7,
     abortMultipartDays: 2,
-    quotaGiBPerProject: 100,
+    quotaGiBPerProject: DEFAULT_QUOTA_GIB_PER_PROJECT,
     encryption: "kms",
   },
   budgets: {

@@ -1,6 +1,12 @@
-import { getInstanceType, TIER_NAMES, TIERS, type TierName } from "../runtime/src/catalog";
+import {
+  HOURS_PER_MONTH,
+  getInstanceType,
+  TIER_NAMES,
+  TIERS,
+  type TierName,
+} from "@crucible/runtime/catalog";
 import type { CrucibleConfig } from "./config";
-import { HOURS_PER_MONTH, PRICE_SOURCES, fixedPrices, usd } from "./prices";
+import { PRICE_SOURCES, fixedPrices, usd } from "./prices";
 
 /**
  * The cost figures finance reads from a stack's outputs: what an hour of each tier costs and what the

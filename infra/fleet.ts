@@ -1,16 +1,26 @@
 import * as aws from "@pulumi/aws";
 import * as pulumi from "@pulumi/pulumi";
 import { dirname } from "node:path";
-import type { ImageFamily, Tier, TierName } from "../runtime/src/catalog";
-import { JOB_METRICS } from "../runtime/src/contract";
-import { getTier, jobImageFamily } from "../runtime/src/catalog";
-import { LEDGER_PREFIX, pauseMarkerKey } from "../runtime/src/bucket-layout";
-import { JOB_UID_LEASES, sandboxFacts } from "../runtime/src/sandbox";
-import { SENDERS_ENV, formatSenders } from "../runtime/src/senders";
-import { PRIORITIES, type Priority, type SchedulingPolicy } from "../runtime/src/scheduling";
+import {
+  JOB_METRICS,
+  SESSION_MANAGER_ACTIONS,
+  type ImageFamily,
+  type Tier,
+  type TierName,
+  LEDGER_PREFIX,
+  pauseMarkerKey,
+  JOB_UID_LEASES,
+  sandboxFacts,
+  toAgentEnv,
+  type Senders,
+  PRIORITIES,
+  type Priority,
+  type SchedulingPolicy,
+  getTier,
+  jobImageFamily,
+} from "@crucible/runtime/catalog";
 import type { CrucibleConfig, TierConfig } from "./config";
 import type { PolicyDocument, PolicyStatement } from "./policy-document";
-import { SESSION_MANAGER_ACTIONS } from "./iam-actions";
 import { componentTags } from "./providers";
 
 /** ECS-optimized Amazon Linux 2023: Docker ready; the GPU variant adds the NVIDIA driver and toolkit. */
@@ -224,7 +234,7 @@ export class TierFleet extends pulumi.ComponentResource {
     // Re-sent messages (deferral, preemption) come from this tier's nodes; jobs from its submitters.
     const agentSenders = pulumi
       .all([role.uniqueId, pulumi.output(args.submitters)])
-      .apply(([self, submitters]) => formatSenders({ agents: [self], submitters }));
+      .apply(([self, submitters]): Senders => ({ agents: [self], submitters }));
 
     const ami = aws.ssm.getParameterOutput(
       {
@@ -282,24 +292,26 @@ export class TierFleet extends pulumi.ComponentResource {
                 regionName,
                 logGroup,
                 groupName,
-                env: {
-                  CRUCIBLE_TIER: tier,
+                // The agent's environment (runtime/src/agent-env.ts), in the order nodes have always had it.
+                env: toAgentEnv({
+                  tier,
                   // The shape the CLI's CRUCIBLE_QUEUES has, with this tier's queues only.
-                  CRUCIBLE_QUEUES: JSON.stringify({ [tier]: urls }),
-                  CRUCIBLE_SCHEDULING: JSON.stringify(args.scheduling),
-                  CRUCIBLE_BUCKET: bucket,
-                  CRUCIBLE_WORKSPACES_PREFIX: prefix,
-                  CRUCIBLE_QUOTA_GIB: String(quota),
-                  CRUCIBLE_IMAGES: JSON.stringify(images),
-                  CRUCIBLE_HEARTBEAT_SECONDS: String(args.heartbeatSeconds),
-                  CRUCIBLE_VISIBILITY_TIMEOUT_SECONDS: String(args.visibilityTimeoutSeconds),
-                  CRUCIBLE_ASG_NAME: groupName,
-                  CRUCIBLE_LAUNCH_HOOK: `${groupName}-launch`,
-                  CRUCIBLE_TERMINATION_HOOK: `${groupName}-terminate`,
-                  CRUCIBLE_GRACE_SECONDS: String(grace),
-                  [SENDERS_ENV]: senders,
-                  AWS_REGION: regionName,
-                },
+                  queues: { [tier]: urls },
+                  scheduling: args.scheduling,
+                  bucket,
+                  workspacesPrefix: prefix,
+                  quotaGiB: quota,
+                  // Checked by toAgentEnv: only the matrix's families, each an image reference.
+                  images,
+                  heartbeatSeconds: args.heartbeatSeconds,
+                  visibilityTimeoutSeconds: args.visibilityTimeoutSeconds,
+                  asgName: groupName,
+                  launchHook: `${groupName}-launch`,
+                  terminationHook: `${groupName}-terminate`,
+                  graceSeconds: grace,
+                  senders,
+                  region: regionName,
+                }),
               }),
             ).toString("base64"),
           ),

@@ -1,6 +1,5 @@
 import * as pulumi from "@pulumi/pulumi";
-import { TIER_NAMES, TIERS } from "../runtime/src/catalog";
-import { PRIORITIES, type Priority } from "../runtime/src/scheduling";
+import { TIER_NAMES, TIERS, PRIORITIES, type Priority } from "@crucible/runtime/catalog";
 import { Submitters } from "./access";
 import { Budgets } from "./budgets";
 import { PermissionsBoundary, boundEveryRole } from "./boundary";
@@ -272,7 +271,7 @@ const kubernetesTarget = kubernetesEnabled
         },
         heartbeatSeconds: config.fleet.heartbeatSeconds,
         visibilityTimeoutSeconds: config.fleet.queue.visibilityTimeoutSeconds,
-        scheduling: JSON.stringify(scheduling),
+        scheduling,
       },
       { provider: aws },
     )

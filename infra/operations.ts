@@ -1,8 +1,6 @@
 import * as aws from "@pulumi/aws";
 import * as pulumi from "@pulumi/pulumi";
-import { TIER_NAMES, type TierName } from "../runtime/src/catalog";
-import { JOB_METRICS } from "../runtime/src/contract";
-import { PRIORITIES, type Priority } from "../runtime/src/scheduling";
+import { JOB_METRICS, TIER_NAMES, type TierName, PRIORITIES, type Priority } from "@crucible/runtime/catalog";
 import type { PolicyDocument } from "./policy-document";
 import { componentTags } from "./providers";
 

@@ -5,9 +5,6 @@
  * quoting a figure in a contract.
  */
 
-/** Hours in the average month AWS bills by (8760 / 12). */
-export const HOURS_PER_MONTH = 730;
-
 export interface FixedPrices {
   /** One NAT gateway, USD per hour (data processing is billed per GB on top). */
   readonly natGatewayHourlyUsd: number;

@@ -1,14 +1,9 @@
 import * as aws from "@pulumi/aws";
+import { COST_TAGS } from "@crucible/runtime/catalog";
 import type { CrucibleConfig } from "./config";
 
-/** Tag keys finance activates as cost allocation tags. */
-export const COST_TAGS = {
-  environment: "crucible:environment",
-  owner: "crucible:owner",
-  costCenter: "crucible:cost-center",
-  component: "crucible:component",
-  tier: "crucible:tier",
-} as const;
+/** Tag keys finance activates as cost allocation tags (defined in the runtime's catalog, which the policy pack shares). */
+export { COST_TAGS };
 
 /** Tags that identify a component's resources (and its tier's, where it has one) on the bill. */
 export function componentTags(component: string, tier?: string): Record<string, string> {

@@ -1,7 +1,6 @@
 import * as aws from "@pulumi/aws";
 import * as pulumi from "@pulumi/pulumi";
-import type { TierName } from "../runtime/src/catalog";
-import { DEFAULT_PRIORITY, PRIORITIES, type Priority } from "../runtime/src/scheduling";
+import { type TierName, DEFAULT_PRIORITY, PRIORITIES, type Priority } from "@crucible/runtime/catalog";
 import type { CrucibleConfig } from "./config";
 import type { PolicyDocument } from "./policy-document";
 import { componentTags } from "./providers";

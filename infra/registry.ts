@@ -4,8 +4,7 @@ import * as pulumi from "@pulumi/pulumi";
 import { createHash } from "node:crypto";
 import { readdirSync, readFileSync, statSync } from "node:fs";
 import * as path from "node:path";
-import type { ImageFamily } from "../runtime/src/catalog";
-import { buildArgs, buildOrder, IMAGE_MATRIX, imageTag } from "../runtime/src/catalog";
+import { type ImageFamily, buildArgs, buildOrder, IMAGE_MATRIX, imageTag } from "@crucible/runtime/catalog";
 import type { CrucibleConfig } from "./config";
 import { componentTags } from "./providers";
 

@@ -1,7 +1,6 @@
 import * as aws from "@pulumi/aws";
 import * as pulumi from "@pulumi/pulumi";
-import { CHECKPOINT_OBJECT_TAG } from "../runtime/src/contract";
-import { LEDGER_PREFIX, WORKSPACES_PREFIX } from "../runtime/src/bucket-layout";
+import { CHECKPOINT_OBJECT_TAG, LEDGER_PREFIX, WORKSPACES_PREFIX } from "@crucible/runtime/catalog";
 import type { CrucibleConfig } from "./config";
 import { type PolicyDocument, accountRoot } from "./policy-document";
 import { componentTags } from "./providers";

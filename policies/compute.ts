@@ -1,8 +1,8 @@
 import * as aws from "@pulumi/aws";
 import { validateResourceOfType, type ResourceValidationPolicy } from "@pulumi/policy";
-import { TIER_NAMES, TIERS, isGpuInstanceType, isTierName } from "../runtime/src/catalog";
+import { COST_TAGS, TIER_NAMES, TIERS, isGpuInstanceType, isTierName } from "@crucible/runtime/catalog";
 import { configSchema, readSettings } from "./config";
-import { COST_TAG_KEYS, UNKNOWN, asList, tierTag } from "./lib";
+import { UNKNOWN, asList, tierTag } from "./lib";
 
 /** Nodes: IMDSv2 only, encrypted disks, no public addresses, the tier's instance types, bounded groups. */
 
@@ -95,13 +95,11 @@ function checkTierTypes(
 ): void {
   if (tier === UNKNOWN || types.length === 0) return;
   if (tier === undefined) {
-    report(
-      `${name}: tag it ${COST_TAG_KEYS.tier}=<tier> so its instance types can be checked against the tier.`,
-    );
+    report(`${name}: tag it ${COST_TAGS.tier}=<tier> so its instance types can be checked against the tier.`);
     return;
   }
   if (!isTierName(tier)) {
-    report(`${name}: ${COST_TAG_KEYS.tier} is "${tier}", not a tier (${TIER_NAMES.join(", ")}).`);
+    report(`${name}: ${COST_TAGS.tier} is "${tier}", not a tier (${TIER_NAMES.join(", ")}).`);
     return;
   }
   const allowed = TIERS[tier].allowedInstanceTypes;

@@ -1,5 +1,6 @@
 import type { PolicyConfigSchema, StackValidationPolicy } from "@pulumi/policy";
-import { COST_TAG_KEYS, known, providerDefaultTags, tagMap } from "./lib";
+import { known, providerDefaultTags, tagMap } from "./lib";
+import { COST_TAGS } from "@crucible/runtime/catalog";
 
 /**
  * The pack's settings. CrossGuard only configures policies one by one, so every policy that needs a
@@ -93,11 +94,11 @@ export function policyConfigMatchesStack(): StackValidationPolicy {
       for (const r of args.resources) {
         const tagged = known(
           () =>
-            tagMap(r.props.tags)[COST_TAG_KEYS.environment] ??
-            providerDefaultTags(r.provider)[COST_TAG_KEYS.environment],
+            tagMap(r.props.tags)[COST_TAGS.environment] ??
+            providerDefaultTags(r.provider)[COST_TAGS.environment],
         );
         const fromProvider = r.type.startsWith("pulumi:providers:aws")
-          ? providerDefaultTags(r)[COST_TAG_KEYS.environment]
+          ? providerDefaultTags(r)[COST_TAGS.environment]
           : undefined;
         for (const env of [tagged, fromProvider]) {
           if (typeof env === "string" && !seen.has(env)) seen.set(env, r.urn);
@@ -106,7 +107,7 @@ export function policyConfigMatchesStack(): StackValidationPolicy {
       for (const [env, urn] of seen) {
         if (env !== environment) {
           report(
-            `the policy config says environment "${environment}" but ${urn} is tagged ${COST_TAG_KEYS.environment}=${env}: ` +
+            `the policy config says environment "${environment}" but ${urn} is tagged ${COST_TAGS.environment}=${env}: ` +
               `regenerate the config for this stack with \`npm run policy-config -- <stack>\``,
             urn,
           );

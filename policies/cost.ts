@@ -1,26 +1,16 @@
 import * as aws from "@pulumi/aws";
 import type { PolicyResource, ResourceValidationPolicy, StackValidationPolicy } from "@pulumi/policy";
-import { TIERS, isGpuInstanceType, isTierName } from "../runtime/src/catalog";
-import {
-  COST_TAG_KEYS,
-  UNKNOWN,
-  asList,
-  known,
-  ofTypes,
-  providerDefaultTags,
-  tagMap,
-  tierTag,
-  typeOf,
-} from "./lib";
+import { COST_TAGS, TIERS, isGpuInstanceType, isTierName } from "@crucible/runtime/catalog";
+import { UNKNOWN, asList, known, ofTypes, providerDefaultTags, tagMap, tierTag, typeOf } from "./lib";
 
 /** Cost: finance can attribute every dollar, and a stack that can run GPUs has a budget that tells someone. */
 
 /** Tags every taggable resource carries (the tier tag only where a resource belongs to one). */
 export const REQUIRED_COST_TAGS = [
-  COST_TAG_KEYS.environment,
-  COST_TAG_KEYS.owner,
-  COST_TAG_KEYS.costCenter,
-  COST_TAG_KEYS.component,
+  COST_TAGS.environment,
+  COST_TAGS.owner,
+  COST_TAGS.costCenter,
+  COST_TAGS.component,
 ] as const;
 
 const taggable = new Map<string, boolean>();
@@ -77,7 +67,7 @@ export function costAllocationTags(): ResourceValidationPolicy {
         return;
       }
       // Older CLIs send no provider: then only the tag each component sets itself can be checked.
-      const required = args.provider ? REQUIRED_COST_TAGS : [COST_TAG_KEYS.component];
+      const required = args.provider ? REQUIRED_COST_TAGS : [COST_TAGS.component];
       const tags = { ...providerDefaultTags(args.provider), ...own };
       const missing = required.filter((k) => !tags[k]);
       if (missing.length > 0) {

@@ -1,6 +1,6 @@
 import * as aws from "@pulumi/aws";
 import type { PolicyResource, StackValidationPolicy } from "@pulumi/policy";
-import { PERMISSIONS_BOUNDARY_SUFFIX, isCiRoleName } from "../infra/iam-actions";
+import { PERMISSIONS_BOUNDARY_SUFFIX, isCiRoleName } from "@crucible/runtime/catalog";
 import { UNKNOWN, forStacksWith, join, keys, known, ofTypes } from "./lib";
 
 /** The boundary the stack declares: an `aws.iam.Policy` named `crucible-<stack>-permissions-boundary`. */

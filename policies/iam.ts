@@ -6,7 +6,7 @@ import {
   type ResourceValidationPolicy,
   type StackValidationPolicy,
 } from "@pulumi/policy";
-import { SESSION_MANAGER_ACTIONS } from "../infra/iam-actions";
+import { SESSION_MANAGER_ACTIONS } from "@crucible/runtime/catalog";
 import {
   UNKNOWN,
   actionsOf,

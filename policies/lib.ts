@@ -5,6 +5,7 @@ import type {
   StackValidation,
   StackValidationArgs,
 } from "@pulumi/policy";
+import { COST_TAGS } from "@crucible/runtime/catalog";
 
 /**
  * Helpers every policy family shares: values that may be unknown during preview, tags, IAM-style
@@ -61,18 +62,6 @@ function isRecord(value: unknown): value is Record<string, unknown> {
 // ---------------------------------------------------------------------------------------------
 // Tags
 
-/**
- * Tag keys finance activates as cost allocation tags. They restate `COST_TAGS` of infra/providers.ts
- * because the pack never imports infra/; test/policies/stacks.test.ts keeps the two equal.
- */
-export const COST_TAG_KEYS = {
-  environment: "crucible:environment",
-  owner: "crucible:owner",
-  costCenter: "crucible:cost-center",
-  component: "crucible:component",
-  tier: "crucible:tier",
-} as const;
-
 /** Tags as a map, from the map most resources take or the `{ key, value }` list Auto Scaling groups take. */
 export function tagMap(tags: unknown): Record<string, string> {
   if (Array.isArray(tags)) {
@@ -102,10 +91,10 @@ export function providerDefaultTags(provider: PolicyProviderResource | undefined
 /** The `crucible:tier` of a resource: its tags, or the tags it gives the instances it launches. */
 export function tierTag(props: Record<string, unknown>): Maybe<string | undefined> {
   return known(() => {
-    const own = tagMap(props.tags)[COST_TAG_KEYS.tier];
+    const own = tagMap(props.tags)[COST_TAGS.tier];
     if (own !== undefined) return own;
     for (const spec of asList(props.tagSpecifications as unknown[] | undefined)) {
-      const tier = isRecord(spec) ? tagMap(spec.tags)[COST_TAG_KEYS.tier] : undefined;
+      const tier = isRecord(spec) ? tagMap(spec.tags)[COST_TAGS.tier] : undefined;
       if (tier !== undefined) return tier;
     }
     return undefined;

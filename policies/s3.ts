@@ -6,7 +6,7 @@ import {
   type StackValidationArgs,
   type StackValidationPolicy,
 } from "@pulumi/policy";
-import { LEDGER_MIN_RETENTION_DAYS, LEDGER_PREFIX, WORKSPACES_PREFIX } from "../runtime/src/catalog";
+import { LEDGER_MIN_RETENTION_DAYS, LEDGER_PREFIX, WORKSPACES_PREFIX } from "@crucible/runtime/catalog";
 import { configSchema, readSettings } from "./config";
 import {
   UNKNOWN,

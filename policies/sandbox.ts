@@ -5,7 +5,8 @@ import {
   type StackValidationPolicy,
 } from "@pulumi/policy";
 import { configSchema, readSettings } from "./config";
-import { COST_TAG_KEYS, UNKNOWN, forStacksWith, known, ofTypes, parseJson, tierTag } from "./lib";
+import { UNKNOWN, forStacksWith, known, ofTypes, parseJson, tierTag } from "./lib";
+import { COST_TAGS } from "@crucible/runtime/catalog";
 
 /**
  * The job sandbox as deployed: each tier's agent reads `/crucible/<environment>/<tier>/agent-config`,
@@ -104,7 +105,7 @@ export function asgTiersHaveAgentConfig(): StackValidationPolicy {
         if (tier === UNKNOWN) continue;
         if (tier === undefined) {
           report(
-            `Auto Scaling group ${asg.name}: tag it ${COST_TAG_KEYS.tier}=<tier> so its agent config can be found.`,
+            `Auto Scaling group ${asg.name}: tag it ${COST_TAGS.tier}=<tier> so its agent config can be found.`,
             asg.urn,
           );
           continue;

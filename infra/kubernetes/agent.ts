@@ -1,15 +1,22 @@
 import * as aws from "@pulumi/aws";
 import * as k8s from "@pulumi/kubernetes";
 import * as pulumi from "@pulumi/pulumi";
-import type { TierName } from "../../runtime/src/catalog";
-import { KUBERNETES, kubernetesAgentName } from "../../runtime/src/kubernetes-names";
-import type { Priority } from "../../runtime/src/scheduling";
-import { SENDERS_ENV, formatSenders, type Senders } from "../../runtime/src/senders";
+import {
+  type TierName,
+  KUBERNETES,
+  kubernetesAgentName,
+  type Priority,
+  AGENT_ENV_NAMES,
+  toAgentEnv,
+  type AgentEnvValues,
+  type Senders,
+  type SchedulingPolicy,
+  type NodeLabel,
+} from "@crucible/runtime/catalog";
 import { JOB_METRICS_STATEMENT, agentDataStatements } from "../fleet";
 import { webIdentityTrustPolicy } from "../policy-document";
 import { componentTags } from "../providers";
 import { AGENT_RESOURCES } from "./namespace";
-import type { NodeLabel } from "../../runtime/src/kubernetes-names";
 
 /** The audience EKS's pod identity webhook requests service account tokens for. */
 export const IRSA_AUDIENCE = "sts.amazonaws.com";
@@ -61,7 +68,7 @@ export interface TierAgentArgs {
   readonly jobImages: pulumi.Input<Record<string, pulumi.Input<string>>>;
   readonly heartbeatSeconds: number;
   readonly visibilityTimeoutSeconds: number;
-  readonly scheduling?: pulumi.Input<string>;
+  readonly scheduling?: pulumi.Input<SchedulingPolicy>;
   /** The label GPU job pods select nodes by; set for GPU tiers only. */
   readonly gpuNodeLabel?: NodeLabel;
   readonly region: string;
@@ -150,28 +157,41 @@ function agentEnv(
   args: TierAgentArgs,
   roleUniqueId?: pulumi.Output<string>,
 ): k8s.types.input.core.v1.EnvVar[] {
-  const env: Record<string, pulumi.Input<string>> = {
-    CRUCIBLE_TIER: args.tier,
-    CRUCIBLE_LAUNCHER: "kubernetes",
-    CRUCIBLE_K8S_NAMESPACE: args.namespace,
-    CRUCIBLE_BUCKET: args.workspaces.bucketName,
-    CRUCIBLE_WORKSPACES_PREFIX: args.workspaces.prefix,
-    CRUCIBLE_QUEUES: pulumi.jsonStringify({ [args.tier]: args.queueUrls }),
-    CRUCIBLE_IMAGES: pulumi.jsonStringify(args.jobImages),
-    CRUCIBLE_HEARTBEAT_SECONDS: String(args.heartbeatSeconds),
-    CRUCIBLE_VISIBILITY_TIMEOUT_SECONDS: String(args.visibilityTimeoutSeconds),
-    ...(args.scheduling !== undefined && { CRUCIBLE_SCHEDULING: args.scheduling }),
-    [SENDERS_ENV]: pulumi
-      .all([pulumi.output(args.senders), roleUniqueId])
-      .apply(([senders, self]) =>
-        formatSenders({ ...senders, agents: [...(self === undefined ? [] : [self]), ...senders.agents] }),
-      ),
-    ...(args.gpuNodeLabel && {
-      CRUCIBLE_K8S_GPU_NODE_LABEL: `${args.gpuNodeLabel.key}=${args.gpuNodeLabel.value}`,
-    }),
-    AWS_REGION: args.region,
+  const values = {
+    tier: args.tier,
+    launcher: "kubernetes" as const,
+    k8sNamespace: args.namespace,
+    bucket: args.workspaces.bucketName,
+    workspacesPrefix: args.workspaces.prefix,
+    queues: { [args.tier]: args.queueUrls },
+    images: args.jobImages,
+    heartbeatSeconds: args.heartbeatSeconds,
+    visibilityTimeoutSeconds: args.visibilityTimeoutSeconds,
+    ...(args.scheduling !== undefined && { scheduling: args.scheduling }),
+    senders: pulumi.all([pulumi.output(args.senders), roleUniqueId]).apply(([senders, self]): Senders => ({
+      ...senders,
+      agents: [...(self === undefined ? [] : [self]), ...senders.agents],
+    })),
+    ...(args.gpuNodeLabel && { k8sGpuNodeLabel: args.gpuNodeLabel }),
+    region: args.region,
   };
-  return Object.entries(env).map(([name, value]) => ({ name, value }));
+  // The agent's environment (runtime/src/agent-env.ts): each variable written by toAgentEnv (which checks
+  // it as the agent will read it) as soon as its own value is known, the others not waiting on it.
+  return (Object.entries(values) as [keyof AgentEnvValues, unknown][]).map(([field, value]) => {
+    const name = AGENT_ENV_NAMES[field];
+    const text = (resolved: unknown): string => toAgentEnv({ [field]: resolved })[name]!;
+    return {
+      name,
+      value: holdsOutputs(value) ? (pulumi.output(value) as pulumi.Output<unknown>).apply(text) : text(value),
+    };
+  });
+}
+
+/** Whether a value is or holds an Output (or a promise), so it can only be written once resolved. */
+function holdsOutputs(value: unknown): boolean {
+  if (pulumi.Output.isInstance(value) || value instanceof Promise) return true;
+  if (typeof value !== "object" || value === null) return false;
+  return Object.values(value).some(holdsOutputs);
 }
 
 /** The agent's AWS role: assumable only by its own service account's tokens, scoped to its tier's data. */

@@ -1,7 +1,6 @@
 import * as k8s from "@pulumi/kubernetes";
 import type * as pulumi from "@pulumi/pulumi";
-import { KUBERNETES } from "../../runtime/src/kubernetes-names";
-import type { NodeLabel } from "../../runtime/src/kubernetes-names";
+import { KUBERNETES, type NodeLabel } from "@crucible/runtime/catalog";
 
 /**
  * Values of the jobs' priority classes. Low on purpose: they order Crucible's jobs among themselves and

@@ -1,9 +1,12 @@
 import * as k8s from "@pulumi/kubernetes";
 import * as pulumi from "@pulumi/pulumi";
-import type { TierName } from "../../runtime/src/catalog";
-import { kubernetesNamespace } from "../../runtime/src/kubernetes-names";
-import type { Priority } from "../../runtime/src/scheduling";
-import type { Senders } from "../../runtime/src/senders";
+import {
+  type TierName,
+  kubernetesNamespace,
+  type Priority,
+  type Senders,
+  type SchedulingPolicy,
+} from "@crucible/runtime/catalog";
 import type { CrucibleConfig, Environment } from "../config";
 import { tierAgent, type AgentWorkspaces } from "./agent";
 import { devicePlugin, priorityClasses } from "./cluster";
@@ -52,8 +55,8 @@ export interface KubernetesTargetArgs {
   readonly workspaces: AgentWorkspaces;
   readonly heartbeatSeconds: number;
   readonly visibilityTimeoutSeconds: number;
-  /** The scheduling policy as JSON (`CRUCIBLE_SCHEDULING`). Defaults to none: the agent's own defaults. */
-  readonly scheduling?: pulumi.Input<string>;
+  /** The scheduling policy (`CRUCIBLE_SCHEDULING`). Defaults to none: the agent's own defaults. */
+  readonly scheduling?: pulumi.Input<SchedulingPolicy>;
 }
 
 /**

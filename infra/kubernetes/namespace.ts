@@ -1,7 +1,6 @@
 import * as k8s from "@pulumi/kubernetes";
 import type * as pulumi from "@pulumi/pulumi";
-import type { Tier } from "../../runtime/src/catalog";
-import { KUBERNETES } from "../../runtime/src/kubernetes-names";
+import { type Tier, KUBERNETES } from "@crucible/runtime/catalog";
 
 /**
  * The Pod Security Standards release the namespace enforces. Pinned, so a cluster upgrade that tightens

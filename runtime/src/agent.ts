@@ -1,5 +1,5 @@
 import { EventEmitter } from "node:events";
-import { mkdir, mkdtemp, rm } from "node:fs/promises";
+import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import { cpus, hostname, tmpdir } from "node:os";
 import { join } from "node:path";
 import type { Envelope, JobOutcome, Launcher, ProgressEvent, StopReason } from "./contract";
@@ -22,7 +22,8 @@ import type { Senders } from "./senders";
 import { senderProblem } from "./senders";
 import type { BudgetStanding } from "./spend";
 import { describeStanding, overBudget, SpendTracker } from "./spend";
-import { createQuotaDir } from "./quota-volume";
+import { createQuotaDir, releaseQuotaDirsUnder } from "./quota-volume";
+import { ownerAlive, processStart } from "./sandbox";
 import { invalidJobEnvelope } from "./outcome";
 import type { TierName } from "./tiers";
 import { getTier } from "./tiers";
@@ -111,6 +112,11 @@ export interface AgentEvents {
 }
 
 const FINAL_STATUS = { success: "succeeded", error: "failed" } as const;
+
+/** Each job's scratch directory under the scratch root: `crucible-agent-<jobId>-XXXXXX`. */
+export const AGENT_SCRATCH_PREFIX = "crucible-agent-";
+/** In each scratch directory: the agent that made it, `<pid> <start>`, so a successor can reclaim it. */
+const SCRATCH_OWNER_FILE = ".crucible-owner";
 
 /** A job in a slot, once its spec is read: what preemption chooses by. */
 interface RunningJob {
@@ -223,6 +229,7 @@ export class Agent extends EventEmitter<AgentEvents> {
     );
     const pause = every(schedulingPollSeconds, () => this.checkPause(), logger, "budget pause check");
     try {
+      await this.reclaimScratch();
       this.polling = this.receiveUntilStopped();
       await this.polling;
       await Promise.all([...this.active.values()].map((a) => a.promise));
@@ -279,6 +286,29 @@ export class Agent extends EventEmitter<AgentEvents> {
     this.settings.logger.info({ reason, running: this.active.size }, "agent stopping");
     for (const { stop } of this.active.values()) stop.abort(new StopRequest(reason, graceSeconds));
     this.slotsChanged.fire();
+  }
+
+  /**
+   * Removes what agents that died mid-job left in the scratch root: their jobs' workspace volumes (still
+   * mounted, holding disk and a loop device each) and files. Only directories whose owner is gone: agents
+   * sharing a scratch root (several on one machine) keep theirs.
+   */
+  private async reclaimScratch(): Promise<void> {
+    const { scratchRoot, logger } = this.settings;
+    let reclaimed = 0;
+    for (const name of await readdir(scratchRoot).catch(() => [])) {
+      if (!name.startsWith(AGENT_SCRATCH_PREFIX)) continue;
+      const dir = join(scratchRoot, name);
+      // No owner yet: being made, or not an agent's to judge.
+      const owner = await readFile(join(dir, SCRATCH_OWNER_FILE), "utf8").catch(() => undefined);
+      if (owner === undefined) continue;
+      const [pid, start] = owner.trim().split(" ");
+      if (ownerAlive(Number(pid), start || undefined)) continue;
+      await releaseQuotaDirsUnder(dir);
+      await rm(dir, { recursive: true, force: true });
+      reclaimed += 1;
+    }
+    if (reclaimed > 0) logger.warn({ reclaimed }, "removed job workspaces that dead agents left behind");
   }
 
   /**
@@ -402,6 +432,9 @@ export class Agent extends EventEmitter<AgentEvents> {
     }
     const log = logger.child({ jobId: address.jobId });
     try {
+      // Hidden for a whole visibility period from the start: reading the spec, the code and the fair
+      // share can take seconds, and a message that reappears meanwhile would be run twice.
+      await message.queue.extend(message.receiptHandle, this.settings.visibilitySeconds);
       await this.runJob(address, message, slot, log);
     } catch (error) {
       log.error({ err: error }, "handling the job failed; its message returns to the queue");
@@ -432,8 +465,11 @@ export class Agent extends EventEmitter<AgentEvents> {
     const admitted = await this.admit(address, message, log);
     if (!admitted) return;
     const { job, resumeFrom } = admitted;
-    const scratch = await mkdtemp(join(this.settings.scratchRoot, `crucible-agent-${address.jobId}-`));
+    const scratch = await mkdtemp(
+      join(this.settings.scratchRoot, `${AGENT_SCRATCH_PREFIX}${address.jobId}-`),
+    );
     try {
+      await writeFile(join(scratch, SCRATCH_OWNER_FILE), `${process.pid} ${processStart(process.pid) ?? ""}`);
       const codeZip = join(scratch, "code.zip");
       const code = await store.getCode(address, codeZip).catch(async (error: unknown) => {
         if (!(error instanceof CodeError)) throw error;

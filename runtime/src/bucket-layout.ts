@@ -12,6 +12,12 @@ export const WORKSPACES_PREFIX = "workspaces/";
  */
 export const LEDGER_PREFIX = "ledger/";
 
+/**
+ * GiB one project's users may hold under `workspaces/` unless `crucible:workspaces.quotaGiBPerProject`
+ * says otherwise; the stack hands its value to nodes as `CRUCIBLE_QUOTA_GIB` (agent-env.ts).
+ */
+export const DEFAULT_QUOTA_GIB_PER_PROJECT = 100;
+
 /** The ledger is kept at least two calendar months, so last month's report is always complete. */
 export const LEDGER_MIN_RETENTION_DAYS = 62;
 

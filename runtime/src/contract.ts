@@ -8,7 +8,7 @@ import { TIER_NAMES } from "./tiers";
 
 /**
  * The contracts every launcher, the agent and the CLI share: what a job is, what comes back for it
- * whatever happened, and how a running job is asked to stop. See DESIGN.md, "Contracts".
+ * whatever happened, and how a running job is asked to stop. See docs/architecture.md, "Contracts".
  */
 
 export const REASONS = [
@@ -36,6 +36,18 @@ export const RESERVED_ENV =
 export const jobIdSchema = z
   .string()
   .regex(/^[a-z0-9][a-z0-9-]{2,62}$/, { error: "must be 3-63 lowercase letters, digits and dashes" });
+
+/** Where a job lives: `<project>/<user>/<jobId>` (job-store.ts lays it out under `workspaces/`). */
+export const jobAddressSchema = z.strictObject({
+  project: z
+    .string()
+    .regex(/^[a-z0-9][a-z0-9-]{0,62}$/, { error: "must be lowercase letters, digits and dashes" }),
+  user: z
+    .string()
+    .regex(/^[a-z0-9][a-z0-9._-]{0,62}$/, { error: "must be lowercase letters, digits, dots and dashes" }),
+  jobId: jobIdSchema,
+});
+export type JobAddress = z.infer<typeof jobAddressSchema>;
 
 /** A job's own environment variables: valid names, none of the runtime's, values of bounded size. */
 export const MAX_ENV_VALUE_BYTES = 32 * 1024;

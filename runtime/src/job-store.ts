@@ -18,7 +18,8 @@ import { Transform } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import { z } from "zod";
 import type { Envelope } from "./contract";
-import { CHECKPOINT_OBJECT_TAG, envelopeSchema, jobIdSchema } from "./contract";
+import type { JobAddress } from "./contract";
+import { CHECKPOINT_OBJECT_TAG, envelopeSchema, jobAddressSchema } from "./contract";
 import type { LedgerEntry } from "./ledger";
 import { LEDGER_PREFIX, WORKSPACES_PREFIX } from "./bucket-layout";
 import { LEDGER_PARTITION_PATH, ledgerEntrySchema, ledgerMonths, ledgerPartitionPath } from "./ledger";
@@ -28,16 +29,8 @@ import type { Logger } from "./logger";
 import { checkArchiveSize, CodeError, describeBytes, MAX_CODE_ARCHIVE_BYTES } from "./code-source";
 
 /** Who a job belongs to, and so where everything about it lives. */
-export const jobAddressSchema = z.strictObject({
-  project: z
-    .string()
-    .regex(/^[a-z0-9][a-z0-9-]{0,62}$/, { error: "must be lowercase letters, digits and dashes" }),
-  user: z
-    .string()
-    .regex(/^[a-z0-9][a-z0-9._-]{0,62}$/, { error: "must be lowercase letters, digits, dots and dashes" }),
-  jobId: jobIdSchema,
-});
-export type JobAddress = z.infer<typeof jobAddressSchema>;
+// A job's address is part of the job contract (contract.ts); re-exported for the store's callers.
+export { jobAddressSchema, type JobAddress };
 
 export const JOB_STATUSES = ["queued", "running", "succeeded", "failed", "cancelled"] as const;
 export const jobStateSchema = z.object({

@@ -18,7 +18,7 @@ import {
   TERMINATION_MESSAGE_MAX_BYTES,
 } from "./kubernetes-job";
 import type { NodeLabel } from "./kubernetes-names";
-import { KUBERNETES } from "./kubernetes-names";
+import { KUBERNETES, KUBERNETES_LABEL_VALUE } from "./kubernetes-names";
 import type { Logger } from "./logger";
 import { createLogger } from "./logger";
 import type { EnvelopeFields, RunnerRead, Stop } from "./outcome";
@@ -323,8 +323,6 @@ function thisAgent(node: string): { pod: string; start: string } {
   return { pod: node, start: String(Math.round(performance.timeOrigin)) };
 }
 
-const LABEL_VALUE = /^[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$/;
-
 /**
  * Runs jobs as Kubernetes Jobs in one namespace, in the same sandbox and with the same envelope as the
  * Docker launcher: the code in a ConfigMap the Job owns, the runner's result in the termination message,
@@ -347,7 +345,7 @@ export class KubernetesLauncher implements Launcher {
     if (!Number.isFinite(this.graceSeconds) || this.graceSeconds < 0) {
       throw new Error(`graceSeconds must be a number of seconds >= 0, got ${this.graceSeconds}`);
     }
-    if (!LABEL_VALUE.test(this.node)) {
+    if (!KUBERNETES_LABEL_VALUE.test(this.node)) {
       throw new Error(
         `the node name labels every object and must be a Kubernetes label value, got "${this.node}"`,
       );

@@ -25,6 +25,12 @@ export const KUBERNETES = {
   priorityClasses: { interactive: "crucible-interactive", batch: "crucible-batch" },
 } as const;
 
+/** A label value: up to 63 characters, alphanumeric at both ends (the API server's own rule). */
+export const KUBERNETES_LABEL_VALUE = /^(?=.{1,63}$)[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$/;
+/** {@link KUBERNETES_LABEL_VALUE} in words, for errors. */
+export const KUBERNETES_LABEL_VALUE_RULE =
+  "a Kubernetes label value (1 to 63 letters, digits, -, _ and ., starting and ending with a letter or digit)";
+
 /** A node label as a pod's node selector names it. */
 export interface NodeLabel {
   readonly key: string;

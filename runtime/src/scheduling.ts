@@ -27,7 +27,7 @@ const usd = z
   .number({ error: "must be a positive amount of US dollars" })
   .positive({ error: "must be a positive amount of US dollars" });
 
-/** The same names a job's address allows (runtime/src/job-store.ts). */
+/** The same names a job's address allows (contract.ts jobAddressSchema). */
 const userName = z.string().regex(/^[a-z0-9][a-z0-9._-]{0,62}$/, {
   error: "must be a user name: lowercase letters, digits, dots and dashes",
 });

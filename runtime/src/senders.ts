@@ -1,5 +1,5 @@
 import { z } from "zod";
-import { jobAddressSchema } from "./job-store";
+import { jobAddressSchema } from "./contract";
 
 /**
  * Who may put a message on a tier's queues, as the agent checks it against each message's SQS `SenderId`

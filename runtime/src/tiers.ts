@@ -47,8 +47,8 @@ export interface Tier extends TierLimits {
 }
 
 /**
- * Memory a node keeps for the OS, the Docker engine and the agent. The design table gave gpu-small
- * 16 GiB on a 16 GiB g4dn.xlarge, which would let one job starve the node that runs it.
+ * Memory a node keeps for the OS, the Docker engine and the agent. The project's original brief gave
+ * gpu-small 16 GiB on a 16 GiB g4dn.xlarge, which would let one job starve the node that runs it.
  */
 export const NODE_RESERVED_MEMORY_MIB = 2048;
 

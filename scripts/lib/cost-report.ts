@@ -1,7 +1,7 @@
 import type { BudgetSummary } from "../../infra/budgets";
 import type { FixedCostItem, TierHourlyCost } from "../../infra/finance";
-import { HOURS_PER_MONTH, usd } from "../../infra/prices";
-import { TIER_NAMES, isTierName, type TierName } from "../../runtime/src/catalog";
+import { usd } from "../../infra/prices";
+import { HOURS_PER_MONTH, TIER_NAMES, isTierName, type TierName } from "../../runtime/src/catalog";
 import type { LedgerEntry } from "../../runtime/src/ledger";
 import {
   buildUsage,

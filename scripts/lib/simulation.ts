@@ -2,7 +2,14 @@ import { readFileSync } from "node:fs";
 import { CronExpressionParser } from "cron-parser";
 import type { CrucibleConfig, TierConfig } from "../../infra/config";
 import type { TierCapacity } from "../../infra/fleet";
-import { TIER_NAMES, TIERS, getInstanceType, isTierName, type TierName } from "../../runtime/src/catalog";
+import {
+  HOURS_PER_MONTH,
+  TIER_NAMES,
+  TIERS,
+  getInstanceType,
+  isTierName,
+  type TierName,
+} from "../../runtime/src/catalog";
 import { STACKS, readStackConfig } from "./mock-engine";
 import { stackConfig } from "./policy-config";
 import { exponential, mulberry32 } from "./random";
@@ -65,7 +72,6 @@ import { exponential, mulberry32 } from "./random";
 /** gp3 storage, USD per GiB-month (us-east-1 list price, https://aws.amazon.com/ebs/pricing/, 2026-11-24). */
 export const GP3_USD_PER_GIB_MONTH = 0.08;
 /** Hours in the month AWS bills storage by (8760 / 12). */
-const HOURS_PER_MONTH = 730;
 
 /** Defaults of the job duration distribution when arrivals do not carry durations. */
 export const DURATION_DEFAULTS = {

@@ -1,13 +1,17 @@
 import { ReceiveMessageCommand, SendMessageCommand } from "@aws-sdk/client-sqs";
 import { DeleteObjectCommand, GetObjectCommand, PutObjectCommand } from "@aws-sdk/client-s3";
+import { spawnSync } from "node:child_process";
+import { existsSync } from "node:fs";
 import { mkdir, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import pino from "pino";
 import { describe, expect, it } from "vitest";
 import type { AgentOptions } from "../../runtime/src/agent";
-import { Agent } from "../../runtime/src/agent";
+import { Agent, AGENT_SCRATCH_PREFIX } from "../../runtime/src/agent";
 import { pauseMarkerKey } from "../../runtime/src/bucket-layout";
 import { pauseCheck } from "../../runtime/src/budget-pause";
+import { createQuotaDir, isQuotaDir, releaseQuotaDirsUnder } from "../../runtime/src/quota-volume";
+import { processStart } from "../../runtime/src/sandbox";
 import type { Envelope } from "../../runtime/src/contract";
 import { DockerLauncher } from "../../runtime/src/docker-launcher";
 import type { JobAddress } from "../../runtime/src/job-store";
@@ -217,14 +221,19 @@ describe("the agent on the local platform", () => {
       const address = await submit(
         [
           "import signal, time",
-          "from crucible import checkpoint_dir",
+          "from crucible import checkpoint_dir, progress",
           "def main():",
           '    signal.signal(signal.SIGTERM, lambda *_: ((checkpoint_dir() / "step").write_text("5"), exit(0)))',
-          '    print("working", flush=True)',
+          "    progress(step=1, total=2)",
           "    time.sleep(300)",
         ].join("\n"),
       );
-      await next(agent, "started", address.jobId);
+      // Paused once the job reports progress, so its SIGTERM handler is in place.
+      await new Promise<void>((resolve) =>
+        agent.on("progress", (a) => {
+          if (a.jobId === address.jobId) resolve();
+        }),
+      );
       const finished = next<[JobAddress, Envelope]>(agent, "finished", address.jobId);
       const reason = "crucible-dev-cpu-large: ACTUAL spend reached 100 %";
       await local.platform.s3.send(
@@ -257,6 +266,29 @@ describe("the agent on the local platform", () => {
     } finally {
       agent.stop();
       await running;
+    }
+  });
+
+  it("reclaims the workspace volumes and files of a dead agent's jobs, and leaves a live one's", async () => {
+    const dead = spawnSync("true").pid;
+    const scratch = async (name: string, owner: string): Promise<string> => {
+      const dir = join(local.root, `${AGENT_SCRATCH_PREFIX}${name}-x`);
+      await createQuotaDir(join(dir, "workspace"), 8, undefined);
+      await writeFile(join(dir, ".crucible-owner"), owner);
+      return dir;
+    };
+    const orphan = await scratch("orphan", `${dead} `);
+    const live = await scratch("live", `${process.pid} ${processStart(process.pid) ?? ""}`);
+    const agent = newAgent({ scratchRoot: local.root });
+    const running = agent.run();
+    try {
+      await expect.poll(() => existsSync(orphan), { timeout: WAIT_MS }).toBe(false);
+      expect(await isQuotaDir(join(orphan, "workspace"))).toBe(false);
+      expect(await isQuotaDir(join(live, "workspace"))).toBe(true);
+    } finally {
+      agent.stop();
+      await running;
+      await releaseQuotaDirsUnder(live);
     }
   });
 });

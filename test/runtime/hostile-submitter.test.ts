@@ -132,6 +132,8 @@ beforeAll(async () => {
     concurrency: 2,
     scratchRoot: local.root,
     ...FAST_AGENT,
+    // Room for a loaded machine: a job's message must not reappear while its workspace is being made.
+    visibilitySeconds: 15,
   });
   running = agent.run();
   // Bob's job runs beside every attack: it keeps a checkpoint and an output, holds a secret, and ends

@@ -5,7 +5,7 @@ import { mkdir, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import pino from "pino";
 import { beforeAll, describe, expect, it } from "vitest";
-import { SESSION_MANAGER_ACTIONS } from "../../infra/iam-actions";
+import { SESSION_MANAGER_ACTIONS } from "../../runtime/src/catalog";
 import type { AgentOptions } from "../../runtime/src/agent";
 import { Agent } from "../../runtime/src/agent";
 import { pauseCheck } from "../../runtime/src/budget-pause";

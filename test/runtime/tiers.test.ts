@@ -11,7 +11,7 @@ import {
 describe("tier catalog", () => {
   const tiers = TIER_NAMES.map((t) => TIERS[t]);
 
-  it("holds the five tiers of the design, smallest first", () => {
+  it("holds the five tiers of the original brief, smallest first", () => {
     expect(TIER_NAMES).toEqual(["cpu-small", "cpu-large", "gpu-small", "gpu-medium", "gpu-large"]);
     for (const name of TIER_NAMES) expect(TIERS[name].name).toBe(name);
   });

@@ -5,9 +5,10 @@ import { SQSClient } from "@aws-sdk/client-sqs";
 import type { Command } from "commander";
 import { randomBytes } from "node:crypto";
 import { userInfo } from "node:os";
-import { z } from "zod";
 import { Agent } from "../agent";
-import { WORKSPACES_PREFIX } from "../bucket-layout";
+import type { AgentEnv, LauncherKind } from "../agent-env";
+import { AgentEnvError, readAgentEnv } from "../agent-env";
+import { DEFAULT_QUOTA_GIB_PER_PROJECT, WORKSPACES_PREFIX } from "../bucket-layout";
 import type { Envelope } from "../contract";
 import { DockerLauncher } from "../docker-launcher";
 import type { ImageFamily, JobImageFamily } from "../image-matrix";
@@ -27,9 +28,9 @@ import { cloudWatchOutcomes, InstanceMetadata, NodeLifecycle } from "../node-lif
 import { SpotPriceLookup } from "../node-price";
 import { PriorityQueues } from "../priority-queues";
 import type { Priority, SchedulingPolicy } from "../scheduling";
-import { DEFAULT_PRIORITY, PRIORITIES, parseSchedulingPolicy } from "../scheduling";
+import { DEFAULT_PRIORITY, PRIORITIES, schedulingPolicySchema } from "../scheduling";
 import { cloudWatchSpend, describeStanding, overBudget, SpendTracker } from "../spend";
-import { parseSenders, SENDERS_ENV } from "../senders";
+import { SENDERS_ENV } from "../senders";
 import { pauseCheck } from "../budget-pause";
 import { SubmitError, submitJob } from "../submit";
 import type { TierName } from "../tiers";
@@ -63,22 +64,37 @@ function env(name: string): string | undefined {
   return value === undefined || value === "" ? undefined : value;
 }
 
-export function platformFromEnv(logger: Logger): StackPlatform {
-  const bucket = env("CRUCIBLE_BUCKET");
+/**
+ * The agent's environment (agent-env.ts) as the CLI reads it: a malformed variable is a usage error
+ * naming it, its value and what is allowed.
+ */
+export function agentEnvFromProcess(
+  env: Readonly<Record<string, string | undefined>> = process.env,
+): AgentEnv {
+  try {
+    return readAgentEnv(env);
+  } catch (error) {
+    if (error instanceof AgentEnvError) throw new UsageError(error.message);
+    throw error;
+  }
+}
+
+export function platformFromEnv(logger: Logger, settings: AgentEnv = agentEnvFromProcess()): StackPlatform {
+  const { bucket } = settings;
   if (!bucket)
     throw new UsageError(
       "CRUCIBLE_BUCKET is not set: name the workspaces bucket (stack output storage.bucketName)",
     );
-  const region = env("AWS_REGION") ?? "us-east-1";
-  const endpoint = env("CRUCIBLE_ENDPOINT");
+  const region = regionOf(settings);
+  const { endpoint } = settings;
   const s3 = new S3Client({ region, ...(endpoint && { endpoint, forcePathStyle: true }) });
   const sqs = new SQSClient({ region, ...(endpoint && { endpoint }) });
-  const queues = parseQueues(env("CRUCIBLE_QUEUES"));
-  const { weights } = schedulingFromEnv();
+  const queues = settings.queues ?? {};
+  const { weights } = schedulingOf(settings);
   return {
     s3,
     bucket,
-    store: new JobStore(s3, bucket, logger, env("CRUCIBLE_WORKSPACES_PREFIX") ?? WORKSPACES_PREFIX),
+    store: new JobStore(s3, bucket, logger, settings.workspacesPrefix ?? WORKSPACES_PREFIX),
     queues: (tier) => {
       const urls = queues[tier];
       if (!urls)
@@ -94,39 +110,27 @@ export function platformFromEnv(logger: Logger): StackPlatform {
   };
 }
 
-/** The stack's scheduling policy (stack output `scheduling`): defaults when CRUCIBLE_SCHEDULING is unset. */
+/** The clients' region: AWS_REGION, else us-east-1. */
+const regionOf = (settings: AgentEnv): string => settings.region ?? "us-east-1";
+
+/** The stack's scheduling policy (stack output `scheduling`): the runtime's defaults when CRUCIBLE_SCHEDULING is unset. */
+function schedulingOf(settings: AgentEnv): SchedulingPolicy {
+  return settings.scheduling ?? schedulingPolicySchema.parse({});
+}
+
+/** The scheduling policy of the process's environment. */
 function schedulingFromEnv(): SchedulingPolicy {
-  try {
-    return parseSchedulingPolicy(env("CRUCIBLE_SCHEDULING"));
-  } catch (error) {
-    throw new UsageError((error as Error).message);
-  }
-}
-
-/** A whole number of seconds (or jobs) from the environment, or undefined when unset. */
-function wholeNumberEnv(name: string): number | undefined {
-  const text = env(name);
-  if (text === undefined) return undefined;
-  const value = Number(text);
-  if (!/^\d+$/.test(text.trim()) || value <= 0)
-    throw new UsageError(`${name} must be a whole number greater than 0, got "${text}"`);
-  return value;
-}
-
-/** CRUCIBLE_WORKSPACE_MIB: each job's workspace volume in MiB (0: no quota), or undefined for the tier's. */
-function workspaceEnv(): number | undefined {
-  const text = env("CRUCIBLE_WORKSPACE_MIB");
-  if (text === undefined) return undefined;
-  if (!/^\d+$/.test(text.trim()))
-    throw new UsageError(`CRUCIBLE_WORKSPACE_MIB must be a whole number of MiB (0: no quota), got "${text}"`);
-  return Number(text);
+  return schedulingOf(agentEnvFromProcess());
 }
 
 /**
  * On a fleet node (the launch template's user data sets CRUCIBLE_ASG_NAME and the hook names), the
  * agent follows its instance's Auto Scaling lifecycle and publishes job outcomes to CloudWatch.
  */
-function fleetNodeFromEnv(logger: Logger):
+function fleetNodeFromEnv(
+  logger: Logger,
+  settings: AgentEnv,
+):
   | {
       lifecycle: NodeLifecycle;
       recordOutcome: ReturnType<typeof cloudWatchOutcomes>;
@@ -134,15 +138,10 @@ function fleetNodeFromEnv(logger: Logger):
       price: SpotPriceLookup;
     }
   | undefined {
-  const name = env("CRUCIBLE_ASG_NAME");
-  if (!name) return undefined;
-  const launchHook = env("CRUCIBLE_LAUNCH_HOOK");
-  const terminationHook = env("CRUCIBLE_TERMINATION_HOOK");
-  if (!launchHook || !terminationHook)
-    throw new UsageError(
-      `CRUCIBLE_ASG_NAME is set (${name}), so CRUCIBLE_LAUNCH_HOOK and CRUCIBLE_TERMINATION_HOOK must name its lifecycle hooks`,
-    );
-  const region = env("AWS_REGION") ?? "us-east-1";
+  // readAgentEnv refuses a group name without both hooks.
+  const { asgName: name, launchHook, terminationHook } = settings;
+  if (!name || !launchHook || !terminationHook) return undefined;
+  const region = regionOf(settings);
   const cloudwatch = new CloudWatchClient({ region });
   const metadata = new InstanceMetadata();
   return {
@@ -172,34 +171,6 @@ function aborted(signal: AbortSignal): Promise<void> {
       { once: true },
     );
   });
-}
-
-// Not z.url(): local endpoints such as http://sqs.us-east-1.127.0.0.1:4566/... are queue URLs too.
-const queueUrl = z.string().regex(/^https?:\/\/\S+$/, { error: "must be a queue URL (http:// or https://)" });
-/** Per tier, one queue for every priority or one per priority class (stack output `queues`). */
-const queuesSchema = z.partialRecord(
-  z.enum(TIER_NAMES, { error: `must be a tier: ${TIER_NAMES.join(", ")}` }),
-  z.union([queueUrl, z.strictObject({ high: queueUrl, normal: queueUrl, low: queueUrl })], {
-    error: 'must be a queue URL or {"high": url, "normal": url, "low": url}',
-  }),
-);
-
-function parseQueues(text: string | undefined): Partial<Record<TierName, string | Record<Priority, string>>> {
-  if (!text) return {};
-  let value: unknown;
-  try {
-    value = JSON.parse(text);
-  } catch {
-    throw new UsageError(
-      `CRUCIBLE_QUEUES must be JSON like {"cpu-small": {"high": "https://sqs...", "normal": "...", "low": "..."}}, got ${text.slice(0, 80)}`,
-    );
-  }
-  const parsed = queuesSchema.safeParse(value);
-  if (!parsed.success) {
-    const issue = parsed.error.issues[0]!;
-    throw new UsageError(`CRUCIBLE_QUEUES.${issue.path.join(".")} ${issue.message}`);
-  }
-  return parsed.data;
 }
 
 function ownerOf(flags: { project?: string; user?: string }): Owner {
@@ -312,7 +283,7 @@ async function submitAs(
       ...(flags.resumeFrom && { resumeFrom: flags.resumeFrom }),
       ...(flags.preempt === false && { preemptible: false }),
     },
-    quotaGiB: Number(env("CRUCIBLE_QUOTA_GIB") ?? 100),
+    quotaGiB: agentEnvFromProcess().quotaGiB ?? DEFAULT_QUOTA_GIB_PER_PROJECT,
   });
 }
 
@@ -431,115 +402,115 @@ export function registerPlatform(program: Command): void {
       "docker or kubernetes (default: $CRUCIBLE_LAUNCHER, else docker)",
       parseLauncherKind,
     )
-    .action(async (flags: { tier?: string; queueUrl?: string; concurrency?: number; launcher?: string }) => {
-      const logger = cliLogger();
-      const tier = flags.tier ?? env("CRUCIBLE_TIER");
-      if (!tier || !isTierName(tier))
-        throw new UsageError(`--tier must be one of ${TIER_NAMES.join(", ")}, got "${tier ?? ""}"`);
-      const platform = platformFromEnv(logger);
-      const queues = flags.queueUrl
-        ? PriorityQueues.single(
-            new JobQueue(
-              new SQSClient({
-                region: env("AWS_REGION") ?? "us-east-1",
-                ...(env("CRUCIBLE_ENDPOINT") && { endpoint: env("CRUCIBLE_ENDPOINT") }),
-              }),
-              flags.queueUrl,
-              logger,
-            ),
-          )
-        : platform.queues(tier);
-      const images = env("CRUCIBLE_IMAGES")
-        ? (JSON.parse(env("CRUCIBLE_IMAGES")!) as Partial<Record<ImageFamily, string>>)
-        : undefined;
-      const concurrency = flags.concurrency ?? wholeNumberEnv("CRUCIBLE_CONCURRENCY");
-      const heartbeatSeconds = wholeNumberEnv("CRUCIBLE_HEARTBEAT_SECONDS");
-      const visibilitySeconds = wholeNumberEnv("CRUCIBLE_VISIBILITY_TIMEOUT_SECONDS");
-      const graceSeconds = wholeNumberEnv("CRUCIBLE_GRACE_SECONDS");
-      const checkpointSeconds = wholeNumberEnv("CRUCIBLE_CHECKPOINT_SECONDS");
-      const workspaceMiB = workspaceEnv();
-      const node = fleetNodeFromEnv(logger);
-      let senders;
-      try {
-        senders = parseSenders(env(SENDERS_ENV));
-      } catch (error) {
-        throw new UsageError((error as Error).message);
-      }
+    .action(
+      async (flags: { tier?: string; queueUrl?: string; concurrency?: number; launcher?: LauncherKind }) => {
+        const logger = cliLogger();
+        const settings = agentEnvFromProcess();
+        const tier = flags.tier ?? settings.tier;
+        if (!tier || !isTierName(tier))
+          throw new UsageError(`--tier must be one of ${TIER_NAMES.join(", ")}, got "${tier ?? ""}"`);
+        const platform = platformFromEnv(logger, settings);
+        const queues = flags.queueUrl
+          ? PriorityQueues.single(
+              new JobQueue(
+                new SQSClient({
+                  region: regionOf(settings),
+                  ...(settings.endpoint && { endpoint: settings.endpoint }),
+                }),
+                flags.queueUrl,
+                logger,
+              ),
+            )
+          : platform.queues(tier);
+        const { images, heartbeatSeconds, graceSeconds, checkpointSeconds, workspaceMiB } = settings;
+        const concurrency = flags.concurrency ?? settings.concurrency;
+        const visibilitySeconds = settings.visibilityTimeoutSeconds;
+        const node = fleetNodeFromEnv(logger, settings);
+        const { senders } = settings;
+        if (!senders)
+          throw new UsageError(
+            `${SENDERS_ENV} is not set: the agent accepts messages only from the senders it names (stack output of the program, see the README)`,
+          );
 
-      const signals = new AbortController();
-      // Every signal, not just the first: a second SIGTERM must not kill an agent handing jobs back.
-      const onSignal = (signal: NodeJS.Signals): void => {
-        logger.info({ signal }, "signal received; stopping");
-        signals.abort();
-      };
-      process.on("SIGTERM", onSignal);
-      process.on("SIGINT", onSignal);
-      const early = await node?.lifecycle.join(signals.signal);
-      if (signals.signal.aborted) return;
-      if (early) {
-        // Restarted on a node already on its way out: take nothing, wait to be stopped.
-        logger.warn({ departure: early }, "node is leaving; not taking jobs");
-        await node?.lifecycle.leave(signals.signal);
-        await aborted(signals.signal);
-        return;
-      }
-      const launcher = await launcherFor(launcherKind(flags.launcher), { logger, ...(images && { images }) });
-      // A predecessor killed mid-job left its containers running; their messages return to the queue.
-      const orphans = await launcher.gc();
-      if (orphans > 0) logger.warn({ orphans }, "removed job containers of a dead agent");
-      const tierSpec = getTier(tier);
-      const health = tierSpec.gpu
-        ? new HealthGate({
-            health: new GpuHealth({
-              tier: tierSpec,
-              commands: processRunner(logger),
-              probe: new LauncherGpuProbe(launcher, tier, logger),
+        const signals = new AbortController();
+        // Every signal, not just the first: a second SIGTERM must not kill an agent handing jobs back.
+        const onSignal = (signal: NodeJS.Signals): void => {
+          logger.info({ signal }, "signal received; stopping");
+          signals.abort();
+        };
+        process.on("SIGTERM", onSignal);
+        process.on("SIGINT", onSignal);
+        const early = await node?.lifecycle.join(signals.signal);
+        if (signals.signal.aborted) return;
+        if (early) {
+          // Restarted on a node already on its way out: take nothing, wait to be stopped.
+          logger.warn({ departure: early }, "node is leaving; not taking jobs");
+          await node?.lifecycle.leave(signals.signal);
+          await aborted(signals.signal);
+          return;
+        }
+        const launcher = await launcherFor(launcherKind(flags.launcher, settings), {
+          logger,
+          env: settings,
+          ...(images && { images }),
+        });
+        // A predecessor killed mid-job left its containers running; their messages return to the queue.
+        const orphans = await launcher.gc();
+        if (orphans > 0) logger.warn({ orphans }, "removed job containers of a dead agent");
+        const tierSpec = getTier(tier);
+        const health = tierSpec.gpu
+          ? new HealthGate({
+              health: new GpuHealth({
+                tier: tierSpec,
+                commands: processRunner(logger),
+                probe: new LauncherGpuProbe(launcher, tier, logger),
+                logger,
+              }),
               logger,
-            }),
-            logger,
-            ...(node && { markUnhealthy: (reason: string) => node.lifecycle.markUnhealthy(reason) }),
-          })
-        : undefined;
-      // Priced before the first job, so its start does not wait on EC2, and the price is in the log.
-      await node?.price.current();
-      const agent = new Agent({
-        tier,
-        queues,
-        store: platform.store,
-        launcher,
-        logger,
-        senders,
-        paused: pauseCheck(platform.s3, platform.bucket, tier),
-        policy: schedulingFromEnv(),
-        ...(concurrency && { concurrency }),
-        ...(checkpointSeconds && { checkpointSeconds }),
-        ...(heartbeatSeconds && { heartbeatSeconds }),
-        ...(visibilitySeconds && { visibilitySeconds }),
-        ...(graceSeconds && { graceSeconds }),
-        ...(workspaceMiB !== undefined && { workspaceMiB }),
-        ...(node && {
-          recordOutcome: node.recordOutcome,
-          recordSpend: node.recordSpend,
-          nodePrice: () => node.price.current(),
-        }),
-        ...(health && { ready: () => health.ready() }),
-      });
-      const unwatchHealth = health?.watch(agent);
-      signals.signal.addEventListener("abort", () => agent.stop("interrupted"), { once: true });
-      let departure: Departure | undefined;
-      const unwatch = node?.lifecycle.watch(agent, (leaving) => {
-        departure = leaving;
-        agent.stop("interrupted");
-      });
-      await agent.run();
-      unwatch?.();
-      unwatchHealth?.();
-      if (node && (departure || health?.failed)) {
-        await node.lifecycle.leave(signals.signal);
-        // Exiting would let Docker restart the agent: wait for the instance to stop instead.
-        await aborted(signals.signal);
-      }
-    });
+              ...(node && { markUnhealthy: (reason: string) => node.lifecycle.markUnhealthy(reason) }),
+            })
+          : undefined;
+        // Priced before the first job, so its start does not wait on EC2, and the price is in the log.
+        await node?.price.current();
+        const agent = new Agent({
+          tier,
+          queues,
+          store: platform.store,
+          launcher,
+          logger,
+          senders,
+          paused: pauseCheck(platform.s3, platform.bucket, tier),
+          policy: schedulingOf(settings),
+          ...(concurrency && { concurrency }),
+          ...(checkpointSeconds && { checkpointSeconds }),
+          ...(heartbeatSeconds && { heartbeatSeconds }),
+          ...(visibilitySeconds && { visibilitySeconds }),
+          ...(graceSeconds && { graceSeconds }),
+          ...(workspaceMiB !== undefined && { workspaceMiB }),
+          ...(node && {
+            recordOutcome: node.recordOutcome,
+            recordSpend: node.recordSpend,
+            nodePrice: () => node.price.current(),
+          }),
+          ...(health && { ready: () => health.ready() }),
+        });
+        const unwatchHealth = health?.watch(agent);
+        signals.signal.addEventListener("abort", () => agent.stop("interrupted"), { once: true });
+        let departure: Departure | undefined;
+        const unwatch = node?.lifecycle.watch(agent, (leaving) => {
+          departure = leaving;
+          agent.stop("interrupted");
+        });
+        await agent.run();
+        unwatch?.();
+        unwatchHealth?.();
+        if (node && (departure || health?.failed)) {
+          await node.lifecycle.leave(signals.signal);
+          // Exiting would let Docker restart the agent: wait for the instance to stop instead.
+          await aborted(signals.signal);
+        }
+      },
+    );
 
   submitOptions(
     program

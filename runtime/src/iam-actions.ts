@@ -1,4 +1,4 @@
-// IAM actions the program grants and the policy pack judges: no dependencies, so the pack can import it.
+// IAM actions the program grants and the policy pack judges: no dependencies, so both import it (through the catalog).
 
 /**
  * What the SSM agent needs for Session Manager shells: register the instance and open its message

@@ -1,0 +1,72 @@
+import { ESLint } from "eslint";
+import tseslint from "typescript-eslint";
+import { describe, expect, it } from "vitest";
+
+/**
+ * The dependency rules of eslint.config.mjs, on imports in each direction: a wrong one fails `npm run lint`
+ * with the message of the rule it breaks, a right one passes. The code is linted as if it were the file
+ * named, so each part's rules apply. Type-aware rules are off: the files are not on disk, so no
+ * TypeScript project holds them, and the dependency rules read only the import's text.
+ */
+const eslint = new ESLint({
+  cwd: process.cwd(),
+  overrideConfig: [{ files: ["**/*.ts"], ...tseslint.configs.disableTypeChecked }],
+});
+
+async function restrictedImports(filePath: string, code: string): Promise<string[]> {
+  const [result] = await eslint.lintText(`${code}\nexport const used = [x];\n`, { filePath });
+  expect(result!.messages.filter((m) => m.fatal)).toEqual([]);
+  return result!.messages.filter((m) => m.ruleId === "no-restricted-imports").map((m) => m.message);
+}
+
+describe("dependency direction", () => {
+  it.each([
+    ["runtime/src/bad.ts", 'import * as x from "@pulumi/pulumi";', "runtime may not import Pulumi"],
+    [
+      "runtime/src/bad.ts",
+      'import { TierFleet as x } from "../../infra/fleet";',
+      "runtime may not import infra",
+    ],
+    [
+      "policies/bad.ts",
+      'import { COST_TAGS as x } from "../infra/providers";',
+      "policies may not import infra",
+    ],
+    [
+      "policies/bad.ts",
+      'import { JobStore as x } from "../runtime/src/job-store";',
+      "policies may import only the runtime's catalog (@crucible/runtime/catalog)",
+    ],
+    [
+      "policies/bad.ts",
+      'import { main as x } from "@crucible/runtime";',
+      "policies may import only the runtime's catalog (@crucible/runtime/catalog)",
+    ],
+    [
+      "infra/bad.ts",
+      'import { JobStore as x } from "../runtime/src/job-store";',
+      "infra may import only the runtime's catalog (@crucible/runtime/catalog) and job contract",
+    ],
+    [
+      "infra/kubernetes/bad.ts",
+      'import { KUBERNETES as x } from "../../runtime/src/kubernetes-names";',
+      "infra may import only the runtime's catalog (@crucible/runtime/catalog) and job contract",
+    ],
+  ])("refuses %s: %s", async (filePath, code, message) => {
+    const messages = await restrictedImports(filePath, code);
+    expect(messages).toHaveLength(1);
+    expect(messages[0]).toContain(message);
+    expect(messages[0]).toContain("see docs/architecture.md, dependency rules");
+  });
+
+  it.each([
+    ["infra/good.ts", 'import { TIERS as x } from "@crucible/runtime/catalog";'],
+    ["infra/good.ts", 'import { TIERS as x } from "../runtime/src/catalog";'],
+    ["infra/good.ts", 'import { envelopeSchema as x } from "../runtime/src/contract";'],
+    ["policies/good.ts", 'import { COST_TAGS as x } from "@crucible/runtime/catalog";'],
+    ["runtime/src/good.ts", 'import { TIERS as x } from "./catalog";'],
+    ["runtime/src/good.ts", 'import * as x from "@aws-sdk/client-s3";'],
+  ])("allows %s: %s", async (filePath, code) => {
+    expect(await restrictedImports(filePath, code)).toEqual([]);
+  });
+});
