@@ -13,7 +13,7 @@ const RULES = {
   policiesRuntime:
     "policies may import only the runtime's catalog (@crucible/runtime/catalog) from the runtime: see docs/architecture.md, dependency rules",
   infraRuntime:
-    "infra may import only the runtime's catalog (@crucible/runtime/catalog) and job contract (runtime/src/contract) from the runtime: see docs/architecture.md, dependency rules",
+    "infra may import only the runtime's catalog (@crucible/runtime/catalog) and job contract (runtime/src/job/contract) from the runtime: see docs/architecture.md, dependency rules",
 };
 
 export default tseslint.config(
@@ -74,7 +74,14 @@ export default tseslint.config(
         {
           patterns: [
             {
-              group: ["**/runtime/src/**", "!**/runtime/src/catalog", "!**/runtime/src/contract"],
+              // gitignore semantics: a file under an excluded folder cannot be let back in, so job/ is let
+              // back in first; its other modules still match the first pattern and stay refused.
+              group: [
+                "**/runtime/src/**",
+                "!**/runtime/src/catalog",
+                "!**/runtime/src/job",
+                "!**/runtime/src/job/contract",
+              ],
               message: RULES.infraRuntime,
             },
             // The package's other entry points (its root is the whole runtime, Docker and AWS SDK included).

@@ -1,7 +1,7 @@
 import { defineConfig } from "vitest/config";
 
 /** Runs alone, after everything else: 200 jobs through killed agents load both cores for minutes. */
-const SOAK = "test/runtime/agent-process.test.ts";
+const SOAK = "test/runtime/agent/agent-process.test.ts";
 
 export default defineConfig({
   test: {

@@ -34,7 +34,7 @@ export interface BudgetsArgs {
   readonly asgNamesByTier?: Partial<Record<TierName, pulumi.Input<string[]>>>;
   /**
    * The workspaces bucket, where a pause writes the tier's marker that stops protected nodes taking jobs
-   * (runtime/src/budget-pause.ts). Required where the stack enforces a tier's budget.
+   * (runtime/src/agent/budget-pause.ts). Required where the stack enforces a tier's budget.
    */
   readonly pauseMarkers?: {
     readonly bucketName: pulumi.Input<string>;

@@ -239,7 +239,7 @@ const workspacesSchema = z.strictObject({
 });
 
 /**
- * The runtime's own policy schema (runtime/src/scheduling.ts), so the stack and every agent accept the
+ * The runtime's own policy schema (runtime/src/catalog/scheduling.ts), so the stack and every agent accept the
  * same policy with the same limits and defaults; its budgets are set under `crucible:budgets` instead,
  * next to the account's, and joined back by {@link schedulingPolicy}.
  */

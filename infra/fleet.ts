@@ -112,7 +112,7 @@ export interface TierFleetArgs {
   readonly scheduling: SchedulingPolicy;
   /**
    * Submitter role unique id → project, for the projects that may submit to this tier: with the node
-   * role's own unique id, the agent's `CRUCIBLE_SENDERS` (runtime/src/senders.ts).
+   * role's own unique id, the agent's `CRUCIBLE_SENDERS` (runtime/src/catalog/senders.ts).
    */
   readonly submitters: pulumi.Input<Record<string, string>>;
   readonly workspaces: {
@@ -292,7 +292,7 @@ export class TierFleet extends pulumi.ComponentResource {
                 regionName,
                 logGroup,
                 groupName,
-                // The agent's environment (runtime/src/agent-env.ts), in the order nodes have always had it.
+                // The agent's environment (runtime/src/catalog/agent-env.ts), in the order nodes have always had it.
                 env: toAgentEnv({
                   tier,
                   // The shape the CLI's CRUCIBLE_QUEUES has, with this tier's queues only.
@@ -719,7 +719,7 @@ export const JOB_METRICS_STATEMENT: PolicyStatement = {
 };
 
 /**
- * The job images a tier's agent can choose (runtime/src/image-matrix.ts `jobImageFamily`), of those the
+ * The job images a tier's agent can choose (runtime/src/catalog/image-matrix.ts `jobImageFamily`), of those the
  * stack has. The launcher runs only images already on the engine, so the node pulls them at boot.
  */
 export function tierJobImages(tier: Pick<Tier, "gpu">, images: Readonly<Record<string, string>>): string[] {
@@ -732,7 +732,7 @@ export function tierJobImages(tier: Pick<Tier, "gpu">, images: Readonly<Record<s
 
 /** The node's directory for the agent's scratch (its TMPDIR is `tmp` under it): bind-mounted at the same path. */
 export const AGENT_SCRATCH_DIR = "/var/lib/crucible";
-/** The directory of the runtime's per-job uid leases (runtime/src/sandbox.ts `JOB_UID_LEASES`), on the host's tmpfs. */
+/** The directory of the runtime's per-job uid leases (runtime/src/launch/sandbox.ts `JOB_UID_LEASES`), on the host's tmpfs. */
 export const JOB_UID_LEASE_DIR = dirname(JOB_UID_LEASES);
 /**
  * Loop device nodes made on the host before the agent starts: one per job workspace volume at once, with
@@ -792,6 +792,8 @@ export function userData(input: {
     ),
     "# The launcher never pulls: a job's image must be on the engine before the agent takes a job.",
     ...[...new Set(images)].map((i) => `docker pull ${i}`),
+    // The path in this user-data comment is quota-volume's old place (it is now runtime/src/launch/); it stays
+    // as written because the text is part of every launch template, and changing it would replace them all.
     "# The agent runs as root, privileged: it gives each job a uid of its own (leases in /run/crucible) and",
     "# loop-mounts each job's workspace volume (runtime/src/quota-volume.ts). It already holds the Docker",
     "# socket, which is root on this host, so neither widens its reach; --privileged over SYS_ADMIN and a",

@@ -1,6 +1,6 @@
 /**
  * List prices of the stack's fixed-cost items, for finance's outputs and the cost report. Instance
- * prices live with the instance types in `runtime/src/instance-types.ts`; these are the items a stack
+ * prices live with the instance types in `runtime/src/catalog/instance-types.ts`; these are the items a stack
  * pays for whether or not a job runs. Recorded 2026-11-24 from the pages below; re-check them before
  * quoting a figure in a contract.
  */

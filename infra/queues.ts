@@ -28,7 +28,7 @@ export interface TierQueue {
   readonly dlqName: pulumi.Output<string>;
 }
 
-/** A tier's queues, one per priority class (runtime/src/scheduling.ts `PRIORITIES`). */
+/** A tier's queues, one per priority class (runtime/src/catalog/scheduling.ts `PRIORITIES`). */
 export type TierQueues = Readonly<Record<Priority, TierQueue>>;
 
 /**

@@ -11,7 +11,7 @@ import { COST_TAGS } from "@crucible/runtime/catalog";
 /**
  * The job sandbox as deployed: each tier's agent reads `/crucible/<environment>/<tier>/agent-config`,
  * whose `sandbox` holds the facts the runtime derives from the container spec it will create
- * (`sandboxFacts` of runtime/src/sandbox.ts). The pack checks those facts, not the code.
+ * (`sandboxFacts` of runtime/src/launch/sandbox.ts). The pack checks those facts, not the code.
  */
 
 export const agentConfigName = (environment: string, tier: string) =>
@@ -29,7 +29,7 @@ interface SandboxFacts {
 
 /**
  * The only capabilities a job's container may keep: its supervisor's, which starts the job as another uid
- * (SETUID, SETGID) and forwards it SIGTERM (KILL); the job itself loses them (runtime/src/sandbox.ts).
+ * (SETUID, SETGID) and forwards it SIGTERM (KILL); the job itself loses them (runtime/src/launch/sandbox.ts).
  */
 export const SUPERVISOR_CAPABILITIES: readonly string[] = ["KILL", "SETGID", "SETUID"];
 
@@ -47,7 +47,7 @@ export function agentConfigSandboxed(): ResourceValidationPolicy {
       const sandbox = config?.sandbox;
       if (typeof sandbox !== "object" || sandbox === null) {
         report(
-          `${args.name}: ${param.name} must be JSON with a "sandbox" object (sandboxFacts(tier) from runtime/src/sandbox.ts).`,
+          `${args.name}: ${param.name} must be JSON with a "sandbox" object (sandboxFacts(tier) from runtime/src/launch/sandbox.ts).`,
         );
         return;
       }

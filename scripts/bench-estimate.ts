@@ -12,11 +12,11 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { z } from "zod";
-import { envelopeSchema } from "../runtime/src/contract";
+import { envelopeSchema } from "../runtime/src/job/contract";
 import { numberFlag } from "./lib/flags";
 
 const run = promisify(execFile);
-const CLI = join(__dirname, "../runtime/src/bin/crucible.ts");
+const CLI = join(__dirname, "../runtime/src/cli/bin/crucible.ts");
 const TEMPLATE = join(__dirname, "../runtime/templates/nanogpt");
 const JOB = [TEMPLATE, "--tier", "cpu-large", "--env", "NANOGPT_CONFIG=tiny"];
 

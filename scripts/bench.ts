@@ -17,11 +17,11 @@ import { hostname, tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import pino from "pino";
-import type { JobSpecInput } from "../runtime/src/contract";
-import { DockerLauncher } from "../runtime/src/docker-launcher";
-import { imageRef } from "../runtime/src/image-matrix";
-import { disposeJob, prepareJob } from "../runtime/src/job-spec";
-import { containerSpec, sandboxUser } from "../runtime/src/sandbox";
+import type { JobSpecInput } from "../runtime/src/job/contract";
+import { DockerLauncher } from "../runtime/src/launch/docker/docker-launcher";
+import { imageRef } from "../runtime/src/catalog/image-matrix";
+import { disposeJob, prepareJob } from "../runtime/src/job/job-spec";
+import { containerSpec, sandboxUser } from "../runtime/src/launch/sandbox";
 
 const run = promisify(execFile);
 const IMAGE = process.env.CRUCIBLE_BENCH_IMAGE ?? imageRef("cpu");
@@ -140,7 +140,7 @@ async function main(): Promise<void> {
       run(process.execPath, [
         "--import",
         "tsx",
-        join(__dirname, "../runtime/src/bin/crucible.ts"),
+        join(__dirname, "../runtime/src/cli/bin/crucible.ts"),
         "run",
         code,
         "--tier",

@@ -2,7 +2,7 @@ import { AutoScalingClient } from "@aws-sdk/client-auto-scaling";
 import { S3Client } from "@aws-sdk/client-s3";
 import { Command, Option } from "commander";
 import { findPausedGroups, removePauseMarker, resumeGroups } from "../infra/budget-enforcer/handler";
-import { PAUSE_MARKER_PREFIX } from "../runtime/src/bucket-layout";
+import { PAUSE_MARKER_PREFIX } from "../runtime/src/catalog/bucket-layout";
 import { TIER_NAMES } from "../runtime/src/catalog";
 
 /**

@@ -1,10 +1,10 @@
 import { Command, Option } from "commander";
 import { writeFile } from "node:fs/promises";
-import { platformFromEnv } from "../runtime/src/commands/platform";
-import { cliLogger } from "../runtime/src/commands/shared";
-import { LEDGER_PREFIX } from "../runtime/src/bucket-layout";
-import { ledgerMonth } from "../runtime/src/ledger";
-import { readLedgerDir } from "../runtime/src/usage";
+import { platformFromEnv } from "../runtime/src/cli/commands/platform";
+import { cliLogger } from "../runtime/src/cli/commands/shared";
+import { LEDGER_PREFIX } from "../runtime/src/catalog/bucket-layout";
+import { ledgerMonth } from "../runtime/src/cost/ledger";
+import { readLedgerDir } from "../runtime/src/cost/usage";
 import {
   FORMATS,
   buildReport,

@@ -33,7 +33,7 @@ start_engine() {
 # Base images the Dockerfiles name that are built from Debian's archive alone.
 offline_bases() {
   node_modules/.bin/tsx -e '
-    import { IMAGE_MATRIX, upstreamImages } from "./runtime/src/image-matrix";
+    import { IMAGE_MATRIX, upstreamImages } from "./runtime/src/catalog/image-matrix";
     const bases = new Set(Object.values(IMAGE_MATRIX).filter((f) => f.buildsOffline).flatMap((f) => upstreamImages(f.family)));
     console.log([...bases].join("\n"));'
 }
@@ -60,7 +60,7 @@ bootstrap_debian() {
 }
 
 # A root runtime gives each job's /workspace a size limit: a loop-mounted ext4 volume
-# (runtime/src/quota-volume.ts) needs mkfs.ext4 (e2fsprogs), losetup and mount (util-linux, mount).
+# (runtime/src/launch/quota-volume.ts) needs mkfs.ext4 (e2fsprogs), losetup and mount (util-linux, mount).
 ensure_quota_tools() {
   [ "$(id -u)" = 0 ] || return 0
   command -v mkfs.ext4 >/dev/null 2>&1 && command -v losetup >/dev/null 2>&1 && command -v fallocate >/dev/null 2>&1 && return 0

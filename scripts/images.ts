@@ -1,7 +1,7 @@
 import { Command, Option } from "commander";
 import { createLogger } from "../runtime/src/logger";
-import type { ImageFamily } from "../runtime/src/image-matrix";
-import { IMAGE_FAMILIES, IMAGE_MATRIX } from "../runtime/src/image-matrix";
+import type { ImageFamily } from "../runtime/src/catalog/image-matrix";
+import { IMAGE_FAMILIES, IMAGE_MATRIX } from "../runtime/src/catalog/image-matrix";
 import { buildImages } from "./lib/images";
 
 const MB = 1000 * 1000;

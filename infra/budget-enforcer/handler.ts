@@ -11,7 +11,7 @@ import { DeleteObjectCommand, PutObjectCommand, S3Client } from "@aws-sdk/client
  * The budget enforcer: an SNS-triggered Lambda that pauses a tier when the tier's budget reports ACTUAL
  * spend at or above 100 %, and the resume that undoes it. A pause first writes the tier's pause marker to
  * the workspaces bucket (agents on nodes that scale-in protection keeps alive stop taking jobs when they
- * see it: runtime/src/budget-pause.ts), then sets the tier's groups to 0.
+ * see it: runtime/src/agent/budget-pause.ts), then sets the tier's groups to 0.
  *
  * This file is the Lambda's code as deployed (infra/budgets.ts transpiles it on its own, unbundled),
  * so it imports nothing but the AWS SDK that the nodejs20.x runtime provides.
@@ -29,7 +29,7 @@ export const ENFORCED_BUDGETS_ENV = "CRUCIBLE_ENFORCED_BUDGETS";
 
 /**
  * The Lambda's environment variable: where pause markers go, `{"bucket": ..., "prefix": "_control/paused/"}`.
- * The prefix is runtime/src/bucket-layout.ts `PAUSE_MARKER_PREFIX`, handed over here because this file
+ * The prefix is runtime/src/catalog/bucket-layout.ts `PAUSE_MARKER_PREFIX`, handed over here because this file
  * may import nothing but the AWS SDK. A tier's marker is `<prefix><tier>`.
  */
 export const PAUSE_MARKERS_ENV = "CRUCIBLE_PAUSE_MARKERS";

@@ -29,7 +29,7 @@ const AGENT_UID = 1000;
 
 /**
  * What the agent may do in its namespace and nothing more: run jobs as batch Jobs, watch their pods and
- * read their logs, and ship each job's code.zip in a ConfigMap. The launcher (runtime/src/kubernetes-api.ts)
+ * read their logs, and ship each job's code.zip in a ConfigMap. The launcher (runtime/src/launch/kubernetes/kubernetes-api.ts)
  * also lists ConfigMaps to collect an agent's leftovers and patches one to make its Job the owner.
  */
 export const AGENT_RULES: k8s.types.input.rbac.v1.PolicyRule[] = [
@@ -175,7 +175,7 @@ function agentEnv(
     ...(args.gpuNodeLabel && { k8sGpuNodeLabel: args.gpuNodeLabel }),
     region: args.region,
   };
-  // The agent's environment (runtime/src/agent-env.ts): each variable written by toAgentEnv (which checks
+  // The agent's environment (runtime/src/catalog/agent-env.ts): each variable written by toAgentEnv (which checks
   // it as the agent will read it) as soon as its own value is known, the others not waiting on it.
   return (Object.entries(values) as [keyof AgentEnvValues, unknown][]).map(([field, value]) => {
     const name = AGENT_ENV_NAMES[field];

@@ -1,12 +1,12 @@
 export * from "./catalog";
-export * from "./contract";
+export * from "./job/contract";
 // The launcher side (Docker, the CLI's building blocks): imported by the agent and the CLI, not by infra.
 export * from "./logger";
-export * from "./output";
-export * from "./code-source";
-export * from "./detect";
-export * from "./sandbox";
-export * from "./job-spec";
-export * from "./container-engine";
-export * from "./docker-launcher";
+export * from "./launch/output";
+export * from "./job/code-source";
+export * from "./job/detect";
+export * from "./launch/sandbox";
+export * from "./job/job-spec";
+export * from "./launch/docker/container-engine";
+export * from "./launch/docker/docker-launcher";
 export { buildCli, main } from "./cli";

@@ -2,7 +2,7 @@ import type { BudgetSummary } from "../../infra/budgets";
 import type { FixedCostItem, TierHourlyCost } from "../../infra/finance";
 import { usd } from "../../infra/prices";
 import { HOURS_PER_MONTH, TIER_NAMES, isTierName, type TierName } from "../../runtime/src/catalog";
-import type { LedgerEntry } from "../../runtime/src/ledger";
+import type { LedgerEntry } from "../../runtime/src/cost/ledger";
 import {
   buildUsage,
   formatUsd,
@@ -11,7 +11,7 @@ import {
   usageMarkdownTable,
   usedPercent,
   type UsageReport,
-} from "../../runtime/src/usage";
+} from "../../runtime/src/cost/usage";
 import type { Plan } from "./mock-engine";
 import { cumulativeDailySpend, daysInMonth, type SpendChart } from "./spend-chart";
 

@@ -3,8 +3,8 @@ import { existsSync, readdirSync, readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import * as path from "node:path";
 import type { Logger } from "../../runtime/src/logger";
-import type { ImageFamily } from "../../runtime/src/image-matrix";
-import { buildArgs, buildOrder, IMAGE_MATRIX, imageRef } from "../../runtime/src/image-matrix";
+import type { ImageFamily } from "../../runtime/src/catalog/image-matrix";
+import { buildArgs, buildOrder, IMAGE_MATRIX, imageRef } from "../../runtime/src/catalog/image-matrix";
 
 /** The build context of every family: the repository root, trimmed by its .dockerignore. */
 export const CONTEXT = path.resolve(__dirname, "..", "..");

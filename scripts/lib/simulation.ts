@@ -29,7 +29,7 @@ import { exponential, mulberry32 } from "./random";
  *   that fired last before the start (the schedules are assumed to have run before), else `minSize`.
  * - Jobs join one FIFO queue (the tier's SQS queue). An in-service instance runs up to `slots` jobs at
  *   once: the tier's GPU count, or for CPU tiers as many of the tier's vCPUs as the preferred instance
- *   type holds (how `runtime/src/agent.ts` sizes its concurrency). A free slot takes the oldest
+ *   type holds (how `runtime/src/agent/agent.ts` sizes its concurrency). A free slot takes the oldest
  *   waiting job at once (the agent long-polls); the oldest instance with a free slot goes first.
  * - Metrics: every `scaling.metricPeriodSeconds` (from t = 0) the group samples waiting jobs (m1,
  *   messages visible), running jobs (m2, messages not visible) and in-service instances (m3). Each

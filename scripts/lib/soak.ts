@@ -11,17 +11,17 @@ import { spawn } from "node:child_process";
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import type { JobAddress } from "../../runtime/src/job-store";
-import type { LocalPlatform } from "../../runtime/src/local-platform";
-import { startLocalPlatform } from "../../runtime/src/local-platform";
+import type { JobAddress } from "../../runtime/src/store/job-store";
+import type { LocalPlatform } from "../../runtime/src/local/local-platform";
+import { startLocalPlatform } from "../../runtime/src/local/local-platform";
 import type { Logger } from "../../runtime/src/logger";
-import { LABELS } from "../../runtime/src/sandbox";
-import { submitJob } from "../../runtime/src/submit";
+import { LABELS } from "../../runtime/src/launch/sandbox";
+import { submitJob } from "../../runtime/src/job/submit";
 import { exponential, mulberry32 } from "./random";
-import type { TierName } from "../../runtime/src/tiers";
+import type { TierName } from "../../runtime/src/catalog/tiers";
 
 const ROOT = join(__dirname, "../..");
-const BIN = join(ROOT, "runtime/src/bin/crucible.ts");
+const BIN = join(ROOT, "runtime/src/cli/bin/crucible.ts");
 
 /** A `crucible agent` process, with the structured log lines it has written so far. */
 export class AgentProcess {

@@ -1,6 +1,6 @@
-import type { LedgerEntry } from "../../runtime/src/ledger";
-import type { UsageWindow } from "../../runtime/src/usage";
-import { endedAt, formatUsd, inWindow, usdUnits } from "../../runtime/src/usage";
+import type { LedgerEntry } from "../../runtime/src/cost/ledger";
+import type { UsageWindow } from "../../runtime/src/cost/usage";
+import { endedAt, formatUsd, inWindow, usdUnits } from "../../runtime/src/cost/usage";
 
 /**
  * The month's spend as a small hand-written SVG: cumulative spend at the end of each UTC day as a line,

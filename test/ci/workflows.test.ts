@@ -7,7 +7,7 @@ import { parseDocument } from "yaml";
 import { ciSubjects } from "../../infra/ci";
 import { ROOT } from "../../scripts/lib/mock-engine";
 import { stackConfig } from "../../scripts/lib/policy-config";
-import { STACKS } from "../harness";
+import { STACKS } from "../support/harness";
 
 /**
  * The GitHub Actions workflows, read as GitHub reads them: which events run which jobs, what each job

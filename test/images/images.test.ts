@@ -4,12 +4,12 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import pino from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import type { Envelope, JobSpecInput, ProgressEvent } from "../../runtime/src/contract";
-import { DockerEngine } from "../../runtime/src/container-engine";
-import { DockerLauncher } from "../../runtime/src/docker-launcher";
-import type { ImageFamily } from "../../runtime/src/image-matrix";
-import { IMAGE_MATRIX, imageRef } from "../../runtime/src/image-matrix";
-import { LABELS } from "../../runtime/src/sandbox";
+import type { Envelope, JobSpecInput, ProgressEvent } from "../../runtime/src/job/contract";
+import { DockerEngine } from "../../runtime/src/launch/docker/container-engine";
+import { DockerLauncher } from "../../runtime/src/launch/docker/docker-launcher";
+import type { ImageFamily } from "../../runtime/src/catalog/image-matrix";
+import { IMAGE_MATRIX, imageRef } from "../../runtime/src/catalog/image-matrix";
+import { LABELS } from "../../runtime/src/launch/sandbox";
 import { makeZip, runRunner } from "./runner-harness";
 
 const docker = new Dockerode();
@@ -315,7 +315,7 @@ describe("the agent image", () => {
   it("runs the crucible CLI with Node from Debian", async () => {
     const { code, output } = await inImage(
       "agent",
-      "node --version && node /opt/crucible/runtime/dist/bin/crucible.js tiers",
+      "node --version && node /opt/crucible/runtime/dist/cli/bin/crucible.js tiers",
     );
     expect(code).toBe(0);
     expect(output).toMatch(new RegExp(`^v${IMAGE_MATRIX.agent.axes.node}\\.`));

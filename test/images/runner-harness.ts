@@ -4,16 +4,16 @@ import { hostname, tmpdir } from "node:os";
 import { join } from "node:path";
 import pino from "pino";
 import yazl from "yazl";
-import { DockerEngine } from "../../runtime/src/container-engine";
-import { readRunnerResult } from "../../runtime/src/docker-launcher";
-import type { JobUserLease } from "../../runtime/src/sandbox";
+import { DockerEngine } from "../../runtime/src/launch/docker/container-engine";
+import { readRunnerResult } from "../../runtime/src/launch/docker/docker-launcher";
+import type { JobUserLease } from "../../runtime/src/launch/sandbox";
 import {
   callerUser,
   containerSpec,
   effectiveTier,
   leaseJobUser,
   perJobUsers,
-} from "../../runtime/src/sandbox";
+} from "../../runtime/src/launch/sandbox";
 
 const engine = new DockerEngine(new Dockerode(), pino({ level: "silent" }));
 

@@ -1,6 +1,13 @@
 import { beforeAll, describe, expect, it } from "vitest";
-import { parseSenders } from "../../runtime/src/senders";
-import { STACKS, configProblems, configWith, runStack, type DeclaredResource, type Plan } from "../harness";
+import { parseSenders } from "../../runtime/src/catalog/senders";
+import {
+  STACKS,
+  configProblems,
+  configWith,
+  runStack,
+  type DeclaredResource,
+  type Plan,
+} from "../support/harness";
 
 const T = {
   component: "crucible:access:Submitters",

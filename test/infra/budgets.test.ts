@@ -1,11 +1,11 @@
 import { beforeAll, describe, expect, it } from "vitest";
 import type { TierName } from "../../runtime/src/catalog";
 import { ENFORCED_BUDGETS_ENV, PAUSE_MARKERS_ENV } from "../../infra/budget-enforcer/handler";
-import { PAUSE_MARKER_PREFIX } from "../../runtime/src/bucket-layout";
+import { PAUSE_MARKER_PREFIX } from "../../runtime/src/catalog/bucket-layout";
 import { Budgets, enforcerCode } from "../../infra/budgets";
 import { loadConfig } from "../../infra/config";
 import { MOCK_ACCOUNT_ID, runProgram } from "../../scripts/lib/mock-engine";
-import { STACKS, configProblems, configWith, readStackConfig, runStack, type Plan } from "../harness";
+import { STACKS, configProblems, configWith, readStackConfig, runStack, type Plan } from "../support/harness";
 
 const BUDGET = "aws:budgets/budget:Budget";
 const DEFAULT_THRESHOLDS = [
@@ -286,7 +286,7 @@ describe("enforcement wiring (dev: enforce on, gpu-small budgeted)", () => {
     expect(JSON.parse(env[ENFORCED_BUDGETS_ENV]!)).toEqual({
       "crucible-dev-gpu-small": { tier: "gpu-small", asgNames: ASGS },
     });
-    // Where a pause writes the marker that stops protected nodes taking jobs (runtime/src/budget-pause.ts).
+    // Where a pause writes the marker that stops protected nodes taking jobs (runtime/src/agent/budget-pause.ts).
     expect(JSON.parse(env[PAUSE_MARKERS_ENV]!)).toEqual({ bucket: WORKSPACES, prefix: PAUSE_MARKER_PREFIX });
     // Assets arrive from the engine as they were declared: their fields may still be promises.
     const code = fn().inputs.code as { assets: Promise<Record<string, { text: Promise<string> }>> };

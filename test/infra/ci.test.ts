@@ -2,7 +2,7 @@ import { beforeAll, describe, expect, it } from "vitest";
 import { DEPLOY_SESSION_SECONDS } from "../../infra/ci";
 import { isReadOnlyAction } from "../../policies/lib";
 import { MOCK_ACCOUNT_ID } from "../../scripts/lib/mock-engine";
-import { STACKS, configProblems, configWith, runStack, type Plan } from "../harness";
+import { STACKS, configProblems, configWith, runStack, type Plan } from "../support/harness";
 
 const PROVIDER = "aws:iam/openIdConnectProvider:OpenIdConnectProvider";
 const ROLE = "aws:iam/role:Role";

@@ -1,7 +1,7 @@
 import { describe, expect, it } from "vitest";
 import { ConfigError, parseCrucibleConfig, schedulingPolicy, submitterProjects } from "../../infra/config";
-import { DEFAULT_SCHEDULING, parseSchedulingPolicy } from "../../runtime/src/scheduling";
-import { STACKS, configWith, readStackConfig, runStack } from "../harness";
+import { DEFAULT_SCHEDULING, parseSchedulingPolicy } from "../../runtime/src/catalog/scheduling";
+import { STACKS, configWith, readStackConfig, runStack } from "../support/harness";
 
 /** The `crucible:*` settings of a stack file, namespace stripped, as the engine would hand them over. */
 function settingsOf(config: Record<string, string>): Record<string, string> {

@@ -1,6 +1,6 @@
 import { beforeAll, describe, expect, it } from "vitest";
 import type { FixedCostItem, TierHourlyCost } from "../../infra/finance";
-import { STACKS, runStack, type Plan } from "../harness";
+import { STACKS, runStack, type Plan } from "../support/harness";
 
 describe.each(STACKS)("%s stack cost outputs", (stack) => {
   let plan: Plan;

@@ -2,7 +2,14 @@ import { createHash } from "node:crypto";
 import { beforeAll, describe, expect, it } from "vitest";
 import { JOBS_PER_INSTANCE, WAITING_WITH_NO_INSTANCE } from "../../infra/fleet";
 import { MOCK_ACCOUNT_ID, UPSTREAM_REGION } from "../../scripts/lib/mock-engine";
-import { STACKS, configWith, readStackConfig, runStack, type DeclaredResource, type Plan } from "../harness";
+import {
+  STACKS,
+  configWith,
+  readStackConfig,
+  runStack,
+  type DeclaredResource,
+  type Plan,
+} from "../support/harness";
 
 const T = {
   fleet: "crucible:fleet:TierFleet",
@@ -145,7 +152,7 @@ const EXPECTED: Record<
 
 const PRIORITIES = ["high", "normal", "low"] as const;
 
-/** The runtime's scheduling defaults (runtime/src/scheduling.ts), written out. */
+/** The runtime's scheduling defaults (runtime/src/catalog/scheduling.ts), written out. */
 const DEFAULT_POLICY = {
   weights: { high: 6, normal: 3, low: 1 },
   fairShare: { perUser: 8, perProject: 32, deferSeconds: 15 },

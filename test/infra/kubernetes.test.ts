@@ -1,5 +1,12 @@
 import { beforeAll, describe, expect, it } from "vitest";
-import { STACKS, configWith, readStackConfig, runStack, type DeclaredResource, type Plan } from "../harness";
+import {
+  STACKS,
+  configWith,
+  readStackConfig,
+  runStack,
+  type DeclaredResource,
+  type Plan,
+} from "../support/harness";
 
 const T = {
   target: "crucible:kubernetes:KubernetesTarget",
@@ -44,7 +51,7 @@ const OIDC = {
 const PRIORITIES = ["high", "normal", "low"] as const;
 
 /**
- * Per stack, written out by hand from the tier catalog (runtime/src/tiers.ts) for the tiers each stack
+ * Per stack, written out by hand from the tier catalog (runtime/src/catalog/tiers.ts) for the tiers each stack
  * file enables, at the defaults of 4 jobs per tier and 1 agent per tier (agent: requests 100m/256Mi,
  * limits 500m/512Mi). Per job: cpu-small 500m/512Mi, cpu-large 2000m/4096Mi, gpu-small 4000m/14336Mi/1,
  * gpu-medium and gpu-large 8000m/30720Mi/1.

@@ -1,7 +1,7 @@
 import { beforeAll, describe, expect, it } from "vitest";
 import { subnetLayout } from "../../infra/cidr";
 import { INTERFACE_ENDPOINT_SERVICES } from "../../infra/network";
-import { configProblems, configWith, runStack, type DeclaredResource, type Plan } from "../harness";
+import { configProblems, configWith, runStack, type DeclaredResource, type Plan } from "../support/harness";
 
 const T = {
   vpc: "aws:ec2/vpc:Vpc",

@@ -1,6 +1,6 @@
 import { beforeAll, describe, expect, it } from "vitest";
 import { MOCK_ACCOUNT_ID } from "../../scripts/lib/mock-engine";
-import { STACKS, configProblems, readStackConfig, runStack, type Plan } from "../harness";
+import { STACKS, configProblems, readStackConfig, runStack, type Plan } from "../support/harness";
 
 const EMAILS: Record<(typeof STACKS)[number], string[]> = {
   dev: ["ml-platform-alerts@example.com"],

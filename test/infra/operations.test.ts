@@ -1,7 +1,7 @@
 import { beforeAll, describe, expect, it } from "vitest";
 import { dashboardBody } from "../../infra/operations";
-import { JOB_METRICS } from "../../runtime/src/contract";
-import { runStack, type Plan } from "../harness";
+import { JOB_METRICS } from "../../runtime/src/job/contract";
+import { runStack, type Plan } from "../support/harness";
 
 const ALARM = "aws:cloudwatch/metricAlarm:MetricAlarm";
 const QUEUE = "aws:sqs/queue:Queue";

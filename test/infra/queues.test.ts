@@ -1,5 +1,5 @@
 import { beforeAll, describe, expect, it } from "vitest";
-import { configProblems, configWith, runStack, type Plan } from "../harness";
+import { configProblems, configWith, runStack, type Plan } from "../support/harness";
 
 const QUEUE = "aws:sqs/queue:Queue";
 const QUEUE_POLICY = "aws:sqs/queuePolicy:QueuePolicy";

@@ -2,10 +2,10 @@ import { cpSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { IMAGE_FAMILIES, IMAGE_MATRIX, buildArgs, imageTag } from "../../runtime/src/image-matrix";
+import { IMAGE_FAMILIES, IMAGE_MATRIX, buildArgs, imageTag } from "../../runtime/src/catalog/image-matrix";
 import { inputsHash, repositoryArnOf } from "../../infra/registry";
 import { MOCK_ACCOUNT_ID, ROOT, UPSTREAM_REGION } from "../../scripts/lib/mock-engine";
-import { configProblems, configWith, readStackConfig, runStack, type Plan } from "../harness";
+import { configProblems, configWith, readStackConfig, runStack, type Plan } from "../support/harness";
 
 const ECR_REPOSITORY = "aws:ecr/repository:Repository";
 const LIFECYCLE = "aws:ecr/lifecyclePolicy:LifecyclePolicy";

@@ -2,7 +2,7 @@ import { readFileSync } from "node:fs";
 import * as path from "node:path";
 import { beforeAll, describe, expect, it } from "vitest";
 import { ROOT } from "../../scripts/lib/mock-engine";
-import { STACKS, readStackConfig, runStack, type DeclaredResource, type Plan } from "../harness";
+import { STACKS, readStackConfig, runStack, type DeclaredResource, type Plan } from "../support/harness";
 
 /**
  * Whether an AWS resource type takes a `tags` input, read from the provider's own type declarations

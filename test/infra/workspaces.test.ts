@@ -1,8 +1,8 @@
 import { beforeAll, describe, expect, it } from "vitest";
-import { CHECKPOINT_OBJECT_TAG } from "../../runtime/src/contract";
-import { LEDGER_PREFIX } from "../../runtime/src/bucket-layout";
+import { CHECKPOINT_OBJECT_TAG } from "../../runtime/src/job/contract";
+import { LEDGER_PREFIX } from "../../runtime/src/catalog/bucket-layout";
 import { MOCK_ACCOUNT_ID } from "../../scripts/lib/mock-engine";
-import { STACKS, configProblems, runStack, type DeclaredResource, type Plan } from "../harness";
+import { STACKS, configProblems, runStack, type DeclaredResource, type Plan } from "../support/harness";
 
 /** What each stack file says (or inherits from its environment's defaults). */
 const EXPECTED = {

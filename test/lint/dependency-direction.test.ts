@@ -34,7 +34,7 @@ describe("dependency direction", () => {
     ],
     [
       "policies/bad.ts",
-      'import { JobStore as x } from "../runtime/src/job-store";',
+      'import { JobStore as x } from "../runtime/src/store/job-store";',
       "policies may import only the runtime's catalog (@crucible/runtime/catalog)",
     ],
     [
@@ -44,12 +44,17 @@ describe("dependency direction", () => {
     ],
     [
       "infra/bad.ts",
-      'import { JobStore as x } from "../runtime/src/job-store";',
+      'import { JobStore as x } from "../runtime/src/store/job-store";',
+      "infra may import only the runtime's catalog (@crucible/runtime/catalog) and job contract",
+    ],
+    [
+      "infra/bad.ts",
+      'import { prepareJob as x } from "../runtime/src/job/job-spec";',
       "infra may import only the runtime's catalog (@crucible/runtime/catalog) and job contract",
     ],
     [
       "infra/kubernetes/bad.ts",
-      'import { KUBERNETES as x } from "../../runtime/src/kubernetes-names";',
+      'import { KUBERNETES as x } from "../../runtime/src/catalog/kubernetes-names";',
       "infra may import only the runtime's catalog (@crucible/runtime/catalog) and job contract",
     ],
   ])("refuses %s: %s", async (filePath, code, message) => {
@@ -62,7 +67,7 @@ describe("dependency direction", () => {
   it.each([
     ["infra/good.ts", 'import { TIERS as x } from "@crucible/runtime/catalog";'],
     ["infra/good.ts", 'import { TIERS as x } from "../runtime/src/catalog";'],
-    ["infra/good.ts", 'import { envelopeSchema as x } from "../runtime/src/contract";'],
+    ["infra/good.ts", 'import { envelopeSchema as x } from "../runtime/src/job/contract";'],
     ["policies/good.ts", 'import { COST_TAGS as x } from "@crucible/runtime/catalog";'],
     ["runtime/src/good.ts", 'import { TIERS as x } from "./catalog";'],
     ["runtime/src/good.ts", 'import * as x from "@aws-sdk/client-s3";'],

@@ -96,7 +96,7 @@ describe("agent-config-sandboxed", () => {
       props: { name: "/crucible/dev/gpu-small/agent-config", value: "{}" },
     });
     expect(messages(o)).toEqual([
-      'fleet-gpu-small-agent-config: /crucible/dev/gpu-small/agent-config must be JSON with a "sandbox" object (sandboxFacts(tier) from runtime/src/sandbox.ts).',
+      'fleet-gpu-small-agent-config: /crucible/dev/gpu-small/agent-config must be JSON with a "sandbox" object (sandboxFacts(tier) from runtime/src/launch/sandbox.ts).',
     ]);
   });
 

@@ -6,7 +6,7 @@ import { cruciblePolicies } from "../../policies/pack";
 import { isWorkspacesBucket } from "../../policies/s3";
 import { policyPackConfig, stackConfig } from "../../scripts/lib/policy-config";
 import { MOCK_ACCOUNT_ID } from "../../scripts/lib/mock-engine";
-import { STACKS, runStack, type DeclaredResource, type Plan } from "../harness";
+import { STACKS, runStack, type DeclaredResource, type Plan } from "../support/harness";
 import {
   UNKNOWN_VALUE,
   isStackPolicy,

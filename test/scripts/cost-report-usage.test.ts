@@ -7,14 +7,14 @@ import { join } from "node:path";
 import { promisify } from "node:util";
 import pino from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { startLocalPlatform } from "../../runtime/src/local-platform";
-import { buildUsage, periodWindow, readLedgerDir, renderUsage } from "../../runtime/src/usage";
+import { startLocalPlatform } from "../../runtime/src/local/local-platform";
+import { buildUsage, periodWindow, readLedgerDir, renderUsage } from "../../runtime/src/cost/usage";
 import type { CostReport, LedgerUsage } from "../../scripts/lib/cost-report";
 import { buildReport, parseMonth, renderReport, spendChartOf } from "../../scripts/lib/cost-report";
 import { ROOT } from "../../scripts/lib/mock-engine";
 import { spendChartSvg } from "../../scripts/lib/spend-chart";
-import { runStack, type Plan } from "../harness";
-import { LEDGER, NOW, entry } from "../ledger-fixture";
+import { runStack, type Plan } from "../support/harness";
+import { LEDGER, NOW, entry } from "../support/ledger-fixture";
 
 const MARCH = new Date("2026-03-01T00:00:00Z");
 /** What the fixture ledger spent in March 2026, by every scope a stack budget can have. */

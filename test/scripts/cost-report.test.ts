@@ -4,7 +4,7 @@ import { promisify } from "node:util";
 import { beforeAll, describe, expect, it } from "vitest";
 import { buildReport, parseGpuHours, renderReport, type CostReport } from "../../scripts/lib/cost-report";
 import { ROOT } from "../../scripts/lib/mock-engine";
-import { runStack, type Plan } from "../harness";
+import { runStack, type Plan } from "../support/harness";
 
 const PROD_TIERS = ["cpu-small", "cpu-large", "gpu-small", "gpu-medium", "gpu-large"];
 

@@ -14,7 +14,7 @@ import {
   type PlanJson,
 } from "../../scripts/lib/plan-diff";
 import { ROOT } from "../../scripts/lib/mock-engine";
-import { configWith, readStackConfig, runStack } from "../harness";
+import { configWith, readStackConfig, runStack } from "../support/harness";
 
 const QUEUE = "aws:sqs/queue:Queue";
 const ROLE = "aws:iam/role:Role";

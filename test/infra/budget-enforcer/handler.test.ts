@@ -2,8 +2,8 @@ import { createRequire } from "node:module";
 import * as path from "node:path";
 import { GetObjectCommand, S3Client } from "@aws-sdk/client-s3";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { pausedTier } from "../../../runtime/src/budget-pause";
-import { PAUSE_MARKER_PREFIX, pauseMarkerKey } from "../../../runtime/src/bucket-layout";
+import { pausedTier } from "../../../runtime/src/agent/budget-pause";
+import { PAUSE_MARKER_PREFIX, pauseMarkerKey } from "../../../runtime/src/catalog/bucket-layout";
 import {
   ENFORCED_BUDGETS_ENV,
   PAUSE_MARKERS_ENV,

@@ -2,10 +2,10 @@ import { mkdtemp, readdir, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import type { Envelope } from "../../../runtime/src/contract";
-import { envelopeSchema, PROGRESS_PREFIX } from "../../../runtime/src/contract";
-import { imageRef } from "../../../runtime/src/image-matrix";
-import { crucible } from "../../cli";
+import type { Envelope } from "../../../runtime/src/job/contract";
+import { envelopeSchema, PROGRESS_PREFIX } from "../../../runtime/src/job/contract";
+import { imageRef } from "../../../runtime/src/catalog/image-matrix";
+import { crucible } from "../../support/cli";
 
 const TEMPLATE = join(__dirname, "../../../runtime/templates/nanogpt");
 /** The tiny config, shortened: enough iterations to learn, three checkpoints, an evaluation. */

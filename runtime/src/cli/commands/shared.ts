@@ -1,0 +1,40 @@
+import { InvalidArgumentError } from "commander";
+import { ENV_NAME } from "../../job/contract";
+import type { Logger } from "../../logger";
+import { createLogger } from "../../logger";
+
+/** Bad input on the command line: printed as `crucible: <message>`, exit code 2. */
+export class UsageError extends Error {
+  override readonly name = "UsageError";
+}
+
+/** Exit codes of every command: 0 success, 1 the job or the operation failed, 2 bad usage. */
+export const EXIT = { ok: 0, failed: 1, usage: 2, interrupted: 130 } as const;
+
+/** The CLI logs only warnings by default, so job output and results are not drowned; CRUCIBLE_LOG_LEVEL overrides. */
+export function cliLogger(): Logger {
+  return createLogger({ defaultLevel: "warn" });
+}
+
+export function printJson(value: unknown): void {
+  process.stdout.write(`${JSON.stringify(value, null, 2)}\n`);
+}
+
+/** A commander argument parser for a whole number of seconds greater than zero. */
+export function positiveSeconds(value: string): number {
+  const seconds = Number(value);
+  if (!/^\d+$/.test(value.trim()) || !Number.isSafeInteger(seconds) || seconds <= 0) {
+    throw new InvalidArgumentError(`must be a whole number of seconds greater than 0, got "${value}"`);
+  }
+  return seconds;
+}
+
+/** A commander collector for repeatable `--env NAME=VALUE` flags. */
+export function collectEnv(value: string, previous: Record<string, string>): Record<string, string> {
+  const eq = value.indexOf("=");
+  const name = eq < 0 ? value : value.slice(0, eq);
+  if (eq < 0 || !ENV_NAME.test(name)) {
+    throw new InvalidArgumentError(`must be NAME=VALUE with NAME like MY_VAR, got "${value}"`);
+  }
+  return { ...previous, [name]: value.slice(eq + 1) };
+}

@@ -1,0 +1,145 @@
+import { z } from "zod";
+import type { Envelope, JobSpecInput } from "./contract";
+import { jobEnvSchema, jobIdSchema } from "./contract";
+import type { JobImageFamily } from "../catalog/image-matrix";
+import { imageFamilyRefusal, JOB_IMAGE_FAMILIES } from "../catalog/image-matrix";
+import type { JobAddress } from "../store/job-store";
+import { InvalidJobError, parseStrict } from "./job-spec";
+import type { Priority } from "../catalog/scheduling";
+import { PRIORITIES } from "../catalog/scheduling";
+import type { TierName } from "../catalog/tiers";
+import { getTier, TIER_NAMES } from "../catalog/tiers";
+
+/**
+ * `spec.json`: what a submitter chooses for a platform job, and nothing else. It sits in the submitter's
+ * own prefix, where they can rewrite it after submitting, so the agent reads it as hostile input: this
+ * strict schema, then {@link admitJob} against the queue the message came from. Host paths, free image
+ * names and anything unknown are refused by name; the tier and priority are the queue's, and a spec that
+ * states others is refused rather than obeyed.
+ */
+export const submittedSpecSchema = z.strictObject({
+  jobId: jobIdSchema,
+  /** The tier the submitter queued for; informative, and it must be the queue's. */
+  tier: z.enum(TIER_NAMES, { error: `must be one of ${TIER_NAMES.join(", ")}` }).optional(),
+  /** The priority class the submitter queued in; informative, and it must be the queue's. */
+  priority: z.enum(PRIORITIES, { error: `must be one of ${PRIORITIES.join(", ")}` }).optional(),
+  env: jobEnvSchema.default({}),
+  /** Seconds before the job is stopped; at most the tier's maximum runtime. */
+  timeoutSeconds: z.number().int().positive().optional(),
+  /** Which of the node's pinned images to run in; by default picked from the tier and the code. */
+  imageFamily: z
+    .enum(JOB_IMAGE_FAMILIES, { error: `must be one of ${JOB_IMAGE_FAMILIES.join(", ")}` })
+    .optional(),
+  /** One of the submitter's own earlier jobs (a job id, never a path) whose checkpoints this job starts from. */
+  resumeFrom: jobIdSchema.optional(),
+  /** `false`: never stopped for higher-priority work, at the scheduling policy's price factor. */
+  preemptible: z.boolean().optional(),
+});
+export type SubmittedSpec = z.output<typeof submittedSpecSchema>;
+export type SubmittedSpecInput = z.input<typeof submittedSpecSchema>;
+
+/** Largest `spec.json` the agent reads: the environment's bound with room for the other fields. */
+export const MAX_SPEC_BYTES = 1024 * 1024;
+
+/** Where a message came from, which decides what its job may be. */
+export interface Arrival {
+  readonly address: JobAddress;
+  readonly tier: TierName;
+  readonly priority: Priority;
+}
+
+/** A job the agent may run: its spec, and the tier and priority of the queue it arrived on. */
+export interface AdmittedJob {
+  readonly spec: SubmittedSpec;
+  readonly tier: TierName;
+  readonly priority: Priority;
+  readonly timeoutSeconds: number;
+}
+
+/**
+ * Checks a stored spec against the queue it arrived on. Throws {@link InvalidJobError} naming the field
+ * for anything a submitter may not choose: unknown fields (host paths, images), another job's id, a tier
+ * or priority other than the queue's, a timeout past the tier's limit, an image family the tier's nodes
+ * do not run, or a resume from the job itself.
+ */
+export function admitJob(raw: unknown, arrival: Arrival): AdmittedJob {
+  const spec = parseStrict(submittedSpecSchema, raw, "spec.json");
+  const { address, tier, priority } = arrival;
+  if (spec.jobId !== address.jobId)
+    throw new InvalidJobError(
+      "jobId",
+      `jobId must be the job's own id ${address.jobId}, got "${spec.jobId}"`,
+    );
+  if (spec.tier !== undefined && spec.tier !== tier)
+    throw new InvalidJobError(
+      "tier",
+      `tier must be ${tier}, the tier of the queue the job was sent to, got "${spec.tier}"; submit to that tier's queue instead`,
+    );
+  if (spec.priority !== undefined && spec.priority !== priority)
+    throw new InvalidJobError(
+      "priority",
+      `priority must be ${priority}, the class of the queue the job was sent to, got "${spec.priority}"`,
+    );
+  const { maxRuntimeSeconds } = getTier(tier);
+  const timeoutSeconds = spec.timeoutSeconds ?? maxRuntimeSeconds;
+  if (timeoutSeconds > maxRuntimeSeconds)
+    throw new InvalidJobError(
+      "timeoutSeconds",
+      `timeoutSeconds must be at most ${maxRuntimeSeconds} for tier ${tier}, got ${timeoutSeconds}`,
+    );
+  const refusal = spec.imageFamily && imageFamilyRefusal(getTier(tier), spec.imageFamily);
+  if (refusal) throw new InvalidJobError("imageFamily", refusal);
+  if (spec.resumeFrom === address.jobId)
+    throw new InvalidJobError("resumeFrom", `resumeFrom must name an earlier job, not the job itself`);
+  return { spec, tier, priority, timeoutSeconds };
+}
+
+/**
+ * The launcher's input for an admitted job, built field by field from what the submitter may choose: the
+ * code and workspace are the agent's own staging paths, the tier is the queue's, and nothing of the
+ * stored spec is spread in.
+ */
+export function launchInput(
+  job: AdmittedJob,
+  staged: { readonly jobId: string; readonly codeZip: string; readonly workspaceDir: string },
+): JobSpecInput {
+  const { env, imageFamily } = job.spec;
+  return {
+    jobId: staged.jobId,
+    code: staged.codeZip,
+    workspaceDir: staged.workspaceDir,
+    tier: job.tier,
+    env,
+    timeoutSeconds: job.timeoutSeconds,
+    ...(imageFamily && { imageFamily: imageFamily satisfies JobImageFamily }),
+  };
+}
+
+/** Values shorter than this are not redacted: they would blank out common words and numbers. */
+const MIN_SECRET_LENGTH = 6;
+const REDACTED = "[redacted]";
+
+/**
+ * The envelope with every value of the job's own environment (its `--env` secrets) blanked out of what
+ * is stored and shown — its output tails and its error — however the job or the runtime printed them.
+ */
+export function redactSecrets(envelope: Envelope, env: Readonly<Record<string, string>>): Envelope {
+  const secrets = [...new Set(Object.values(env))]
+    .filter((value) => value.length >= MIN_SECRET_LENGTH)
+    .sort((a, b) => b.length - a.length);
+  if (secrets.length === 0) return envelope;
+  const clean = (text: string): string =>
+    secrets.reduce((out, secret) => out.split(secret).join(REDACTED), text);
+  const { logs, error } = envelope;
+  return {
+    ...envelope,
+    logs: { ...logs, stdout: clean(logs.stdout), stderr: clean(logs.stderr) },
+    ...(error && {
+      error: {
+        ...error,
+        message: clean(error.message),
+        ...(error.traceback !== undefined && { traceback: clean(error.traceback) }),
+      },
+    }),
+  };
+}

@@ -1,0 +1,74 @@
+import { mkdtemp, rm, stat } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { codeKind, packageCode } from "./code-source";
+import type { JobQueue } from "../queue/job-queue";
+import type { SubmittedSpecInput } from "./job-request";
+import { admitJob } from "./job-request";
+import { InvalidJobError } from "./job-spec";
+import type { JobAddress, JobStore } from "../store/job-store";
+import { jobAddressSchema } from "../store/job-store";
+import type { TierName } from "../catalog/tiers";
+
+export interface Submission {
+  readonly path: string;
+  readonly address: JobAddress;
+  /** What goes to `spec.json`; its tier names the queue's, and its priority is the queue's. */
+  readonly spec: SubmittedSpecInput & { readonly tier: TierName };
+  /** The project's quota in GiB; the submission is refused when its code would pass it. */
+  readonly quotaGiB: number;
+}
+
+export class SubmitError extends Error {
+  override readonly name = "SubmitError";
+}
+
+/**
+ * Queues a job: checks it as the agent will ({@link admitJob} against the queue), zips its code into its
+ * workspace prefix, writes its spec and `queued` state, and sends its address to the tier's queue.
+ * Nothing is queued when anything is wrong.
+ */
+export async function submitJob(
+  store: JobStore,
+  queue: JobQueue,
+  submission: Submission,
+): Promise<JobAddress> {
+  const address = jobAddressSchema.parse(submission.address);
+  const spec = { ...submission.spec, jobId: address.jobId, priority: queue.priority };
+  try {
+    admitJob(spec, { address, tier: spec.tier, priority: queue.priority });
+  } catch (error) {
+    if (error instanceof InvalidJobError) throw new SubmitError(error.message);
+    throw error;
+  }
+  if (await store.getState(address))
+    throw new SubmitError(`job ${address.jobId} already exists in ${address.project}/${address.user}`);
+  if (spec.resumeFrom && !(await store.hasCheckpoints({ ...address, jobId: spec.resumeFrom })))
+    throw new SubmitError(
+      `--resume-from ${spec.resumeFrom}: no job of yours (${address.project}/${address.user}) by that id has checkpoints`,
+    );
+  const scratch = await mkdtemp(join(tmpdir(), "crucible-submit-"));
+  try {
+    const zip = join(scratch, "code.zip");
+    await packageCode(submission.path, await codeKind(submission.path), zip);
+    const { size } = await stat(zip);
+    const used = await store.ownerBytes(address);
+    const quota = submission.quotaGiB * 2 ** 30;
+    if (used + size > quota) {
+      throw new SubmitError(
+        `you (${address.user}) would hold ${formatGiB(used + size)} GiB in project ${address.project}, over its ${submission.quotaGiB} GiB quota; remove old jobs' outputs or raise crucible:workspaces.quotaGiBPerProject`,
+      );
+    }
+    await store.putCode(address, zip);
+    await store.putSpec(address, spec);
+    await store.updateState(address, { status: "queued", tier: spec.tier, attempts: 0 });
+    await queue.send(address);
+    return address;
+  } finally {
+    await rm(scratch, { recursive: true, force: true });
+  }
+}
+
+function formatGiB(bytes: number): string {
+  return (bytes / 2 ** 30).toFixed(2);
+}
