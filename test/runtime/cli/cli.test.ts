@@ -115,6 +115,32 @@ describe("crucible CLI", () => {
   });
 });
 
+describe("crucible submit refuses what a platform job may not ask for, before it touches the stack", () => {
+  const stack = {
+    CRUCIBLE_BUCKET: "b",
+    CRUCIBLE_QUEUES: JSON.stringify({ "cpu-small": "https://sqs.us-east-1.amazonaws.com/1/q" }),
+  };
+
+  it.each([
+    [
+      ["--image-family", "alpine"],
+      'crucible: --image-family must be one of cpu, ml-cpu, ml-cuda, got "alpine" (a platform job runs only the node\'s pinned images)',
+    ],
+    [
+      ["--resume-from", "bob/job-1"],
+      'crucible: --resume-from must be the id of one of your own jobs, got "bob/job-1" (jobs of other users cannot be resumed from)',
+    ],
+  ])("%j", async (flags, message) => {
+    const { code, stderr } = await crucible(
+      ["submit", join(dir, "hello"), "--tier", "cpu-small", ...flags],
+      undefined,
+      stack,
+    );
+    expect(code).toBe(2);
+    expect(stderr).toContain(message);
+  });
+});
+
 describe("loading the command line", () => {
   const names = (program: { commands: readonly { name(): string }[] }) =>
     program.commands.map((c) => c.name());
