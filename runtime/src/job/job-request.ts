@@ -4,7 +4,7 @@ import { jobEnvSchema, jobIdSchema } from "./contract";
 import type { JobImageFamily } from "../catalog/image-matrix";
 import { imageFamilyRefusal, JOB_IMAGE_FAMILIES } from "../catalog/image-matrix";
 import type { JobAddress } from "../store/job-store";
-import { InvalidJobError, parseStrict } from "./job-spec";
+import { InvalidJobError, jobTimeout, parseStrict } from "./job-spec";
 import type { Priority } from "../catalog/scheduling";
 import { PRIORITIES } from "../catalog/scheduling";
 import type { TierName } from "../catalog/tiers";
@@ -80,13 +80,7 @@ export function admitJob(raw: unknown, arrival: Arrival): AdmittedJob {
       "priority",
       `priority must be ${priority}, the class of the queue the job was sent to, got "${spec.priority}"`,
     );
-  const { maxRuntimeSeconds } = getTier(tier);
-  const timeoutSeconds = spec.timeoutSeconds ?? maxRuntimeSeconds;
-  if (timeoutSeconds > maxRuntimeSeconds)
-    throw new InvalidJobError(
-      "timeoutSeconds",
-      `timeoutSeconds must be at most ${maxRuntimeSeconds} for tier ${tier}, got ${timeoutSeconds}`,
-    );
+  const timeoutSeconds = jobTimeout(getTier(tier), spec.timeoutSeconds);
   const refusal = spec.imageFamily && imageFamilyRefusal(getTier(tier), spec.imageFamily);
   if (refusal) throw new InvalidJobError("imageFamily", refusal);
   if (spec.resumeFrom === address.jobId)

@@ -79,14 +79,22 @@ export function checkJobSpec(
 ): CheckedJobSpec {
   const spec = parseJobSpec(input);
   const { tier, capped } = effectiveTier(spec.tier, tierOverrides?.[spec.tier]);
-  const timeoutSeconds = spec.timeoutSeconds ?? tier.maxRuntimeSeconds;
+  return { spec, tier, capped, timeoutSeconds: jobTimeout(tier, spec.timeoutSeconds) };
+}
+
+/** The seconds a job may run: what it asked for, at most the tier's maximum runtime (its default). */
+export function jobTimeout(
+  tier: Pick<Tier, "name" | "maxRuntimeSeconds">,
+  asked: number | undefined,
+): number {
+  const timeoutSeconds = asked ?? tier.maxRuntimeSeconds;
   if (timeoutSeconds > tier.maxRuntimeSeconds) {
     throw new InvalidJobError(
       "timeoutSeconds",
       `timeoutSeconds must be at most ${tier.maxRuntimeSeconds} for tier ${tier.name}, got ${timeoutSeconds}`,
     );
   }
-  return { spec, tier, capped, timeoutSeconds };
+  return timeoutSeconds;
 }
 
 /** A job ready to run: validated, limits resolved, code packaged in its own scratch directory. */
