@@ -22,7 +22,7 @@ export interface BudgetsArgs {
   readonly environment: string;
   /**
    * Limits (the account's, per tier, per user and per project), thresholds, subscribers and enforcement,
-   * validated by `infra/config.ts`.
+   * validated by `infra/config/`.
    */
   readonly settings: CrucibleConfig["budgets"];
   /** The encrypted topic every notification goes to (`Notifications.topicArn`). */

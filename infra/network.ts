@@ -28,7 +28,7 @@ const HTTPS = { protocol: "tcp", fromPort: 443, toPort: 443 } as const;
 
 /** Arguments of {@link Network}. */
 export interface NetworkArgs {
-  /** The stack's network settings, validated by `infra/config.ts`. */
+  /** The stack's network settings, validated by `infra/config/`. */
   readonly settings: CrucibleConfig["network"];
   /** The stack's region: endpoint service names and the S3 prefix list are regional. */
   readonly region: string;
@@ -298,7 +298,7 @@ function natGateways(
 
 /**
  * The region's first `count` available zones. The region's zone count is only known from AWS, so a
- * config asking for more fails here rather than in `infra/config.ts`.
+ * config asking for more fails here rather than in `infra/config/`.
  */
 function availabilityZones(count: number, parent: pulumi.Resource): pulumi.Output<string[]> {
   return aws.getAvailabilityZonesOutput({ state: "available" }, { parent }).names.apply((names) => {

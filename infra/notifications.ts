@@ -5,7 +5,7 @@ import { type PolicyDocument, accountRoot } from "./policy-document";
 
 /** Arguments of {@link Notifications}. */
 export interface NotificationsArgs {
-  /** Email addresses subscribed to the topic (already validated by `infra/config.ts`). Defaults to none. */
+  /** Email addresses subscribed to the topic (already validated by `infra/config/`). Defaults to none. */
   readonly emails?: readonly string[];
 }
 

@@ -14,7 +14,7 @@ export const RECEIVE_WAIT_SECONDS = 20;
 export interface JobQueuesArgs {
   /** Tiers that get queues (the stack's enabled tiers). */
   readonly tiers: readonly TierName[];
-  /** Visibility timeout, redrive count and retention, validated by `infra/config.ts`. */
+  /** Visibility timeout, redrive count and retention, validated by `infra/config/`. */
   readonly settings: CrucibleConfig["fleet"]["queue"];
 }
 

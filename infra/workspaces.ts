@@ -10,7 +10,7 @@ export { WORKSPACES_PREFIX };
 
 /** Arguments of {@link Workspaces}. */
 export interface WorkspacesArgs {
-  /** Retention, quota and encryption settings, validated by `infra/config.ts`. */
+  /** Retention, quota and encryption settings, validated by `infra/config/`. */
   readonly settings: CrucibleConfig["workspaces"];
 }
 

@@ -1,6 +1,6 @@
 import { Command, Option } from "commander";
 import { writeFile } from "node:fs/promises";
-import { platformFromEnv } from "../runtime/src/cli/commands/platform";
+import { platformFromEnv } from "../runtime/src/cli/commands/platform-access";
 import { cliLogger } from "../runtime/src/cli/commands/shared";
 import { LEDGER_PREFIX } from "../runtime/src/catalog/bucket-layout";
 import { ledgerMonth } from "../runtime/src/cost/ledger";

@@ -1,8 +1,14 @@
 #!/usr/bin/env bash
-# What `npm test` needs on a fresh machine: the npm dependencies, a Docker engine and the base images.
+# What `npm test` needs on a fresh machine: the npm dependencies, the built runtime, a Docker engine and
+# the base images.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ ! -x node_modules/.bin/vitest ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
   npm ci --no-audit --no-fund
 fi
+# runtime/dist: the `crucible` command (npx crucible, npm run crucible, npm start) and what
+# @crucible/runtime resolves to without the "development" condition. Incremental, and nothing to do when
+# no source is newer than the last build. Type errors do not stop the tests: tsc emits regardless, and
+# npm run typecheck reports them.
+npm run -s build:fresh
 bash scripts/ensure-docker.sh

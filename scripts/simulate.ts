@@ -13,7 +13,7 @@ import { numberFlag } from "./lib/flags";
 /**
  * `npm run simulate -- --stack prod --arrivals FILE|poisson:RATE [--tier T] [--hours H] [--seed N]
  * [--spot-interruptions-per-hour X] [--json]`: one tier's Auto Scaling group under a job load, from the
- * stack's declared scaling settings, with and without its warm pool. See scripts/lib/simulation.ts.
+ * stack's declared scaling settings, with and without its warm pool. See scripts/lib/simulation/model.ts.
  */
 
 function main(): void {

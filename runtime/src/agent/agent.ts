@@ -1,19 +1,19 @@
 import { EventEmitter } from "node:events";
-import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
+import { mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import { cpus, hostname, tmpdir } from "node:os";
 import { join } from "node:path";
 import type { Envelope, JobOutcome, Launcher, ProgressEvent, StopReason } from "../job/contract";
 import { StopRequest } from "../job/contract";
 import type { ReceivedJob } from "../queue/job-queue";
 import type { AdmittedJob } from "../job/job-request";
-import { admitJob, launchInput, redactSecrets } from "../job/job-request";
+import { admitJob } from "../job/job-request";
 import { CodeError } from "../job/code-source";
 import { InvalidJobError } from "../job/job-spec";
 import type { JobAddress, JobState, RunningMarker } from "../store/job-store";
 import type { JobStore } from "../store/job-store";
 import { SpecError } from "../store/job-store";
 import type { LedgerEntry, NodePrice } from "../cost/ledger";
-import { attemptCost, costOf, ON_DEMAND } from "../cost/ledger";
+import { attemptCost, ON_DEMAND } from "../cost/ledger";
 import type { Logger } from "../logger";
 import type { PriorityQueues } from "../queue/priority-queues";
 import type { Priority, SchedulingPolicy } from "../catalog/scheduling";
@@ -27,6 +27,10 @@ import { ownerAlive, processStart } from "../launch/sandbox";
 import { invalidJobEnvelope } from "../launch/outcome";
 import type { TierName } from "../catalog/tiers";
 import { getTier } from "../catalog/tiers";
+import { every, runAttempt } from "./attempt";
+import { DEFAULT_LOG_CAP_BYTES } from "../store/job-log";
+import type { Pricing } from "./pricing";
+import { chargedHourlyUsd, priceAttempt, spendWithin } from "./pricing";
 
 export interface AgentOptions {
   readonly tier: TierName;
@@ -52,6 +56,10 @@ export interface AgentOptions {
   readonly checkpointSeconds?: number;
   /** Seconds between looks for a cancel request. Defaults to 2. */
   readonly cancelPollSeconds?: number;
+  /** Seconds between shipments of a running job's log and metrics to the store. Defaults to 2. */
+  readonly logFlushSeconds?: number;
+  /** Log bytes a job may store over all its attempts; past it, output is dropped and counted. Defaults to 1 GiB. */
+  readonly logCapBytes?: number;
   /** Seconds a cancelled or interrupted job gets to checkpoint. Defaults to 10. */
   readonly graceSeconds?: number;
   /** Long-poll wait of each receive. Defaults to 20 (the SQS maximum). */
@@ -147,16 +155,6 @@ interface Slot {
 }
 
 /**
- * What an attempt is charged: the tier's price on the node it runs on (its on-demand price, scaled on a
- * spot node by the spot discount), times the no-preempt factor when it applies.
- */
-interface Pricing {
-  readonly pricePerHourUsd: number;
-  readonly priceSource: NodePrice["source"];
-  readonly priceFactor: number;
-}
-
-/**
  * The process on every node: takes jobs from its tier's queues (higher priority classes first, by weighted
  * polling), runs them through the launcher, keeps their messages invisible while they run, syncs
  * checkpoints, and finishes each job exactly once. A job that fails on its own merits is finished, not
@@ -197,6 +195,8 @@ export class Agent extends EventEmitter<AgentEvents> {
       visibilitySeconds: 120,
       checkpointSeconds: 30,
       cancelPollSeconds: 2,
+      logFlushSeconds: 2,
+      logCapBytes: DEFAULT_LOG_CAP_BYTES,
       graceSeconds: 10,
       waitSeconds: 20,
       scratchRoot: tmpdir(),
@@ -604,105 +604,45 @@ export class Agent extends EventEmitter<AgentEvents> {
     }
   }
 
-  /** Restores checkpoints into the job's workspace, runs it there, and syncs what it leaves. */
+  /** Runs one attempt at the job in its workspace ({@link runAttempt}), then finishes it or hands it back. */
   private async runInWorkspace(claimed: ClaimedJob, workspace: string): Promise<void> {
-    const { message, job, resumeFrom, pricing, slot, codeZip, log } = claimed;
+    const { message, job, pricing, slot, log } = claimed;
     const { address } = message;
-    const { store, tier, node, queues } = this.settings;
-    const stop = slot.stop;
-    const checkpoints = join(workspace, "checkpoints");
-    await mkdir(checkpoints, { recursive: true });
-    let restored = await store.downloadCheckpoints(address, checkpoints);
-    // Its own checkpoints first: a resumed job that was since interrupted continues from where it got to.
-    if (restored === 0 && resumeFrom) restored = await store.downloadCheckpoints(resumeFrom, checkpoints);
-    const previous = await store.getState(address);
-    const attempt = (previous?.attempts ?? 0) + 1;
-    const startedAt = new Date();
+    const { store, node, launcher } = this.settings;
     const { priority } = job;
-    await store.updateState(address, {
-      status: "running",
-      tier: job.tier,
-      attempts: attempt,
-      node,
-      startedAt: startedAt.toISOString(),
-      resumedFromCheckpoint: restored > 0,
-    });
-    log.info({ attempt, priority, restoredCheckpoints: restored }, "job started");
-    slot.job = {
-      address,
-      priority,
-      preemptible: job.spec.preemptible !== false,
-      startedAt: startedAt.getTime(),
-    };
-    this.emit("started", address);
-
-    const uploaded = new Map<string, string>();
     const budgeted = (await this.spend.standings(address)).length > 0;
-    const timers = [
-      every(
-        this.settings.heartbeatSeconds,
-        async () => {
-          await message.queue.extend(message.receiptHandle, this.settings.visibilitySeconds);
-          await store.markRunning(claimed.marker, node);
-        },
-        log,
-        "heartbeat",
-      ),
-      every(
-        this.settings.checkpointSeconds,
-        () => store.uploadDir(address, "checkpoints", checkpoints, uploaded),
-        log,
-        "checkpoint upload",
-      ),
-      every(
-        this.settings.cancelPollSeconds,
-        async () => {
-          if (await store.cancelRequested(address))
-            stop.abort(new StopRequest("cancelled", this.settings.graceSeconds));
-        },
-        log,
-        "cancel poll",
-      ),
-      ...(budgeted
-        ? [
-            every(
-              this.settings.schedulingPollSeconds,
-              async () => {
-                const sofar = costOf(
-                  (Date.now() - startedAt.getTime()) / 1000,
-                  pricing.pricePerHourUsd,
-                  pricing.priceFactor,
-                );
-                const over = overBudget(await this.spend.standings(address), sofar + this.marginUsd(pricing));
-                if (!over || stop.signal.aborted) return;
-                log.warn(
-                  { budget: over, attemptCostUsd: sofar },
-                  "stopping the job: its owner's budget is spent",
-                );
-                stop.abort(new StopRequest("budget", this.settings.graceSeconds));
-              },
-              log,
-              "budget check",
-            ),
-          ]
-        : []),
-    ];
-    let envelope: Envelope;
-    try {
-      await message.queue.extend(message.receiptHandle, this.settings.visibilitySeconds);
-      envelope = await this.settings.launcher.run(
-        launchInput(job, { jobId: address.jobId, codeZip, workspaceDir: workspace }),
-        { signal: stop.signal, onProgress: (event) => this.emit("progress", address, event) },
-      );
-    } finally {
-      for (const timer of timers) clearInterval(timer);
-    }
-    envelope = redactSecrets(envelope, job.spec.env);
-    await store.uploadDir(address, "checkpoints", checkpoints, uploaded);
-    await store.putAttemptEnvelope(address, attempt, envelope);
+    const { attempt, startedAt, envelope, checkpoints } = await runAttempt({
+      store,
+      launcher,
+      node,
+      timing: this.settings,
+      message,
+      job,
+      ...(claimed.resumeFrom && { resumeFrom: claimed.resumeFrom }),
+      pricing,
+      marker: claimed.marker,
+      stop: slot.stop,
+      workspace,
+      codeZip: claimed.codeZip,
+      logCapBytes: this.settings.logCapBytes,
+      log,
+      ...(budgeted && {
+        overBudget: async (attemptCostUsd: number) =>
+          overBudget(await this.spend.standings(address), attemptCostUsd + this.marginUsd(pricing)),
+      }),
+      onStarted: (_attempt, started) => {
+        slot.job = {
+          address,
+          priority,
+          preemptible: job.spec.preemptible !== false,
+          startedAt: started.getTime(),
+        };
+        this.emit("started", address);
+      },
+      onProgress: (event) => this.emit("progress", address, event),
+    });
     const reason = envelope.reason;
-    const preempted = reason === "preempted";
-    if (preempted || (this.stopping && reason === "interrupted")) {
+    if (reason === "preempted" || (this.stopping && reason === "interrupted")) {
       await this.recordAttempt(
         address,
         priority,
@@ -710,31 +650,10 @@ export class Agent extends EventEmitter<AgentEvents> {
         startedAt,
         envelope,
         pricing,
-        preempted ? "preempted" : "handed-back",
+        reason === "preempted" ? "preempted" : "handed-back",
       );
-      await store.updateState(address, {
-        status: "queued",
-        note: preempted
-          ? `preempted on ${node} for higher-priority work; resumes from its checkpoints`
-          : `handed back: ${reason} on ${node}`,
-      });
-      if (preempted) {
-        // A fresh message in its own class: preemptions must not count towards the dead-letter queue.
-        await queues.get(priority).requeue(message);
-      } else {
-        // Released only once this agent's last long poll is over: released sooner, that poll could take
-        // the message again, and every receive counts towards the dead-letter queue's maxReceiveCount.
-        await this.polling;
-        await message.queue.release(message.receiptHandle);
-      }
-      await this.settings.recordOutcome?.({
-        outcome: "interrupted",
-        tier,
-        seconds: envelope.executionTime,
-        chargedHourlyUsd: charged(pricing),
-      });
-      log.info({ reason, checkpoints: uploaded.size }, "job handed back with its checkpoints");
-      this.emit("handedBack", address, reason);
+      log.info({ reason, checkpoints }, "job handed back with its checkpoints");
+      await this.handBack(message, priority, reason, envelope, pricing);
       return;
     }
     await store.uploadDir(address, "outputs", join(workspace, "outputs"), new Map());
@@ -751,20 +670,51 @@ export class Agent extends EventEmitter<AgentEvents> {
     );
   }
 
+  /**
+   * Puts a job stopped with the node or preempted back on its queue, to resume from its checkpoints: a
+   * preempted one as a fresh message, a handed-back one by releasing the message it came on.
+   */
+  private async handBack(
+    message: ReceivedJob & { address: JobAddress },
+    priority: Priority,
+    reason: "preempted" | "interrupted",
+    envelope: Envelope,
+    pricing: Pricing,
+  ): Promise<void> {
+    const { store, tier, node, queues } = this.settings;
+    const { address } = message;
+    const preempted = reason === "preempted";
+    await store.updateState(address, {
+      status: "queued",
+      note: preempted
+        ? `preempted on ${node} for higher-priority work; resumes from its checkpoints`
+        : `handed back: ${reason} on ${node}`,
+    });
+    if (preempted) {
+      // A fresh message in its own class: preemptions must not count towards the dead-letter queue.
+      await queues.get(priority).requeue(message);
+    } else {
+      // Released only once this agent's last long poll is over: released sooner, that poll could take
+      // the message again, and every receive counts towards the dead-letter queue's maxReceiveCount.
+      await this.polling;
+      await message.queue.release(message.receiptHandle);
+    }
+    await this.settings.recordOutcome?.({
+      outcome: "interrupted",
+      tier,
+      seconds: envelope.executionTime,
+      chargedHourlyUsd: chargedHourlyUsd(pricing),
+    });
+    this.emit("handedBack", address, reason);
+  }
+
   private async pricing(job: AdmittedJob): Promise<Pricing> {
-    const node = await this.settings.nodePrice();
-    return {
-      // To a millionth of a dollar: the ledger's costs are rounded far coarser, to a hundredth of a cent.
-      pricePerHourUsd: Math.round(getTier(this.settings.tier).onDemandHourlyUsd * node.factor * 1e6) / 1e6,
-      priceSource: node.source,
-      priceFactor: job.spec.preemptible === false ? this.settings.policy.preemption.noPreemptPriceFactor : 1,
-    };
+    return priceAttempt(this.settings.tier, await this.settings.nodePrice(), job, this.settings.policy);
   }
 
   /** What a job may spend before the next budget check has stopped it: one check interval and the grace. */
   private marginUsd(pricing: Pricing): number {
-    const seconds = this.settings.schedulingPollSeconds + this.settings.graceSeconds;
-    return costOf(seconds, pricing.pricePerHourUsd, pricing.priceFactor);
+    return spendWithin(this.settings.schedulingPollSeconds + this.settings.graceSeconds, pricing);
   }
 
   /** Writes the attempt's ledger entry and publishes its owner's month-to-date spend where budgeted. */
@@ -797,6 +747,13 @@ export class Agent extends EventEmitter<AgentEvents> {
     };
     await store.putLedgerEntry(entry);
     this.spend.recorded(entry);
+    // The owner's own running total, beside the job: they cannot read finance's ledger.
+    const state = await store.getState(address);
+    if (state)
+      await store.updateState(address, {
+        status: state.status,
+        costUsd: Math.round(((state.costUsd ?? 0) + entry.costUsd) * 1e6) / 1e6,
+      });
     if (!recordSpend) return;
     const standings = await this.spend.standings(address);
     if (standings.length > 0)
@@ -826,14 +783,12 @@ export class Agent extends EventEmitter<AgentEvents> {
       outcome: envelope.status === "success" ? "succeeded" : "failed",
       tier: this.settings.tier,
       seconds: envelope.executionTime,
-      chargedHourlyUsd: pricing ? charged(pricing) : 0,
+      chargedHourlyUsd: pricing ? chargedHourlyUsd(pricing) : 0,
     });
     log.info({ status, reason: envelope.reason }, "job finished");
     this.emit("finished", address, envelope);
   }
 }
-
-const charged = (pricing: Pricing): number => pricing.pricePerHourUsd * pricing.priceFactor;
 
 /**
  * A promise that resolves on the next {@link fire} (or after `timeoutMs`): the receive loop sleeps on it
@@ -856,13 +811,6 @@ function signal(): { wait(timeoutMs?: number): Promise<void>; fire(): void } {
       next = new Promise<void>((resolve) => (release = resolve));
     },
   };
-}
-
-/** Runs `action` every `seconds`, logging (not throwing) its failures. */
-function every(seconds: number, action: () => Promise<unknown>, log: Logger, what: string): NodeJS.Timeout {
-  return setInterval(() => {
-    action().catch((error: unknown) => log.warn({ err: error }, `${what} failed`));
-  }, seconds * 1000);
 }
 
 /** The envelope of a job finished without running: cancelled or over budget before it started. */

@@ -6,7 +6,7 @@ import { SENDERS_ENV, sendersSchema } from "./senders";
 import { TIER_NAMES } from "./tiers";
 
 /**
- * The agent's environment, the contract between the program that starts agents (infra/fleet.ts writes it
+ * The agent's environment, the contract between the program that starts agents (infra/fleet/user-data.ts writes it
  * into a node's user data, infra/kubernetes/agent.ts into a Deployment) and the agent that reads it
  * (`crucible agent`, and the CLI's platform commands for the variables they share). One schema: each
  * variable's name, what it holds and how it is written as text. Writers call {@link toAgentEnv}, the

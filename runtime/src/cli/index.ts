@@ -1,4 +1,6 @@
 import { Command, CommanderError } from "commander";
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
 import { EXIT, UsageError } from "./commands/shared";
 
 type Register = (program: Command) => void;
@@ -19,11 +21,21 @@ const MODULES: readonly { readonly commands: readonly string[]; readonly load: (
   },
   { commands: ["estimate"], load: async () => (await import("./commands/estimate.js")).registerEstimate },
   { commands: ["datasets"], load: async () => (await import("./commands/datasets.js")).registerDatasets },
+  { commands: ["submit"], load: async () => (await import("./commands/submit.js")).registerSubmit },
   {
-    commands: ["submit", "status", "result", "logs", "cancel", "agent", "local"],
-    load: async () => (await import("./commands/platform.js")).registerPlatform,
+    commands: ["status", "result", "cancel"],
+    load: async () => (await import("./commands/jobs.js")).registerJobs,
   },
+  { commands: ["logs"], load: async () => (await import("./commands/logs.js")).registerLogs },
+  { commands: ["metrics"], load: async () => (await import("./commands/metrics.js")).registerMetrics },
+  { commands: ["ls", "jobs"], load: async () => (await import("./commands/ls.js")).registerLs },
+  { commands: ["agent"], load: async () => (await import("./commands/agent.js")).registerAgent },
+  { commands: ["local"], load: async () => (await import("./commands/local.js")).registerLocal },
   { commands: ["usage"], load: async () => (await import("./commands/usage.js")).registerUsage },
+  {
+    commands: ["checkpoints", "pull", "share"],
+    load: async () => (await import("./commands/outputs.js")).registerOutputs,
+  },
 ];
 
 /**
@@ -35,7 +47,11 @@ const MODULES: readonly { readonly commands: readonly string[]; readonly load: (
 export async function buildCli(argv: readonly string[] = []): Promise<Command> {
   const program = new Command("crucible")
     .description("run ML jobs in sandboxed containers, locally or on the Crucible platform")
-    .version("0.1.0")
+    // runtime/package.json's version: two folders up from src/cli (tsx) and dist/cli (built) alike.
+    .version(
+      (JSON.parse(readFileSync(join(__dirname, "../../package.json"), "utf8")) as { version: string })
+        .version,
+    )
     .showHelpAfterError("(run with --help for usage)")
     .exitOverride();
   const named = argv[2];

@@ -114,16 +114,23 @@ const MIN_SECRET_LENGTH = 6;
 const REDACTED = "[redacted]";
 
 /**
+ * A function that blanks every value of the job's own environment (its `--env` secrets) out of a text,
+ * longest first, so one secret containing another is blanked whole.
+ */
+export function secretRedactor(env: Readonly<Record<string, string>>): (text: string) => string {
+  const secrets = [...new Set(Object.values(env))]
+    .filter((value) => value.length >= MIN_SECRET_LENGTH)
+    .sort((a, b) => b.length - a.length);
+  if (secrets.length === 0) return (text) => text;
+  return (text) => secrets.reduce((out, secret) => out.split(secret).join(REDACTED), text);
+}
+
+/**
  * The envelope with every value of the job's own environment (its `--env` secrets) blanked out of what
  * is stored and shown — its output tails and its error — however the job or the runtime printed them.
  */
 export function redactSecrets(envelope: Envelope, env: Readonly<Record<string, string>>): Envelope {
-  const secrets = [...new Set(Object.values(env))]
-    .filter((value) => value.length >= MIN_SECRET_LENGTH)
-    .sort((a, b) => b.length - a.length);
-  if (secrets.length === 0) return envelope;
-  const clean = (text: string): string =>
-    secrets.reduce((out, secret) => out.split(secret).join(REDACTED), text);
+  const clean = secretRedactor(env);
   const { logs, error } = envelope;
   return {
     ...envelope,

@@ -8,6 +8,7 @@ import { admitJob } from "./job-request";
 import { InvalidJobError } from "./job-spec";
 import type { JobAddress, JobStore } from "../store/job-store";
 import { jobAddressSchema } from "../store/job-store";
+import { JobIndex, jobNameOf } from "../store/job-index";
 import type { TierName } from "../catalog/tiers";
 
 export interface Submission {
@@ -25,8 +26,9 @@ export class SubmitError extends Error {
 
 /**
  * Queues a job: checks it as the agent will ({@link admitJob} against the queue), zips its code into its
- * workspace prefix, writes its spec and `queued` state, and sends its address to the tier's queue.
- * Nothing is queued when anything is wrong.
+ * workspace prefix, writes its spec and `queued` state, indexes it for `crucible ls` (job-index.ts), and
+ * sends its address to the tier's queue. Nothing is queued when anything is wrong; a job that fails to be
+ * indexed or sent is left `failed`, saying it was never queued.
  */
 export async function submitJob(
   store: JobStore,
@@ -61,8 +63,34 @@ export async function submitJob(
     }
     await store.putCode(address, zip);
     await store.putSpec(address, spec);
-    await store.updateState(address, { status: "queued", tier: spec.tier, attempts: 0 });
-    await queue.send(address);
+    const { submittedAt } = await store.updateState(address, {
+      status: "queued",
+      tier: spec.tier,
+      attempts: 0,
+    });
+    const name = jobNameOf(submission.path);
+    try {
+      // Indexed before the send: once an agent can start it, `crucible ls` shows it.
+      await JobIndex.of(store).put(address, {
+        jobId: address.jobId,
+        tier: spec.tier,
+        priority: queue.priority,
+        submittedAt,
+        ...(name && { name }),
+      });
+      await queue.send(address);
+    } catch (error) {
+      // Never queued: its state says so, rather than `queued` for ever, and `crucible ls` shows it failed.
+      // Should the message have gone through after all, the agent that runs it overwrites this state.
+      // Best effort: the error to report is the one that stopped the submission.
+      await store
+        .updateState(address, {
+          status: "failed",
+          note: `never queued: ${(error as Error).message}; submit it again`,
+        })
+        .catch(() => undefined);
+      throw error;
+    }
     return address;
   } finally {
     await rm(scratch, { recursive: true, force: true });

@@ -17,7 +17,9 @@ import type { Senders } from "../catalog/senders";
  *   `workspaces/<project>/<user>/`, read its project's ledger partitions, and send messages — as the
  *   stack's submitter role policy allows;
  * - SQS stamps each message with its authenticated sender: ReceiveMessage answers carry the `SenderId`
- *   of the identity that sent it (`<role id>:<session>`), which the agent checks against the address.
+ *   of the identity that sent it (`<role id>:<session>`), which the agent checks against the address;
+ * - for a platform that keeps its state on disk, every object written or deleted and every message sent
+ *   or deleted is reported before the request is answered ({@link GatewayChanges}).
  *
  * The embedded server itself ignores credentials and answers every message with a fixed SenderId; only
  * the gateway's port is handed out.
@@ -38,6 +40,43 @@ export type LocalIdentity =
       readonly senderId: string;
       readonly credentials: LocalCredentials;
     };
+
+/** The gateway's identities, as a later run of the platform restores them so their keys keep working. */
+export interface SavedIdentities {
+  readonly agent: LocalCredentials;
+  readonly submitters: readonly {
+    readonly project: string;
+    readonly user: string;
+    readonly credentials: LocalCredentials;
+  }[];
+}
+
+/**
+ * What a platform that outlives its process is told, so it can keep its state on disk. `objects` and
+ * `queues` are awaited before the request that made the change is answered: what a client was told is
+ * done is saved. A failure answers the request with a 500, which the SDK clients retry.
+ */
+export interface GatewayChanges {
+  /** A submitter identity was made (read {@link LocalGateway.saved}). */
+  identities(): void;
+  /** These keys of the bucket were written or deleted. */
+  objects(keys: readonly string[]): Promise<void>;
+  /** Messages were sent or deleted. */
+  queues(): Promise<void>;
+}
+
+/**
+ * SQS calls that change which messages a queue holds. Receives are not among them, though one may move a
+ * message to its dead-letter queue: the platform's record of its queues then still has it in its queue,
+ * where after a restart it is offered again up to maxReceiveCount times (see local-state.ts).
+ */
+const QUEUE_CHANGES = new Set([
+  "SendMessage",
+  "SendMessageBatch",
+  "DeleteMessage",
+  "DeleteMessageBatch",
+  "PurgeQueue",
+]);
 
 /** The local node role's unique id (the shape of an IAM role id, which the senders schema checks). */
 const AGENT_ROLE_ID = "AROALOCALAGENT00000000";
@@ -88,9 +127,17 @@ export class LocalGateway {
     private readonly upstream: URL,
     private readonly bucket: string,
     private readonly logger: Logger,
+    private readonly changes: GatewayChanges | undefined,
+    restored: SavedIdentities | undefined,
   ) {
-    this.agent = { kind: "agent", senderId: `${AGENT_ROLE_ID}:local-agent`, credentials: newCredentials() };
+    this.agent = {
+      kind: "agent",
+      senderId: `${AGENT_ROLE_ID}:local-agent`,
+      credentials: restored?.agent ?? newCredentials(),
+    };
     this.identities.set(this.agent.credentials.accessKeyId, this.agent);
+    for (const { project, user, credentials } of restored?.submitters ?? [])
+      this.addSubmitter(project, user, credentials);
   }
 
   /** Starts the gateway on a loopback port in front of `upstream` (the embedded server's endpoint). */
@@ -98,9 +145,19 @@ export class LocalGateway {
     readonly upstream: string;
     readonly bucket: string;
     readonly logger: Logger;
+    /** The identities of an earlier run of the platform: their keys, and their projects as senders, still hold. */
+    readonly identities?: SavedIdentities;
+    readonly changes?: GatewayChanges;
   }): Promise<LocalGateway> {
     const server = createServer();
-    const gateway = new LocalGateway(server, new URL(options.upstream), options.bucket, options.logger);
+    const gateway = new LocalGateway(
+      server,
+      new URL(options.upstream),
+      options.bucket,
+      options.logger,
+      options.changes,
+      options.identities,
+    );
     server.on("request", (req: IncomingMessage, res: ServerResponse) => {
       gateway.handle(req, res).catch((error: unknown) => {
         options.logger.error({ err: error }, "local gateway request failed");
@@ -122,17 +179,63 @@ export class LocalGateway {
       (i) => i.kind === "submitter" && i.project === project && i.user === user,
     );
     if (existing) return existing as LocalIdentity & { kind: "submitter" };
+    const identity = this.addSubmitter(project, user, newCredentials());
+    this.changes?.identities();
+    return identity;
+  }
+
+  /** Every identity, to be restored by a later run ({@link start}'s `identities`). */
+  saved(): SavedIdentities {
+    // The key alone: SDK clients add their own marks to the credentials objects they are given.
+    const key = ({ accessKeyId, secretAccessKey }: LocalCredentials): LocalCredentials => ({
+      accessKeyId,
+      secretAccessKey,
+    });
+    return {
+      agent: key(this.agent.credentials),
+      submitters: [...this.identities.values()].flatMap((i) =>
+        i.kind === "submitter" ? [{ project: i.project, user: i.user, credentials: key(i.credentials) }] : [],
+      ),
+    };
+  }
+
+  /** Who sent a message, as its receivers are told; undefined when it was not sent through the gateway. */
+  senderOf(messageId: string): string | undefined {
+    return this.sentBy.get(messageId);
+  }
+
+  /**
+   * Records `senderId` as the sender of a message sent to the embedded server directly: one a restarted
+   * platform sends again on behalf of its original sender.
+   */
+  stamp(messageId: string, senderId: string): void {
+    this.sentBy.set(messageId, senderId);
+    this.forgetOldestSenders();
+  }
+
+  private addSubmitter(
+    project: string,
+    user: string,
+    credentials: LocalCredentials,
+  ): LocalIdentity & { kind: "submitter" } {
     const roleId = localSubmitterRoleId(project);
     const identity = {
       kind: "submitter" as const,
       project,
       user,
       senderId: `${roleId}:${user}`,
-      credentials: newCredentials(),
+      credentials,
     };
-    this.identities.set(identity.credentials.accessKeyId, identity);
+    this.identities.set(credentials.accessKeyId, identity);
     this.senders.submitters[roleId] = project;
     return identity;
+  }
+
+  private forgetOldestSenders(): void {
+    for (const oldest of this.sentBy.keys()) {
+      if (this.sentBy.size <= MAX_REMEMBERED_SENDERS) break;
+      this.sentBy.delete(oldest);
+    }
   }
 
   async stop(): Promise<void> {
@@ -233,12 +336,32 @@ export class LocalGateway {
       if (body) out.end(body);
       else req.pipe(out);
     });
-    if (!rewrites || (upstream.statusCode ?? 500) >= 300) {
-      res.writeHead(upstream.statusCode ?? 502, upstream.headers);
+    const status = upstream.statusCode ?? 502;
+    const changes = status < 300 ? this.changesOf(req, target) : undefined;
+    if (!(rewrites && status < 300) && !changes) {
+      res.writeHead(status, upstream.headers);
       upstream.pipe(res);
       return;
     }
-    const answer = JSON.parse((await readBody(upstream, 64 * 1024 * 1024)).toString("utf8")) as SqsAnswer;
+    // Answers to sends, receives and writes are small: read whole, to rewrite or to persist first.
+    let text = await readBody(upstream, 64 * 1024 * 1024);
+    if (rewrites && status < 300) text = this.rewrite(identity, target, text);
+    try {
+      await changes?.(text);
+    } catch (error) {
+      this.logger.error({ err: error, method: req.method, url: req.url, target }, "saving a change failed");
+      refuse(res, req, new Refusal(500, "InternalError", "the local platform could not save the change"));
+      return;
+    }
+    // Sent whole, so with its length rather than in chunks.
+    const { "content-length": _length, "transfer-encoding": _encoding, ...rest } = upstream.headers;
+    res.writeHead(status, { ...rest, "content-length": String(text.length) });
+    res.end(text);
+  }
+
+  /** Stamps received messages with their senders, and remembers the senders of messages sent. */
+  private rewrite(identity: LocalIdentity, target: string | undefined, body: Buffer): Buffer {
+    const answer = JSON.parse(body.toString("utf8")) as SqsAnswer;
     if (target === "ReceiveMessage") {
       for (const message of answer.Messages ?? []) {
         message.Attributes = {
@@ -250,17 +373,46 @@ export class LocalGateway {
       const ids =
         target === "SendMessage" ? [answer.MessageId] : (answer.Successful ?? []).map((s) => s.MessageId);
       for (const id of ids) if (id) this.sentBy.set(id, identity.senderId);
-      for (const oldest of this.sentBy.keys()) {
-        if (this.sentBy.size <= MAX_REMEMBERED_SENDERS) break;
-        this.sentBy.delete(oldest);
-      }
+      this.forgetOldestSenders();
     }
-    const text = Buffer.from(JSON.stringify(answer));
-    const { "content-length": _length, ...rest } = upstream.headers;
-    res.writeHead(upstream.statusCode ?? 200, { ...rest, "content-length": String(text.length) });
-    res.end(text);
+    return Buffer.from(JSON.stringify(answer));
+  }
+
+  /**
+   * What a successful request changed, as a function of its answer that reports it to {@link changes};
+   * undefined for reads, and when nobody listens.
+   */
+  private changesOf(
+    req: IncomingMessage,
+    target: string | undefined,
+  ): ((answer: Buffer) => Promise<void>) | undefined {
+    const { changes } = this;
+    if (!changes) return undefined;
+    if (target !== undefined) return QUEUE_CHANGES.has(target) ? () => changes.queues() : undefined;
+    if (req.method === "GET" || req.method === "HEAD") return undefined;
+    const url = new URL(req.url ?? "/", "http://local");
+    const key = decodeURIComponent(url.pathname.split("/").slice(2).join("/"));
+    const query = url.searchParams;
+    if (key === "")
+      return req.method === "POST" && query.has("delete")
+        ? (answer) => changes.objects(deletedKeys(answer))
+        : undefined;
+    // A multipart upload's start, parts and abort leave the object as it was; its completion (a POST
+    // with the uploadId) writes it.
+    if (query.has("uploads") || (query.has("uploadId") && req.method !== "POST")) return undefined;
+    return () => changes.objects([key]);
   }
 }
+
+/** The keys a DeleteObjects answer reports deleted. */
+function deletedKeys(answer: Buffer): string[] {
+  const xml = answer.toString("utf8");
+  return [...xml.matchAll(/<Deleted>\s*<Key>([^<]*)<\/Key>/g)].map(([, key]) =>
+    key!.replace(/&(lt|gt|quot|apos|amp);/g, (_, name: string) => XML_ENTITIES[name]!),
+  );
+}
+
+const XML_ENTITIES: Record<string, string> = { lt: "<", gt: ">", quot: '"', apos: "'", amp: "&" };
 
 interface SqsAnswer {
   MessageId?: string;

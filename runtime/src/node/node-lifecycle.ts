@@ -54,7 +54,7 @@ export class InstanceMetadata {
   }
 }
 
-/** The node's own Auto Scaling group and the hooks the fleet declares on it (`infra/fleet.ts`). */
+/** The node's own Auto Scaling group and the hooks the fleet declares on it (`infra/fleet/`). */
 export interface ScalingGroup {
   readonly name: string;
   readonly launchHook: string;

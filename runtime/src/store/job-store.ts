@@ -26,7 +26,9 @@ import { LEDGER_PARTITION_PATH, ledgerEntrySchema, ledgerMonths, ledgerPartition
 import type { SubmittedSpecInput } from "../job/job-request";
 import { MAX_SPEC_BYTES } from "../job/job-request";
 import type { Logger } from "../logger";
+import { ChunkSeries } from "./chunk-series";
 import { checkArchiveSize, CodeError, describeBytes, MAX_CODE_ARCHIVE_BYTES } from "../job/code-source";
+import { SHA256_METADATA, sha256Of } from "./job-files";
 
 /** Who a job belongs to, and so where everything about it lives. */
 // A job's address is part of the job contract (contract.ts); re-exported for the store's callers.
@@ -46,6 +48,20 @@ export const jobStateSchema = z.object({
   note: z.string().optional(),
   /** The iteration or file the job last resumed from, when it did. */
   resumedFromCheckpoint: z.boolean().optional(),
+  /** The job's latest progress (step, total, metrics), as the agent last recorded it while it ran. */
+  progress: z
+    .object({
+      step: z.number().nonnegative().optional(),
+      total: z.number().nonnegative().optional(),
+      metrics: z.record(z.string(), z.number()),
+      /** When the job reported it (ISO 8601). */
+      at: z.string(),
+    })
+    .optional(),
+  /** What the job's finished attempts cost, in USD (the ledger's amounts, summed). */
+  costUsd: z.number().nonnegative().optional(),
+  /** The rate the running attempt is charged at, USD per hour, from its start: cost so far is elapsed × rate. */
+  chargedHourlyUsd: z.number().nonnegative().optional(),
 });
 export type JobState = z.infer<typeof jobStateSchema>;
 
@@ -86,6 +102,8 @@ const KEYS = {
   envelope: "envelope.json",
   cancel: "cancel",
   logs: "logs/",
+  liveLogs: "logs/live/",
+  metrics: "metrics/",
   checkpoints: "checkpoints/",
   outputs: "outputs/",
   attempts: "attempts/",
@@ -242,6 +260,16 @@ export class JobStore {
     return (await this.get(address, `${KEYS.logs}${stream}.txt`))?.toString("utf8");
   }
 
+  /** The job's whole log, every attempt's, as the agent streams it while the job runs. */
+  logSeries(address: JobAddress): ChunkSeries {
+    return new ChunkSeries(this.s3, this.bucket, this.jobPrefix(address) + KEYS.liveLogs);
+  }
+
+  /** The job's progress and metric history, every attempt's. */
+  metricSeries(address: JobAddress): ChunkSeries {
+    return new ChunkSeries(this.s3, this.bucket, this.jobPrefix(address) + KEYS.metrics);
+  }
+
   async requestCancel(address: JobAddress): Promise<void> {
     await this.put(address, KEYS.cancel, new Date().toISOString());
   }
@@ -260,7 +288,8 @@ export class JobStore {
 
   /**
    * Uploads the files of `dir` that changed since `seen` (path → "size:mtime"), as checkpoints or outputs;
-   * returns how many went up. Checkpoints carry the tag the bucket's checkpoint lifecycle selects by.
+   * returns how many went up. Each file carries its SHA-256 ({@link SHA256_METADATA}); checkpoints also
+   * the tag the bucket's checkpoint lifecycle selects by.
    */
   async uploadDir(
     address: JobAddress,
@@ -286,7 +315,12 @@ export class JobStore {
         const signature = `${opened.size}:${opened.mtimeMs}`;
         const name = relative(root, file).split(sep).join("/");
         if (seen.get(name) === signature) continue;
+        // What `crucible pull` verifies a download by (job-files.ts says why not the ETag or S3's own
+        // checksum). Read first, as the metadata goes with the upload's first request; a file the job
+        // rewrites meanwhile fails that check at pull, and goes up again at the next sync, changed.
+        const sha256 = await sha256Of(opened.handle, opened.size);
         await this.putFile(address, `${KEYS[kind]}${name}`, opened.handle, opened.size, {
+          Metadata: { [SHA256_METADATA]: sha256 },
           ...(kind === "checkpoints" && {
             Tagging: `${CHECKPOINT_OBJECT_TAG.key}=${CHECKPOINT_OBJECT_TAG.value}`,
           }),

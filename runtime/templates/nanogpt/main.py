@@ -363,6 +363,8 @@ def train(name: str, cfg: Config) -> dict:
                 if it % cfg.eval_interval == 0 or last:
                     val_loss = evaluate(it)["val"]
                     best_val = min(best_val, val_loss)
+                    # For people reading the log; the numbers themselves go through progress() below.
+                    print(f"iter {it}/{cfg.max_iters}: loss {loss_value:.4f}, val loss {val_loss:.4f}, {tps:.0f} tokens/s", flush=True)
                 progress(step=it, total=cfg.max_iters, loss=round(loss_value, 4), lr=lr,
                          tokens_per_s=round(tps, 1), **({"val_loss": round(val_loss, 4)} if val_loss is not None else {}))
                 tracker.log(it, loss_value, val_loss, lr, tps)

@@ -63,7 +63,7 @@ const LOCAL_GROUP = `crucible-local-${LOCAL_TIER}`;
  */
 const NOT_EXERCISED_HERE: Readonly<Record<string, string>> = {
   "RegistryToken ecr:GetAuthorizationToken":
-    "the node's user data logs in to ECR before pulling (infra/fleet.ts userData)",
+    "the node's user data logs in to ECR before pulling (infra/fleet/user-data.ts)",
   "PullImages ecr:BatchGetImage": "docker pull of the agent and job images at boot, by digest",
   "PullImages ecr:GetDownloadUrlForLayer": "docker pull of the agent and job images at boot, by digest",
   "PullImages ecr:BatchCheckLayerAvailability": "docker pull (ECR's documented pull set), at boot",

@@ -38,3 +38,30 @@ export function collectEnv(value: string, previous: Record<string, string>): Rec
   }
   return { ...previous, [name]: value.slice(eq + 1) };
 }
+
+const DURATION = /^(\d+)(s|m|h|d|w)$/;
+const UNIT_MS = { s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000, w: 604_800_000 } as const;
+
+/**
+ * A commander argument parser for a point in time: a duration back from now (`30m`, `24h`, `7d`, `2w`)
+ * or an ISO 8601 date or date-time (`2026-12-01`, `2026-12-01T09:30:00Z`). Milliseconds since the epoch.
+ */
+export function pastTime(value: string, now = Date.now()): number {
+  const duration = DURATION.exec(value.trim());
+  if (duration) return now - Number(duration[1]) * UNIT_MS[duration[2] as keyof typeof UNIT_MS];
+  const iso = /^\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:?\d{2})?)?$/;
+  const at = iso.test(value.trim()) ? Date.parse(value.trim()) : Number.NaN;
+  if (Number.isNaN(at))
+    throw new InvalidArgumentError(
+      `must be a duration back from now (30m, 24h, 7d, 2w) or an ISO date or date-time (2026-12-01, 2026-12-01T09:30:00Z), got "${value}"`,
+    );
+  return at;
+}
+
+/** A commander argument parser for a whole number greater than zero. */
+export function positiveCount(value: string): number {
+  const count = Number(value);
+  if (!/^\d+$/.test(value.trim()) || !Number.isSafeInteger(count) || count <= 0)
+    throw new InvalidArgumentError(`must be a whole number greater than 0, got "${value}"`);
+  return count;
+}

@@ -13,7 +13,7 @@ import {
   USAGE_KEYS,
   USAGE_PERIODS,
 } from "../../cost/usage";
-import { platformFromEnv } from "./platform";
+import { platformFromEnv } from "./platform-access";
 import { cliLogger, UsageError } from "./shared";
 
 /** What `crucible usage` was asked, validated: the grouping, the window, the owners kept, the format. */

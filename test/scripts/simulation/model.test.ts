@@ -1,26 +1,16 @@
 import { describe, expect, it } from "vitest";
-import { ConfigError } from "../../infra/config";
-import { readStackConfig } from "../../scripts/lib/mock-engine";
 import {
   defaultDurations,
   loadSimulatedTier,
-  parseArrivalsCsv,
   poissonArrivals,
-  readArrivals,
   simulate,
   simulateComparison,
   type Arrival,
   type SimulatedTier,
-} from "../../scripts/lib/simulation";
+} from "../../../scripts/lib/simulation";
+import { prodWithFleet } from "./stack-config";
 
 const DAY = { hours: 24, seed: 1 };
-
-/** Prod's file with `crucible:fleet` keys added over what it states. */
-function prodWithFleet(extra: Record<string, unknown>): Record<string, string> {
-  const config = readStackConfig("prod");
-  config["crucible:fleet"] = JSON.stringify({ ...JSON.parse(config["crucible:fleet"]!), ...extra });
-  return config;
-}
 
 /** Seconds from an arrival to the sample that first sees it, plus the delay before the policy acts. */
 function detectionLag(tier: SimulatedTier, arrivalSeconds: number): number {
@@ -31,19 +21,6 @@ function detectionLag(tier: SimulatedTier, arrivalSeconds: number): number {
 describe("prod gpu-small, as the stack declares it", () => {
   const tier = loadSimulatedTier("prod", "gpu-small");
   const arrivals = poissonArrivals(6, 24, defaultDurations(tier), 1);
-
-  it("reads the group, warm pool, prices and timing from the validated config", () => {
-    expect(tier).toMatchObject({
-      minSize: 1,
-      maxSize: 24,
-      targetJobsPerInstance: 1,
-      warmPool: { minSize: 2, maxPreparedCapacity: 6 },
-      spot: null,
-      slots: 1,
-      instanceHourlyUsd: 0.526,
-      timing: { coldBootSeconds: 240, warmStartSeconds: 60, metricPeriodSeconds: 60 },
-    });
-  });
 
   it("is deterministic for a seed", () => {
     expect(simulate(tier, arrivals, DAY)).toEqual(simulate(tier, arrivals, DAY));
@@ -142,52 +119,6 @@ describe("spot tiers", () => {
     const odd = { ...tier, prewarmSchedule: [{ name: "eom", recurrence: "0 8 L * *", minSize: 1 }] };
     expect(() => simulate(odd, [], DAY)).toThrow(
       'crucible:fleet.tiers.gpu-medium.prewarmSchedule[0].recurrence "0 8 L * *" is a cron form the simulation does not support',
-    );
-  });
-});
-
-describe("arrivals", () => {
-  it("reads a CSV of offsetSeconds,durationSeconds, sorted, skipping the header and comments", () => {
-    expect(parseArrivalsCsv("offsetSeconds,durationSeconds\n# burst\n30,60\n0, 12.5\n\n")).toEqual([
-      { offsetSeconds: 0, durationSeconds: 12.5 },
-      { offsetSeconds: 30, durationSeconds: 60 },
-    ]);
-  });
-
-  it.each([
-    ["0,60\n12,-5\n", 'jobs.csv:2: durationSeconds must be a number of seconds above 0, got "-5"'],
-    ["0,60\n\n7;60\n", 'jobs.csv:3: expected two numbers "offsetSeconds,durationSeconds", got "7;60"'],
-    ["soon,60\n", 'jobs.csv:1: offsetSeconds must be a number of seconds, 0 or more, got "soon"'],
-  ])("names the bad line of %j", (text, message) => {
-    expect(() => parseArrivalsCsv(text, "jobs.csv")).toThrow(message);
-  });
-
-  it("rejects a poisson rate that is not jobs per hour", () => {
-    const durations = { medianSeconds: 60, sigma: 0 };
-    expect(() => readArrivals("poisson:fast", { hours: 1, seed: 1, durations })).toThrow(
-      '--arrivals: the rate of poisson:RATE must be jobs per hour, 0 or more, got "fast"',
-    );
-  });
-});
-
-describe("stack and config errors", () => {
-  it("names the stacks when --stack is unknown", () => {
-    expect(() => loadSimulatedTier("qa", "gpu-small")).toThrow(
-      '--stack: unknown stack "qa"; stacks are dev, staging, prod',
-    );
-  });
-
-  it("names the enabled tiers when --tier is not one", () => {
-    expect(() => loadSimulatedTier("dev", "gpu-large")).toThrow(
-      "--tier: tier gpu-large is not enabled in stack dev; enabled: cpu-small, cpu-large, gpu-small",
-    );
-  });
-
-  it("fails on bad scaling config the way the program does", () => {
-    const config = prodWithFleet({ startup: { coldBootSeconds: 30, warmStartSeconds: 60 } });
-    expect(() => loadSimulatedTier("prod", "gpu-small", config)).toThrow(ConfigError);
-    expect(() => loadSimulatedTier("prod", "gpu-small", config)).toThrow(
-      "crucible:fleet.startup.warmStartSeconds must be at most fleet.startup.coldBootSeconds (30): a warm instance has already booted, got 60",
     );
   });
 });

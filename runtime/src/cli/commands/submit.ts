@@ -1,0 +1,166 @@
+import type { Command } from "commander";
+import { randomBytes } from "node:crypto";
+import { DEFAULT_QUOTA_GIB_PER_PROJECT } from "../../catalog/bucket-layout";
+import type { Envelope } from "../../job/contract";
+import type { ImageFamily, JobImageFamily } from "../../catalog/image-matrix";
+import { JOB_IMAGE_FAMILIES } from "../../catalog/image-matrix";
+import type { JobSpecInput } from "../../job/contract";
+import { jobIdSchema } from "../../job/contract";
+import { attemptCost } from "../../cost/ledger";
+import type { JobAddress } from "../../store/job-store";
+import type { JobStore } from "../../store/job-store";
+import type { Priority } from "../../catalog/scheduling";
+import { DEFAULT_PRIORITY, PRIORITIES } from "../../catalog/scheduling";
+import { describeStanding, overBudget, SpendTracker } from "../../cost/spend";
+import { SubmitError, submitJob } from "../../job/submit";
+import type { TierName } from "../../catalog/tiers";
+import { getTier, TIER_NAMES } from "../../catalog/tiers";
+import { jobSpecFromFlags } from "./run";
+import { cliLogger, collectEnv, EXIT, positiveSeconds, printJson, UsageError } from "./shared";
+
+import type { Platform } from "./platform-access";
+import {
+  address,
+  agentEnvFromProcess,
+  ownerOf,
+  ownerOptions,
+  platformFromEnv,
+  schedulingFromEnv,
+} from "./platform-access";
+
+const newJobId = (): string => `job-${Date.now().toString(36)}-${randomBytes(3).toString("hex")}`;
+
+export interface SubmitFlags {
+  readonly tier?: string;
+  readonly imageFamily?: string;
+  readonly timeout?: number;
+  readonly env: Record<string, string>;
+  readonly project?: string;
+  readonly user?: string;
+  readonly resumeFrom?: string;
+  readonly priority?: string;
+  /** False with `--no-preempt`. */
+  readonly preempt?: boolean;
+  readonly json?: boolean;
+}
+
+export function submitOptions(command: Command): Command {
+  return ownerOptions(command)
+    .argument("<path>", "a directory holding main.py, a .py file or a code.zip")
+    .option("--tier <tier>", `resource tier (${TIER_NAMES.join(", ")}); default: detected from the code`)
+    .option(
+      "--image-family <family>",
+      `image family to run in (${JOB_IMAGE_FAMILIES.join(", ")}): the node's pinned image of it; default: picked from the tier and the code`,
+    )
+    .option("--timeout <seconds>", "stop the job after this many seconds", positiveSeconds)
+    .option("--env <K=V>", "set an environment variable for the job (repeatable)", collectEnv, {})
+    .option("--resume-from <job>", "start from the latest checkpoints of another of your jobs (its id)")
+    .option("--priority <class>", `priority class: ${PRIORITIES.join(", ")} (default: ${DEFAULT_PRIORITY})`)
+    .option(
+      "--no-preempt",
+      "never stop this job for higher-priority work (costs more: see `crucible estimate`)",
+    )
+    .option("--json", "print JSON");
+}
+
+export async function submitFrom(platform: Platform, path: string, flags: SubmitFlags): Promise<JobAddress> {
+  const priority = flags.priority ?? DEFAULT_PRIORITY;
+  if (!(PRIORITIES as readonly string[]).includes(priority))
+    throw new UsageError(`--priority must be one of ${PRIORITIES.join(", ")}, got "${priority}"`);
+  if (
+    flags.imageFamily !== undefined &&
+    !(JOB_IMAGE_FAMILIES as readonly string[]).includes(flags.imageFamily)
+  )
+    throw new UsageError(
+      `--image-family must be one of ${JOB_IMAGE_FAMILIES.join(", ")}, got "${flags.imageFamily}" (a platform job runs only the node's pinned images)`,
+    );
+  if (flags.resumeFrom !== undefined && !jobIdSchema.safeParse(flags.resumeFrom).success)
+    throw new UsageError(
+      `--resume-from must be the id of one of your own jobs, got "${flags.resumeFrom}" (jobs of other users cannot be resumed from)`,
+    );
+  const spec = await jobSpecFromFlags(path, { ...flags, json: true });
+  const target = address(ownerOf(flags), newJobId());
+  try {
+    return await submitAs(platform, path, target, spec, flags, priority as Priority);
+  } catch (error) {
+    if ((error as { name?: string }).name !== "AccessDenied") throw error;
+    throw new SubmitError(
+      `refused: your credentials may not submit as ${target.project}/${target.user} (${(error as Error).message}); ` +
+        `assume project ${target.project}'s submitter role (stack output access.submitterRoleArns.${target.project}) ` +
+        `with the role session name and the crucible-user session tag set to your user name, and submit as that user`,
+    );
+  }
+}
+
+async function submitAs(
+  platform: Platform,
+  path: string,
+  target: JobAddress,
+  spec: JobSpecInput,
+  flags: SubmitFlags,
+  priority: Priority,
+): Promise<JobAddress> {
+  const { tier } = spec;
+  await refuseOverBudget(platform.store, target, tier, spec.timeoutSeconds, flags.preempt === false);
+  return submitJob(platform.store, platform.queues(tier).get(priority), {
+    path,
+    address: target,
+    spec: {
+      jobId: target.jobId,
+      tier,
+      env: spec.env ?? {},
+      ...(spec.timeoutSeconds !== undefined && { timeoutSeconds: spec.timeoutSeconds }),
+      ...(flags.imageFamily && { imageFamily: flags.imageFamily as ImageFamily & JobImageFamily }),
+      ...(flags.resumeFrom && { resumeFrom: flags.resumeFrom }),
+      ...(flags.preempt === false && { preemptible: false }),
+    },
+    quotaGiB: agentEnvFromProcess().quotaGiB ?? DEFAULT_QUOTA_GIB_PER_PROJECT,
+  });
+}
+
+/**
+ * Refuses a job that could take its owner past a monthly budget: at most its timeout (else the tier's
+ * longest run) at the tier's price, with the no-preempt factor when it opts out.
+ */
+async function refuseOverBudget(
+  store: JobStore,
+  target: JobAddress,
+  tier: TierName,
+  timeoutSeconds: number | undefined,
+  noPreempt: boolean,
+): Promise<void> {
+  const policy = schedulingFromEnv();
+  const { onDemandHourlyUsd, maxRuntimeSeconds } = getTier(tier);
+  const seconds = timeoutSeconds ?? maxRuntimeSeconds;
+  const factor = noPreempt ? policy.preemption.noPreemptPriceFactor : 1;
+  const worst = attemptCost(seconds, onDemandHourlyUsd, factor);
+  const over = overBudget(await new SpendTracker(store, policy.budgets).standings(target), worst);
+  if (over)
+    throw new SubmitError(
+      `refused: ${describeStanding(over)}, and this job may cost up to $${worst.toFixed(4)} ` +
+        `(${tier} at $${onDemandHourlyUsd}/h${factor > 1 ? ` × ${factor} for --no-preempt` : ""} for up to ${seconds} s); ` +
+        "set a shorter --timeout, or ask for a larger budget (crucible:budgets.users / .projects)",
+    );
+}
+
+export function summarize(envelope: Envelope, json: boolean | undefined): void {
+  if (json) printJson(envelope);
+  else if (envelope.status === "success")
+    process.stdout.write(`${JSON.stringify(envelope.result ?? null, null, 2)}\n`);
+  else
+    process.stderr.write(
+      `job ${envelope.jobId} failed (${envelope.reason}): ${envelope.error?.message ?? ""}\n`,
+    );
+  process.exitCode = envelope.status === "success" ? EXIT.ok : EXIT.failed;
+}
+
+/** `submit`: queue a job on the stack. */
+export function registerSubmit(program: Command): void {
+  submitOptions(program.command("submit").description("queue a job on the platform")).action(
+    async (path: string, flags: SubmitFlags) => {
+      const queued = await submitFrom(platformFromEnv(cliLogger()), path, flags);
+      if (flags.json) printJson(queued);
+      else process.stdout.write(`${queued.jobId}\n`);
+    },
+  );
+}
