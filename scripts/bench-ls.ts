@@ -27,6 +27,7 @@ import type { IndexEntry } from "../runtime/src/store/job-index";
 import { JobIndex, mapBounded } from "../runtime/src/store/job-index";
 import type { JobState } from "../runtime/src/store/job-store";
 import { jobStateSchema } from "../runtime/src/store/job-store";
+import { median } from "./lib/bench-timing";
 import { numberFlag } from "./lib/flags";
 
 const run = promisify(execFile);
@@ -42,12 +43,6 @@ const READ_CONCURRENCY = 16;
 
 const wholePositive = (flag: string) =>
   numberFlag(flag, "a whole number > 0", (n) => Number.isInteger(n) && n > 0);
-
-const median = (values: readonly number[]): number => {
-  const sorted = [...values].sort((a, b) => a - b);
-  const mid = Math.floor(sorted.length / 2);
-  return sorted.length % 2 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
-};
 
 async function timed<T>(runs: number, body: () => Promise<T>): Promise<{ ms: number[]; last: T }> {
   const ms: number[] = [];

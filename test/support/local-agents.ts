@@ -3,7 +3,9 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { Logger } from "pino";
 import { afterAll, beforeAll } from "vitest";
-import type { Agent } from "../../runtime/src/agent/agent";
+import type { AgentOptions } from "../../runtime/src/agent/agent";
+import { Agent } from "../../runtime/src/agent/agent";
+import type { Launcher } from "../../runtime/src/job/contract";
 import type { JobAddress } from "../../runtime/src/store/job-store";
 import type { LocalPlatform, LocalPlatformOptions } from "../../runtime/src/local/local-platform";
 import { startLocalPlatform } from "../../runtime/src/local/local-platform";
@@ -65,5 +67,30 @@ export function next<T extends unknown[]>(
       resolve(args as T);
     };
     agent.on(event, listener);
+  });
+}
+
+/**
+ * An agent of `tier` on the test's local platform, with the test timings ({@link FAST_AGENT}) and a
+ * scheduling poll of a second; `options` override any of it.
+ */
+export function localAgent(
+  platform: LocalPlatform,
+  tier: TierName,
+  launcher: Launcher,
+  logger: Logger,
+  options: Partial<AgentOptions> = {},
+): Agent {
+  return new Agent({
+    tier,
+    queues: platform.queues(tier),
+    store: platform.store,
+    senders: platform.senders,
+    launcher,
+    logger,
+    concurrency: 1,
+    ...FAST_AGENT,
+    schedulingPollSeconds: 1,
+    ...options,
   });
 }

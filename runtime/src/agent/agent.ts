@@ -96,6 +96,20 @@ export interface AgentOptions {
   readonly paused?: () => Promise<string | undefined>;
 }
 
+/** What operators tune through the CRUCIBLE_* agent variables, on a node and on the local platform. */
+export type AgentTuning = Partial<
+  Pick<
+    AgentOptions,
+    | "concurrency"
+    | "heartbeatSeconds"
+    | "visibilitySeconds"
+    | "checkpointSeconds"
+    | "graceSeconds"
+    | "workspaceMiB"
+    | "logCapBytes"
+  >
+>;
+
 export interface AgentEvents {
   /** How many messages the agent holds, each time that changes (the node's scale-in protection follows). */
   load: [running: number];

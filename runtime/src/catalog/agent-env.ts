@@ -127,6 +127,8 @@ export const agentEnvSchema = z.strictObject({
   checkpointSeconds: whole(1, POSITIVE).optional(),
   /** Each job's workspace volume in MiB, 0 for no quota. Defaults to the tier's. */
   workspaceMiB: whole(0, "must be a whole number of MiB (0: no quota)").optional(),
+  /** Log a job may store over all its attempts, in MiB. Defaults to 1 GiB. */
+  logCapMiB: whole(1, POSITIVE).optional(),
   /** On a fleet node: its Auto Scaling group and lifecycle hooks, all three or none. */
   asgName: text.optional(),
   launchHook: text.optional(),
@@ -163,6 +165,7 @@ export const AGENT_ENV_NAMES: { readonly [K in keyof AgentEnv]-?: string } = {
   graceSeconds: "CRUCIBLE_GRACE_SECONDS",
   checkpointSeconds: "CRUCIBLE_CHECKPOINT_SECONDS",
   workspaceMiB: "CRUCIBLE_WORKSPACE_MIB",
+  logCapMiB: "CRUCIBLE_LOG_CAP_MIB",
   asgName: "CRUCIBLE_ASG_NAME",
   launchHook: "CRUCIBLE_LAUNCH_HOOK",
   terminationHook: "CRUCIBLE_TERMINATION_HOOK",

@@ -2,7 +2,7 @@ import { rmSync, writeFileSync } from "node:fs";
 import { chmod, mkdir, rename, writeFile } from "node:fs/promises";
 import type { IncomingMessage, Server, ServerResponse } from "node:http";
 import { createServer } from "node:http";
-import type { AgentOptions } from "../agent/agent";
+import type { AgentTuning } from "../agent/agent";
 import { Agent } from "../agent/agent";
 import type { SchedulingPolicy } from "../catalog/scheduling";
 import { PRIORITIES } from "../catalog/scheduling";
@@ -16,19 +16,6 @@ import { jobAddressSchema } from "../job/contract";
 import type { LocalPlatform } from "./local-platform";
 import { startLocalPlatform } from "./local-platform";
 
-/** Agent settings a local platform takes from its caller (the CRUCIBLE_* agent variables). */
-export type LocalAgentSettings = Partial<
-  Pick<
-    AgentOptions,
-    | "concurrency"
-    | "heartbeatSeconds"
-    | "visibilitySeconds"
-    | "checkpointSeconds"
-    | "graceSeconds"
-    | "workspaceMiB"
-  >
->;
-
 export interface LocalDaemonOptions {
   readonly dataDir: string;
   /** The tiers its agents serve, one agent each. */
@@ -36,7 +23,8 @@ export interface LocalDaemonOptions {
   readonly logger: Logger;
   readonly launcher: Launcher;
   readonly policy: SchedulingPolicy;
-  readonly agent?: LocalAgentSettings;
+  /** Agent settings a local platform takes from its caller (the CRUCIBLE_* agent variables). */
+  readonly agent?: AgentTuning;
 }
 
 /** A running local platform that other processes reach through its data directory. */

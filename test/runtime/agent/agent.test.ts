@@ -6,8 +6,8 @@ import { mkdir, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import pino from "pino";
 import { describe, expect, it } from "vitest";
-import type { AgentOptions } from "../../../runtime/src/agent/agent";
-import { Agent, AGENT_SCRATCH_PREFIX } from "../../../runtime/src/agent/agent";
+import type { AgentOptions, Agent } from "../../../runtime/src/agent/agent";
+import { AGENT_SCRATCH_PREFIX } from "../../../runtime/src/agent/agent";
 import { pauseMarkerKey } from "../../../runtime/src/catalog/bucket-layout";
 import { pauseCheck } from "../../../runtime/src/agent/budget-pause";
 import { createQuotaDir, isQuotaDir, releaseQuotaDirsUnder } from "../../../runtime/src/launch/quota-volume";
@@ -17,7 +17,7 @@ import { DockerLauncher } from "../../../runtime/src/launch/docker/docker-launch
 import type { JobAddress } from "../../../runtime/src/store/job-store";
 import { submitJob } from "../../../runtime/src/job/submit";
 import { queueDepth } from "../../../scripts/lib/soak";
-import { FAST_AGENT, next, useLocalPlatform } from "../../support/local-agents";
+import { localAgent, next, useLocalPlatform } from "../../support/local-agents";
 
 const logger = pino({ level: process.env.AGENT_TEST_LOG ?? "silent" });
 const launcher = new DockerLauncher({ logger, graceSeconds: 5 });
@@ -28,18 +28,7 @@ const local = useLocalPlatform(TIER, logger, { maxReceiveCount: 2, visibilityTim
 let counter = 0;
 
 function newAgent(options: Partial<AgentOptions> = {}): Agent {
-  return new Agent({
-    tier: TIER,
-    queues: local.platform.queues(TIER),
-    store: local.platform.store,
-    senders: local.platform.senders,
-    launcher,
-    logger,
-    concurrency: 2,
-    ...FAST_AGENT,
-    schedulingPollSeconds: 1,
-    ...options,
-  });
+  return localAgent(local.platform, TIER, launcher, logger, { concurrency: 2, ...options });
 }
 
 /** Writes main.py and submits it; the job is addressed under project "demo", user "ada". */

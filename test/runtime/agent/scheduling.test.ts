@@ -3,7 +3,7 @@ import { join } from "node:path";
 import pino from "pino";
 import { describe, expect, it } from "vitest";
 import type { AgentOptions } from "../../../runtime/src/agent/agent";
-import { Agent } from "../../../runtime/src/agent/agent";
+import type { Agent } from "../../../runtime/src/agent/agent";
 import type { Envelope } from "../../../runtime/src/job/contract";
 import { DockerLauncher } from "../../../runtime/src/launch/docker/docker-launcher";
 import type { JobAddress, RunningMarker } from "../../../runtime/src/store/job-store";
@@ -14,7 +14,7 @@ import { schedulingPolicySchema } from "../../../runtime/src/catalog/scheduling"
 import { submitJob } from "../../../runtime/src/job/submit";
 import { getTier } from "../../../runtime/src/catalog/tiers";
 import { localAgentEnv } from "../../../scripts/lib/soak";
-import { FAST_AGENT, next, useLocalPlatform } from "../../support/local-agents";
+import { localAgent, next, useLocalPlatform } from "../../support/local-agents";
 import { crucible } from "../../support/cli";
 
 /**
@@ -55,18 +55,8 @@ const CHECKPOINTED = (steps: number): string =>
   ].join("\n");
 
 function newAgent(policy: SchedulingPolicyInput = {}, options: Partial<AgentOptions> = {}): Agent {
-  const parsed = schedulingPolicySchema.parse(policy);
-  return new Agent({
-    tier: TIER,
-    queues: local.platform.queues(TIER),
-    store: local.platform.store,
-    senders: local.platform.senders,
-    launcher,
-    logger,
-    policy: parsed,
-    concurrency: 1,
-    ...FAST_AGENT,
-    schedulingPollSeconds: 1,
+  return localAgent(local.platform, TIER, launcher, logger, {
+    policy: schedulingPolicySchema.parse(policy),
     ...options,
   });
 }

@@ -26,6 +26,7 @@ const EVERY: AgentEnvValues = {
   graceSeconds: 60,
   checkpointSeconds: 300,
   workspaceMiB: 0,
+  logCapMiB: 512,
   asgName: "crucible-dev-cpu-small",
   launchHook: "crucible-dev-cpu-small-launch",
   terminationHook: "crucible-dev-cpu-small-terminate",
@@ -136,6 +137,7 @@ describe("the agent's environment", () => {
       "-5",
       'CRUCIBLE_WORKSPACE_MIB must be a whole number of MiB (0: no quota), got "-5"',
     ],
+    ["CRUCIBLE_LOG_CAP_MIB", "0", "CRUCIBLE_LOG_CAP_MIB must be a whole number greater than 0"],
     [
       "CRUCIBLE_K8S_PENDING_TIMEOUT_SECONDS",
       "0",

@@ -7,7 +7,7 @@ import pino from "pino";
 import { beforeAll, describe, expect, it } from "vitest";
 import { SESSION_MANAGER_ACTIONS } from "../../../runtime/src/catalog";
 import type { AgentOptions } from "../../../runtime/src/agent/agent";
-import { Agent } from "../../../runtime/src/agent/agent";
+import type { Agent } from "../../../runtime/src/agent/agent";
 import { pauseCheck } from "../../../runtime/src/agent/budget-pause";
 import { pauseMarkerKey } from "../../../runtime/src/catalog/bucket-layout";
 import type { Envelope } from "../../../runtime/src/job/contract";
@@ -28,7 +28,7 @@ import { submitJob } from "../../../runtime/src/job/submit";
 import { getTier } from "../../../runtime/src/catalog/tiers";
 import { MOCK_ACCOUNT_ID } from "../../../scripts/lib/mock-engine";
 import { STACKS, readStackConfig, runStack, type DeclaredResource, type Plan } from "../../support/harness";
-import { FAST_AGENT, next, useLocalPlatform } from "../../support/local-agents";
+import { localAgent, next, useLocalPlatform } from "../../support/local-agents";
 import type { Decision, Document, NamedPolicy, Statement } from "../../support/iam-evaluator";
 import {
   UnsupportedPolicyError,
@@ -121,17 +121,8 @@ function operatorStore(): { s3: S3Client; store: JobStore } {
 }
 
 function newAgent(policy: SchedulingPolicyInput = {}, options: Partial<AgentOptions> = {}): Agent {
-  return new Agent({
-    tier: LOCAL_TIER,
-    queues: local.platform.queues(LOCAL_TIER),
-    store: local.platform.store,
-    senders: local.platform.senders,
-    launcher,
-    logger,
+  return localAgent(local.platform, LOCAL_TIER, launcher, logger, {
     policy: schedulingPolicySchema.parse(policy),
-    concurrency: 1,
-    ...FAST_AGENT,
-    schedulingPollSeconds: 1,
     paused: pauseCheck(local.platform.s3, local.platform.bucket, LOCAL_TIER),
     recordOutcome: cloudWatchOutcomes(cloudwatch, logger),
     recordSpend: cloudWatchSpend(cloudwatch, logger),

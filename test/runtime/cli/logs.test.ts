@@ -2,14 +2,13 @@ import { mkdir, readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import pino from "pino";
 import { describe, expect, it } from "vitest";
-import type { AgentOptions } from "../../../runtime/src/agent/agent";
-import { Agent } from "../../../runtime/src/agent/agent";
+import type { Agent } from "../../../runtime/src/agent/agent";
 import type { Envelope } from "../../../runtime/src/job/contract";
 import { submitJob } from "../../../runtime/src/job/submit";
 import { DockerLauncher } from "../../../runtime/src/launch/docker/docker-launcher";
 import type { JobAddress } from "../../../runtime/src/store/job-store";
 import { crucible } from "../../support/cli";
-import { FAST_AGENT, next, useLocalPlatform } from "../../support/local-agents";
+import { localAgent, next, useLocalPlatform } from "../../support/local-agents";
 
 const logger = pino({ level: "silent" });
 const launcher = new DockerLauncher({ logger, graceSeconds: 5 });
@@ -17,19 +16,8 @@ const TIER = "cpu-large";
 const local = useLocalPlatform(TIER, logger, { visibilityTimeoutSeconds: 5 });
 let counter = 0;
 
-function newAgent(options: Partial<AgentOptions> = {}): Agent {
-  return new Agent({
-    tier: TIER,
-    queues: local.platform.queues(TIER),
-    store: local.platform.store,
-    senders: local.platform.senders,
-    launcher,
-    logger,
-    concurrency: 2,
-    ...FAST_AGENT,
-    logFlushSeconds: 1,
-    ...options,
-  });
+function newAgent(): Agent {
+  return localAgent(local.platform, TIER, launcher, logger, { concurrency: 2, logFlushSeconds: 1 });
 }
 
 async function submit(code: string): Promise<JobAddress> {

@@ -18,7 +18,7 @@ import { getTier, isTierName, TIER_NAMES } from "../../catalog/tiers";
 import { launcherFor, launcherKind, parseLauncherKind } from "./launchers";
 import { cliLogger, positiveSeconds, UsageError } from "./shared";
 
-import { agentEnvFromProcess, platformFromEnv, regionOf, schedulingOf } from "./platform-access";
+import { agentEnvFromProcess, agentTuning, platformFromEnv, regionOf, schedulingOf } from "./platform-access";
 
 /**
  * On a fleet node (the launch template's user data sets CRUCIBLE_ASG_NAME and the hook names), the
@@ -110,9 +110,7 @@ export function registerAgent(program: Command): void {
               ),
             )
           : platform.queues(tier);
-        const { images, heartbeatSeconds, graceSeconds, checkpointSeconds, workspaceMiB } = settings;
-        const concurrency = flags.concurrency ?? settings.concurrency;
-        const visibilitySeconds = settings.visibilityTimeoutSeconds;
+        const { images } = settings;
         const node = fleetNodeFromEnv(logger, settings);
         const { senders } = settings;
         if (!senders)
@@ -169,12 +167,8 @@ export function registerAgent(program: Command): void {
           senders,
           paused: pauseCheck(platform.s3, platform.bucket, tier),
           policy: schedulingOf(settings),
-          ...(concurrency && { concurrency }),
-          ...(checkpointSeconds && { checkpointSeconds }),
-          ...(heartbeatSeconds && { heartbeatSeconds }),
-          ...(visibilitySeconds && { visibilitySeconds }),
-          ...(graceSeconds && { graceSeconds }),
-          ...(workspaceMiB !== undefined && { workspaceMiB }),
+          ...agentTuning(settings),
+          ...(flags.concurrency && { concurrency: flags.concurrency }),
           ...(node && {
             recordOutcome: node.recordOutcome,
             recordSpend: node.recordSpend,

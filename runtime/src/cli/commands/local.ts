@@ -26,7 +26,7 @@ import type { JobAddress, JobStore } from "../../store/job-store";
 import { jobSpecFromFlags } from "./run";
 import { cliLogger, EXIT, positiveSeconds, printJson, UsageError } from "./shared";
 
-import { agentEnvFromProcess, localPlatform, ownerOf, schedulingOf } from "./platform-access";
+import { agentEnvFromProcess, agentTuning, localPlatform, ownerOf, schedulingOf } from "./platform-access";
 import type { SubmitFlags } from "./submit";
 import { submitFrom, submitOptions, summarize } from "./submit";
 
@@ -69,21 +69,14 @@ function parseTiers(value: string): TierName[] {
 /** The platform's settings from this process's environment: the CRUCIBLE_* agent variables, as `crucible agent` takes them. */
 function daemonOptions(dataDir: string, tiers: readonly TierName[], logger: Logger): LocalDaemonOptions {
   const settings = agentEnvFromProcess();
-  const { images, concurrency, heartbeatSeconds, checkpointSeconds, graceSeconds, workspaceMiB } = settings;
+  const { images } = settings;
   return {
     dataDir,
     tiers,
     logger,
     launcher: new DockerLauncher({ logger, ...(images && { images }) }),
     policy: schedulingOf(settings),
-    agent: {
-      ...(concurrency && { concurrency }),
-      ...(heartbeatSeconds && { heartbeatSeconds }),
-      ...(settings.visibilityTimeoutSeconds && { visibilitySeconds: settings.visibilityTimeoutSeconds }),
-      ...(checkpointSeconds && { checkpointSeconds }),
-      ...(graceSeconds && { graceSeconds }),
-      ...(workspaceMiB !== undefined && { workspaceMiB }),
-    },
+    agent: agentTuning(settings),
   };
 }
 

@@ -4,6 +4,7 @@ import { S3Client } from "@aws-sdk/client-s3";
 import { SQSClient } from "@aws-sdk/client-sqs";
 import type { Command } from "commander";
 import { userInfo } from "node:os";
+import type { AgentTuning } from "../../agent/agent";
 import type { AgentEnv } from "../../catalog/agent-env";
 import { AgentEnvError, readAgentEnv } from "../../catalog/agent-env";
 import { WORKSPACES_PREFIX } from "../../catalog/bucket-layout";
@@ -202,4 +203,19 @@ export function ownerOptions(command: Command): Command {
     .hook("preAction", (_command, action) => {
       caller = action.opts<CallerFlags>();
     });
+}
+
+/** How an agent is tuned, from the CRUCIBLE_* agent variables: `crucible agent` and `crucible local` alike. */
+export function agentTuning(settings: AgentEnv): AgentTuning {
+  const { concurrency, heartbeatSeconds, checkpointSeconds, graceSeconds, workspaceMiB, logCapMiB } =
+    settings;
+  return {
+    ...(concurrency && { concurrency }),
+    ...(heartbeatSeconds && { heartbeatSeconds }),
+    ...(settings.visibilityTimeoutSeconds && { visibilitySeconds: settings.visibilityTimeoutSeconds }),
+    ...(checkpointSeconds && { checkpointSeconds }),
+    ...(graceSeconds && { graceSeconds }),
+    ...(workspaceMiB !== undefined && { workspaceMiB }),
+    ...(logCapMiB !== undefined && { logCapBytes: logCapMiB * 2 ** 20 }),
+  };
 }
