@@ -11,4 +11,7 @@ fi
 # no source is newer than the last build. Type errors do not stop the tests: tsc emits regardless, and
 # npm run typecheck reports them.
 npm run -s build:fresh
+# npm ci links a workspace's bin only if its file exists, and the runtime is built after it links (by
+# prepare): link `crucible` now that runtime/dist holds it, so `npx crucible` finds the built CLI.
+[ -e node_modules/.bin/crucible ] || npm rebuild --ignore-scripts @crucible/runtime >/dev/null
 bash scripts/ensure-docker.sh

@@ -27,7 +27,9 @@ const WAIT_MS = 90_000;
 const PROJECT = "lab";
 const BOB_SECRET = "bob-s3cr3t-token-0123456789";
 
-const local = useLocalPlatform(TIER, logger, { maxReceiveCount: 2, visibilityTimeoutSeconds: 5 });
+// A received message stays hidden 15 s before the agent's first extension: on a loaded two-core machine
+// 5 s was seen to pass first, and Bob's job then ran twice.
+const local = useLocalPlatform(TIER, logger, { maxReceiveCount: 2, visibilityTimeoutSeconds: 15 });
 let agent: Agent;
 let running: Promise<void>;
 let alice: PlatformClients & { readonly senderId: string };
