@@ -9,6 +9,8 @@ import type { AdmittedJob } from "../job/job-request";
 import { admitJob } from "../job/job-request";
 import { CodeError } from "../job/code-source";
 import { InvalidJobError } from "../job/job-spec";
+import type { ResumePoint } from "../job/resume-point";
+import { resumePointOf, resumeRefusal } from "../job/resume-point";
 import type { JobAddress, JobState, RunningMarker } from "../store/job-store";
 import type { JobStore } from "../store/job-store";
 import { SpecError } from "../store/job-store";
@@ -153,7 +155,7 @@ interface ClaimedJob {
   readonly message: ReceivedJob & { address: JobAddress };
   readonly job: AdmittedJob;
   /** The submitter's earlier job whose checkpoints it starts from, when it names one. */
-  readonly resumeFrom?: JobAddress;
+  readonly resumeFrom?: ResumePoint;
   readonly pricing: Pricing;
   /** Its place in the fair share, refreshed with each heartbeat. */
   readonly marker: RunningMarker;
@@ -543,7 +545,7 @@ export class Agent extends EventEmitter<AgentEvents> {
     address: JobAddress,
     message: ReceivedJob,
     log: Logger,
-  ): Promise<{ job: AdmittedJob; resumeFrom?: JobAddress } | undefined> {
+  ): Promise<{ job: AdmittedJob; resumeFrom?: ResumePoint } | undefined> {
     const { store, tier, node } = this.settings;
     const arrival = { address, tier, priority: message.queue.priority };
     try {
@@ -557,14 +559,11 @@ export class Agent extends EventEmitter<AgentEvents> {
         return undefined;
       }
       const job = admitJob(raw, arrival);
-      if (!job.spec.resumeFrom) return { job };
-      // Within the submitter's own prefix by construction: the reference is a job id, never a path.
-      const resumeFrom = { ...address, jobId: job.spec.resumeFrom };
-      if (!(await store.hasCheckpoints(resumeFrom)))
-        throw new InvalidJobError(
-          "resumeFrom",
-          `resumeFrom names job ${resumeFrom.jobId}, which has no checkpoints in ${address.project}/${address.user}`,
-        );
+      const { resumeFrom: from, resumeStep } = job.spec;
+      if (!from) return { job };
+      const resumeFrom = resumePointOf(address, from, resumeStep);
+      const refusal = await resumeRefusal(store, resumeFrom);
+      if (refusal) throw new InvalidJobError("resumeFrom", `resumeFrom: ${refusal}`);
       return { job, resumeFrom };
     } catch (error) {
       if (!(error instanceof InvalidJobError || error instanceof SpecError)) throw error;

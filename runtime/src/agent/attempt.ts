@@ -1,4 +1,6 @@
 import { mkdir } from "node:fs/promises";
+import type { ResumePoint } from "../job/resume-point";
+import { restoresFile } from "../job/resume-point";
 import { join } from "node:path";
 import type { Envelope, Launcher, ProgressEvent } from "../job/contract";
 import { StopRequest } from "../job/contract";
@@ -32,8 +34,8 @@ export interface AttemptInput {
   readonly timing: AttemptTiming;
   readonly message: ReceivedJob & { address: JobAddress };
   readonly job: AdmittedJob;
-  /** The submitter's earlier job whose checkpoints it starts from, when it names one. */
-  readonly resumeFrom?: JobAddress;
+  /** The submitter's earlier job (and maybe step) whose checkpoints it starts from, when it names one. */
+  readonly resumeFrom?: ResumePoint;
   readonly pricing: Pricing;
   /** Its place in the fair share, refreshed with each heartbeat. */
   readonly marker: RunningMarker;
@@ -77,7 +79,8 @@ export async function runAttempt(input: AttemptInput): Promise<AttemptResult> {
   await mkdir(checkpoints, { recursive: true });
   let restored = await store.downloadCheckpoints(address, checkpoints);
   // Its own checkpoints first: a resumed job that was since interrupted continues from where it got to.
-  if (restored === 0 && resumeFrom) restored = await store.downloadCheckpoints(resumeFrom, checkpoints);
+  if (restored === 0 && resumeFrom)
+    restored = await store.downloadCheckpoints(resumeFrom.from, checkpoints, restoresFile(resumeFrom));
   const previous = await store.getState(address);
   const attempt = (previous?.attempts ?? 0) + 1;
   const startedAt = new Date();

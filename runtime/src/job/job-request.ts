@@ -32,6 +32,8 @@ export const submittedSpecSchema = z.strictObject({
     .optional(),
   /** One of the submitter's own earlier jobs (a job id, never a path) whose checkpoints this job starts from. */
   resumeFrom: jobIdSchema.optional(),
+  /** With `resumeFrom`: only the checkpoint files of this step (as `crucible checkpoints` lists them). */
+  resumeStep: z.number().int().nonnegative().max(Number.MAX_SAFE_INTEGER).optional(),
   /** `false`: never stopped for higher-priority work, at the scheduling policy's price factor. */
   preemptible: z.boolean().optional(),
 });
@@ -60,7 +62,7 @@ export interface AdmittedJob {
  * Checks a stored spec against the queue it arrived on. Throws {@link InvalidJobError} naming the field
  * for anything a submitter may not choose: unknown fields (host paths, images), another job's id, a tier
  * or priority other than the queue's, a timeout past the tier's limit, an image family the tier's nodes
- * do not run, or a resume from the job itself.
+ * do not run, a resume from the job itself, or a resume step without the job to resume from.
  */
 export function admitJob(raw: unknown, arrival: Arrival): AdmittedJob {
   const spec = parseStrict(submittedSpecSchema, raw, "spec.json");
@@ -85,6 +87,11 @@ export function admitJob(raw: unknown, arrival: Arrival): AdmittedJob {
   if (refusal) throw new InvalidJobError("imageFamily", refusal);
   if (spec.resumeFrom === address.jobId)
     throw new InvalidJobError("resumeFrom", `resumeFrom must name an earlier job, not the job itself`);
+  if (spec.resumeStep !== undefined && spec.resumeFrom === undefined)
+    throw new InvalidJobError(
+      "resumeStep",
+      `resumeStep ${spec.resumeStep} needs resumeFrom, the earlier job whose checkpoint of that step to start from`,
+    );
   return { spec, tier, priority, timeoutSeconds };
 }
 

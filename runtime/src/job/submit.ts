@@ -6,6 +6,7 @@ import type { JobQueue } from "../queue/job-queue";
 import type { SubmittedSpecInput } from "./job-request";
 import { admitJob } from "./job-request";
 import { InvalidJobError } from "./job-spec";
+import { resumePointOf, resumeRefusal } from "./resume-point";
 import type { JobAddress, JobStore } from "../store/job-store";
 import { jobAddressSchema } from "../store/job-store";
 import { JobIndex, jobNameOf } from "../store/job-index";
@@ -45,10 +46,10 @@ export async function submitJob(
   }
   if (await store.getState(address))
     throw new SubmitError(`job ${address.jobId} already exists in ${address.project}/${address.user}`);
-  if (spec.resumeFrom && !(await store.hasCheckpoints({ ...address, jobId: spec.resumeFrom })))
-    throw new SubmitError(
-      `--resume-from ${spec.resumeFrom}: no job of yours (${address.project}/${address.user}) by that id has checkpoints`,
-    );
+  if (spec.resumeFrom) {
+    const refusal = await resumeRefusal(store, resumePointOf(address, spec.resumeFrom, spec.resumeStep));
+    if (refusal) throw new SubmitError(`--resume-from ${spec.resumeFrom}${atStep(spec)}: ${refusal}`);
+  }
   const scratch = await mkdtemp(join(tmpdir(), "crucible-submit-"));
   try {
     const zip = join(scratch, "code.zip");
@@ -96,6 +97,9 @@ export async function submitJob(
     await rm(scratch, { recursive: true, force: true });
   }
 }
+
+const atStep = (spec: SubmittedSpecInput): string =>
+  spec.resumeStep === undefined ? "" : `@${spec.resumeStep}`;
 
 function formatGiB(bytes: number): string {
   return (bytes / 2 ** 30).toFixed(2);

@@ -334,30 +334,30 @@ export class JobStore {
     return uploaded;
   }
 
-  /** Whether a job has any checkpoint stored: what `resumeFrom` needs. */
-  async hasCheckpoints(address: JobAddress): Promise<boolean> {
-    const page = await this.s3.send(
-      new ListObjectsV2Command({
-        Bucket: this.bucket,
-        Prefix: this.jobPrefix(address) + KEYS.checkpoints,
-        MaxKeys: 1,
-      }),
-    );
-    return (page.Contents ?? []).length > 0;
+  /** The names of a job's stored checkpoint files, relative to its `checkpoints/` (what resuming needs). */
+  async checkpointNames(address: JobAddress): Promise<string[]> {
+    const prefix = this.jobPrefix(address) + KEYS.checkpoints;
+    return (await this.keys(prefix)).map((key) => key.slice(prefix.length));
   }
 
   /**
    * Restores a job's checkpoints into `dir`; returns how many files came back. Never writes through a
    * link: parents are created one at a time and must be real directories, each file is streamed into a
    * new temporary name (`O_EXCL|O_NOFOLLOW`) checked to be inside `dir`, then renamed over the target
-   * (which replaces a planted link instead of following it).
+   * (which replaces a planted link instead of following it). With `only`, just the files whose names
+   * (relative to `checkpoints/`) it accepts.
    */
-  async downloadCheckpoints(address: JobAddress, dir: string): Promise<number> {
+  async downloadCheckpoints(
+    address: JobAddress,
+    dir: string,
+    only: (name: string) => boolean = () => true,
+  ): Promise<number> {
     const prefix = this.jobPrefix(address) + KEYS.checkpoints;
     const root = await realDirectory(dir);
     if (!root) throw new Error(`cannot restore checkpoints into ${dir}: not a directory`);
     let count = 0;
     for (const key of await this.keys(prefix)) {
+      if (!only(key.slice(prefix.length))) continue;
       const parts = key.slice(prefix.length).split("/");
       if (parts.some((p) => p === "" || p === "." || p === ".." || p.includes("\0"))) continue;
       const parent = await makeDirectories(root, parts.slice(0, -1));

@@ -189,7 +189,7 @@ describe("a hostile submitter on the local platform", () => {
       .toBe(true);
     const byId = await refused(await forge({ resumeFrom: bobJob.jobId }));
     expect(byId.error?.message).toBe(
-      `resumeFrom names job ${bobJob.jobId}, which has no checkpoints in ${PROJECT}/alice`,
+      `resumeFrom: job ${bobJob.jobId} has no checkpoints in ${PROJECT}/alice`,
     );
   });
 

@@ -128,7 +128,11 @@ describe("crucible submit refuses what a platform job may not ask for, before it
     ],
     [
       ["--resume-from", "bob/job-1"],
-      'crucible: --resume-from must be the id of one of your own jobs, got "bob/job-1" (jobs of other users cannot be resumed from)',
+      'crucible: --resume-from must be the id of one of your own jobs, optionally with @STEP, got "bob/job-1" (jobs of other users cannot be resumed from)',
+    ],
+    [
+      ["--resume-from", "job-1@latest"],
+      'crucible: --resume-from job-1@latest: the step after "@" must be a whole number such as job-1@1200, got "latest"',
     ],
   ])("%j", async (flags, message) => {
     const { code, stderr } = await crucible(

@@ -73,6 +73,12 @@ describe("admitJob: spec.json against the queue it arrived on", () => {
       /^resumeFrom must be 3-63 lowercase letters/,
     ],
     [{ jobId: "job-1", resumeFrom: "job-1" }, "resumeFrom", /^resumeFrom must name an earlier job/],
+    [
+      { jobId: "job-1", resumeStep: 1200 },
+      "resumeStep",
+      /^resumeStep 1200 needs resumeFrom, the earlier job whose checkpoint of that step to start from$/,
+    ],
+    [{ jobId: "job-1", resumeFrom: "job-0", resumeStep: -1 }, "resumeStep", /^resumeStep/],
     [[1, 2], "spec", /^spec.json must be a JSON object/],
   ])("refuses %j naming %s", (raw, field, message) => {
     const { field: named, message: text } = refusal(raw);

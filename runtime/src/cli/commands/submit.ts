@@ -5,7 +5,7 @@ import type { Envelope } from "../../job/contract";
 import type { ImageFamily, JobImageFamily } from "../../catalog/image-matrix";
 import { JOB_IMAGE_FAMILIES } from "../../catalog/image-matrix";
 import type { JobSpecInput } from "../../job/contract";
-import { jobIdSchema } from "../../job/contract";
+import { parseResumeFlag } from "../../job/resume-point";
 import { attemptCost } from "../../cost/ledger";
 import type { JobAddress } from "../../store/job-store";
 import type { JobStore } from "../../store/job-store";
@@ -54,7 +54,10 @@ export function submitOptions(command: Command): Command {
     )
     .option("--timeout <seconds>", "stop the job after this many seconds", positiveSeconds)
     .option("--env <K=V>", "set an environment variable for the job (repeatable)", collectEnv, {})
-    .option("--resume-from <job>", "start from the latest checkpoints of another of your jobs (its id)")
+    .option(
+      "--resume-from <job[@step]>",
+      "start from the checkpoints of another of your jobs: its latest, or those of one step (JOB@1200)",
+    )
     .option("--priority <class>", `priority class: ${PRIORITIES.join(", ")} (default: ${DEFAULT_PRIORITY})`)
     .option(
       "--no-preempt",
@@ -74,14 +77,11 @@ export async function submitFrom(platform: Platform, path: string, flags: Submit
     throw new UsageError(
       `--image-family must be one of ${JOB_IMAGE_FAMILIES.join(", ")}, got "${flags.imageFamily}" (a platform job runs only the node's pinned images)`,
     );
-  if (flags.resumeFrom !== undefined && !jobIdSchema.safeParse(flags.resumeFrom).success)
-    throw new UsageError(
-      `--resume-from must be the id of one of your own jobs, got "${flags.resumeFrom}" (jobs of other users cannot be resumed from)`,
-    );
+  const resume = flags.resumeFrom === undefined ? undefined : resumeFlag(flags.resumeFrom);
   const spec = await jobSpecFromFlags(path, { ...flags, json: true });
   const target = address(ownerOf(flags), newJobId());
   try {
-    return await submitAs(platform, path, target, spec, flags, priority as Priority);
+    return await submitAs(platform, path, target, spec, { ...flags, resume }, priority as Priority);
   } catch (error) {
     if ((error as { name?: string }).name !== "AccessDenied") throw error;
     throw new SubmitError(
@@ -97,7 +97,7 @@ async function submitAs(
   path: string,
   target: JobAddress,
   spec: JobSpecInput,
-  flags: SubmitFlags,
+  flags: SubmitFlags & { readonly resume: ReturnType<typeof parseResumeFlag> | undefined },
   priority: Priority,
 ): Promise<JobAddress> {
   const { tier } = spec;
@@ -111,7 +111,8 @@ async function submitAs(
       env: spec.env ?? {},
       ...(spec.timeoutSeconds !== undefined && { timeoutSeconds: spec.timeoutSeconds }),
       ...(flags.imageFamily && { imageFamily: flags.imageFamily as ImageFamily & JobImageFamily }),
-      ...(flags.resumeFrom && { resumeFrom: flags.resumeFrom }),
+      ...(flags.resume && { resumeFrom: flags.resume.jobId }),
+      ...(flags.resume?.step !== undefined && { resumeStep: flags.resume.step }),
       ...(flags.preempt === false && { preemptible: false }),
     },
     quotaGiB: agentEnvFromProcess().quotaGiB ?? DEFAULT_QUOTA_GIB_PER_PROJECT,
@@ -163,4 +164,12 @@ export function registerSubmit(program: Command): void {
       else process.stdout.write(`${queued.jobId}\n`);
     },
   );
+}
+
+function resumeFlag(text: string): ReturnType<typeof parseResumeFlag> {
+  try {
+    return parseResumeFlag(text);
+  } catch (error) {
+    throw new UsageError((error as Error).message);
+  }
 }
