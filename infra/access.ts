@@ -1,6 +1,12 @@
 import * as aws from "@pulumi/aws";
 import * as pulumi from "@pulumi/pulumi";
-import { LEDGER_PREFIX, type TierName, type Priority } from "@crucible/runtime/catalog";
+import {
+  DATASETS_PRECACHED_PREFIX,
+  LEDGER_PREFIX,
+  userDatasetsPrefix,
+  type TierName,
+  type Priority,
+} from "@crucible/runtime/catalog";
 import type { PolicyDocument, PolicyStatement } from "./policy-document";
 import { componentTags } from "./providers";
 
@@ -18,12 +24,17 @@ export interface SubmitterProject {
   readonly priorities: readonly Priority[];
 }
 
-/** Where submitters write: the workspaces bucket, its prefix and key, and the queues by tier and class. */
+/**
+ * Where submitters write: the workspaces bucket, its prefix, the datasets bucket, their key, and the
+ * queues by tier and class.
+ */
 export interface SubmitterScope {
   readonly bucketArn: pulumi.Input<string>;
   /** `workspaces/`, the prefix of every job's files. */
   readonly prefix: pulumi.Input<string>;
-  /** The bucket's KMS key; undefined with SSE-S3. */
+  /** The datasets bucket: each user's own versions under `users/<project>/<user>/`, `precached/` to read. */
+  readonly datasetsBucketArn: pulumi.Input<string>;
+  /** The buckets' KMS key (one for both); undefined with SSE-S3. */
   readonly kmsKeyArn?: pulumi.Input<string>;
   readonly regionName: pulumi.Input<string>;
   readonly queueArns: Readonly<Partial<Record<TierName, Readonly<Record<Priority, pulumi.Input<string>>>>>>;
@@ -118,8 +129,9 @@ export function submitterTrustPolicy(users: Readonly<Record<string, string>>): P
 
 /**
  * What a project's submitters may do: their own user's prefix (write a job, read its results, drop the
- * cancel marker), read its project's ledger partitions, and send to the project's tiers at its priority
- * classes. No write to the ledger, nothing of other users' prefixes or of the bucket's control objects.
+ * cancel marker), read its project's ledger partitions, push and read their own dataset versions and read
+ * the pre-cached sets, and send to the project's tiers at its priority classes. No write to the ledger,
+ * no delete of a dataset version, nothing of other users' prefixes or of the bucket's control objects.
  */
 export function submitterPolicy(
   project: string,
@@ -128,6 +140,9 @@ export function submitterPolicy(
 ): PolicyDocument {
   const own = pulumi.interpolate`${scope.prefix}${project}/\${aws:PrincipalTag/${USER_SESSION_TAG}}/*`;
   const ledger = `${LEDGER_PREFIX}????-??/${project}/*`;
+  const ownDatasets = `${userDatasetsPrefix(project, `\${aws:PrincipalTag/${USER_SESSION_TAG}}`)}*`;
+  const ownBlobs = `${userDatasetsPrefix(project, `\${aws:PrincipalTag/${USER_SESSION_TAG}}`)}blobs/*`;
+  const precached = `${DATASETS_PRECACHED_PREFIX}*`;
   const queues = access.tiers.flatMap((tier) => {
     const arns = scope.queueArns[tier];
     if (!arns) throw new Error(`project ${project} may submit to tier ${tier}, which has no queues`);
@@ -165,6 +180,35 @@ export function submitterPolicy(
       Condition: { StringLike: { "s3:prefix": [ledger] } },
     },
     {
+      // Versions are immutable (the runtime writes each manifest once, If-None-Match): no DeleteObject here.
+      Sid: "OwnDatasets",
+      Effect: "Allow",
+      Action: ["s3:GetObject", "s3:PutObject"],
+      Resource: pulumi.interpolate`${scope.datasetsBucketArn}/${ownDatasets}`,
+    },
+    {
+      // A file that changed while it was pushed went up under the hash it had when scanned: the push
+      // removes that blob, or the next push of the same content would find it and skip the upload.
+      Sid: "DropOwnChangedBlobs",
+      Effect: "Allow",
+      Action: "s3:DeleteObject",
+      Resource: pulumi.interpolate`${scope.datasetsBucketArn}/${ownBlobs}`,
+    },
+    {
+      // The platform's pre-cached sets, which agents publish: read-only.
+      Sid: "ReadPrecachedDatasets",
+      Effect: "Allow",
+      Action: "s3:GetObject",
+      Resource: pulumi.interpolate`${scope.datasetsBucketArn}/${precached}`,
+    },
+    {
+      Sid: "ListDatasets",
+      Effect: "Allow",
+      Action: "s3:ListBucket",
+      Resource: scope.datasetsBucketArn,
+      Condition: { StringLike: { "s3:prefix": [ownDatasets, precached] } },
+    },
+    {
       Sid: "SendJobs",
       Effect: "Allow",
       Action: ["sqs:SendMessage", "sqs:GetQueueUrl", "sqs:GetQueueAttributes"],
@@ -172,7 +216,8 @@ export function submitterPolicy(
     },
   ];
   if (scope.kmsKeyArn !== undefined) {
-    // SSE-KMS: writing a job needs GenerateDataKey, reading its results Decrypt; through S3 only.
+    // SSE-KMS: writing a job or a dataset needs GenerateDataKey, reading either Decrypt; through S3 only.
+    // Both buckets share this one key, so the statement covers the datasets bucket too.
     statements.push({
       Sid: "WorkspacesKey",
       Effect: "Allow",

@@ -106,7 +106,8 @@ const ciAccess = config.ci
   : undefined;
 
 // Researchers submit as themselves: each project's role, assumed with the user's name as session name and
-// tag, writes only that user's prefix and sends only to the project's queues; agents check the sender.
+// tag, writes only that user's prefixes (job files, dataset versions) and sends only to the project's
+// queues; agents check the sender.
 // After CI's smoke role, which a trust policy may name only once it exists.
 const submitters = new Submitters(
   "submitters",
@@ -114,6 +115,7 @@ const submitters = new Submitters(
     projects,
     bucketArn: workspaces.bucketArn,
     prefix: workspaces.workspacesPrefix,
+    datasetsBucketArn: workspaces.datasetsBucketArn,
     kmsKeyArn: workspaces.kmsKeyArn,
     queueArns: Object.fromEntries(
       enabledTiers.map((t) => [
@@ -152,6 +154,8 @@ const fleets = Object.fromEntries(
           bucketArn: workspaces.bucketArn,
           prefix: workspaces.workspacesPrefix,
           quotaGiB: workspaces.quotaGiBPerProject,
+          datasetsBucketName: workspaces.datasetsBucketName,
+          datasetsBucketArn: workspaces.datasetsBucketArn,
           kmsKeyArn: workspaces.kmsKeyArn,
         },
         agentImage: registry.imageRefs.agent!,
@@ -267,6 +271,8 @@ const kubernetesTarget = kubernetesEnabled
           bucketName: workspaces.bucketName,
           bucketArn: workspaces.bucketArn,
           prefix: workspaces.workspacesPrefix,
+          datasetsBucketName: workspaces.datasetsBucketName,
+          datasetsBucketArn: workspaces.datasetsBucketArn,
           kmsKeyArn: workspaces.kmsKeyArn,
         },
         heartbeatSeconds: config.fleet.heartbeatSeconds,

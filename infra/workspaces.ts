@@ -19,7 +19,8 @@ type Settings = WorkspacesArgs["settings"];
 /**
  * The workspaces bucket (job code, state, logs, outputs, checkpoints under `workspaces/`, expiring after
  * the retention; finance's copy of the cost ledger under `ledger/`, kept far longer for chargeback and
- * budgets) and the datasets bucket (pre-cached datasets; never expires), both locked down the same way.
+ * budgets) and the datasets bucket (researchers' dataset versions under `users/<project>/<user>/`, the
+ * platform's pre-cached sets under `precached/`; nothing there expires), both locked down the same way.
  */
 export class Workspaces extends pulumi.ComponentResource {
   public readonly bucketName: pulumi.Output<string>;
@@ -43,13 +44,19 @@ export class Workspaces extends pulumi.ComponentResource {
     const workspaces = lockedBucket(`${name}-workspaces`, { key, tags }, this);
     new aws.s3.BucketLifecycleConfiguration(
       `${name}-workspaces-lifecycle`,
-      { bucket: workspaces.id, rules: [...expiryRules(settings), ...housekeepingRules(settings)] },
+      {
+        bucket: workspaces.id,
+        rules: [...expiryRules(settings), noncurrentVersionsRule(settings), stalledUploadsRule(settings)],
+      },
       { parent: this },
     );
+    // Dataset versions are immutable and must never vanish: no rule expires an object or any version of
+    // one (a noncurrent version there is only ever an accident's, an overwrite or a delete, and stays to
+    // be restored). Only stalled uploads, which never became objects, go.
     const datasets = lockedBucket(`${name}-datasets`, { key, tags }, this);
     new aws.s3.BucketLifecycleConfiguration(
       `${name}-datasets-lifecycle`,
-      { bucket: datasets.id, rules: housekeepingRules(settings) },
+      { bucket: datasets.id, rules: [stalledUploadsRule(settings)] },
       { parent: this },
     );
 
@@ -209,21 +216,23 @@ function expiryRules(settings: Settings): aws.types.input.s3.BucketLifecycleConf
   return rules;
 }
 
-/** What every versioned bucket needs: old versions and leftover delete markers go, stalled uploads abort. */
-function housekeepingRules(settings: Settings): aws.types.input.s3.BucketLifecycleConfigurationRule[] {
-  return [
-    {
-      id: "expire-noncurrent-versions",
-      status: "Enabled",
-      filter: {},
-      noncurrentVersionExpiration: { noncurrentDays: settings.noncurrentVersionDays },
-      expiration: { expiredObjectDeleteMarker: true },
-    },
-    {
-      id: "abort-incomplete-multipart-uploads",
-      status: "Enabled",
-      filter: {},
-      abortIncompleteMultipartUpload: { daysAfterInitiation: settings.abortMultipartDays },
-    },
-  ];
+/** Old versions and leftover delete markers go: for a bucket whose objects are replaced and expire. */
+function noncurrentVersionsRule(settings: Settings): aws.types.input.s3.BucketLifecycleConfigurationRule {
+  return {
+    id: "expire-noncurrent-versions",
+    status: "Enabled",
+    filter: {},
+    noncurrentVersionExpiration: { noncurrentDays: settings.noncurrentVersionDays },
+    expiration: { expiredObjectDeleteMarker: true },
+  };
+}
+
+/** Stalled multipart uploads abort: their parts are billed and never become an object. Every bucket. */
+function stalledUploadsRule(settings: Settings): aws.types.input.s3.BucketLifecycleConfigurationRule {
+  return {
+    id: "abort-incomplete-multipart-uploads",
+    status: "Enabled",
+    filter: {},
+    abortIncompleteMultipartUpload: { daysAfterInitiation: settings.abortMultipartDays },
+  };
 }

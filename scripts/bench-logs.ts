@@ -47,12 +47,12 @@ interface Bench {
   counter: number;
 }
 
-/** Submits `code` as ada and resolves once its envelope is stored, calling `during` while it runs. */
+/** Submits `code` as ada; resolves with its address once its envelope is stored, calling `during` while it runs. */
 async function runJob(
   bench: Bench,
   code: string,
   during: (address: JobAddress, ended: () => boolean) => Promise<unknown> = () => Promise.resolve(),
-): Promise<void> {
+): Promise<JobAddress> {
   const jobId = `bench-logs-${process.pid}-${++bench.counter}`;
   const path = join(bench.root, `${jobId}.py`);
   await writeFile(path, code);
@@ -68,6 +68,7 @@ async function runJob(
   while (!(await bench.platform.store.getEnvelope(address))) await sleep(250);
   ended = true;
   await watching;
+  return address;
 }
 
 async function main(): Promise<void> {
@@ -96,8 +97,10 @@ async function main(): Promise<void> {
         `(goal: under 5000 ms); baseline, the agent's flush interval ${FLUSH_MS} ms: p95 ${(p95 / FLUSH_MS).toFixed(2)}×\n`,
     );
     const quiet = await rssGrowth(agent, () => runJob(bench, 'def main():\n    print("quiet")\n'));
-    const flood = await rssGrowth(agent, () =>
-      runJob(
+    let flooded: JobAddress | undefined;
+    const floodStarted = Date.now();
+    const flood = await rssGrowth(agent, async () => {
+      flooded = await runJob(
         bench,
         [
           "import sys",
@@ -107,7 +110,13 @@ async function main(): Promise<void> {
           "        sys.stdout.write(line)",
           "    sys.stdout.flush()",
         ].join("\n"),
-      ),
+      );
+    });
+    const floodSeconds = (Date.now() - floodStarted) / 1000;
+    const storedMiB = (await bench.platform.store.logSeries(flooded!).storedBytes()) / MiB;
+    process.stdout.write(
+      `flood: ran ${floodSeconds.toFixed(0)} s; its live log holds ${storedMiB.toFixed(1)} MiB ` +
+        `(${flags.floodMb} MB printed, as JSON lines)\n`,
     );
     process.stdout.write(
       `agent RSS growth: ${flags.floodMb} MB flood ${(flood / MiB).toFixed(1)} MiB, quiet job ${(quiet / MiB).toFixed(1)} MiB; ` +

@@ -220,7 +220,9 @@ const workspacesSchema = z.strictObject({
     3650,
     "at least two calendar months, so last month's report is always complete",
   ),
+  /** Days the workspaces bucket keeps noncurrent versions; the datasets bucket keeps every version. */
   noncurrentVersionDays: int(1, 365),
+  /** Days after which a stalled multipart upload is aborted, in both buckets. */
   abortMultipartDays: int(1, 30),
   /** Storage a project may use under its prefix, enforced by the runtime on upload. */
   quotaGiBPerProject: positive(),

@@ -92,6 +92,9 @@ export interface TierFleetArgs {
     readonly bucketArn: pulumi.Input<string>;
     readonly prefix: pulumi.Input<string>;
     readonly quotaGiB: pulumi.Input<number>;
+    /** The datasets bucket, where the agent fetches jobs' datasets and publishes the pre-cached sets. */
+    readonly datasetsBucketName: pulumi.Input<string>;
+    readonly datasetsBucketArn: pulumi.Input<string>;
     /** The buckets' KMS key, which nodes need to read and write objects; undefined with SSE-S3. */
     readonly kmsKeyArn?: pulumi.Input<string>;
   };
@@ -186,6 +189,7 @@ export class TierFleet extends pulumi.ComponentResource {
             queueArns: PRIORITIES.map((p) => args.queues[p].queueArn),
             bucketArn: args.workspaces.bucketArn,
             prefix: args.workspaces.prefix,
+            datasetsBucketArn: args.workspaces.datasetsBucketArn,
             kmsKeyArn: args.workspaces.kmsKeyArn,
             regionName: region.name,
             repositoryArns: args.repositoryArns,
@@ -247,40 +251,42 @@ export class TierFleet extends pulumi.ComponentResource {
             args.workspaces.quotaGiB,
             pulumi.output(args.jobImages),
             region.name,
-            pulumi.all([agentLog.name, agentSenders]),
+            pulumi.all([agentLog.name, agentSenders, args.workspaces.datasetsBucketName]),
           ])
-          .apply(([agentImage, urls, bucket, prefix, quota, images, regionName, [logGroup, senders]]) =>
-            Buffer.from(
-              userData({
-                tier,
-                gpu: catalog.gpu !== undefined,
-                agentImage,
-                jobImages: tierJobImages(catalog, images),
-                regionName,
-                logGroup,
-                groupName,
-                // The agent's environment (runtime/src/catalog/agent-env.ts), in the order nodes have always had it.
-                env: toAgentEnv({
+          .apply(
+            ([agentImage, urls, bucket, prefix, quota, images, regionName, [logGroup, senders, datasets]]) =>
+              Buffer.from(
+                userData({
                   tier,
-                  // The shape the CLI's CRUCIBLE_QUEUES has, with this tier's queues only.
-                  queues: { [tier]: urls },
-                  scheduling: args.scheduling,
-                  bucket,
-                  workspacesPrefix: prefix,
-                  quotaGiB: quota,
-                  // Checked by toAgentEnv: only the matrix's families, each an image reference.
-                  images,
-                  heartbeatSeconds: args.heartbeatSeconds,
-                  visibilityTimeoutSeconds: args.visibilityTimeoutSeconds,
-                  asgName: groupName,
-                  launchHook: `${groupName}-launch`,
-                  terminationHook: `${groupName}-terminate`,
-                  graceSeconds: grace,
-                  senders,
-                  region: regionName,
+                  gpu: catalog.gpu !== undefined,
+                  agentImage,
+                  jobImages: tierJobImages(catalog, images),
+                  regionName,
+                  logGroup,
+                  groupName,
+                  // The agent's environment (runtime/src/catalog/agent-env.ts), in the order nodes have always had it.
+                  env: toAgentEnv({
+                    tier,
+                    // The shape the CLI's CRUCIBLE_QUEUES has, with this tier's queues only.
+                    queues: { [tier]: urls },
+                    scheduling: args.scheduling,
+                    bucket,
+                    workspacesPrefix: prefix,
+                    datasetsBucket: datasets,
+                    quotaGiB: quota,
+                    // Checked by toAgentEnv: only the matrix's families, each an image reference.
+                    images,
+                    heartbeatSeconds: args.heartbeatSeconds,
+                    visibilityTimeoutSeconds: args.visibilityTimeoutSeconds,
+                    asgName: groupName,
+                    launchHook: `${groupName}-launch`,
+                    terminationHook: `${groupName}-terminate`,
+                    graceSeconds: grace,
+                    senders,
+                    region: regionName,
+                  }),
                 }),
-              }),
-            ).toString("base64"),
+              ).toString("base64"),
           ),
         tagSpecifications: ["instance", "volume"].map((resourceType) => ({
           resourceType,

@@ -1,5 +1,6 @@
 import * as pulumi from "@pulumi/pulumi";
 import {
+  DATASETS_PRECACHED_PREFIX,
   JOB_METRICS,
   SESSION_MANAGER_ACTIONS,
   LEDGER_PREFIX,
@@ -20,8 +21,8 @@ export const NODE_ASSUME_ROLE_POLICY = JSON.stringify({
 });
 
 /**
- * What a node may do: its tier's priority queues, its workspace prefix and the ledger (and the buckets' key,
- * through S3 only), pulls, its own group's hooks, its job metrics and its agent's log; on a spot group, spot
+ * What a node may do: its tier's priority queues, its workspace prefix, the ledger and the datasets (and the
+ * buckets' key, through S3 only), pulls, its own group's hooks, its job metrics and its agent's log; on a spot group, spot
  * prices for the ledger.
  */
 export function nodePolicy(
@@ -78,7 +79,9 @@ export interface AgentDataScope {
   readonly queueArns: readonly pulumi.Input<string>[];
   readonly bucketArn: pulumi.Input<string>;
   readonly prefix: pulumi.Input<string>;
-  /** The buckets' KMS key; undefined where they use S3-managed keys. */
+  /** The datasets bucket: the agent reads every job's datasets and publishes the pre-cached sets. */
+  readonly datasetsBucketArn: pulumi.Input<string>;
+  /** The buckets' KMS key (one for both); undefined where they use S3-managed keys. */
   readonly kmsKeyArn?: pulumi.Input<string>;
   /** The stack's region: the key is usable only through this region's S3. */
   readonly regionName: pulumi.Input<string>;
@@ -86,7 +89,8 @@ export interface AgentDataScope {
 
 /**
  * What an agent needs wherever it runs (a node, a Kubernetes pod): its tier's queues, its workspace prefix,
- * the ledger's month partitions (and the buckets' key, through S3 only) and the datasets.
+ * the ledger's month partitions, the datasets (every user's and the pre-cached sets, which it alone
+ * writes), and the buckets' key, through S3 only.
  */
 export function agentDataStatements(scope: AgentDataScope): PolicyStatement[] {
   return [
@@ -152,8 +156,29 @@ export function agentDataStatements(scope: AgentDataScope): PolicyStatement[] {
       Resource: scope.bucketArn,
       Condition: { StringEquals: { "s3:prefix": pauseMarkerKey(scope.tier) } },
     },
+    {
+      // Any job may name any user's dataset version or a pre-cached set: the agent fetches it for the job.
+      Sid: "ReadDatasets",
+      Effect: "Allow",
+      Action: "s3:GetObject",
+      Resource: pulumi.interpolate`${scope.datasetsBucketArn}/*`,
+    },
+    {
+      Sid: "ListDatasets",
+      Effect: "Allow",
+      Action: "s3:ListBucket",
+      Resource: scope.datasetsBucketArn,
+    },
+    {
+      // Agents publish the pre-cached sets their images hold; users' versions are written by their owners only.
+      Sid: "PublishPrecachedDatasets",
+      Effect: "Allow",
+      Action: "s3:PutObject",
+      Resource: pulumi.interpolate`${scope.datasetsBucketArn}/${DATASETS_PRECACHED_PREFIX}*`,
+    },
     // SSE-KMS objects: reading needs Decrypt, writing GenerateDataKey. The key policy leaves its use
-    // to IAM, so without this a node could neither fetch a job's code nor upload its result.
+    // to IAM, so without this a node could neither fetch a job's code nor upload its result. Both buckets
+    // share the key: this covers the datasets too.
     ...(scope.kmsKeyArn === undefined
       ? []
       : [

@@ -39,12 +39,15 @@ export const AGENT_RULES: k8s.types.input.rbac.v1.PolicyRule[] = [
   { apiGroups: [""], resources: ["configmaps"], verbs: ["create", "get", "list", "patch", "delete"] },
 ];
 
-/** The workspaces bucket as an agent reaches it. */
+/** The workspaces and datasets buckets as an agent reaches them. */
 export interface AgentWorkspaces {
   readonly bucketName: pulumi.Input<string>;
   readonly bucketArn: pulumi.Input<string>;
   readonly prefix: pulumi.Input<string>;
-  /** The buckets' KMS key; undefined with SSE-S3. */
+  /** The datasets bucket, where the agent fetches jobs' datasets and publishes the pre-cached sets. */
+  readonly datasetsBucketName: pulumi.Input<string>;
+  readonly datasetsBucketArn: pulumi.Input<string>;
+  /** The buckets' KMS key (one for both); undefined with SSE-S3. */
   readonly kmsKeyArn?: pulumi.Input<string>;
 }
 
@@ -163,6 +166,7 @@ function agentEnv(
     k8sNamespace: args.namespace,
     bucket: args.workspaces.bucketName,
     workspacesPrefix: args.workspaces.prefix,
+    datasetsBucket: args.workspaces.datasetsBucketName,
     queues: { [args.tier]: args.queueUrls },
     images: args.jobImages,
     heartbeatSeconds: args.heartbeatSeconds,

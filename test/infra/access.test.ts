@@ -150,10 +150,12 @@ describe.each(STACKS)("%s stack submitters", (stack) => {
     }
   });
 
-  it("confines each role to its user's own prefix, its project's queues and a read of its ledger", () => {
+  it("confines each role to its user's own prefixes, its project's queues, a read of its ledger and of the pre-cached datasets", () => {
     const bucketArn = plan.get(T.bucket, "workspaces-workspaces").state.arn as string;
+    const datasetsArn = plan.get(T.bucket, "workspaces-datasets").state.arn as string;
     for (const [project, access] of Object.entries(want.projects)) {
       const own = `workspaces/${project}/\${aws:PrincipalTag/crucible-user}/*`;
+      const ownDatasets = `users/${project}/\${aws:PrincipalTag/crucible-user}/*`;
       const policy = plan.get(T.rolePolicy, `submitters-${project}`);
       expect(policy.inputs.role).toBe(role(project).id);
       expect(doc(policy.inputs.policy)).toEqual({
@@ -186,6 +188,31 @@ describe.each(STACKS)("%s stack submitters", (stack) => {
             Condition: { StringLike: { "s3:prefix": [`ledger/????-??/${project}/*`] } },
           },
           {
+            Sid: "OwnDatasets",
+            Effect: "Allow",
+            Action: ["s3:GetObject", "s3:PutObject"],
+            Resource: `${datasetsArn}/${ownDatasets}`,
+          },
+          {
+            Sid: "DropOwnChangedBlobs",
+            Effect: "Allow",
+            Action: "s3:DeleteObject",
+            Resource: `${datasetsArn}/${ownDatasets.replace(/\*$/, "blobs/*")}`,
+          },
+          {
+            Sid: "ReadPrecachedDatasets",
+            Effect: "Allow",
+            Action: "s3:GetObject",
+            Resource: `${datasetsArn}/precached/*`,
+          },
+          {
+            Sid: "ListDatasets",
+            Effect: "Allow",
+            Action: "s3:ListBucket",
+            Resource: datasetsArn,
+            Condition: { StringLike: { "s3:prefix": [ownDatasets, "precached/*"] } },
+          },
+          {
             Sid: "SendJobs",
             Effect: "Allow",
             Action: ["sqs:SendMessage", "sqs:GetQueueUrl", "sqs:GetQueueAttributes"],
@@ -209,8 +236,43 @@ describe.each(STACKS)("%s stack submitters", (stack) => {
         doc(policy.inputs.policy).Statement as { Action: string | string[]; Resource: unknown }[]
       ).filter((st) => [st.Action].flat().some((a) => /Put|Delete/.test(a)));
       expect(JSON.stringify(writes)).not.toContain("ledger/");
+      // Dataset versions are immutable: deletes reach only the submitter's own blobs (a file that changed
+      // while it was pushed), never a manifest; nothing writes precached/.
+      const statements = doc(policy.inputs.policy).Statement as {
+        Action: string | string[];
+        Resource: unknown;
+      }[];
+      const onDatasets = statements.filter((st) => JSON.stringify(st.Resource).includes(datasetsArn));
+      const deletes = onDatasets.filter((st) => [st.Action].flat().some((a) => /Delete/.test(a)));
+      expect(deletes.map((st) => JSON.stringify(st.Resource))).toEqual([
+        expect.stringMatching(/\/users\/[^/]+\/\$\{aws:PrincipalTag\/crucible-user\}\/blobs\/\*"$/),
+      ]);
+      expect(JSON.stringify(writes)).not.toContain("precached/");
     }
   });
+
+  it(
+    want.kms
+      ? "uses one key for both buckets, so the key statement covers the datasets"
+      : "needs no key: both buckets use S3-managed keys",
+    () => {
+      const sse = plan.ofType(
+        "aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration",
+      );
+      const keyOf = (name: string) => {
+        const bucket = plan.get(T.bucket, name);
+        const [rule] = sse.find((c) => c.inputs.bucket === bucket.state.bucket)!.inputs.rules as {
+          applyServerSideEncryptionByDefault: { sseAlgorithm: string; kmsMasterKeyId?: string };
+        }[];
+        return rule!.applyServerSideEncryptionByDefault;
+      };
+      const key = plan.ofType(T.key).find((k) => k.name === "workspaces-key");
+      for (const name of ["workspaces-workspaces", "workspaces-datasets"])
+        expect(keyOf(name), name).toEqual(
+          want.kms ? { sseAlgorithm: "aws:kms", kmsMasterKeyId: key!.state.arn } : { sseAlgorithm: "AES256" },
+        );
+    },
+  );
 
   it("exports each project's role ARN", () => {
     expect(plan.outputs.access).toEqual({

@@ -348,7 +348,11 @@ describe.each(STACKS)("%s stack with the Kubernetes target", (stack) => {
       const [container, ...others] = pod.containers;
       expect(others).toEqual([]);
       const images = plan.outputs.imageRefs as Record<string, string>;
-      const storage = plan.outputs.storage as { bucketName: string; workspacesPrefix: string };
+      const storage = plan.outputs.storage as {
+        bucketName: string;
+        workspacesPrefix: string;
+        datasetsBucketName: string;
+      };
       expect(container!.image).toBe(images.agent);
       expect(container!.args).toEqual(["agent", "--tier", tier]);
       expect(container!.securityContext).toEqual({
@@ -371,6 +375,7 @@ describe.each(STACKS)("%s stack with the Kubernetes target", (stack) => {
         "CRUCIBLE_K8S_NAMESPACE",
         "CRUCIBLE_BUCKET",
         "CRUCIBLE_WORKSPACES_PREFIX",
+        "CRUCIBLE_DATASETS_BUCKET",
         "CRUCIBLE_QUEUES",
         "CRUCIBLE_IMAGES",
         "CRUCIBLE_HEARTBEAT_SECONDS",
@@ -387,6 +392,7 @@ describe.each(STACKS)("%s stack with the Kubernetes target", (stack) => {
         CRUCIBLE_K8S_NAMESPACE: namespace,
         CRUCIBLE_BUCKET: storage.bucketName,
         CRUCIBLE_WORKSPACES_PREFIX: storage.workspacesPrefix,
+        CRUCIBLE_DATASETS_BUCKET: storage.datasetsBucketName,
         CRUCIBLE_QUEUES: {
           [tier]: Object.fromEntries(PRIORITIES.map((p) => [p, queueOf(tier, p).state.url])),
         },
@@ -435,6 +441,9 @@ describe.each(STACKS)("%s stack with the Kubernetes target", (stack) => {
         "ListLedger",
         "BudgetPause",
         "ListBudgetPause",
+        "ReadDatasets",
+        "ListDatasets",
+        "PublishPrecachedDatasets",
         ...(file["crucible:workspaces"]?.includes('"encryption":"s3"') ? [] : ["WorkspacesKey"]),
         "JobMetrics",
       ]);
@@ -477,6 +486,18 @@ describe.each(STACKS)("%s stack with the Kubernetes target", (stack) => {
           Action: "s3:ListBucket",
           Resource: storage.bucketArn,
           Condition: { StringEquals: { "s3:prefix": `_control/paused/${tier}` } },
+        },
+      ]);
+      // The datasets as a node's agent has them: read all, publish only the pre-cached sets.
+      const datasetsArn = (plan.outputs.storage as { datasetsBucketArn: string }).datasetsBucketArn;
+      expect(policy.Statement.slice(8, 11)).toEqual([
+        { Sid: "ReadDatasets", Effect: "Allow", Action: "s3:GetObject", Resource: `${datasetsArn}/*` },
+        { Sid: "ListDatasets", Effect: "Allow", Action: "s3:ListBucket", Resource: datasetsArn },
+        {
+          Sid: "PublishPrecachedDatasets",
+          Effect: "Allow",
+          Action: "s3:PutObject",
+          Resource: `${datasetsArn}/precached/*`,
         },
       ]);
     });

@@ -15,6 +15,12 @@ const ABORT_MULTIPART_DAYS = 2;
 
 const BUCKETS = ["workspaces-workspaces", "workspaces-datasets"] as const;
 
+const abortStalledUploads = {
+  id: "abort-incomplete-multipart-uploads",
+  status: "Enabled",
+  filter: {},
+  abortIncompleteMultipartUpload: { daysAfterInitiation: ABORT_MULTIPART_DAYS },
+};
 const housekeeping = [
   {
     id: "expire-noncurrent-versions",
@@ -23,12 +29,7 @@ const housekeeping = [
     noncurrentVersionExpiration: { noncurrentDays: NONCURRENT_DAYS },
     expiration: { expiredObjectDeleteMarker: true },
   },
-  {
-    id: "abort-incomplete-multipart-uploads",
-    status: "Enabled",
-    filter: {},
-    abortIncompleteMultipartUpload: { daysAfterInitiation: ABORT_MULTIPART_DAYS },
-  },
+  abortStalledUploads,
 ];
 
 describe.each(STACKS)("%s stack workspaces", (stack) => {
@@ -164,12 +165,22 @@ describe.each(STACKS)("%s stack workspaces", (stack) => {
     expect("workspaces/p/u/jobs/j/ledger/1.json".startsWith(LEDGER_PREFIX)).toBe(false);
   });
 
-  it("datasets never expire; only old versions and stalled uploads go", () => {
+  it("datasets never expire, not even an old version; only stalled uploads go", () => {
     const rules = configOf(
       "aws:s3/bucketLifecycleConfiguration:BucketLifecycleConfiguration",
       "workspaces-datasets",
-    ).inputs.rules;
-    expect(rules).toEqual(housekeeping);
+    ).inputs.rules as Record<string, unknown>[];
+    expect(rules).toEqual([abortStalledUploads]);
+    // Versions are immutable: no rule may delete an object, a noncurrent version or a marker, or move one
+    // out of an agent's reach.
+    for (const rule of rules)
+      for (const key of [
+        "expiration",
+        "noncurrentVersionExpiration",
+        "transitions",
+        "noncurrentVersionTransitions",
+      ])
+        expect(rule[key], `${rule.id as string}.${key}`).toBeUndefined();
   });
 
   it("exports the buckets, the prefixes (job files, finance's ledger) and the quota the runtime enforces", () => {

@@ -11,6 +11,10 @@ import { CodeError } from "../job/code-source";
 import { InvalidJobError } from "../job/job-spec";
 import type { ResumePoint } from "../job/resume-point";
 import { resumePointOf, resumeRefusal } from "../job/resume-point";
+import type { ResolvedDataset } from "../store/dataset-store";
+import { DatasetCacheBusyError } from "./dataset-cache";
+import type { NodeDatasets } from "./job-datasets";
+import { acquireJobDatasets, resolveJobDatasets } from "./job-datasets";
 import type { JobAddress, JobState, RunningMarker } from "../store/job-store";
 import type { JobStore } from "../store/job-store";
 import { SpecError } from "../store/job-store";
@@ -46,6 +50,11 @@ export interface AgentOptions {
    * submitter of the project and user its address names, is refused unread and left for the dead-letter queue.
    */
   readonly senders: Senders;
+  /**
+   * The datasets bucket and this node's cache of it, for jobs that name datasets. Without it, such jobs
+   * are refused as `invalid_job`.
+   */
+  readonly datasets?: NodeDatasets;
   /** This node's name in job states and envelopes. Defaults to the host name. */
   readonly node?: string;
   /** Jobs run at once. Defaults to the tier's GPU count, or as many as the node's CPUs fit. */
@@ -150,12 +159,18 @@ interface RunningJob {
   readonly startedAt: number;
 }
 
-/** A job past the budget and fair-share gates, with its code staged in `scratch`. */
-interface ClaimedJob {
-  readonly message: ReceivedJob & { address: JobAddress };
+/** A job the agent may run, with what its spec names resolved. */
+interface Admitted {
   readonly job: AdmittedJob;
-  /** The submitter's earlier job whose checkpoints it starts from, when it names one. */
-  readonly resumeFrom?: ResumePoint;
+  /** The submitter's earlier job (and maybe step) whose checkpoints it starts from, when it names one. */
+  readonly resumeFrom?: ResumePoint | undefined;
+  /** The datasets it names, resolved and known to fit the node's cache. */
+  readonly datasets: readonly ResolvedDataset[];
+}
+
+/** A job past the budget and fair-share gates, with its code staged in `scratch`. */
+interface ClaimedJob extends Admitted {
+  readonly message: ReceivedJob & { address: JobAddress };
   readonly pricing: Pricing;
   /** Its place in the fair share, refreshed with each heartbeat. */
   readonly marker: RunningMarker;
@@ -197,9 +212,9 @@ export class Agent extends EventEmitter<AgentEvents> {
   /** Why the tier's budget is paused, while it is. */
   private pausedFor: string | undefined;
   private readonly settings: Required<
-    Omit<AgentOptions, "recordOutcome" | "recordSpend" | "ready" | "paused">
+    Omit<AgentOptions, "recordOutcome" | "recordSpend" | "ready" | "paused" | "datasets">
   > &
-    Pick<AgentOptions, "recordOutcome" | "recordSpend" | "ready" | "paused">;
+    Pick<AgentOptions, "recordOutcome" | "recordSpend" | "ready" | "paused" | "datasets">;
 
   constructor(options: AgentOptions) {
     super();
@@ -480,7 +495,7 @@ export class Agent extends EventEmitter<AgentEvents> {
     }
     const admitted = await this.admit(address, message, log);
     if (!admitted) return;
-    const { job, resumeFrom } = admitted;
+    const { job, resumeFrom, datasets } = admitted;
     const scratch = await mkdtemp(
       join(this.settings.scratchRoot, `${AGENT_SCRATCH_PREFIX}${address.jobId}-`),
     );
@@ -519,6 +534,7 @@ export class Agent extends EventEmitter<AgentEvents> {
           message: { ...message, address },
           job,
           resumeFrom,
+          datasets,
           pricing,
           marker,
           slot,
@@ -541,11 +557,7 @@ export class Agent extends EventEmitter<AgentEvents> {
    * ({@link admitJob}); a spec that cannot be admitted finishes the job as `invalid_job`, naming the field,
    * before anything runs or is charged. A missing spec is poison (its message goes to the dead-letter queue).
    */
-  private async admit(
-    address: JobAddress,
-    message: ReceivedJob,
-    log: Logger,
-  ): Promise<{ job: AdmittedJob; resumeFrom?: ResumePoint } | undefined> {
+  private async admit(address: JobAddress, message: ReceivedJob, log: Logger): Promise<Admitted | undefined> {
     const { store, tier, node } = this.settings;
     const arrival = { address, tier, priority: message.queue.priority };
     try {
@@ -560,11 +572,12 @@ export class Agent extends EventEmitter<AgentEvents> {
       }
       const job = admitJob(raw, arrival);
       const { resumeFrom: from, resumeStep } = job.spec;
-      if (!from) return { job };
-      const resumeFrom = resumePointOf(address, from, resumeStep);
-      const refusal = await resumeRefusal(store, resumeFrom);
+      // Within the submitter's own prefix by construction: the references are ids and names, never paths.
+      const resumeFrom = from === undefined ? undefined : resumePointOf(address, from, resumeStep);
+      const refusal = resumeFrom && (await resumeRefusal(store, resumeFrom));
       if (refusal) throw new InvalidJobError("resumeFrom", `resumeFrom: ${refusal}`);
-      return { job, resumeFrom };
+      const datasets = await resolveJobDatasets(this.settings.datasets, address, job.spec.datasets ?? []);
+      return { job, datasets, ...(resumeFrom && { resumeFrom }) };
     } catch (error) {
       if (!(error instanceof InvalidJobError || error instanceof SpecError)) throw error;
       const invalid = error instanceof InvalidJobError ? error : new InvalidJobError("spec", error.message);
@@ -607,18 +620,66 @@ export class Agent extends EventEmitter<AgentEvents> {
     const { scratch, message } = claimed;
     // Hidden for a heartbeat's worth before the workspace volume is made: that can take seconds.
     await message.queue.extend(message.receiptHandle, this.settings.visibilitySeconds);
-    const workspace = join(scratch, "workspace");
-    const { workspaceMiB } = this.settings;
-    const quota = workspaceMiB > 0 ? await createQuotaDir(workspace, workspaceMiB, undefined) : undefined;
+    const datasets = await this.acquireDatasets(claimed);
+    if (!datasets) return;
     try {
-      await this.runInWorkspace(claimed, workspace);
+      const workspace = join(scratch, "workspace");
+      const { workspaceMiB } = this.settings;
+      const quota = workspaceMiB > 0 ? await createQuotaDir(workspace, workspaceMiB, undefined) : undefined;
+      try {
+        await this.runInWorkspace(claimed, workspace, datasets.dirs);
+      } finally {
+        await quota?.release();
+      }
     } finally {
-      await quota?.release();
+      await datasets.release();
+    }
+  }
+
+  /**
+   * The job's datasets from the node cache, kept hidden on its queue while they download (a large set can
+   * take longer than the visibility timeout). A file that does not match its manifest finishes the job as
+   * `invalid_job`; a cache full of sets other jobs hold sends it back to its queue for later. Undefined
+   * when the job does not run here now.
+   */
+  private async acquireDatasets(
+    claimed: ClaimedJob,
+  ): Promise<{ readonly dirs: Record<string, string>; release(): Promise<void> } | undefined> {
+    const { message, log } = claimed;
+    const { address } = message;
+    const { datasets: node, heartbeatSeconds, visibilitySeconds, tier } = this.settings;
+    if (claimed.datasets.length === 0 || !node) return { dirs: {}, release: () => Promise.resolve() };
+    const keepHidden = every(
+      heartbeatSeconds,
+      () => message.queue.extend(message.receiptHandle, visibilitySeconds),
+      log,
+      "extending the message while its datasets download",
+    );
+    try {
+      return await acquireJobDatasets(node.cache, claimed.datasets);
+    } catch (error) {
+      if (error instanceof InvalidJobError) {
+        const envelope = invalidJobEnvelope({ jobId: address.jobId, tier }, error, this.settings.node, log);
+        await this.finish(address, message, envelope, log, `not run: ${error.message}`);
+        return undefined;
+      }
+      if (!(error instanceof DatasetCacheBusyError)) throw error;
+      const delaySeconds = this.settings.policy.fairShare.deferSeconds;
+      await message.queue.requeue(message, delaySeconds);
+      log.info({ delaySeconds, reason: error.message }, "the dataset cache is full of sets in use; deferred");
+      this.emit("deferred", address);
+      return undefined;
+    } finally {
+      clearInterval(keepHidden);
     }
   }
 
   /** Runs one attempt at the job in its workspace ({@link runAttempt}), then finishes it or hands it back. */
-  private async runInWorkspace(claimed: ClaimedJob, workspace: string): Promise<void> {
+  private async runInWorkspace(
+    claimed: ClaimedJob,
+    workspace: string,
+    datasetDirs: Readonly<Record<string, string>>,
+  ): Promise<void> {
     const { message, job, pricing, slot, log } = claimed;
     const { address } = message;
     const { store, node, launcher } = this.settings;
@@ -636,6 +697,7 @@ export class Agent extends EventEmitter<AgentEvents> {
       marker: claimed.marker,
       stop: slot.stop,
       workspace,
+      datasetDirs,
       codeZip: claimed.codeZip,
       logCapBytes: this.settings.logCapBytes,
       log,

@@ -43,6 +43,8 @@ export interface AttemptInput {
   readonly stop: AbortController;
   /** The job's `/workspace`, already made (and sized). */
   readonly workspace: string;
+  /** Its datasets' directories in the node cache, by name: mounted read-only at /datasets/NAME. */
+  readonly datasetDirs: Readonly<Record<string, string>>;
   readonly codeZip: string;
   /** Log bytes the job may store over all its attempts. */
   readonly logCapBytes: number;
@@ -118,7 +120,12 @@ export async function runAttempt(input: AttemptInput): Promise<AttemptResult> {
   try {
     await message.queue.extend(message.receiptHandle, input.timing.visibilitySeconds);
     envelope = await input.launcher.run(
-      launchInput(job, { jobId: address.jobId, codeZip: input.codeZip, workspaceDir: workspace }),
+      launchInput(job, {
+        jobId: address.jobId,
+        codeZip: input.codeZip,
+        workspaceDir: workspace,
+        ...(Object.keys(input.datasetDirs).length > 0 && { datasetDirs: input.datasetDirs }),
+      }),
       {
         signal: input.stop.signal,
         onLog: (stream, text) => telemetry.write(stream, text),

@@ -1,6 +1,7 @@
 import type { ProgressEvent } from "../job/contract";
 import { PROGRESS_PREFIX } from "../job/contract";
 import type { Logger } from "../logger";
+import type { OutputHold } from "../job/contract";
 import type { ChunkSeries } from "../store/chunk-series";
 import type { LogRecord } from "../store/job-log";
 import type { MetricRecord } from "../store/job-metrics";
@@ -8,9 +9,19 @@ import type { JobState } from "../store/job-store";
 import { describeBytes } from "../job/code-source";
 
 /** A flush starts as soon as this much is waiting, not only on the timer: big chunks, few requests. */
-const FLUSH_BYTES = 1024 * 1024;
+export const FLUSH_BYTES = 1024 * 1024;
+/**
+ * With this much waiting while a flush is under way, {@link JobTelemetry.write} asks its caller to hold
+ * the job's output back until the next flush takes it: a job printing faster than the store takes it is
+ * slowed down, not cut.
+ */
+export const HOLD_BYTES = 2 * FLUSH_BYTES;
 /** Output waiting for the store beyond this is dropped (and counted): the agent's memory stays bounded. */
 export const MAX_PENDING_BYTES = 8 * 1024 * 1024;
+/** The buffer pending lines are first encoded into; it grows with what is waiting. */
+const FIRST_BUFFER_BYTES = 16 * 1024;
+/** Room for {@link HOLD_BYTES} and the write that crosses it. */
+const HOLD_BUFFER_BYTES = HOLD_BYTES + 256 * 1024;
 /** Longer lines are stored in pieces of this many characters, each marked as continued. */
 const MAX_LINE_CHARS = 64 * 1024;
 /** Metric records kept per flush; a job reporting faster keeps the last one of the overflow. */
@@ -34,14 +45,72 @@ export interface TelemetryOptions {
 type Stream = LogRecord["s"];
 
 /**
+ * JSON lines waiting for the store, encoded into one buffer as they are taken: however many lines a job
+ * prints, none stays behind as an object of its own, and a flood reuses the same two buffers (the one
+ * filling, the one being shipped) instead of allocating its size over again.
+ */
+class PendingLines {
+  private buffer: Buffer = Buffer.allocUnsafe(FIRST_BUFFER_BYTES);
+  private used = 0;
+  /** Lines put back after a failed flush, in front of the buffer's. */
+  private front: Buffer | undefined;
+  /** The buffer the last body taken is a view of, while the store has it. */
+  private lent: Buffer | undefined;
+  private spare: Buffer | undefined;
+
+  get bytes(): number {
+    return (this.front?.length ?? 0) + this.used;
+  }
+
+  /** Appends `line` and its line break: `bytes` long, as `Buffer.byteLength(line) + 1` counts it. */
+  add(line: string, bytes: number): void {
+    if (this.buffer.length - this.used < bytes) {
+      // Doubling, but stopping first just past HOLD_BYTES (where a caller that holds back keeps it).
+      const limit = this.buffer.length < HOLD_BUFFER_BYTES ? HOLD_BUFFER_BYTES : MAX_PENDING_BYTES;
+      const grown = Buffer.allocUnsafe(Math.max(this.used + bytes, Math.min(2 * this.buffer.length, limit)));
+      this.buffer.copy(grown, 0, 0, this.used);
+      this.buffer = grown;
+    }
+    this.used += this.buffer.write(line, this.used, "utf8");
+    this.buffer[this.used++] = 0x0a;
+  }
+
+  /** Puts a body taken earlier back in front of what came since. */
+  prepend(body: Buffer): void {
+    this.front = this.front ? Buffer.concat([body, this.front]) : body;
+  }
+
+  /** Everything waiting, as one JSON-lines body; empty afterwards. Hand it back to {@link recycle}. */
+  take(): Buffer {
+    const lines = this.buffer.subarray(0, this.used);
+    const body = this.front ? Buffer.concat([this.front, lines]) : lines;
+    this.front = undefined;
+    this.lent = undefined;
+    if (body === lines && this.used > 0) {
+      this.lent = this.buffer;
+      this.buffer = this.spare ?? Buffer.allocUnsafe(FIRST_BUFFER_BYTES);
+      this.spare = undefined;
+    }
+    this.used = 0;
+    return body;
+  }
+
+  /** The store is done with a body from {@link take}: the memory under it takes the next lines. */
+  recycle(body: Buffer): void {
+    if (this.lent && body.buffer === this.lent.buffer) this.spare = this.lent;
+    this.lent = undefined;
+  }
+}
+
+/**
  * A running attempt's output and progress on their way to the store, while it runs: log lines and
  * metric records are buffered, and shipped as chunks every few seconds (or at once when a megabyte is
- * waiting), one flush at a time. Whatever the job prints, memory stays under {@link MAX_PENDING_BYTES}:
- * past it, and past the job's log cap, output is dropped and counted, and a marker line says how much.
+ * waiting), one flush at a time. A caller that can slow the job down is asked to, past
+ * {@link HOLD_BYTES}; whatever the job prints, memory stays under {@link MAX_PENDING_BYTES}: past it, and
+ * past the job's log cap, output is dropped and counted, and a marker line says how much.
  */
 export class JobTelemetry {
-  private pending: string[] = [];
-  private pendingBytes = 0;
+  private readonly pending = new PendingLines();
   private metricLines: string[] = [];
   private readonly partial: Record<Stream, string> = { stdout: "", stderr: "" };
   private accepted: number;
@@ -54,15 +123,24 @@ export class JobTelemetry {
   private latest: NonNullable<JobState["progress"]> | undefined;
   private latestShown: NonNullable<JobState["progress"]> | undefined;
   private flushing: Promise<void> = Promise.resolve();
+  /** A flush is queued that has not taken what is waiting yet: it will take whatever is by then. */
+  private shipQueued = false;
+  /** Released when the next flush takes what is waiting: what a held-back caller waits on. */
+  private hold: (OutputHold & { release: () => void }) | undefined;
   private closed = false;
 
   constructor(private readonly options: TelemetryOptions) {
     this.accepted = options.storedBytes;
   }
 
-  /** Text the job printed on `stream`: complete lines become records, the rest waits for its line break. */
-  write(stream: Stream, text: string): void {
-    if (this.closed) return;
+  /**
+   * Text the job printed on `stream`: complete lines become records, the rest waits for its line break.
+   * A hold back means the store is behind ({@link HOLD_BYTES} wait while a flush is under way): a caller
+   * that can should take no more of the job's output until it is released. One that writes anyway is
+   * still bounded, by {@link MAX_PENDING_BYTES}.
+   */
+  write(stream: Stream, text: string): OutputHold | undefined {
+    if (this.closed) return undefined;
     const pieces = (this.partial[stream] + text).split("\n");
     this.partial[stream] = pieces.pop()!;
     for (const line of pieces) this.line(stream, line, false);
@@ -70,7 +148,15 @@ export class JobTelemetry {
       this.line(stream, this.partial[stream].slice(0, MAX_LINE_CHARS), true);
       this.partial[stream] = this.partial[stream].slice(MAX_LINE_CHARS);
     }
-    if (this.pendingBytes >= FLUSH_BYTES) void this.flush();
+    if (this.pending.bytes < FLUSH_BYTES) return undefined;
+    void this.flush();
+    if (this.pending.bytes < HOLD_BYTES) return undefined;
+    if (!this.hold) {
+      let release!: () => void;
+      const released = new Promise<void>((resolve) => (release = resolve));
+      this.hold = { released, release };
+    }
+    return this.hold;
   }
 
   /**
@@ -111,6 +197,8 @@ export class JobTelemetry {
 
   /** Ships what is waiting; flushes run one after another, never side by side. */
   flush(): Promise<void> {
+    if (this.shipQueued) return this.flushing;
+    this.shipQueued = true;
     this.flushing = this.flushing.then(() => this.ship());
     return this.flushing;
   }
@@ -149,7 +237,7 @@ export class JobTelemetry {
       this.droppedOverCap += Buffer.byteLength(text);
       return;
     }
-    if (this.pendingBytes + bytes > MAX_PENDING_BYTES) {
+    if (this.pending.bytes + bytes > MAX_PENDING_BYTES) {
       this.droppedBacklog += Buffer.byteLength(text);
       return;
     }
@@ -180,26 +268,29 @@ export class JobTelemetry {
   }
 
   private enqueue(line: string, bytes: number): void {
-    this.pending.push(line);
-    this.pendingBytes += bytes;
+    this.pending.add(line, bytes);
     this.accepted += bytes;
   }
 
   private async ship(): Promise<void> {
     const { logs, metrics, attempt, log } = this.options;
-    const lines = this.pending;
+    this.shipQueued = false;
+    const body = this.pending.take();
     const metricLines = this.metricLines;
-    this.pending = [];
-    this.pendingBytes = 0;
     this.metricLines = [];
+    this.hold?.release();
+    this.hold = undefined;
     try {
-      if (lines.length > 0) await logs.put(attempt, this.logSeq++, lines);
+      if (body.length > 0) {
+        await logs.put(attempt, this.logSeq++, body);
+        this.pending.recycle(body);
+      }
     } catch (error) {
       log.warn(
-        { err: error, lines: lines.length },
+        { err: error, bytes: body.length },
         "shipping the job's log failed; retrying with the next flush",
       );
-      this.requeue(lines);
+      this.requeue(body);
     }
     try {
       if (metricLines.length > 0) await metrics.put(attempt, this.metricSeq++, metricLines);
@@ -217,18 +308,11 @@ export class JobTelemetry {
   }
 
   /** Lines whose upload failed go back in front, as far as the buffer allows; the rest are counted as dropped. */
-  private requeue(lines: string[]): void {
-    const kept: string[] = [];
-    let bytes = this.pendingBytes;
-    for (const line of lines) {
-      const size = Buffer.byteLength(line) + 1;
-      if (bytes + size > MAX_PENDING_BYTES) this.droppedBacklog += size;
-      else {
-        kept.push(line);
-        bytes += size;
-      }
-    }
-    this.pending = [...kept, ...this.pending];
-    this.pendingBytes = bytes;
+  private requeue(body: Buffer): void {
+    const room = MAX_PENDING_BYTES - this.pending.bytes;
+    // Whole lines only: up to the last line break that fits.
+    const end = body.length <= room ? body.length : room > 0 ? body.lastIndexOf(0x0a, room - 1) + 1 : 0;
+    this.droppedBacklog += body.length - end;
+    if (end > 0) this.pending.prepend(body.subarray(0, end));
   }
 }

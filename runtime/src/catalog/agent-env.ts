@@ -98,6 +98,8 @@ export const agentEnvSchema = z.strictObject({
   bucket: text.optional(),
   /** Where job files live in the bucket. Defaults to `workspaces/` (bucket-layout.ts). */
   workspacesPrefix: text.optional(),
+  /** The datasets bucket (stack output storage.datasetsBucketName): what jobs' `datasets` resolve in. */
+  datasetsBucket: text.optional(),
   /** S3 and SQS endpoint (the local platform); AWS's own by default. */
   endpoint: url.optional(),
   /** The AWS region of the clients. Defaults to us-east-1. */
@@ -152,6 +154,7 @@ export const AGENT_ENV_NAMES: { readonly [K in keyof AgentEnv]-?: string } = {
   launcher: "CRUCIBLE_LAUNCHER",
   bucket: "CRUCIBLE_BUCKET",
   workspacesPrefix: "CRUCIBLE_WORKSPACES_PREFIX",
+  datasetsBucket: "CRUCIBLE_DATASETS_BUCKET",
   endpoint: "CRUCIBLE_ENDPOINT",
   region: "AWS_REGION",
   queues: "CRUCIBLE_QUEUES",

@@ -31,3 +31,17 @@ export const PAUSE_MARKER_PREFIX = "_control/paused/";
 
 /** The pause marker of one tier. */
 export const pauseMarkerKey = (tier: string): string => `${PAUSE_MARKER_PREFIX}${tier}`;
+
+/**
+ * The datasets bucket (a bucket of its own, which never expires). A researcher's pushed versions live in
+ * their own prefix, `users/<project>/<user>/`, which only they (and agents, reading) reach: a manifest per
+ * version at `<name>/v<version>.json` and the files by content at `blobs/<sha256>`, so a file shared by
+ * several versions is stored once. The platform's pre-cached sets live the same way under `precached/`,
+ * written by agents (from what their images hold) and readable by every submitter.
+ */
+export const DATASETS_USERS_PREFIX = "users/";
+export const DATASETS_PRECACHED_PREFIX = "precached/";
+
+/** The prefix of one user's datasets in the datasets bucket. */
+export const userDatasetsPrefix = (project: string, user: string): string =>
+  `${DATASETS_USERS_PREFIX}${project}/${user}/`;

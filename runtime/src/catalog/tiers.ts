@@ -42,6 +42,12 @@ export interface Tier extends TierLimits {
   readonly sharedNodes: boolean;
   /** On-demand price of one running job, USD per hour. */
   readonly onDemandHourlyUsd: number;
+  /**
+   * Disk a node keeps for datasets its jobs name (agent/dataset-cache.ts), least recently used evicted
+   * first; a dataset larger than this is refused at admission. Sized beside the node's root volume
+   * (infra/config/environments.ts) with the jobs' workspaces and the images.
+   */
+  readonly datasetCacheGiB: number;
   /** Upper bounds for stack overrides of the limits. */
   readonly ceilings: Pick<TierLimits, "maxRuntimeSeconds" | "memoryMiB" | "vcpus">;
 }
@@ -79,6 +85,7 @@ export const TIERS: Readonly<Record<TierName, Tier>> = {
     maxFileSizeMiB: 256,
     openFiles: 1024,
     workspaceMiB: 1024,
+    datasetCacheGiB: 4,
     instanceTypes: SHARED_CPU_NODES,
     allowedInstanceTypes: [...SHARED_CPU_NODES, ...LARGE_NODES, "c6i.large"],
     sharedNodes: true,
@@ -95,6 +102,7 @@ export const TIERS: Readonly<Record<TierName, Tier>> = {
     maxFileSizeMiB: 4096,
     openFiles: 4096,
     workspaceMiB: 10 * 1024,
+    datasetCacheGiB: 8,
     instanceTypes: SHARED_CPU_NODES,
     allowedInstanceTypes: [...SHARED_CPU_NODES, ...LARGE_NODES],
     sharedNodes: true,
@@ -113,6 +121,7 @@ export const TIERS: Readonly<Record<TierName, Tier>> = {
     maxFileSizeMiB: 16 * 1024,
     openFiles: 65536,
     workspaceMiB: 50 * 1024,
+    datasetCacheGiB: 40,
     instanceTypes: ["g4dn.xlarge"],
     allowedInstanceTypes: ["g4dn.xlarge", "g4dn.2xlarge", "g5.xlarge", "g6.xlarge"],
     sharedNodes: false,
@@ -131,6 +140,7 @@ export const TIERS: Readonly<Record<TierName, Tier>> = {
     maxFileSizeMiB: 32 * 1024,
     openFiles: 65536,
     workspaceMiB: 80 * 1024,
+    datasetCacheGiB: 40,
     instanceTypes: ["g4dn.2xlarge"],
     allowedInstanceTypes: ["g4dn.2xlarge", "g4dn.4xlarge", "g5.2xlarge", "g6.2xlarge"],
     sharedNodes: false,
@@ -149,6 +159,7 @@ export const TIERS: Readonly<Record<TierName, Tier>> = {
     maxFileSizeMiB: 64 * 1024,
     openFiles: 65536,
     workspaceMiB: 100 * 1024,
+    datasetCacheGiB: 50,
     instanceTypes: ["g5.2xlarge"],
     allowedInstanceTypes: ["g5.2xlarge", "g5.4xlarge", "g6.2xlarge", "g6.4xlarge"],
     sharedNodes: false,

@@ -1,4 +1,5 @@
 import { z } from "zod";
+import { datasetNameSchema } from "../catalog/datasets";
 import type { ImageFamily } from "../catalog/image-matrix";
 import { JOB_IMAGE_FAMILIES } from "../catalog/image-matrix";
 import type { Logger } from "../logger";
@@ -83,8 +84,13 @@ export const jobSpecSchema = z.strictObject({
   env: jobEnvSchema.default({}),
   /** Host directory mounted at /workspace: checkpoints, outputs. Defaults to a fresh temporary one. */
   workspaceDir: z.string().min(1).optional(),
-  /** Host directory mounted read-only at /datasets. */
+  /** Host directory mounted read-only at /datasets (`crucible run --datasets DIR`). */
   datasetsDir: z.string().min(1).optional(),
+  /**
+   * Dataset name → host directory mounted read-only at /datasets/<name>: a platform job's datasets, from
+   * the agent's node cache (agent/dataset-cache.ts). Not with `datasetsDir`, which takes all of /datasets.
+   */
+  datasetDirs: z.record(datasetNameSchema, z.string().min(1)).optional(),
   /** Which of the tier's queues the job waits in. Defaults to normal. */
   priority: z.enum(PRIORITIES, { error: `must be one of ${PRIORITIES.join(", ")}` }).optional(),
   /** `false`: never stopped for higher-priority work, at the scheduling policy's price factor. */
@@ -144,7 +150,17 @@ export interface LaunchOptions {
   /** Aborting it stops the job; its reason should be a {@link StopRequest} (default: cancelled). */
   readonly signal?: AbortSignal;
   readonly onProgress?: (event: ProgressEvent) => void;
-  readonly onLog?: (stream: "stdout" | "stderr", text: string) => void;
+  /**
+   * Each chunk of the job's output as it arrives. Returning an {@link OutputHold} says the consumer is
+   * behind: the launcher stops reading the job's output until it is released, so the job blocks on its
+   * full pipe instead of the runtime buffering (or dropping) what it prints.
+   */
+  readonly onLog?: (stream: "stdout" | "stderr", text: string) => OutputHold | undefined | void;
+}
+
+/** A consumer of a job's output asking the launcher to pause reading until `released` settles. */
+export interface OutputHold {
+  readonly released: Promise<void>;
 }
 
 /** Runs one job to completion in a sandbox. Docker today, Kubernetes later: the agent and CLI see only this. */

@@ -1,4 +1,5 @@
 import { z } from "zod";
+import { datasetRefSchema } from "../catalog/datasets";
 import type { Envelope, JobSpecInput } from "./contract";
 import { jobEnvSchema, jobIdSchema } from "./contract";
 import type { JobImageFamily } from "../catalog/image-matrix";
@@ -9,6 +10,9 @@ import type { Priority } from "../catalog/scheduling";
 import { PRIORITIES } from "../catalog/scheduling";
 import type { TierName } from "../catalog/tiers";
 import { getTier, TIER_NAMES } from "../catalog/tiers";
+
+/** Datasets one job may name: each is a mount, and a node caches a few at most. */
+export const MAX_JOB_DATASETS = 16;
 
 /**
  * `spec.json`: what a submitter chooses for a platform job, and nothing else. It sits in the submitter's
@@ -36,6 +40,14 @@ export const submittedSpecSchema = z.strictObject({
   resumeStep: z.number().int().nonnegative().max(Number.MAX_SAFE_INTEGER).optional(),
   /** `false`: never stopped for higher-priority work, at the scheduling policy's price factor. */
   preemptible: z.boolean().optional(),
+  /**
+   * Datasets the job reads, each `NAME@VERSION` of the submitter's own or the platform's pre-cached sets,
+   * mounted read-only at /datasets/NAME. Resolved by the agent against the submitter's own prefix.
+   */
+  datasets: z
+    .array(datasetRefSchema)
+    .max(MAX_JOB_DATASETS, { error: `at most ${MAX_JOB_DATASETS} datasets per job` })
+    .optional(),
 });
 export type SubmittedSpec = z.output<typeof submittedSpecSchema>;
 export type SubmittedSpecInput = z.input<typeof submittedSpecSchema>;
@@ -87,6 +99,13 @@ export function admitJob(raw: unknown, arrival: Arrival): AdmittedJob {
   if (refusal) throw new InvalidJobError("imageFamily", refusal);
   if (spec.resumeFrom === address.jobId)
     throw new InvalidJobError("resumeFrom", `resumeFrom must name an earlier job, not the job itself`);
+  const names = (spec.datasets ?? []).map((d) => d.name);
+  const twice = names.find((name, i) => names.indexOf(name) !== i);
+  if (twice)
+    throw new InvalidJobError(
+      "datasets",
+      `datasets names ${twice} twice; a job mounts one version of a dataset at /datasets/${twice}`,
+    );
   if (spec.resumeStep !== undefined && spec.resumeFrom === undefined)
     throw new InvalidJobError(
       "resumeStep",
@@ -102,7 +121,13 @@ export function admitJob(raw: unknown, arrival: Arrival): AdmittedJob {
  */
 export function launchInput(
   job: AdmittedJob,
-  staged: { readonly jobId: string; readonly codeZip: string; readonly workspaceDir: string },
+  staged: {
+    readonly jobId: string;
+    readonly codeZip: string;
+    readonly workspaceDir: string;
+    /** Each dataset's directory in the node cache, by name. */
+    readonly datasetDirs?: Readonly<Record<string, string>>;
+  },
 ): JobSpecInput {
   const { env, imageFamily } = job.spec;
   return {
@@ -113,6 +138,7 @@ export function launchInput(
     env,
     timeoutSeconds: job.timeoutSeconds,
     ...(imageFamily && { imageFamily: imageFamily satisfies JobImageFamily }),
+    ...(staged.datasetDirs && { datasetDirs: { ...staged.datasetDirs } }),
   };
 }
 

@@ -78,6 +78,11 @@ export function checkJobSpec(
   tierOverrides?: PrepareOptions["tierOverrides"],
 ): CheckedJobSpec {
   const spec = parseJobSpec(input);
+  if (spec.datasetsDir && spec.datasetDirs)
+    throw new InvalidJobError(
+      "datasetDirs",
+      "datasetDirs mounts datasets at /datasets/<name>, and datasetsDir takes all of /datasets: give one of them",
+    );
   const { tier, capped } = effectiveTier(spec.tier, tierOverrides?.[spec.tier]);
   return { spec, tier, capped, timeoutSeconds: jobTimeout(tier, spec.timeoutSeconds) };
 }
@@ -114,6 +119,8 @@ export interface PreparedJob {
   readonly outputDir: string;
   readonly workspaceDir: string;
   readonly datasetsDir?: string;
+  /** Dataset name → its host directory, resolved (contract.ts `datasetDirs`). */
+  readonly datasetDirs?: Readonly<Record<string, string>>;
 }
 
 export interface PrepareOptions {
@@ -152,6 +159,7 @@ export async function prepareJob(input: JobSpecInput, options: PrepareOptions): 
   const family = spec.imageFamily ?? jobImageFamily(tier, { torch: detection?.needs.torch ?? false });
   const image = spec.image ?? options.images?.[family] ?? imageRef(family);
   const datasetsDir = spec.datasetsDir && (await existingDirectory("datasetsDir", spec.datasetsDir));
+  const datasetDirs = spec.datasetDirs && (await existingDirectories("datasetDirs", spec.datasetDirs));
   const workspace = spec.workspaceDir && resolve(spec.workspaceDir);
   if (workspace) await ensureWorkspace(workspace);
 
@@ -182,6 +190,7 @@ export async function prepareJob(input: JobSpecInput, options: PrepareOptions): 
       outputDir,
       workspaceDir,
       ...(datasetsDir && { datasetsDir }),
+      ...(datasetDirs && { datasetDirs }),
     };
   } catch (error) {
     await disposeJob({ scratchDir });
@@ -214,6 +223,16 @@ async function existingDirectory(field: string, path: string): Promise<string> {
   if (!info?.isDirectory())
     throw new InvalidJobError(field, `${field} must be an existing directory, got ${path}`);
   return absolute;
+}
+
+async function existingDirectories(
+  field: string,
+  paths: Readonly<Record<string, string>>,
+): Promise<Record<string, string>> {
+  const entries = Object.entries(paths).map(
+    async ([name, path]) => [name, await existingDirectory(`${field}.${name}`, path)] as const,
+  );
+  return Object.fromEntries(await Promise.all(entries));
 }
 
 async function ensureWorkspace(path: string): Promise<void> {

@@ -1,5 +1,5 @@
 import { StringDecoder } from "node:string_decoder";
-import type { Envelope, ProgressEvent } from "../job/contract";
+import type { Envelope, OutputHold, ProgressEvent } from "../job/contract";
 import { PROGRESS_PREFIX } from "../job/contract";
 
 /** Bytes of each stream an envelope keeps by default: the end of the output, where errors are. */
@@ -57,7 +57,14 @@ export class LineScanner {
   private partialBytes = 0;
   private overflow = false;
 
-  constructor(private readonly onLine: (line: string) => void) {}
+  /**
+   * @param wanted Which lines are decoded and handed to `onLine`, judged on their bytes (all by default):
+   *   a flood of lines no one reads costs no strings.
+   */
+  constructor(
+    private readonly onLine: (line: string) => void,
+    private readonly wanted: (line: Buffer) => boolean = () => true,
+  ) {}
 
   push(chunk: Buffer): void {
     let start = 0;
@@ -92,7 +99,8 @@ export class LineScanner {
 
   private flush(): void {
     if (!this.overflow && this.partialBytes > 0) {
-      this.onLine(Buffer.concat(this.partial).toString("utf8"));
+      const line = this.partial.length === 1 ? this.partial[0]! : Buffer.concat(this.partial);
+      if (this.wanted(line)) this.onLine(line.toString("utf8"));
     }
     this.partial = [];
     this.partialBytes = 0;
@@ -173,11 +181,26 @@ function isCount(value: unknown): value is number {
   return typeof value === "number" && Number.isFinite(value) && value >= 0;
 }
 
+const PROTOCOL_BYTES = Buffer.from(PROGRESS_PREFIX);
+
+/** Whether {@link parseProgress} could find anything in a line: the protocol, or at least one digit. */
+export function mayBeProgress(line: Buffer): boolean {
+  if (line.subarray(0, PROTOCOL_BYTES.length).equals(PROTOCOL_BYTES)) return true;
+  for (let i = 0; i < line.length; i++) if (line[i]! >= 0x30 && line[i]! <= 0x39) return true;
+  return false;
+}
+
+/** Whether a consumer's answer is a {@link OutputHold} (contract.ts): take no more output until it is released. */
+export function isOutputHold(value: unknown): value is OutputHold {
+  return typeof value === "object" && value !== null && (value as OutputHold).released instanceof Promise;
+}
+
 export interface JobOutputOptions {
   readonly jobId: string;
   /** Bytes kept of each stream. Defaults to {@link DEFAULT_TAIL_BYTES}. */
   readonly tailBytes?: number;
-  readonly onLog?: (stream: StreamName, text: string) => void;
+  /** The text as it comes; an {@link OutputHold} it returns is handed back by {@link JobOutput.write}. */
+  readonly onLog?: (stream: StreamName, text: string) => unknown;
   readonly onProgress?: (event: ProgressEvent) => void;
 }
 
@@ -198,13 +221,17 @@ export class JobOutput {
     this.decoders = { stdout: new StringDecoder("utf8"), stderr: new StringDecoder("utf8") };
   }
 
-  write(stream: StreamName, chunk: Buffer): void {
+  /**
+   * Takes a chunk of `stream`. A hold back means {@link JobOutputOptions.onLog} is behind: a caller that
+   * can hold the job's output back should take no more until it is released.
+   */
+  write(stream: StreamName, chunk: Buffer): OutputHold | undefined {
     this.tails[stream].push(chunk);
     this.scanners[stream].push(chunk);
-    if (this.options.onLog) {
-      const text = this.decoders[stream].write(chunk);
-      if (text) this.options.onLog(stream, text);
-    }
+    if (!this.options.onLog) return undefined;
+    const text = this.decoders[stream].write(chunk);
+    const hold: unknown = text ? this.options.onLog(stream, text) : undefined;
+    return isOutputHold(hold) ? hold : undefined;
   }
 
   /** Flushes what is left of unterminated lines; call once the streams have ended. */
@@ -235,6 +262,6 @@ export class JobOutput {
       if (!event) return;
       if (event.source === "protocol") this.protocolMetrics = { ...this.protocolMetrics, ...event.metrics };
       this.options.onProgress?.(event);
-    });
+    }, mayBeProgress);
   }
 }

@@ -1,6 +1,20 @@
 import { execFile } from "node:child_process";
-import { chmod, chown, mkdir, readdir, readFile, rm, rmdir, statfs } from "node:fs/promises";
-import { resolve, sep } from "node:path";
+import {
+  chmod,
+  chown,
+  lstat,
+  mkdir,
+  readdir,
+  readFile,
+  rename,
+  rm,
+  rmdir,
+  stat,
+  statfs,
+  writeFile,
+} from "node:fs/promises";
+import { release } from "node:os";
+import { delimiter, dirname, join, resolve, sep } from "node:path";
 import { promisify } from "node:util";
 import type { SandboxUser } from "./sandbox";
 
@@ -22,6 +36,16 @@ export const QUOTA_IMAGE_SUFFIX = ".crucible-quota.img";
 export const QUOTA_LABEL = "crucible-quota";
 /** Smallest volume: below this ext4's own metadata leaves a job nothing. */
 export const MIN_QUOTA_MIB = 8;
+/**
+ * Where a root runtime remembers that this machine can make quota volumes, so that a `crucible run`
+ * does not spawn the same three checks every time. On /run (a tmpfs cleared at boot), in the root-only
+ * directory of the job uid leases.
+ */
+export const QUOTA_SUPPORT_CACHE = "/run/crucible/quota-support.json";
+/** A remembered check is trusted this long, even with nothing changed. */
+const QUOTA_SUPPORT_TTL_MS = 24 * 60 * 60 * 1000;
+/** The tools {@link checkQuotaSupport} runs, identified in its cache by their files. */
+const QUOTA_TOOLS = ["mkfs.ext4", "losetup"] as const;
 
 /** A mounted quota directory; `release` unmounts it, detaches its loop device and removes its image. */
 export interface QuotaDir {
@@ -150,13 +174,22 @@ export async function quotaUsage(path: string): Promise<QuotaUsage> {
   return { sizeBytes, freeBytes, full };
 }
 
-/** Checks that this machine can make quota directories, with what to do if it cannot. */
-export async function checkQuotaSupport(): Promise<void> {
+/**
+ * Checks that this machine can make quota directories, with what to do if it cannot. A success is
+ * remembered in `cacheFile` (root's, not writable by anyone else), keyed by the kernel release and the
+ * identity (path, size, mtime, inode) of mkfs.ext4 and losetup: an upgrade of either, a new kernel or a
+ * day passing makes the next call check again. A remembered success still needs /dev/loop-control (from
+ * which `mount -o loop` takes a free loop device). Only successes are remembered; a cache that cannot
+ * be read or written only costs the full check.
+ */
+export async function checkQuotaSupport({ cacheFile = QUOTA_SUPPORT_CACHE } = {}): Promise<void> {
   if (process.getuid?.() !== 0) {
     throw new QuotaUnavailableError(
       `disk quotas need a root runtime (mount, losetup); this one runs as uid ${process.getuid?.()}. Run it as root, or pass diskQuota: "off" (the local CLI as a normal user)`,
     );
   }
+  const key = await quotaSupportKey();
+  if (key !== undefined && (await rememberedSupport(cacheFile, key))) return;
   for (const [command, args] of [
     ["mkfs.ext4", ["-V"]],
     ["losetup", ["--version"]],
@@ -174,6 +207,54 @@ export async function checkQuotaSupport(): Promise<void> {
   });
   if (!free.trim().startsWith("/dev/loop")) {
     throw new QuotaUnavailableError(`disk quotas need loop devices; losetup --find said ${free.trim()}`);
+  }
+  if (key !== undefined) await rememberSupport(cacheFile, key);
+}
+
+/** What a remembered check depends on; undefined when a tool is not on PATH (the full check says so). */
+async function quotaSupportKey(): Promise<string | undefined> {
+  const tools: Record<string, string> = {};
+  for (const name of QUOTA_TOOLS) {
+    const found = await onPath(name);
+    if (!found) return undefined;
+    tools[name] = found;
+  }
+  return JSON.stringify({ kernel: release(), tools });
+}
+
+/** `path:size:mtime:inode` of the first executable file named `name` on PATH. */
+async function onPath(name: string): Promise<string | undefined> {
+  for (const dir of (process.env.PATH ?? "").split(delimiter)) {
+    if (!dir) continue;
+    const path = join(dir, name);
+    const info = await stat(path).catch(() => undefined);
+    if (info?.isFile() && info.mode & 0o111) return `${path}:${info.size}:${info.mtimeMs}:${info.ino}`;
+  }
+  return undefined;
+}
+
+async function rememberedSupport(cacheFile: string, key: string): Promise<boolean> {
+  try {
+    const info = await lstat(cacheFile);
+    // Root's own, written by no one else: anyone else's word is not taken.
+    if (!info.isFile() || info.uid !== 0 || (info.mode & 0o022) !== 0) return false;
+    const saved = JSON.parse(await readFile(cacheFile, "utf8")) as { key?: unknown; at?: unknown };
+    const age = Date.now() - Number(saved.at);
+    if (saved.key !== key || !(age >= 0 && age < QUOTA_SUPPORT_TTL_MS)) return false;
+    return (await stat("/dev/loop-control")).isCharacterDevice();
+  } catch {
+    return false;
+  }
+}
+
+async function rememberSupport(cacheFile: string, key: string): Promise<void> {
+  const temporary = `${cacheFile}.${process.pid}.tmp`;
+  try {
+    await mkdir(dirname(cacheFile), { recursive: true, mode: 0o700 });
+    await writeFile(temporary, JSON.stringify({ key, at: Date.now() }), { mode: 0o600 });
+    await rename(temporary, cacheFile);
+  } catch {
+    await rm(temporary, { force: true }).catch(() => undefined);
   }
 }
 

@@ -224,6 +224,8 @@ export interface SandboxInput {
     readonly output: string;
     readonly workspace: string;
     readonly datasets?: string;
+    /** Name → directory, each mounted read-only at /datasets/<name> (contract.ts `datasetDirs`). */
+    readonly namedDatasets?: Readonly<Record<string, string>>;
   };
   readonly owner: ProcessOwner;
   readonly scratchDir: string;
@@ -312,6 +314,12 @@ export function containerSpec(input: SandboxInput): Dockerode.ContainerCreateOpt
               },
             ]
           : []),
+        ...Object.entries(hostPaths.namedDatasets ?? {}).map(([name, source]) => ({
+          Type: "bind" as const,
+          Source: source,
+          Target: `${CONTAINER_PATHS.datasets}/${name}`,
+          ReadOnly: true,
+        })),
       ],
       Memory: memory,
       MemorySwap: memory,

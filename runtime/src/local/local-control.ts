@@ -70,6 +70,8 @@ export const connectionSchema = z.object({
   endpoint: z.string(),
   region: z.string(),
   bucket: z.string(),
+  /** Absent in the connection file of a platform started before datasets existed. */
+  datasetsBucket: z.string().optional(),
   /** The tiers its agents serve; only these are offered to submit to. */
   tiers: z.array(tierSchema),
   queues: z.partialRecord(tierSchema, queueUrlsSchema),

@@ -1,12 +1,16 @@
+import Dockerode from "dockerode";
 import { rmSync, writeFileSync } from "node:fs";
 import { chmod, mkdir, rename, writeFile } from "node:fs/promises";
 import type { IncomingMessage, Server, ServerResponse } from "node:http";
 import { createServer } from "node:http";
+import { join } from "node:path";
 import type { AgentTuning } from "../agent/agent";
 import { Agent } from "../agent/agent";
 import type { SchedulingPolicy } from "../catalog/scheduling";
 import { PRIORITIES } from "../catalog/scheduling";
 import type { TierName } from "../catalog/tiers";
+import { getTier } from "../catalog/tiers";
+import { openNodeDatasets } from "../agent/job-datasets";
 import type { JobAddress, Launcher } from "../job/contract";
 import { processStart } from "../launch/sandbox";
 import type { Logger } from "../logger";
@@ -97,12 +101,22 @@ async function serve(
   const { tiers, logger, launcher, policy } = options;
   const running = new Map<TierName, number>();
   const failures = new Map<string, string>();
+  // One cache for every tier's agent: they share this machine's disk. Sized as the largest tier's.
+  const datasets = await openNodeDatasets({
+    s3: platform.s3,
+    bucket: platform.datasetsBucket,
+    tier: [...tiers].sort((a, b) => getTier(b).datasetCacheGiB - getTier(a).datasetCacheGiB)[0]!,
+    root: join(paths.dir, "dataset-cache"),
+    logger,
+    docker: new Dockerode(),
+  });
   const agents = tiers.map((tier) => {
     const agent = new Agent({
       tier,
       queues: platform.queues(tier),
       store: platform.store,
       senders: platform.senders,
+      datasets,
       launcher,
       logger,
       policy,
@@ -179,6 +193,7 @@ async function serve(
     endpoint: platform.endpoint,
     region: platform.region,
     bucket: platform.bucket,
+    datasetsBucket: platform.datasetsBucket,
     tiers: [...tiers],
     queues: platform.queueUrls,
   };

@@ -1,8 +1,13 @@
 import { createHash, createHmac, randomBytes, timingSafeEqual } from "node:crypto";
-import type { IncomingMessage, Server, ServerResponse } from "node:http";
+import type { IncomingHttpHeaders, IncomingMessage, Server, ServerResponse } from "node:http";
 import { createServer, request as httpRequest } from "node:http";
 import type { AddressInfo } from "node:net";
-import { LEDGER_PREFIX, WORKSPACES_PREFIX } from "../catalog/bucket-layout";
+import {
+  DATASETS_PRECACHED_PREFIX,
+  LEDGER_PREFIX,
+  userDatasetsPrefix,
+  WORKSPACES_PREFIX,
+} from "../catalog/bucket-layout";
 import type { Logger } from "../logger";
 import type { Senders } from "../catalog/senders";
 
@@ -14,8 +19,15 @@ import type { Senders } from "../catalog/senders";
  *   sign with the identity's key, exactly as against AWS);
  * - an agent identity (a node role) may do anything; a submitter identity (a project's submitter role,
  *   its session bound to one user) may read and write only objects under its own
- *   `workspaces/<project>/<user>/`, read its project's ledger partitions, and send messages — as the
- *   stack's submitter role policy allows;
+ *   `workspaces/<project>/<user>/`, read its project's ledger partitions, in the datasets bucket read
+ *   and write its own `users/<project>/<user>/` and read `precached/`, and send messages — as the
+ *   stack's submitter role policy allows. A submitter's key (and list prefix, and copy source) is read
+ *   from the raw request exactly as the embedded server reads it, refused if it has `.`, `..` or empty
+ *   segments (once decoded), backslashes or control characters, and forwarded re-encoded from
+ *   what was checked: the key checked is the key stored. A multipart upload's parts and completion must
+ *   name the key the upload was started for (the embedded server goes by the upload id alone);
+ * - presigned GET and HEAD links (SigV4 in the query string, as `crucible share` makes) are accepted
+ *   under the same rules, until they expire;
  * - SQS stamps each message with its authenticated sender: ReceiveMessage answers carry the `SenderId`
  *   of the identity that sent it (`<role id>:<session>`), which the agent checks against the address;
  * - for a platform that keeps its state on disk, every object written or deleted and every message sent
@@ -59,8 +71,8 @@ export interface SavedIdentities {
 export interface GatewayChanges {
   /** A submitter identity was made (read {@link LocalGateway.saved}). */
   identities(): void;
-  /** These keys of the bucket were written or deleted. */
-  objects(keys: readonly string[]): Promise<void>;
+  /** These keys of the bucket (the workspaces or the datasets bucket) were written or deleted. */
+  objects(keys: readonly string[], bucket: string): Promise<void>;
   /** Messages were sent or deleted. */
   queues(): Promise<void>;
 }
@@ -89,6 +101,10 @@ const MAX_SQS_BODY_BYTES = 1024 * 1024;
 const MAX_REMEMBERED_SENDERS = 100_000;
 /** As AWS: a signature more than 15 minutes off the server's clock is refused. */
 const MAX_CLOCK_SKEW_MS = 15 * 60 * 1000;
+/** As AWS: a presigned link lasts at most 7 days. */
+const MAX_PRESIGNED_SECONDS = 7 * 24 * 60 * 60;
+/** Multipart uploads remembered with their keys, oldest forgotten first. */
+const MAX_REMEMBERED_UPLOADS = 10_000;
 
 /** The local submitter role id of a project: stable, so senders handed to another process stay valid. */
 export function localSubmitterRoleId(project: string): string {
@@ -102,6 +118,28 @@ interface Signed {
   readonly service: string;
   readonly signedHeaders: readonly string[];
   readonly signature: string;
+  /** X-Amz-Date, from the header or the query. */
+  readonly amzDate: string;
+  /** A presigned link's lifetime in seconds (X-Amz-Expires); undefined for a signed Authorization header. */
+  readonly expires?: number;
+}
+
+/** A query string's pairs, decoded, in order; a name without `=` has no value. */
+type QueryPairs = readonly (readonly [name: string, value: string | undefined])[];
+
+/** An S3 request as the embedded server reads it: the path's bucket and key, each segment decoded once. */
+interface S3Target {
+  readonly bucket: string;
+  readonly key: string;
+  /** Whether the path ends with `/` after the bucket (`/bucket/`) when there is no key. */
+  readonly slash: boolean;
+  readonly query: QueryPairs;
+}
+
+/** What is forwarded instead of what the client sent: rebuilt from what was checked. */
+interface Rewritten {
+  readonly url: string;
+  readonly copySource?: string;
 }
 
 class Refusal extends Error {
@@ -118,6 +156,8 @@ export class LocalGateway {
   private readonly identities = new Map<string, LocalIdentity>();
   /** SQS message id → the sender SQS would report for it. */
   private readonly sentBy = new Map<string, string>();
+  /** Multipart upload id → the `bucket/key` it was started for. */
+  private readonly uploads = new Map<string, string>();
   readonly agent: LocalIdentity & { kind: "agent" };
   /** The senders agents accept; submitters are added as their identities are made. */
   readonly senders: Senders = { agents: [AGENT_ROLE_ID], submitters: {} };
@@ -129,6 +169,7 @@ export class LocalGateway {
     private readonly logger: Logger,
     private readonly changes: GatewayChanges | undefined,
     restored: SavedIdentities | undefined,
+    private readonly datasetsBucket: string | undefined,
   ) {
     this.agent = {
       kind: "agent",
@@ -144,6 +185,8 @@ export class LocalGateway {
   static async start(options: {
     readonly upstream: string;
     readonly bucket: string;
+    /** The datasets bucket: submitters reach their own prefix and the pre-cached sets in it. Defaults to none. */
+    readonly datasetsBucket?: string;
     readonly logger: Logger;
     /** The identities of an earlier run of the platform: their keys, and their projects as senders, still hold. */
     readonly identities?: SavedIdentities;
@@ -157,6 +200,7 @@ export class LocalGateway {
       options.logger,
       options.changes,
       options.identities,
+      options.datasetsBucket,
     );
     server.on("request", (req: IncomingMessage, res: ServerResponse) => {
       gateway.handle(req, res).catch((error: unknown) => {
@@ -247,8 +291,10 @@ export class LocalGateway {
     let identity: LocalIdentity;
     let body: Buffer | undefined;
     let target: string | undefined;
+    let s3: S3Target | undefined;
+    let rewritten: Rewritten | undefined;
     try {
-      const signed = parseAuthorization(req.headers.authorization);
+      const signed = parseQueryAuthorization(req) ?? parseAuthorization(req);
       const found = this.identities.get(signed.accessKeyId);
       if (!found)
         throw new Refusal(
@@ -258,12 +304,19 @@ export class LocalGateway {
         );
       identity = found;
       if (signed.service === "sqs") body = await readBody(req, MAX_SQS_BODY_BYTES);
-      const payloadHash = header(req, "x-amz-content-sha256") ?? sha256(body ?? Buffer.alloc(0));
+      const payloadHash =
+        signed.expires !== undefined
+          ? "UNSIGNED-PAYLOAD"
+          : (header(req, "x-amz-content-sha256") ?? sha256(body ?? Buffer.alloc(0)));
+      checkSignatureTime(req, signed);
       verifySignature(req, signed, found.credentials.secretAccessKey, payloadHash);
       if (signed.service === "sqs") {
         target = header(req, "x-amz-target")?.replace(/^AmazonSQS\./, "");
         this.authorizeSqs(identity, target);
-      } else this.authorizeS3(identity, req);
+      } else {
+        s3 = parseS3Target(req.url ?? "/");
+        rewritten = this.authorizeS3(identity, req, s3);
+      }
     } catch (error) {
       if (!(error instanceof Refusal)) throw error;
       this.logger.warn({ code: error.code, method: req.method, url: req.url }, error.message);
@@ -271,30 +324,72 @@ export class LocalGateway {
       return;
     }
     this.logger.trace({ method: req.method, url: req.url, target, as: identity.senderId }, "local gateway");
-    await this.forward(req, res, identity, body, target);
+    await this.forward(req, res, identity, body, target, s3, rewritten);
   }
 
-  private authorizeS3(identity: LocalIdentity, req: IncomingMessage): void {
-    if (identity.kind === "agent") return;
-    const own = `${WORKSPACES_PREFIX}${identity.project}/${identity.user}/`;
-    // The project's month partitions of the ledger: read-only, for the budget check before a submission.
-    const ledger = new RegExp(`^${LEDGER_PREFIX}\\d{4}-\\d{2}/${identity.project}/`);
-    const url = new URL(req.url ?? "/", "http://local");
-    const [, bucket, ...rest] = url.pathname.split("/");
-    const key = decodeURIComponent(rest.join("/"));
+  /**
+   * Refuses what a submitter may not do; for a submitter, answers the path (and copy source) to forward,
+   * rebuilt from the key that was checked. Agents' requests are forwarded as they came.
+   */
+  private authorizeS3(identity: LocalIdentity, req: IncomingMessage, s3: S3Target): Rewritten | undefined {
+    if (identity.kind === "agent") return undefined;
+    const { bucket, key, query } = s3;
     const who = `${identity.project}/${identity.user}`;
     const reads = req.method === "GET" || req.method === "HEAD";
-    if (bucket !== this.bucket)
-      throw new Refusal(403, "AccessDenied", `${who} may not use bucket ${bucket ?? ""}`);
+    const { own, readable } = this.submitterRules(identity, bucket, who);
+    const names = query.map(([name]) => name);
+    const twice = names.find((name, i) => names.indexOf(name) !== i);
+    if (twice !== undefined)
+      throw new Refusal(400, "InvalidArgument", `the query names "${twice}" more than once`);
+    const param = (name: string) => query.find(([n]) => n === name)?.[1];
     if (key === "") {
-      const prefix = url.searchParams.get("prefix") ?? "";
-      const listing = req.method === "GET" && url.searchParams.get("list-type") === "2";
-      if (listing && (prefix.startsWith(own) || ledger.test(prefix))) return;
+      const prefix = param("prefix") ?? "";
+      const listing = req.method === "GET" && param("list-type") === "2";
+      checkKey(who, "list", prefix, true);
+      if (listing && readable(prefix)) return { url: rebuild(s3) };
       throw new Refusal(403, "AccessDenied", `${who} may list only under ${own}, not "${prefix}"`);
     }
-    if (reads && ledger.test(key)) return;
-    if (!key.startsWith(own))
+    checkKey(who, req.method ?? "GET", key, false);
+    if (!(reads ? readable(key) : key.startsWith(own)))
       throw new Refusal(403, "AccessDenied", `${who} may not ${req.method} ${key}: only keys under ${own}`);
+    const uploadId = param("uploadId");
+    if (uploadId !== undefined && this.uploads.get(uploadId) !== `${bucket}/${key}`)
+      throw new Refusal(
+        403,
+        "AccessDenied",
+        `${who} may not use multipart upload ${uploadId} for ${key}: it was not started for that key`,
+      );
+    const source = header(req, "x-amz-copy-source");
+    if (source === undefined) return { url: rebuild(s3) };
+    const from = parseCopySource(source);
+    if (from.bucket !== bucket)
+      throw new Refusal(403, "AccessDenied", `${who} may not copy from bucket ${from.bucket}`);
+    checkKey(who, "copy", from.key, false);
+    if (!readable(from.key))
+      throw new Refusal(403, "AccessDenied", `${who} may not copy ${from.key}: only keys under ${own}`);
+    return { url: rebuild(s3), copySource: `/${encode(from.bucket)}/${encodeKey(from.key)}` };
+  }
+
+  /**
+   * What a submitter reaches in a bucket: its own prefix, to read and write, and what it may only read
+   * and list: its project's ledger partitions in the workspaces bucket (for the budget check before a
+   * submission), the platform's pre-cached sets in the datasets bucket. No other bucket.
+   */
+  private submitterRules(
+    identity: { readonly project: string; readonly user: string },
+    bucket: string,
+    who: string,
+  ): { own: string; readable: (key: string) => boolean } {
+    if (bucket === this.bucket) {
+      const own = `${WORKSPACES_PREFIX}${identity.project}/${identity.user}/`;
+      const ledger = new RegExp(`^${LEDGER_PREFIX}\\d{4}-\\d{2}/${identity.project}/`);
+      return { own, readable: (k) => k.startsWith(own) || ledger.test(k) };
+    }
+    if (this.datasetsBucket !== undefined && bucket === this.datasetsBucket) {
+      const own = userDatasetsPrefix(identity.project, identity.user);
+      return { own, readable: (k) => k.startsWith(own) || k.startsWith(DATASETS_PRECACHED_PREFIX) };
+    }
+    throw new Refusal(403, "AccessDenied", `${who} may not use bucket ${bucket}`);
   }
 
   private authorizeSqs(identity: LocalIdentity, target: string | undefined): void {
@@ -313,10 +408,13 @@ export class LocalGateway {
     identity: LocalIdentity,
     body: Buffer | undefined,
     target: string | undefined,
+    s3: S3Target | undefined,
+    rewritten: Rewritten | undefined,
   ): Promise<void> {
-    const headers = { ...req.headers, host: this.upstream.host };
+    const headers: IncomingHttpHeaders = { ...req.headers, host: this.upstream.host };
     // The gateway already answered any 100-continue; the embedded server gets the body at once.
     delete headers.expect;
+    if (rewritten?.copySource !== undefined) headers["x-amz-copy-source"] = rewritten.copySource;
     const rewrites = target === "SendMessage" || target === "SendMessageBatch" || target === "ReceiveMessage";
     const upstream = await new Promise<IncomingMessage>((resolve, reject) => {
       const out = httpRequest(
@@ -324,7 +422,7 @@ export class LocalGateway {
           host: this.upstream.hostname,
           port: this.upstream.port,
           method: req.method,
-          path: req.url,
+          path: rewritten?.url ?? req.url,
           headers,
           // A fresh connection per request: a pooled one the embedded server closed while idle would
           // fail the next request forwarded on it.
@@ -337,8 +435,9 @@ export class LocalGateway {
       else req.pipe(out);
     });
     const status = upstream.statusCode ?? 502;
-    const changes = status < 300 ? this.changesOf(req, target) : undefined;
-    if (!(rewrites && status < 300) && !changes) {
+    const changes = status < 300 ? this.changesOf(req, target, s3) : undefined;
+    const starts = status < 300 && req.method === "POST" && s3?.query.some(([name]) => name === "uploads");
+    if (!(rewrites && status < 300) && !changes && !starts) {
       res.writeHead(status, upstream.headers);
       upstream.pipe(res);
       return;
@@ -346,6 +445,7 @@ export class LocalGateway {
     // Answers to sends, receives and writes are small: read whole, to rewrite or to persist first.
     let text = await readBody(upstream, 64 * 1024 * 1024);
     if (rewrites && status < 300) text = this.rewrite(identity, target, text);
+    if (starts && s3) this.rememberUpload(s3, text);
     try {
       await changes?.(text);
     } catch (error) {
@@ -357,6 +457,17 @@ export class LocalGateway {
     const { "content-length": _length, "transfer-encoding": _encoding, ...rest } = upstream.headers;
     res.writeHead(status, { ...rest, "content-length": String(text.length) });
     res.end(text);
+  }
+
+  /** Remembers which key a multipart upload was started for, from CreateMultipartUpload's answer. */
+  private rememberUpload(s3: S3Target, answer: Buffer): void {
+    const id = /<UploadId>([^<]+)<\/UploadId>/.exec(answer.toString("utf8"))?.[1];
+    if (id === undefined) return;
+    this.uploads.set(id, `${s3.bucket}/${s3.key}`);
+    for (const oldest of this.uploads.keys()) {
+      if (this.uploads.size <= MAX_REMEMBERED_UPLOADS) break;
+      this.uploads.delete(oldest);
+    }
   }
 
   /** Stamps received messages with their senders, and remembers the senders of messages sent. */
@@ -385,22 +496,23 @@ export class LocalGateway {
   private changesOf(
     req: IncomingMessage,
     target: string | undefined,
+    s3: S3Target | undefined,
   ): ((answer: Buffer) => Promise<void>) | undefined {
     const { changes } = this;
     if (!changes) return undefined;
     if (target !== undefined) return QUEUE_CHANGES.has(target) ? () => changes.queues() : undefined;
-    if (req.method === "GET" || req.method === "HEAD") return undefined;
-    const url = new URL(req.url ?? "/", "http://local");
-    const key = decodeURIComponent(url.pathname.split("/").slice(2).join("/"));
-    const query = url.searchParams;
+    if (req.method === "GET" || req.method === "HEAD" || !s3) return undefined;
+    const { key } = s3;
+    const names = new Set(s3.query.map(([name]) => name));
+    const query = { has: (name: string) => names.has(name) };
     if (key === "")
       return req.method === "POST" && query.has("delete")
-        ? (answer) => changes.objects(deletedKeys(answer))
+        ? (answer) => changes.objects(deletedKeys(answer), s3.bucket)
         : undefined;
     // A multipart upload's start, parts and abort leave the object as it was; its completion (a POST
     // with the uploadId) writes it.
     if (query.has("uploads") || (query.has("uploadId") && req.method !== "POST")) return undefined;
-    return () => changes.objects([key]);
+    return () => changes.objects([key], s3.bucket);
   }
 }
 
@@ -436,7 +548,8 @@ const sha256 = (data: Buffer | string): string => createHash("sha256").update(da
 const hmac = (key: Buffer | string, data: string): Buffer => createHmac("sha256", key).update(data).digest();
 
 /** `AWS4-HMAC-SHA256 Credential=AKID/20261203/us-east-1/s3/aws4_request, SignedHeaders=a;b, Signature=hex`. */
-function parseAuthorization(value: string | undefined): Signed {
+function parseAuthorization(req: IncomingMessage): Signed {
+  const value = req.headers.authorization;
   const match =
     /^AWS4-HMAC-SHA256 Credential=([^/]+)\/(\d{8})\/([^/]+)\/([^/]+)\/aws4_request, ?SignedHeaders=([^,]+), ?Signature=([0-9a-f]{64})$/.exec(
       value ?? "",
@@ -455,7 +568,158 @@ function parseAuthorization(value: string | undefined): Signed {
     service: service!,
     signedHeaders: headers!.split(";"),
     signature: signature!,
+    amzDate: header(req, "x-amz-date") ?? "",
   };
+}
+
+/**
+ * A presigned link's signature (`?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=…&X-Amz-Signature=…`),
+ * accepted for S3 GET and HEAD only; undefined when the query carries no signature.
+ */
+function parseQueryAuthorization(req: IncomingMessage): Signed | undefined {
+  const raw = req.url ?? "/";
+  const query = raw.includes("?") ? parseQuery(raw.slice(raw.indexOf("?") + 1)) : [];
+  const param = (name: string) => query.find(([n]) => n === name)?.[1];
+  if (param("X-Amz-Signature") === undefined) return undefined;
+  if (req.headers.authorization !== undefined)
+    throw new Refusal(400, "InvalidArgument", "only one auth mechanism allowed: the header or the query");
+  if (req.method !== "GET" && req.method !== "HEAD")
+    throw new Refusal(403, "AccessDenied", `a presigned link may only GET or HEAD, not ${req.method}`);
+  const credential = /^([^/]+)\/(\d{8})\/([^/]+)\/(s3)\/aws4_request$/.exec(param("X-Amz-Credential") ?? "");
+  const expires = param("X-Amz-Expires") ?? "";
+  const signature = param("X-Amz-Signature") ?? "";
+  if (
+    param("X-Amz-Algorithm") !== "AWS4-HMAC-SHA256" ||
+    !credential ||
+    !/^[0-9a-f]{64}$/.test(signature) ||
+    !param("X-Amz-SignedHeaders")
+  )
+    throw new Refusal(
+      403,
+      "AuthorizationQueryParametersError",
+      "the presigned link's SigV4 parameters are malformed",
+    );
+  if (!/^\d{1,6}$/.test(expires) || +expires < 1 || +expires > MAX_PRESIGNED_SECONDS)
+    throw new Refusal(
+      403,
+      "AuthorizationQueryParametersError",
+      `X-Amz-Expires must be 1 to ${MAX_PRESIGNED_SECONDS} seconds, got "${expires}"`,
+    );
+  const [, accessKeyId, date, region, service] = credential;
+  return {
+    accessKeyId: accessKeyId!,
+    date: date!,
+    region: region!,
+    service: service!,
+    signedHeaders: param("X-Amz-SignedHeaders")!.split(";"),
+    signature,
+    amzDate: param("X-Amz-Date") ?? "",
+    expires: +expires,
+  };
+}
+
+/** Refuses a signature from another day than its date, over 15 minutes off, or a presigned link past its expiry. */
+function checkSignatureTime(req: IncomingMessage, signed: Signed): void {
+  const { amzDate } = signed;
+  const when = /^(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})(\d{2})Z$/.exec(amzDate);
+  if (!when || !amzDate.startsWith(signed.date))
+    throw new Refusal(
+      403,
+      "IncompleteSignature",
+      `x-amz-date must be the signature's date, got "${amzDate}"`,
+    );
+  const at = Date.UTC(+when[1]!, +when[2]! - 1, +when[3]!, +when[4]!, +when[5]!, +when[6]!);
+  const now = Date.now();
+  if (signed.expires === undefined ? Math.abs(now - at) > MAX_CLOCK_SKEW_MS : at - now > MAX_CLOCK_SKEW_MS)
+    throw new Refusal(
+      403,
+      "RequestTimeTooSkewed",
+      `the request was signed at ${amzDate}, over 15 minutes off`,
+    );
+  if (signed.expires !== undefined && now > at + signed.expires * 1000)
+    throw new Refusal(
+      403,
+      "AccessDenied",
+      `the presigned link expired at ${new Date(at + signed.expires * 1000).toISOString()}`,
+    );
+}
+
+/** A raw query string's pairs, each name and value decoded once (`+` is not a space, as in SigV4). */
+function parseQuery(query: string): QueryPairs {
+  return query
+    .split("&")
+    .filter((pair) => pair !== "")
+    .map((pair) => {
+      const eq = pair.indexOf("=");
+      const name = decode(eq < 0 ? pair : pair.slice(0, eq));
+      return [name, eq < 0 ? undefined : decode(pair.slice(eq + 1))] as const;
+    });
+}
+
+/** One decoding, refusing a malformed escape. */
+function decode(text: string): string {
+  try {
+    return decodeURIComponent(text);
+  } catch {
+    throw new Refusal(400, "InvalidURI", `the request has a malformed escape in "${text}"`);
+  }
+}
+
+/**
+ * A path-style S3 request's bucket and key, read from the raw path without any normalisation: each
+ * `/`-separated segment decoded once, as the embedded server's router reads it.
+ */
+function parseS3Target(raw: string): S3Target {
+  if (!raw.startsWith("/"))
+    throw new Refusal(400, "InvalidURI", `the request target must be a path, got "${raw}"`);
+  const queryAt = raw.indexOf("?");
+  const [, bucket = "", ...rest] = (queryAt < 0 ? raw : raw.slice(0, queryAt)).split("/").map(decode);
+  return {
+    bucket,
+    key: rest.join("/"),
+    slash: rest.length > 0,
+    query: queryAt < 0 ? [] : parseQuery(raw.slice(queryAt + 1)),
+  };
+}
+
+/** `x-amz-copy-source`: `[/]bucket/key`, URL-encoded; the local platform keeps no versions. */
+function parseCopySource(value: string): { bucket: string; key: string } {
+  const raw = value.startsWith("/") ? value.slice(1) : value;
+  if (raw.includes("?"))
+    throw new Refusal(400, "InvalidArgument", `the copy source may not name a version: "${value}"`);
+  const [bucket = "", ...rest] = raw.split("/").map(decode);
+  return { bucket, key: rest.join("/") };
+}
+
+/**
+ * Refuses a key (or a list prefix, which may end with `/`) whose meaning could differ between the
+ * gateway and whatever reads it next: `.`, `..` or empty segments (once decoded, so `%2e%2e` too),
+ * backslashes and control characters. What is left is forwarded encoded afresh, so it is decoded once
+ * more by nobody: a key spelled `%2e%2e` is that literal name.
+ */
+function checkKey(who: string, action: string, key: string, prefix: boolean): void {
+  const segments = key.split("/");
+  if (prefix && segments.at(-1) === "") segments.pop();
+  const why = [...key].some((c) => c === "\\" || c < " " || c === "\u007f")
+    ? "it holds a backslash or a control character"
+    : segments.includes(".") || segments.includes("..")
+      ? 'it has a "." or ".." segment'
+      : segments.includes("")
+        ? "it has an empty segment"
+        : undefined;
+  if (why !== undefined) throw new Refusal(403, "AccessDenied", `${who} may not ${action} "${key}": ${why}`);
+}
+
+/** A key encoded segment by segment, `/` kept as the separator. */
+const encodeKey = (key: string): string => key.split("/").map(encode).join("/");
+
+/** The path and query to forward: encoded afresh from what was read and checked. */
+function rebuild({ bucket, key, slash, query }: S3Target): string {
+  const path = `/${encode(bucket)}${slash ? "/" : ""}${encodeKey(key)}`;
+  const pairs = query.map(([name, value]) =>
+    value === undefined ? encode(name) : `${encode(name)}=${encode(value)}`,
+  );
+  return pairs.length === 0 ? path : `${path}?${pairs.join("&")}`;
 }
 
 /** RFC 3986 encoding, as SigV4's canonical query string wants it. */
@@ -468,34 +732,15 @@ function encode(text: string): string {
 
 /** Recomputes the request's SigV4 signature with the identity's secret and compares it in constant time. */
 function verifySignature(req: IncomingMessage, signed: Signed, secret: string, payloadHash: string): void {
-  const amzDate = header(req, "x-amz-date") ?? "";
-  const when = /^(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})(\d{2})Z$/.exec(amzDate);
-  if (!when || !amzDate.startsWith(signed.date))
-    throw new Refusal(
-      403,
-      "IncompleteSignature",
-      `x-amz-date must be the signature's date, got "${amzDate}"`,
-    );
-  const at = Date.UTC(+when[1]!, +when[2]! - 1, +when[3]!, +when[4]!, +when[5]!, +when[6]!);
-  if (Math.abs(Date.now() - at) > MAX_CLOCK_SKEW_MS)
-    throw new Refusal(
-      403,
-      "RequestTimeTooSkewed",
-      `the request was signed at ${amzDate}, over 15 minutes off`,
-    );
+  const { amzDate } = signed;
   const raw = req.url ?? "/";
   const queryAt = raw.indexOf("?");
   const path = queryAt < 0 ? raw : raw.slice(0, queryAt);
   const query = queryAt < 0 ? "" : raw.slice(queryAt + 1);
-  const canonicalQuery = query
-    .split("&")
-    .filter((pair) => pair !== "")
-    .map((pair) => {
-      const eq = pair.indexOf("=");
-      const name = decodeURIComponent(eq < 0 ? pair : pair.slice(0, eq));
-      const value = eq < 0 ? "" : decodeURIComponent(pair.slice(eq + 1));
-      return [encode(name), encode(value)] as const;
-    })
+  // A presigned link's query holds its signature, which it does not sign.
+  const canonicalQuery = parseQuery(query)
+    .filter(([name]) => signed.expires === undefined || name !== "X-Amz-Signature")
+    .map(([name, value]) => [encode(name), encode(value ?? "")] as const)
     .sort(([a, av], [b, bv]) => (a < b ? -1 : a > b ? 1 : av < bv ? -1 : av > bv ? 1 : 0))
     .map(([name, value]) => `${name}=${value}`)
     .join("&");

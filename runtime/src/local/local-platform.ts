@@ -5,8 +5,10 @@ import {
   SendMessageCommand,
   SQSClient,
 } from "@aws-sdk/client-sqs";
+import { join } from "node:path";
 import { z } from "zod";
 import { JobQueue } from "../queue/job-queue";
+import { DatasetStore } from "../store/dataset-store";
 import { JobStore } from "../store/job-store";
 import type { LocalCredentials, LocalIdentity } from "./local-gateway";
 import { LocalGateway } from "./local-gateway";
@@ -44,6 +46,8 @@ export interface PlatformClients {
   readonly s3: S3Client;
   readonly sqs: SQSClient;
   readonly store: JobStore;
+  /** The datasets bucket through this identity's client. */
+  readonly datasets: DatasetStore;
   /** The tier's queue of one priority class (by default `normal`). */
   queue: (tier: TierName, priority?: Priority) => JobQueue;
   /** Variables that point a CLI or agent in another process at the platform as this identity. */
@@ -60,6 +64,7 @@ export interface LocalPlatform extends PlatformClients {
   readonly endpoint: string;
   readonly region: string;
   readonly bucket: string;
+  readonly datasetsBucket: string;
   /** What agents accept as senders: the agent role, and the submitter role of every project used so far. */
   readonly senders: Senders;
   /** A project user's submitter identity, as after assuming the project's submitter role. */
@@ -82,6 +87,7 @@ export interface LocalPlatform extends PlatformClients {
 
 const REGION = "us-east-1";
 const BUCKET = "crucible-workspaces";
+const DATASETS_BUCKET = "crucible-datasets";
 /** The embedded server checks no credentials; the SDK clients that talk to it directly need some. */
 const UPSTREAM_CREDENTIALS = { accessKeyId: "local-platform", secretAccessKey: "unchecked" };
 
@@ -118,7 +124,7 @@ export async function startLocalPlatform(options: LocalPlatformOptions): Promise
     await server.close();
     throw error;
   }
-  const { gateway, queues, tiers, saveIdentities, saveQueues, state } = prepared;
+  const { gateway, queues, tiers, saveIdentities, saveQueues, state, datasetsState } = prepared;
   const endpoint = gateway.endpoint;
   const known = (tier: TierName, priority: Priority): { url: string; dlqUrl: string } => {
     const found = queues.get(`${tier}/${priority}`);
@@ -141,9 +147,11 @@ export async function startLocalPlatform(options: LocalPlatformOptions): Promise
       s3,
       sqs,
       store: new JobStore(s3, BUCKET, logger),
+      datasets: new DatasetStore({ s3, bucket: DATASETS_BUCKET, logger }),
       queue: (tier, priority = "normal") => new JobQueue(sqs, known(tier, priority).url, logger, priority),
       env: () => ({
         CRUCIBLE_BUCKET: BUCKET,
+        CRUCIBLE_DATASETS_BUCKET: DATASETS_BUCKET,
         CRUCIBLE_ENDPOINT: endpoint,
         CRUCIBLE_QUEUES: queuesEnv,
         [SENDERS_ENV]: formatSenders(senders),
@@ -164,6 +172,7 @@ export async function startLocalPlatform(options: LocalPlatformOptions): Promise
     endpoint,
     region: REGION,
     bucket: BUCKET,
+    datasetsBucket: DATASETS_BUCKET,
     senders,
     as: (project, user) => {
       const key = `${project}/${user}`;
@@ -196,6 +205,7 @@ export async function startLocalPlatform(options: LocalPlatformOptions): Promise
       await gateway.stop();
       // Nothing changes the server any more: this last record of the queues is exact.
       await state?.settled();
+      await datasetsState?.settled();
       await saveQueues?.();
       upstream.sqs.destroy();
       upstream.s3.destroy();
@@ -217,12 +227,14 @@ interface Prepared {
   readonly queues: ReadonlyMap<string, { readonly url: string; readonly dlqUrl: string }>;
   readonly tiers: readonly TierName[];
   readonly state?: LocalState;
+  /** The datasets bucket's objects, kept apart from the workspaces bucket's (`<data dir>/datasets/state/`). */
+  readonly datasetsState?: LocalState;
   readonly saveIdentities?: () => Promise<void>;
   readonly saveQueues?: () => Promise<void>;
 }
 
 /**
- * Makes the queues and the bucket on the embedded server, puts back what the data directory holds, and
+ * Makes the queues and the buckets on the embedded server, puts back what the data directory holds, and
  * starts the gateway in front of them.
  */
 async function prepare(options: LocalPlatformOptions, upstream: Upstream): Promise<Prepared> {
@@ -255,12 +267,18 @@ async function prepare(options: LocalPlatformOptions, upstream: Upstream): Promi
     }
   }
   await upstream.s3.send(new CreateBucketCommand({ Bucket: BUCKET }));
+  await upstream.s3.send(new CreateBucketCommand({ Bucket: DATASETS_BUCKET }));
+  const buckets = { bucket: BUCKET, datasetsBucket: DATASETS_BUCKET };
   if (!state) {
-    const gateway = await LocalGateway.start({ upstream: upstream.endpoint, bucket: BUCKET, logger });
+    const gateway = await LocalGateway.start({ upstream: upstream.endpoint, ...buckets, logger });
     return { gateway, queues, tiers };
   }
+  const datasetsState = await LocalState.open(join(options.dataDir!, "datasets"), logger);
   const restored = await state.restoreObjects(upstream.s3, BUCKET);
   if (restored.objects > 0) logger.info({ ...restored, dir: state.dir }, "local platform objects restored");
+  const datasets = await datasetsState.restoreObjects(upstream.s3, DATASETS_BUCKET);
+  if (datasets.objects > 0)
+    logger.info({ ...datasets, dir: datasetsState.dir }, "local platform datasets restored");
   const urlsByName = new Map(
     [...queues.values()].flatMap(({ name, url, dlqUrl }) => [
       [name, url],
@@ -277,7 +295,7 @@ async function prepare(options: LocalPlatformOptions, upstream: Upstream): Promi
   const savedIdentities = await state.identities();
   const gateway = await LocalGateway.start({
     upstream: upstream.endpoint,
-    bucket: BUCKET,
+    ...buckets,
     logger,
     ...(savedIdentities && { identities: savedIdentities }),
     changes: {
@@ -285,7 +303,8 @@ async function prepare(options: LocalPlatformOptions, upstream: Upstream): Promi
         void saveIdentities().catch((error: unknown) =>
           logger.error({ err: error }, "saving the local identities failed"),
         ),
-      objects: (keys) => state.saveObjects(upstream.s3, BUCKET, keys),
+      objects: (keys, bucket) =>
+        (bucket === DATASETS_BUCKET ? datasetsState : state).saveObjects(upstream.s3, bucket, keys),
       queues: saveQueues,
     },
   });
@@ -299,7 +318,7 @@ async function prepare(options: LocalPlatformOptions, upstream: Upstream): Promi
     await gateway.stop();
     throw error;
   }
-  return { gateway, queues, tiers, state, saveIdentities, saveQueues };
+  return { gateway, queues, tiers, state, datasetsState, saveIdentities, saveQueues };
 }
 
 /** Every queue's messages as the embedded server holds them, oldest first, each with its sender. */

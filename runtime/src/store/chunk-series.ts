@@ -28,8 +28,12 @@ export class ChunkSeries {
     readonly prefix: string,
   ) {}
 
-  async put(attempt: number, seq: number, lines: readonly string[]): Promise<number> {
-    const body = lines.map((line) => `${line}\n`).join("");
+  /**
+   * Stores chunk `seq` of `attempt`: `lines` (JSON, without line breaks), or their JSON-lines body as
+   * bytes, each line ending with `\n` (what a writer that encodes as it goes holds). Resolves with its size.
+   */
+  async put(attempt: number, seq: number, lines: readonly string[] | Uint8Array): Promise<number> {
+    const body = lines instanceof Uint8Array ? lines : lines.map((line) => `${line}\n`).join("");
     await this.s3.send(
       new PutObjectCommand({
         Bucket: this.bucket,
@@ -38,7 +42,7 @@ export class ChunkSeries {
         ContentType: "application/x-ndjson",
       }),
     );
-    return Buffer.byteLength(body);
+    return typeof body === "string" ? Buffer.byteLength(body) : body.length;
   }
 
   /** The chunks written after `startAfter` (a key from an earlier listing), in order. */

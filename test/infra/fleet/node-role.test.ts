@@ -37,6 +37,18 @@ describe.each(STACKS)("%s stack fleet", (stack) => {
         Statement: Statement[];
       }
     ).Statement;
+  const datasetsBucket = () => plan.get(T.bucket, "workspaces-datasets");
+  /** The KMS key a bucket's default encryption names. */
+  const encryptionKeyOf = (name: string): unknown => {
+    const bucket = plan.get(T.bucket, name);
+    const config = plan
+      .ofType("aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration")
+      .find((c) => c.inputs.bucket === bucket.state.bucket)!;
+    const [rule] = config.inputs.rules as {
+      applyServerSideEncryptionByDefault: { kmsMasterKeyId?: string };
+    }[];
+    return rule!.applyServerSideEncryptionByDefault.kmsMasterKeyId;
+  };
   const statement = (tier: string, sid: string): Statement => {
     const found = statements(tier).find((s) => s.Sid === sid);
     if (!found) throw new Error(`fleet-${tier}-node has no statement ${sid}`);
@@ -173,6 +185,9 @@ describe.each(STACKS)("%s stack fleet", (stack) => {
           "ListLedger",
           "BudgetPause",
           "ListBudgetPause",
+          "ReadDatasets",
+          "ListDatasets",
+          "PublishPrecachedDatasets",
           ...(want.kms ? ["WorkspacesKey"] : []),
           "RegistryToken",
           "PullImages",
@@ -185,8 +200,28 @@ describe.each(STACKS)("%s stack fleet", (stack) => {
       }
     });
 
-    it("reaches S3 only in the workspaces bucket's prefixes (nothing reads the datasets bucket yet)", () => {
+    it("reads every dataset, lists the datasets bucket, and writes only the pre-cached sets: never deletes there", () => {
+      const datasetsArn = datasetsBucket().state.arn as string;
+      for (const tier of tiers) {
+        const datasets = statements(tier).filter((s) =>
+          list(s.Resource).some((r) => r.startsWith(datasetsArn)),
+        );
+        expect(datasets).toEqual([
+          { Sid: "ReadDatasets", Effect: "Allow", Action: "s3:GetObject", Resource: `${datasetsArn}/*` },
+          { Sid: "ListDatasets", Effect: "Allow", Action: "s3:ListBucket", Resource: datasetsArn },
+          {
+            Sid: "PublishPrecachedDatasets",
+            Effect: "Allow",
+            Action: "s3:PutObject",
+            Resource: `${datasetsArn}/precached/*`,
+          },
+        ]);
+      }
+    });
+
+    it("reaches S3 only in the workspaces bucket's prefixes and the datasets bucket", () => {
       const bucketArn = workspacesBucket().state.arn as string;
+      const datasetsArn = datasetsBucket().state.arn as string;
       for (const tier of tiers) {
         const s3 = statements(tier).filter((s) => list(s.Action).some((a) => a.startsWith("s3:")));
         expect(s3.flatMap((s) => list(s.Resource)).sort()).toEqual(
@@ -198,6 +233,9 @@ describe.each(STACKS)("%s stack fleet", (stack) => {
             bucketArn,
             `${bucketArn}/_control/paused/${tier}`,
             bucketArn,
+            `${datasetsArn}/*`,
+            datasetsArn,
+            `${datasetsArn}/precached/*`,
           ].sort(),
         );
       }
@@ -216,6 +254,9 @@ describe.each(STACKS)("%s stack fleet", (stack) => {
             continue;
           }
           const key = plan.get(T.key, "workspaces-key");
+          // One key encrypts both buckets, so the one statement covers the datasets too.
+          for (const bucket of ["workspaces-workspaces", "workspaces-datasets"])
+            expect(encryptionKeyOf(bucket), bucket).toBe(key.state.arn);
           expect(kms).toEqual([
             {
               Sid: "WorkspacesKey",

@@ -1,6 +1,6 @@
 import { beforeAll, describe, expect, it } from "vitest";
 import { MOCK_ACCOUNT_ID } from "../../../scripts/lib/mock-engine";
-import { GPU_TIERS, PRIORITIES, declaredFleet } from "../../support/fleet-plan";
+import { GPU_TIERS, PRIORITIES, T, declaredFleet } from "../../support/fleet-plan";
 import { STACKS, runStack, type DeclaredResource, type Plan } from "../../support/harness";
 
 /** The node's boot script (infra/fleet/user-data.ts), as each stack's launch templates carry it. */
@@ -85,7 +85,7 @@ describe.each(STACKS)("%s stack fleet", (stack) => {
       }
     });
 
-    it("hands the agent its tier's priority queues, the scheduling policy, the workspaces bucket and its group's hooks", () => {
+    it("hands the agent its tier's priority queues, the scheduling policy, the workspaces and datasets buckets and its group's hooks", () => {
       for (const tier of tiers) {
         const { env } = bootScript(template(tier));
         const hooks = group(tier).inputs.initialLifecycleHooks as { name: string }[];
@@ -99,6 +99,7 @@ describe.each(STACKS)("%s stack fleet", (stack) => {
           CRUCIBLE_TIER: tier,
           CRUCIBLE_BUCKET: workspacesBucket().state.bucket,
           CRUCIBLE_WORKSPACES_PREFIX: "workspaces/",
+          CRUCIBLE_DATASETS_BUCKET: plan.get(T.bucket, "workspaces-datasets").state.bucket,
           CRUCIBLE_HEARTBEAT_SECONDS: String(HEARTBEAT_SECONDS),
           CRUCIBLE_VISIBILITY_TIMEOUT_SECONDS: String(VISIBILITY_TIMEOUT_SECONDS),
           CRUCIBLE_ASG_NAME: groupName(tier),

@@ -1,6 +1,11 @@
 import pino from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { JobTelemetry, MAX_PENDING_BYTES } from "../../../runtime/src/agent/job-telemetry";
+import {
+  FLUSH_BYTES,
+  HOLD_BYTES,
+  JobTelemetry,
+  MAX_PENDING_BYTES,
+} from "../../../runtime/src/agent/job-telemetry";
 import type { LocalPlatform } from "../../../runtime/src/local/local-platform";
 import { startLocalPlatform } from "../../../runtime/src/local/local-platform";
 import type { ChunkSeries } from "../../../runtime/src/store/chunk-series";
@@ -147,5 +152,111 @@ describe("a running job's telemetry", () => {
     ]);
     expect(shown).toHaveLength(1);
     expect(shown[0]).toMatchObject({ step: 12, total: 100, metrics: { loss: 2.5, lr: 0.001 } });
+  });
+});
+
+/** A store whose uploads wait until the test lets them finish (or fail), keeping a copy of each body. */
+function gatedStore() {
+  const bodies: string[] = [];
+  const gates: { pass: () => void; fail: () => void }[] = [];
+  let uploaded: () => void = () => undefined;
+  const series = {
+    put: (_attempt: number, _seq: number, lines: readonly string[] | Uint8Array) => {
+      const body = Buffer.from(lines as Uint8Array).toString();
+      return new Promise<number>((resolve, reject) => {
+        gates.push({
+          pass: () => {
+            bodies.push(body);
+            resolve(body.length);
+          },
+          fail: () => reject(new Error("the store is down")),
+        });
+        uploaded();
+      });
+    },
+  } as unknown as ChunkSeries;
+  /** Resolves once the upload `n` (from 1) has started. */
+  const started = (n: number): Promise<void> =>
+    gates.length >= n
+      ? Promise.resolve()
+      : new Promise((resolve) => (uploaded = () => gates.length >= n && resolve()));
+  const sink = new JobTelemetry({
+    logs: series,
+    metrics: series,
+    attempt: 1,
+    capBytes: 1024 ** 3,
+    storedBytes: 0,
+    log: logger,
+    redact: (text) => text,
+    onProgress: () => Promise.resolve(),
+  });
+  const lines = () =>
+    bodies
+      .join("")
+      .split("\n")
+      .filter((line) => line !== "")
+      .map((line) => JSON.parse(line) as LogRecord);
+  return { sink, gates, started, lines };
+}
+
+describe("a running job's telemetry, when the job prints faster than the store takes it", () => {
+  const line = `${"z".repeat(1023)}\n`;
+
+  it("asks its caller to hold the job's output back until the next flush takes what waits, and so drops nothing", async () => {
+    const { sink, gates, started, lines } = gatedStore();
+    let written = 0;
+    const writeUntilHeld = (): Promise<void> => {
+      for (;;) {
+        written++;
+        const hold = sink.write("stdout", line);
+        if (hold) return hold.released;
+      }
+    };
+    const first = writeUntilHeld();
+    // A flush started at a megabyte; the hold comes at two (as stored, a record's fields included).
+    expect(written * line.length).toBeGreaterThan(0.9 * HOLD_BYTES);
+    expect(written * line.length).toBeLessThanOrEqual(HOLD_BYTES);
+    expect(written * line.length).toBeGreaterThan(FLUSH_BYTES);
+    await first; // settles as the flush takes the lines, while their upload is still under way
+    await started(1);
+
+    const before = written;
+    const second = writeUntilHeld();
+    expect((written - before) * line.length).toBeGreaterThan(0.9 * HOLD_BYTES);
+    let settled = false;
+    void second.then(() => (settled = true));
+    // One turn of the event loop: the first upload still blocks the next flush, so the hold stands.
+    await new Promise(setImmediate);
+    expect(settled).toBe(false);
+    gates[0]!.pass();
+    await second;
+    await started(2);
+    gates[1]!.pass();
+
+    sink.write("stdout", "the end\n");
+    const closed = sink.close();
+    await started(3);
+    gates[2]!.pass();
+    await closed;
+    const stored = lines();
+    expect(stored.filter((r) => r.x)).toEqual([]);
+    expect(stored.filter((r) => r.l === "z".repeat(1023))).toHaveLength(written);
+    expect(stored.at(-1)?.l).toBe("the end");
+  });
+
+  it("puts the lines of a failed upload back in front of what came since, for the next flush", async () => {
+    const { sink, gates, started, lines } = gatedStore();
+    sink.write("stdout", "one\ntwo\n");
+    const failed = sink.flush();
+    await started(1);
+    sink.write("stdout", "three\n");
+    gates[0]!.fail();
+    await failed;
+    sink.write("stdout", "four\n");
+    const closed = sink.close();
+    await started(2);
+    gates[1]!.pass();
+    await closed;
+    expect(lines().map((r) => r.l)).toEqual(["one", "two", "three", "four"]);
   });
 });

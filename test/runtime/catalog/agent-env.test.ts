@@ -13,6 +13,7 @@ const EVERY: AgentEnvValues = {
   launcher: "kubernetes",
   bucket: "crucible-dev-workspaces",
   workspacesPrefix: "workspaces/",
+  datasetsBucket: "crucible-dev-datasets",
   endpoint: "http://127.0.0.1:4566",
   region: "eu-west-1",
   queues: { "cpu-small": { high: `${QUEUE}-high`, normal: `${QUEUE}-normal`, low: `${QUEUE}-low` } },

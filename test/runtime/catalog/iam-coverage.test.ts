@@ -69,6 +69,12 @@ const NOT_EXERCISED_HERE: Readonly<Record<string, string>> = {
   "PullImages ecr:BatchCheckLayerAvailability": "docker pull (ECR's documented pull set), at boot",
   "AgentLog logs:CreateLogStream": "the Docker engine's awslogs driver, which ships the agent's output",
   "AgentLog logs:PutLogEvents": "the Docker engine's awslogs driver, which ships the agent's output",
+  // The dataset store's calls (runtime/src/store/dataset-store.ts), which these flows do not make yet:
+  // test/infra/datasets-access.test.ts runs the store and judges them against every stack's roles.
+  "ReadDatasets s3:GetObject": "the dataset store: an agent fetches the datasets a job names",
+  "ListDatasets s3:ListBucket":
+    "the dataset store: an agent lists a name's versions when a job names a missing one",
+  "PublishPrecachedDatasets s3:PutObject": "the dataset store: an agent publishes the pre-cached sets",
   "SpotPrices ec2:DescribeSpotPriceHistory":
     "SpotPriceLookup (runtime/src/node/node-price.ts) on spot nodes, through its own EC2 client; test/runtime/node/node-price.test.ts",
   ...Object.fromEntries(

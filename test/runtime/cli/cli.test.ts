@@ -131,6 +131,10 @@ describe("crucible submit refuses what a platform job may not ask for, before it
       'crucible: --resume-from must be the id of one of your own jobs, optionally with @STEP, got "bob/job-1" (jobs of other users cannot be resumed from)',
     ],
     [
+      ["--dataset", "corpus"],
+      'crucible: --dataset must be NAME@VERSION such as shakespeare@1 (VERSION a whole number from 1), got "corpus"',
+    ],
+    [
       ["--resume-from", "job-1@latest"],
       'crucible: --resume-from job-1@latest: the step after "@" must be a whole number such as job-1@1200, got "latest"',
     ],

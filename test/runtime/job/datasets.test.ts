@@ -26,14 +26,14 @@ describe("datasets", () => {
   });
 
   it("names the missing directory and how to choose another", async () => {
-    const { code, stderr } = await crucible(["datasets", "--dir", join(root, "nope")]);
+    const { code, stderr } = await crucible(["datasets", "local", "--dir", join(root, "nope")]);
     expect(code).toBe(2);
     expect(stderr).toContain(`the datasets directory ${join(root, "nope")} does not exist`);
     expect(stderr).toContain("--dir or CRUCIBLE_DATASETS_DIR");
   });
 
   it("prints the listing from the CLI, with the directory from the environment", async () => {
-    const { code, stdout } = await crucible(["datasets", "--json"], undefined, {
+    const { code, stdout } = await crucible(["datasets", "local", "--json"], undefined, {
       CRUCIBLE_DATASETS_DIR: root,
     });
     expect(code).toBe(0);

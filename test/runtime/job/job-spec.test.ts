@@ -64,7 +64,7 @@ describe("parseJobSpec", () => {
     [
       { ...ok, gpus: 2 },
       "gpus",
-      "job spec has unknown field(s) gpus; known: jobId, code, tier, image, imageFamily, timeoutSeconds, env, workspaceDir, datasetsDir, priority, preemptible",
+      "job spec has unknown field(s) gpus; known: jobId, code, tier, image, imageFamily, timeoutSeconds, env, workspaceDir, datasetsDir, datasetDirs, priority, preemptible",
     ],
   ])("names the bad field of %j", (spec, field, message) => {
     const error = fieldError(() => parseJobSpec(spec));
@@ -169,5 +169,25 @@ describe("prepareJob", () => {
     expect((error as InvalidJobError).message).toBe(
       `datasetsDir must be an existing directory, got ${join(dir, "none")}`,
     );
+  });
+
+  it("refuses a named dataset's directory that does not exist, a bad name, and both kinds of datasets", async () => {
+    const missing = await prepareJob(spec("job", { datasetDirs: { iris: join(dir, "none") } }), {
+      user,
+    }).catch((e: unknown) => e);
+    expect(missing).toMatchObject({
+      field: "datasetDirs.iris",
+      message: `datasetDirs.iris must be an existing directory, got ${join(dir, "none")}`,
+    });
+    expect(fieldError(() => parseJobSpec(spec("job", { datasetDirs: { "../etc": dir } })))).toMatchObject({
+      field: "datasetDirs.../etc",
+    });
+    expect(
+      fieldError(() => checkJobSpec(spec("job", { datasetsDir: dir, datasetDirs: { iris: dir } }))),
+    ).toMatchObject({
+      field: "datasetDirs",
+      message:
+        "datasetDirs mounts datasets at /datasets/<name>, and datasetsDir takes all of /datasets: give one of them",
+    });
   });
 });

@@ -1,6 +1,12 @@
 import { describe, expect, it } from "vitest";
 import type { ProgressEvent } from "../../../runtime/src/job/contract";
-import { BoundedTail, JobOutput, LineScanner, parseProgress } from "../../../runtime/src/launch/output";
+import {
+  BoundedTail,
+  JobOutput,
+  LineScanner,
+  mayBeProgress,
+  parseProgress,
+} from "../../../runtime/src/launch/output";
 
 describe("BoundedTail", () => {
   it("keeps everything while under its limit", () => {
@@ -42,6 +48,31 @@ describe("LineScanner", () => {
     scanner.push(Buffer.alloc(64 * 1024, "x"));
     scanner.push(Buffer.from("x\nstep 3/4\n"));
     expect(lines).toEqual(["step 3/4"]);
+  });
+
+  it("hands on only the lines its filter wants, judged on their bytes", () => {
+    const lines: string[] = [];
+    const scanner = new LineScanner((l) => lines.push(l), mayBeProgress);
+    scanner.push(Buffer.from('plain words\nstep 7\n##crucible:progress {"loss": 0.5}\nünïcode 9\n'));
+    scanner.push(Buffer.from("##crucible:progress {}\nwörds\n"));
+    scanner.end();
+    expect(lines).toEqual([
+      "step 7",
+      '##crucible:progress {"loss": 0.5}',
+      "ünïcode 9",
+      "##crucible:progress {}",
+    ]);
+  });
+});
+
+describe("mayBeProgress", () => {
+  it("holds for every line parseProgress reads something from", () => {
+    for (const line of ["step 3/4", "loss=0.5", "| 45/100 [", '##crucible:progress {"step": 1}'])
+      expect([line, mayBeProgress(Buffer.from(line))]).toEqual([line, true]);
+    for (const line of ["Downloading files", "", "##crucible:progres", "日本語"]) {
+      expect([line, mayBeProgress(Buffer.from(line))]).toEqual([line, false]);
+      expect(parseProgress(line, "job-1")).toBeUndefined();
+    }
   });
 });
 
@@ -121,5 +152,15 @@ describe("JobOutput", () => {
     expect(output.metrics()).toEqual({ loss: 2, lr: 0.1 });
     expect(text.join("")).toContain("stderr:epoch 1/2");
     expect(output.logs()).toMatchObject({ stderr: "epoch 1/2\n", truncated: false });
+  });
+
+  it("hands back a hold its log sink returns, so the caller can hold the job's output back", () => {
+    const hold = { released: Promise.resolve() };
+    let behind = false;
+    const output = new JobOutput({ jobId: "job-1", onLog: () => (behind ? hold : undefined) });
+    expect(output.write("stdout", Buffer.from("fast\n"))).toBeUndefined();
+    behind = true;
+    expect(output.write("stdout", Buffer.from("too fast\n"))).toBe(hold);
+    expect(new JobOutput({ jobId: "job-1" }).write("stdout", Buffer.from("x\n"))).toBeUndefined();
   });
 });

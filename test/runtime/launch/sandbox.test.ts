@@ -190,6 +190,23 @@ describe("containerSpec", () => {
       ReadOnly: true,
     });
   });
+
+  it("mounts each named dataset read-only at /datasets/<name>", () => {
+    const spec = containerSpec(
+      input("cpu-small", {
+        hostPaths: {
+          codeZip: "/c",
+          output: "/o",
+          workspace: "/w",
+          namedDatasets: { shakespeare: "/cache/sha256-aa", "iris.v2": "/cache/sha256-bb" },
+        },
+      }),
+    );
+    expect(spec.HostConfig?.Mounts?.slice(3)).toEqual([
+      { Type: "bind", Source: "/cache/sha256-aa", Target: "/datasets/shakespeare", ReadOnly: true },
+      { Type: "bind", Source: "/cache/sha256-bb", Target: "/datasets/iris.v2", ReadOnly: true },
+    ]);
+  });
 });
 
 describe("effectiveTier", () => {

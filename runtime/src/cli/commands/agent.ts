@@ -2,7 +2,11 @@ import { AutoScalingClient } from "@aws-sdk/client-auto-scaling";
 import { CloudWatchClient } from "@aws-sdk/client-cloudwatch";
 import { SQSClient } from "@aws-sdk/client-sqs";
 import type { Command } from "commander";
+import Dockerode from "dockerode";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { Agent } from "../../agent/agent";
+import { DATASET_CACHE_DIR, openNodeDatasets } from "../../agent/job-datasets";
 import type { AgentEnv, LauncherKind } from "../../catalog/agent-env";
 import { GpuHealth, HealthGate, LauncherGpuProbe, processRunner } from "../../node/gpu";
 import { JobQueue } from "../../queue/job-queue";
@@ -135,7 +139,8 @@ export function registerAgent(program: Command): void {
           await aborted(signals.signal);
           return;
         }
-        const launcher = await launcherFor(launcherKind(flags.launcher, settings), {
+        const kind = launcherKind(flags.launcher, settings);
+        const launcher = await launcherFor(kind, {
           logger,
           env: settings,
           ...(images && { images }),
@@ -156,6 +161,19 @@ export function registerAgent(program: Command): void {
               ...(node && { markUnhealthy: (reason: string) => node.lifecycle.markUnhealthy(reason) }),
             })
           : undefined;
+        // Jobs mount datasets from this node's cache, which only the Docker engine here can bind-mount.
+        const datasets =
+          settings.datasetsBucket && kind === "docker"
+            ? await openNodeDatasets({
+                s3: platform.s3,
+                bucket: settings.datasetsBucket,
+                tier,
+                root: join(tmpdir(), DATASET_CACHE_DIR),
+                logger,
+                docker: new Dockerode(),
+                ...(images && { images }),
+              })
+            : undefined;
         // Priced before the first job, so its start does not wait on EC2, and the price is in the log.
         await node?.price.current();
         const agent = new Agent({
@@ -165,6 +183,7 @@ export function registerAgent(program: Command): void {
           launcher,
           logger,
           senders,
+          ...(datasets && { datasets }),
           paused: pauseCheck(platform.s3, platform.bucket, tier),
           policy: schedulingOf(settings),
           ...agentTuning(settings),

@@ -1,5 +1,6 @@
 // Where the platform is and who the caller is: the stack's environment (or the local platform's), the
 // owner a job is addressed to, and the flags that name them. Shared by every command that reaches jobs.
+import { DatasetStore } from "../../store/dataset-store";
 import { S3Client } from "@aws-sdk/client-s3";
 import { SQSClient } from "@aws-sdk/client-sqs";
 import type { Command } from "commander";
@@ -26,6 +27,8 @@ import { UsageError } from "./shared";
  */
 export interface Platform {
   readonly store: JobStore;
+  /** The datasets bucket (CRUCIBLE_DATASETS_BUCKET, storage.datasetsBucketName) through the same credentials, where set. */
+  readonly datasets?: DatasetStore;
   queues(tier: TierName): PriorityQueues;
 }
 
@@ -81,6 +84,9 @@ export function platformFromEnv(logger: Logger, settings: AgentEnv = agentEnvFro
   return {
     s3,
     bucket,
+    ...(settings.datasetsBucket && {
+      datasets: new DatasetStore({ s3, bucket: settings.datasetsBucket, logger }),
+    }),
     store: new JobStore(s3, bucket, logger, settings.workspacesPrefix ?? WORKSPACES_PREFIX),
     queues: (tier) => {
       const urls = queues[tier];
@@ -152,12 +158,13 @@ export function localPlatform(
 ): StackPlatform {
   let identity: ReturnType<typeof identityOf> | undefined;
   const credentials = (): ReturnType<typeof identityOf> => (identity ??= identityOf(dir, owner()));
-  const { endpoint, region, bucket } = connection;
+  const { endpoint, region, bucket, datasetsBucket } = connection;
   const s3 = new S3Client({ endpoint, region, credentials, forcePathStyle: true });
   const sqs = new SQSClient({ endpoint, region, credentials });
   return {
     s3,
     bucket,
+    ...(datasetsBucket && { datasets: new DatasetStore({ s3, bucket: datasetsBucket, logger }) }),
     store: new JobStore(s3, bucket, logger),
     queues: (tier) => {
       const urls = connection.queues[tier];

@@ -1,4 +1,5 @@
-import { MultiBar, Presets } from "cli-progress";
+import type * as CliProgress from "cli-progress";
+import type { MultiBar } from "cli-progress";
 import type { Command } from "commander";
 import { randomBytes } from "node:crypto";
 import { CodeError, codeKind } from "../../job/code-source";
@@ -142,7 +143,12 @@ class LiveDisplay {
   private bar: ReturnType<MultiBar["create"]> | undefined;
   private readonly partial: Record<StreamName, string> = { stdout: "", stderr: "" };
 
-  constructor(private readonly tty: boolean) {}
+  /** cli-progress, loaded only for a display on a terminal: `--json` and piped runs draw no bar. */
+  private progressBars: typeof CliProgress | undefined;
+
+  constructor(private readonly tty: boolean) {
+    if (tty) void import("cli-progress").then((module) => (this.progressBars = module));
+  }
 
   readonly log = (stream: StreamName, text: string): void => {
     if (!this.tty) {
@@ -167,6 +173,9 @@ class LiveDisplay {
       .map(([k, v]) => `${k} ${Number.isInteger(v) ? v : v.toPrecision(4)}`)
       .join("  ");
     if (!this.bar && event.total !== undefined && event.total > 0) {
+      // Until the module is loaded (it is started with a display on a terminal) the bar waits for the next report.
+      if (!this.progressBars) return;
+      const { MultiBar, Presets } = this.progressBars;
       this.bars = new MultiBar(
         {
           format: " {bar} {value}/{total} | {metrics}",

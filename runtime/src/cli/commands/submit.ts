@@ -6,6 +6,10 @@ import type { ImageFamily, JobImageFamily } from "../../catalog/image-matrix";
 import { JOB_IMAGE_FAMILIES } from "../../catalog/image-matrix";
 import type { JobSpecInput } from "../../job/contract";
 import { parseResumeFlag } from "../../job/resume-point";
+import type { DatasetRef } from "../../catalog/datasets";
+import { datasetRefSchema, formatDatasetRef } from "../../catalog/datasets";
+import { checkFitsCache, DatasetTooLargeError } from "../../agent/dataset-cache";
+import { DatasetNotFoundError } from "../../store/dataset-store";
 import { attemptCost } from "../../cost/ledger";
 import type { JobAddress } from "../../store/job-store";
 import type { JobStore } from "../../store/job-store";
@@ -38,6 +42,8 @@ export interface SubmitFlags {
   readonly project?: string;
   readonly user?: string;
   readonly resumeFrom?: string;
+  /** `NAME@VERSION` of each dataset to mount (`--dataset`, repeatable). */
+  readonly dataset: readonly string[];
   readonly priority?: string;
   /** False with `--no-preempt`. */
   readonly preempt?: boolean;
@@ -54,6 +60,12 @@ export function submitOptions(command: Command): Command {
     )
     .option("--timeout <seconds>", "stop the job after this many seconds", positiveSeconds)
     .option("--env <K=V>", "set an environment variable for the job (repeatable)", collectEnv, {})
+    .option(
+      "--dataset <name@version>",
+      "mount one of your datasets or a pre-cached one read-only at /datasets/NAME (repeatable; see `crucible datasets ls`)",
+      (value: string, previous: string[]) => [...previous, value],
+      [],
+    )
     .option(
       "--resume-from <job[@step]>",
       "start from the checkpoints of another of your jobs: its latest, or those of one step (JOB@1200)",
@@ -78,9 +90,11 @@ export async function submitFrom(platform: Platform, path: string, flags: Submit
       `--image-family must be one of ${JOB_IMAGE_FAMILIES.join(", ")}, got "${flags.imageFamily}" (a platform job runs only the node's pinned images)`,
     );
   const resume = flags.resumeFrom === undefined ? undefined : resumeFlag(flags.resumeFrom);
+  const datasets = flags.dataset.map(datasetFlag);
   const spec = await jobSpecFromFlags(path, { ...flags, json: true });
   const target = address(ownerOf(flags), newJobId());
   try {
+    await checkDatasets(platform, target, spec.tier, datasets);
     return await submitAs(platform, path, target, spec, { ...flags, resume }, priority as Priority);
   } catch (error) {
     if ((error as { name?: string }).name !== "AccessDenied") throw error;
@@ -114,6 +128,7 @@ async function submitAs(
       ...(flags.resume && { resumeFrom: flags.resume.jobId }),
       ...(flags.resume?.step !== undefined && { resumeStep: flags.resume.step }),
       ...(flags.preempt === false && { preemptible: false }),
+      ...(flags.dataset.length > 0 && { datasets: [...flags.dataset] }),
     },
     quotaGiB: agentEnvFromProcess().quotaGiB ?? DEFAULT_QUOTA_GIB_PER_PROJECT,
   });
@@ -171,5 +186,37 @@ function resumeFlag(text: string): ReturnType<typeof parseResumeFlag> {
     return parseResumeFlag(text);
   } catch (error) {
     throw new UsageError((error as Error).message);
+  }
+}
+
+function datasetFlag(text: string): DatasetRef {
+  const parsed = datasetRefSchema.safeParse(text);
+  if (!parsed.success) throw new UsageError(`--dataset ${parsed.error.issues[0]?.message ?? "is not valid"}`);
+  return parsed.data;
+}
+
+/**
+ * Refuses, before anything is written, a dataset the agent would refuse: one the submitter does not have
+ * (their own or a pre-cached set), or one larger than the dataset cache of the tier's nodes.
+ */
+async function checkDatasets(
+  platform: Platform,
+  owner: JobAddress,
+  tier: TierName,
+  refs: readonly DatasetRef[],
+): Promise<void> {
+  if (refs.length === 0) return;
+  if (!platform.datasets)
+    throw new SubmitError(
+      `--dataset: this platform has no datasets bucket; set CRUCIBLE_DATASETS_BUCKET (stack output storage.datasetsBucketName)`,
+    );
+  for (const ref of refs) {
+    try {
+      const { manifest } = await platform.datasets.resolve(owner, ref);
+      checkFitsCache(manifest, getTier(tier).datasetCacheGiB * 2 ** 30, `a ${tier} node`);
+    } catch (error) {
+      if (!(error instanceof DatasetNotFoundError || error instanceof DatasetTooLargeError)) throw error;
+      throw new SubmitError(`--dataset ${formatDatasetRef(ref)}: ${error.message}`);
+    }
   }
 }

@@ -1,12 +1,15 @@
 import type Dockerode from "dockerode";
-import { Writable } from "node:stream";
 import type { Logger } from "../../logger";
 import type { StreamName } from "../output";
+import { isOutputHold } from "../output";
 
 /** Who a call is for: every log line around an engine call carries the job id. */
 export interface CallContext {
   readonly jobId?: string;
 }
+
+/** Takes a piece of a container's output; an `OutputHold` it returns holds further output back. */
+export type OutputSink = (stream: StreamName, chunk: Buffer) => unknown;
 
 export interface AttachedOutput {
   /** Settles once both streams have ended (the container exited) or the connection failed. */
@@ -20,12 +23,12 @@ export interface AttachedOutput {
  */
 export interface ContainerEngine {
   create(options: Dockerode.ContainerCreateOptions, ctx: CallContext): Promise<string>;
-  /** Streams the container's stdout and stderr to `onOutput`; attach before start to miss nothing. */
-  attach(
-    id: string,
-    ctx: CallContext,
-    onOutput: (stream: StreamName, chunk: Buffer) => void,
-  ): Promise<AttachedOutput>;
+  /**
+   * Streams the container's stdout and stderr to `onOutput`; attach before start to miss nothing. When
+   * `onOutput` returns an `OutputHold` (output.ts), no more is read until it is released: the job waits
+   * on its full pipe instead of the runtime buffering what it prints.
+   */
+  attach(id: string, ctx: CallContext, onOutput: OutputSink): Promise<AttachedOutput>;
   start(id: string, ctx: CallContext): Promise<void>;
   /** Resolves with the exit code once the container is not running. */
   wait(id: string, ctx: CallContext): Promise<number>;
@@ -56,6 +59,53 @@ function isAlreadyDone(error: unknown, what: RegExp): boolean {
   return statusOf(error) === 409 && what.test(String((error as Error).message));
 }
 
+/**
+ * Docker's multiplexed attach stream split into its frames (an 8-byte header: the stream, 1 or 2, and the
+ * payload's big-endian length; then the payload). Payloads are handed on as views of the bytes received,
+ * never copied or gathered: a flood costs no memory here beyond the chunk being read. A stream that does
+ * not start with a valid header (a TTY's, not multiplexed) is passed through whole as stdout.
+ */
+export class FrameSplitter {
+  private readonly header = Buffer.alloc(8);
+  private headerBytes = 0;
+  /** Payload bytes of the current frame still to come. */
+  private remaining = 0;
+  private current: StreamName = "stdout";
+  private raw = false;
+
+  push(chunk: Buffer, emit: (stream: StreamName, payload: Buffer) => void): void {
+    let at = 0;
+    while (at < chunk.length) {
+      if (this.raw) {
+        emit("stdout", at === 0 ? chunk : chunk.subarray(at));
+        return;
+      }
+      if (this.remaining > 0) {
+        const end = Math.min(chunk.length, at + this.remaining);
+        this.remaining -= end - at;
+        emit(this.current, chunk.subarray(at, end));
+        at = end;
+        continue;
+      }
+      const taken = Math.min(8 - this.headerBytes, chunk.length - at);
+      chunk.copy(this.header, this.headerBytes, at, at + taken);
+      this.headerBytes += taken;
+      at += taken;
+      if (this.headerBytes < 8) return;
+      this.headerBytes = 0;
+      const type = this.header[0]!;
+      if (type > 2) {
+        // Not a frame header: what was taken for one is output too, and so is everything after it.
+        this.raw = true;
+        emit("stdout", Buffer.from(this.header));
+        continue;
+      }
+      this.current = type === 2 ? "stderr" : "stdout";
+      this.remaining = this.header.readUInt32BE(4);
+    }
+  }
+}
+
 export class DockerEngine implements ContainerEngine {
   constructor(
     private readonly docker: Dockerode,
@@ -66,22 +116,23 @@ export class DockerEngine implements ContainerEngine {
     return this.call("create", ctx, undefined, async () => (await this.docker.createContainer(options)).id);
   }
 
-  async attach(
-    id: string,
-    ctx: CallContext,
-    onOutput: (stream: StreamName, chunk: Buffer) => void,
-  ): Promise<AttachedOutput> {
+  async attach(id: string, ctx: CallContext, onOutput: OutputSink): Promise<AttachedOutput> {
     const stream = await this.call("attach", ctx, id, () =>
       this.docker.getContainer(id).attach({ stream: true, stdout: true, stderr: true }),
     );
-    const sink = (name: StreamName): Writable =>
-      new Writable({
-        write(chunk: Buffer, _encoding, callback) {
-          onOutput(name, chunk);
-          callback();
-        },
+    const frames = new FrameSplitter();
+    stream.on("data", (chunk: Buffer) => {
+      const holds: Promise<unknown>[] = [];
+      frames.push(chunk, (name, payload) => {
+        const hold = onOutput(name, payload);
+        if (isOutputHold(hold)) holds.push(hold.released);
       });
-    this.docker.modem.demuxStream(stream, sink("stdout"), sink("stderr"));
+      if (holds.length === 0) return;
+      // Backpressure: the socket stops being read, then dockerd's copy, then the job's write.
+      stream.pause();
+      const resume = () => void stream.resume();
+      Promise.all(holds).then(resume, resume);
+    });
     const ended = new Promise<void>((resolve) => {
       stream.once("end", resolve);
       stream.once("close", resolve);

@@ -21,7 +21,14 @@ import {
   secondsBetween,
   stopFrom,
 } from "../outcome";
-import { checkQuotaSupport, isQuotaDir, quotaUsage, releaseQuotaDirsUnder } from "../quota-volume";
+import {
+  checkQuotaSupport,
+  createQuotaDir,
+  isQuotaDir,
+  quotaUsage,
+  releaseQuotaDir,
+  releaseQuotaDirsUnder,
+} from "../quota-volume";
 import type { JobUserLease, ProcessOwner } from "../sandbox";
 import {
   callerUser,
@@ -96,7 +103,8 @@ export class DockerLauncher implements Launcher {
         job = await prepareJob(input, {
           tierOverrides: this.options.tierOverrides,
           user: lease?.user ?? callerUser(),
-          workspaceQuota: this.diskQuota === "on",
+          // The workspace volume is made while the container is created (runPrepared).
+          workspaceQuota: false,
           ...(this.options.images && { images: this.options.images }),
         });
       } catch (error) {
@@ -152,9 +160,21 @@ export class DockerLauncher implements Launcher {
     if (options.signal?.aborted) return stoppedBeforeStart();
 
     let id: string | undefined;
+    /** The workspace volume's release, started once the container has exited. */
+    let released: Promise<void> | undefined;
     const stopper = new Stopper(this.engine, ctx, log);
     const onAbort = (): void => stopper.request(this.stopFrom(options.signal?.reason));
     options.signal?.addEventListener("abort", onAbort, { once: true });
+    // The workspace the launcher made (not one the caller gave) becomes a volume of the tier's size,
+    // mounted on its empty directory while the container is created: Docker binds the directory when
+    // the container starts, which waits for the volume.
+    const quota = this.diskQuota === "on" && job.spec.workspaceDir === undefined;
+    const volume = quota
+      ? createQuotaDir(job.workspaceDir, tier.workspaceMiB, lease?.user ?? callerUser())
+      : Promise.resolve(undefined);
+    // Awaited below on every path; handled now so that a failure while the container is created is not
+    // reported as unhandled first.
+    volume.catch(() => undefined);
     try {
       try {
         id = await this.engine.create(
@@ -170,6 +190,7 @@ export class DockerLauncher implements Launcher {
               output: job.outputDir,
               workspace: job.workspaceDir,
               ...(job.datasetsDir && { datasets: job.datasetsDir }),
+              ...(job.datasetDirs && { namedDatasets: job.datasetDirs }),
             },
             owner: this.owner,
             scratchDir: job.scratchDir,
@@ -178,6 +199,8 @@ export class DockerLauncher implements Launcher {
           ctx,
         );
       } catch (error) {
+        // Settled before the job's files are disposed of, so no volume is mounted after its release.
+        await volume.catch(() => undefined);
         if (!isNoSuchContainer(error)) throw error;
         // 404 on create: the image is not on this engine.
         if (job.defaultImage) {
@@ -190,6 +213,7 @@ export class DockerLauncher implements Launcher {
           new InvalidJobError("image", `image ${job.image} is not on this Docker engine`),
         );
       }
+      await volume;
       const attached = await this.engine.attach(id, ctx, (stream, chunk) => output.write(stream, chunk));
       if (stopper.pending) return stoppedBeforeStart();
       await this.engine.start(id, ctx);
@@ -209,6 +233,15 @@ export class DockerLauncher implements Launcher {
         clearTimeout(deadline);
         stopper.finished();
       }
+      // The container has exited, and its mounts with it: the workspace volume is measured (is it full?)
+      // and released while the rest of the run is read and the container removed.
+      const measured = this.diskFull(job, log);
+      if (quota)
+        released = measured
+          .then(() => releaseQuotaDir(job.workspaceDir))
+          .catch((error: unknown) => {
+            log.warn({ err: error }, "releasing the workspace volume failed; retried with the scratch files");
+          });
       await drain(attached.ended, log, DRAIN_TIMEOUT_MS);
       output.end();
       const { State: state, Image: imageDigest } = await this.engine.inspect(id, ctx);
@@ -218,7 +251,7 @@ export class DockerLauncher implements Launcher {
         log[stopper.delivered ? "debug" : "warn"]({ problem: runner.problem }, "no usable runner result");
       }
       const exitCode = typeof state.ExitCode === "number" ? state.ExitCode : waited;
-      const diskFull = await this.diskFull(job, log);
+      const diskFull = await measured;
       const outcome = judge({
         stop: stopper.delivered,
         oom: state.OOMKilled,
@@ -244,14 +277,17 @@ export class DockerLauncher implements Launcher {
     } finally {
       options.signal?.removeEventListener("abort", onAbort);
       stopper.finished();
-      if (id) {
-        await this.engine.remove(id, ctx).catch((error: unknown) => {
-          log.error(
-            { err: error, containerId: id },
-            "removing the job's container failed; `crucible gc` will retry",
-          );
-        });
-      }
+      const removed = id
+        ? this.engine.remove(id, ctx).catch((error: unknown) => {
+            log.error(
+              { err: error, containerId: id },
+              "removing the job's container failed; `crucible gc` will retry",
+            );
+          })
+        : undefined;
+      // Without a release started (the container never exited), disposeJob releases the volume once
+      // the container is gone.
+      await Promise.all([removed, released]);
     }
   }
 

@@ -374,6 +374,12 @@ export class KubernetesLauncher implements Launcher {
           "datasetsDir names a directory on the runtime's host, which a Kubernetes pod cannot see",
         );
       }
+      if (job.spec.datasetDirs) {
+        throw new InvalidJobError(
+          "datasetDirs",
+          "datasets are mounted from the agent's node cache, which a Kubernetes pod cannot see; run jobs that name datasets on a node fleet tier",
+        );
+      }
       const { size } = await stat(job.codeZip);
       if (size > CONFIGMAP_MAX_BYTES) {
         throw new InvalidJobError(

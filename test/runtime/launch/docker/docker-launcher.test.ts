@@ -459,7 +459,12 @@ describe("every outcome is a truthful envelope", () => {
     const running = await runJob(
       'import time\ndef main():\n    print("ready", flush=True)\n    time.sleep(60)\n',
       {},
-      { signal: controller.signal, onLog: (_s, text) => text.includes("ready") && controller.abort() },
+      {
+        signal: controller.signal,
+        onLog: (_s, text) => {
+          if (text.includes("ready")) controller.abort();
+        },
+      },
     );
     expect(running).toMatchObject({ status: "error", reason: "cancelled" });
     const aborted = AbortSignal.abort(new StopRequest("budget", 0));

@@ -4,6 +4,7 @@ import pino from "pino";
 import { describe, expect, it } from "vitest";
 import { DockerLauncher } from "../../../runtime/src/launch/docker/docker-launcher";
 import type { Envelope } from "../../../runtime/src/job/contract";
+import { JobIndex } from "../../../runtime/src/store/job-index";
 import type { JobAddress } from "../../../runtime/src/store/job-store";
 import { crucible } from "../../support/cli";
 import { localAgent, next, useLocalPlatform } from "../../support/local-agents";
@@ -101,5 +102,44 @@ describe("crucible submit --resume-from JOB@STEP", () => {
       agent.stop();
       await running;
     }
+  });
+});
+
+describe("crucible submit --dataset", () => {
+  it("queues a job naming the submitter's dataset, and refuses one they do not have before queuing", async () => {
+    const corpus = join(local.root, "corpus");
+    await mkdir(corpus, { recursive: true });
+    await writeFile(join(corpus, "train.txt"), "to be or not to be\n");
+    await local.platform.as("demo", "ada").datasets.push({ project: "demo", user: "ada" }, "corpus", corpus);
+    const code = await checkpointReader();
+    const missing = await crucible(
+      ["submit", code, "--tier", TIER, "--dataset", "corpus@2"],
+      undefined,
+      ada(),
+    );
+    expect(missing.code).not.toBe(0);
+    expect(missing.stderr).toMatch(/^crucible: --dataset corpus@2: .*\b1\b/m);
+    const bobs = await crucible(["submit", code, "--tier", TIER, "--dataset", "corpus@1"], undefined, {
+      ...ada(),
+      ...local.platform.as("demo", "bob").env(),
+      CRUCIBLE_USER: "bob",
+    });
+    expect(bobs.code).not.toBe(0);
+    expect(bobs.stderr).toMatch(/^crucible: --dataset corpus@1: /m);
+    const bobsJobs = await JobIndex.of(local.platform.store).list({
+      project: "demo",
+      users: { user: "bob" },
+      limit: 10,
+    });
+    expect(bobsJobs).toEqual([]);
+
+    const queued = await crucible(
+      ["submit", code, "--tier", TIER, "--dataset", "corpus@1"],
+      undefined,
+      ada(),
+    );
+    expect(queued).toMatchObject({ code: 0, stderr: "" });
+    const job = { project: "demo", user: "ada", jobId: queued.stdout.trim() };
+    expect(await local.platform.store.getSpec(job)).toMatchObject({ datasets: ["corpus@1"] });
   });
 });
