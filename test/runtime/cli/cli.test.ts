@@ -27,12 +27,14 @@ beforeAll(async () => {
 afterAll(() => rm(dir, { recursive: true, force: true }));
 
 describe("crucible CLI", () => {
-  it("tiers: prints every tier with its price", async () => {
+  it("tiers: prints every tier with its price and dataset cache", async () => {
     const { code, stdout } = await crucible(["tiers"]);
     expect(code).toBe(0);
     for (const name of TIER_NAMES) {
       const line = stdout.split("\n").find((l) => l.startsWith(`${name} `));
       expect(line, name).toContain(`$${TIERS[name].onDemandHourlyUsd.toFixed(3)}`);
+      // The largest dataset its jobs may name: what `submit --dataset` refusals are measured against.
+      expect(line, name).toContain(`  ${TIERS[name].datasetCacheGiB} GiB  `);
     }
     const json = await crucible(["tiers", "--json"]);
     expect((JSON.parse(json.stdout) as { name: string }[]).map((t) => t.name)).toEqual([...TIER_NAMES]);

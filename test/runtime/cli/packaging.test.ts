@@ -177,6 +177,13 @@ describe("the installed crucible command", () => {
     });
   });
 
+  it("stops quietly when its reader has gone (`crucible tiers | true`)", async () => {
+    // `true` exits without reading long before Node has started, so every write of the command fails
+    // with EPIPE; pipefail makes the pipeline's status the command's.
+    const piped = await exec("bash", ["-c", `set -o pipefail; "${crucible}" tiers | true`], project);
+    expect(piped).toEqual({ code: 0, stdout: "", stderr: "" });
+  });
+
   it("templates: lists the templates it was packed with", async () => {
     const { code, stdout } = await exec(crucible, ["templates"], project);
     expect(code).toBe(0);

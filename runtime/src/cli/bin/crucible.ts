@@ -59,4 +59,9 @@ function deferUnusedModules(): void {
 // Installed, the command runs the built JavaScript (runtime/dist): no compiler at start-up. The CLI is
 // loaded once the hook is in place, and then only the module of the command it is given (../index.ts).
 deferUnusedModules();
+// `crucible ls | head`: a reader that stopped reading is no error of the command's; stop quietly, as Unix tools do.
+process.stdout.on("error", (error: NodeJS.ErrnoException) => {
+  if (error.code !== "EPIPE") throw error;
+  process.exit(0);
+});
 void import("../index.js").then(({ main }) => main());

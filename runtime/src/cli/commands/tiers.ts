@@ -16,13 +16,14 @@ export function registerTiers(program: Command): void {
         return;
       }
       const rows = [
-        ["TIER", "MEMORY", "VCPU", "GPU", "MAX RUNTIME", "USD/HOUR", "FOR"],
+        ["TIER", "MEMORY", "VCPU", "GPU", "MAX RUNTIME", "DATASETS", "USD/HOUR", "FOR"],
         ...tiers.map((t) => [
           t.name,
           formatBytes(t.memoryMiB * 2 ** 20),
           String(t.vcpus),
           t.gpu ? `${t.gpu.count} x ${t.gpu.memoryGB} GB` : "-",
           formatDuration(t.maxRuntimeSeconds),
+          `${t.datasetCacheGiB} GiB`,
           `$${t.onDemandHourlyUsd.toFixed(3)}`,
           t.description,
         ]),
