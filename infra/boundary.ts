@@ -139,6 +139,8 @@ export function boundaryPolicy(s: Scope, environment: Environment): PolicyDocume
           "autoscaling:SetInstanceHealth",
           "autoscaling:UpdateAutoScalingGroup",
           "autoscaling:CreateOrUpdateTags",
+          // The fast scale-out path (infra/fleet/fast-scale.ts) raises groups between target tracking's looks.
+          "autoscaling:SetDesiredCapacity",
         ],
         Resource: arn("autoscaling", `autoScalingGroup:*:autoScalingGroupName/crucible-${environment}-*`),
       },

@@ -5,8 +5,8 @@ import {
   TIERS,
   type TierName,
 } from "@crucible/runtime/catalog";
-import type { CrucibleConfig } from "./config";
-import { PRICE_SOURCES, fixedPrices, usd } from "./prices";
+import type { CrucibleConfig, TierConfig, WarmPoolState } from "./config";
+import { GP3_USD_PER_GIB_MONTH, PRICE_SOURCES, fixedPrices, usd } from "./prices";
 
 /**
  * The cost figures finance reads from a stack's outputs: what an hour of each tier costs and what the
@@ -29,6 +29,45 @@ export interface TierHourlyCost {
   /** The preferred instance type and its blended hourly price, for the always-on instances. */
   readonly nodeInstanceType: string;
   readonly nodeExpectedHourlyUsd: number;
+  /** The warm pool's idle instances, on a tier that declares one. */
+  readonly warmPool?: WarmPoolCost;
+}
+
+/** What a tier's warm pool costs while its group sits at its minimum. */
+export interface WarmPoolCost {
+  readonly state: WarmPoolState;
+  /**
+   * Instances the pool holds with the group at minSize: max(warmPool.minSize, prepared − minSize), where
+   * the prepared capacity is maxPreparedCapacity, or maxSize when that is 0 (Auto Scaling's sizing).
+   */
+  readonly idleInstances: number;
+  /**
+   * One idle instance: Running bills the node's full on-demand hour; Stopped and Hibernated bill only the
+   * root volume (gp3), which for Hibernated holds the RAM as config requires.
+   */
+  readonly idleHourlyUsdEach: number;
+  readonly monthlyUsd: number;
+}
+
+/** One idle warm-pool instance of `settings`, USD per hour: see {@link WarmPoolCost.idleHourlyUsdEach}. */
+export function warmPoolIdleHourlyUsd(settings: TierConfig): number {
+  if (settings.warmPool?.state === "Running")
+    return getInstanceType(settings.instanceTypes[0]!).onDemandHourlyUsd;
+  return (settings.rootVolumeGiB * GP3_USD_PER_GIB_MONTH) / HOURS_PER_MONTH;
+}
+
+function warmPoolCost(settings: TierConfig): WarmPoolCost | undefined {
+  const pool = settings.warmPool;
+  if (!pool || settings.spot.enabled) return undefined;
+  const prepared = pool.maxPreparedCapacity > 0 ? pool.maxPreparedCapacity : settings.maxSize;
+  const idleInstances = Math.max(pool.minSize, prepared - settings.minSize);
+  const each = warmPoolIdleHourlyUsd(settings);
+  return {
+    state: pool.state,
+    idleInstances,
+    idleHourlyUsdEach: round4(each),
+    monthlyUsd: usd(idleInstances * each * HOURS_PER_MONTH),
+  };
 }
 
 const round4 = (x: number) => Math.round(x * 10_000) / 10_000;
@@ -43,6 +82,7 @@ export function tierHourlyCosts(config: CrucibleConfig): Partial<Record<TierName
     const blend = (onDemand: number) => round4(onDemand * (onDemandShare + (1 - onDemandShare) * keep));
     const onDemandHourlyUsd = TIERS[tier].onDemandHourlyUsd;
     const nodeInstanceType = settings.instanceTypes[0]!;
+    const warmPool = warmPoolCost(settings);
     out[tier] = {
       onDemandHourlyUsd,
       spotHourlyUsd: round4(onDemandHourlyUsd * keep),
@@ -51,6 +91,7 @@ export function tierHourlyCosts(config: CrucibleConfig): Partial<Record<TierName
       minInstances: settings.minSize,
       nodeInstanceType,
       nodeExpectedHourlyUsd: blend(getInstanceType(nodeInstanceType).onDemandHourlyUsd),
+      ...(warmPool && { warmPool }),
     };
   }
   return out;

@@ -7,6 +7,7 @@ import { CiAccess, SMOKE_PROJECT } from "./ci";
 import { loadConfig, schedulingPolicy, submitterProjects } from "./config";
 import { fixedMonthlyCosts, tierHourlyCosts } from "./finance";
 import { TierFleet } from "./fleet";
+import { FastScale, fastScaleJobsPerNode } from "./fleet/fast-scale";
 import { KubernetesTarget } from "./kubernetes";
 import { EndpointPolicies, Network } from "./network";
 import { Notifications } from "./notifications";
@@ -168,6 +169,32 @@ const fleets = Object.fromEntries(
   }),
 );
 const asgNamesByTier = Object.fromEntries(Object.entries(fleets).map(([tier, f]) => [tier, f.asgNames]));
+
+// Seconds from a submission to a bigger group: each new job's spec.json wakes a function that raises its
+// tier's group to what the queues need. Target tracking (in TierFleet) stays authoritative, and scales in.
+const fastScale =
+  config.fleet.fastScale.enabled && enabledTiers.length > 0
+    ? new FastScale(
+        "fast-scale",
+        {
+          environment: config.environment,
+          tiers: Object.fromEntries(
+            enabledTiers.map((tier) => [
+              tier,
+              {
+                asgNames: fleets[tier]!.asgNames,
+                queues: jobQueues.byTier[tier]!,
+                jobsPerNode: fastScaleJobsPerNode(tier, config.fleet.tiers[tier]!),
+              },
+            ]),
+          ),
+          bucket: { name: workspaces.bucketName, arn: workspaces.bucketArn },
+          prefix: workspaces.workspacesPrefix,
+          settleSeconds: config.fleet.fastScale.settleSeconds,
+        },
+        { provider: aws },
+      )
+    : undefined;
 export const fleet = Object.fromEntries(
   Object.entries(fleets).map(([tier, f]) => [
     tier,
@@ -180,6 +207,7 @@ export const fleet = Object.fromEntries(
     },
   ]),
 );
+export const fastScaleFunctionArn = fastScale?.functionArn;
 
 const budgetSet = new Budgets(
   "budgets",

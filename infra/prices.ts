@@ -35,6 +35,12 @@ const BY_REGION: Readonly<Record<string, FixedPrices>> = {
   "eu-central-1": { natGatewayHourlyUsd: 0.052, interfaceEndpointAzHourlyUsd: 0.012, kmsKeyMonthlyUsd: 1 },
 };
 
+/**
+ * gp3 storage, USD per GiB-month (us-east-1 list price, https://aws.amazon.com/ebs/pricing/, 2026-11-24):
+ * what a stopped or hibernated warm-pool instance costs, its root volume.
+ */
+export const GP3_USD_PER_GIB_MONTH = 0.08;
+
 /** The fixed-cost prices of a region; throws for a region the table does not cover. */
 export function fixedPrices(region: string): FixedPrices {
   const prices = BY_REGION[region];

@@ -13,12 +13,14 @@ import { numberFlag } from "./lib/flags";
 /**
  * `npm run simulate -- --stack prod --arrivals FILE|poisson:RATE [--tier T] [--hours H] [--seed N]
  * [--spot-interruptions-per-hour X] [--json]`: one tier's Auto Scaling group under a job load, from the
- * stack's declared scaling settings, with and without its warm pool. See scripts/lib/simulation/model.ts.
+ * stack's declared scaling settings: as declared, without the fast path, and without the warm pool and fast path. See scripts/lib/simulation/model.ts.
  */
 
 function main(): void {
   const opts = new Command("simulate")
-    .description("Simulate one tier's scaling group under a job load, with and without its warm pool")
+    .description(
+      "Simulate one tier's scaling group under a job load: as declared, without the fast path, without the warm pool either",
+    )
     .requiredOption("--stack <name>", "stack whose Pulumi.<stack>.yaml to read (dev, staging, prod)")
     .requiredOption(
       "--arrivals <FILE|poisson:RATE>",

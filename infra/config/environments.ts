@@ -69,8 +69,21 @@ const common: DeepPartial<CrucibleSettings> = {
   fleet: {
     heartbeatSeconds: 30,
     queue: { visibilityTimeoutSeconds: 120, maxReceiveCount: 5, messageRetentionSeconds: 345600 },
-    startup: { coldBootSeconds: 240, warmStartSeconds: 60 },
-    scaling: { metricPeriodSeconds: 60, scaleOutDelaySeconds: 180, scaleInCooldownSeconds: 900 },
+    startup: {
+      coldBootSeconds: 240,
+      warmStartSeconds: 60,
+      hibernatedStartSeconds: 30,
+      runningStartSeconds: 5,
+    },
+    scaling: {
+      metricPeriodSeconds: 60,
+      scaleOutDelaySeconds: 180,
+      scaleInCooldownSeconds: 900,
+      fastScaleDelaySeconds: 10,
+    },
+    // On everywhere: it never asks for more than target tracking reaches minutes later, and dev runs the
+    // path prod depends on.
+    fastScale: { enabled: true, settleSeconds: 2 },
     spotInterruptionsPerHour: 0.01,
   },
   alarms: { oldestJobAgeSeconds: 900 },

@@ -14,6 +14,8 @@ export {
   ENVIRONMENTS,
   DEFAULT_SUBMITTER_PRIORITIES,
   DEFAULT_DEVICE_PLUGIN_IMAGE,
+  WARM_POOL_STATES,
+  type WarmPoolState,
   type Environment,
   type TierConfig,
   type AccessProject,

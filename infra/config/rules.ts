@@ -3,6 +3,7 @@ import {
   GPU_FAMILIES,
   TIER_NAMES,
   TIERS,
+  INSTANCE_TYPES,
   isGpuInstanceType,
   unfitReason,
   type TierName,
@@ -34,6 +35,23 @@ function checkCrossFieldRules(c: CrucibleSettings, ctx: Ctx): void {
       path: ["fleet", "queue", "visibilityTimeoutSeconds"],
       message: `must be more than twice fleet.heartbeatSeconds (${c.fleet.heartbeatSeconds}) so one missed heartbeat does not release a running job`,
       input: c.fleet.queue.visibilityTimeoutSeconds,
+    });
+  }
+  const { runningStartSeconds, hibernatedStartSeconds, warmStartSeconds } = c.fleet.startup;
+  if (hibernatedStartSeconds > warmStartSeconds) {
+    ctx.addIssue({
+      code: "custom",
+      path: ["fleet", "startup", "hibernatedStartSeconds"],
+      message: `must be at most fleet.startup.warmStartSeconds (${warmStartSeconds}): a hibernated instance resumes where a stopped one boots`,
+      input: hibernatedStartSeconds,
+    });
+  }
+  if (runningStartSeconds > hibernatedStartSeconds) {
+    ctx.addIssue({
+      code: "custom",
+      path: ["fleet", "startup", "runningStartSeconds"],
+      message: `must be at most fleet.startup.hibernatedStartSeconds (${hibernatedStartSeconds}): a running instance is already up`,
+      input: runningStartSeconds,
     });
   }
   if (c.fleet.startup.warmStartSeconds > c.fleet.startup.coldBootSeconds) {
@@ -233,6 +251,7 @@ function checkTier(name: TierName, tier: TierConfig, cap: number, ctx: Ctx): voi
       input: tier.warmPool.maxPreparedCapacity,
     });
   }
+  if (tier.warmPool?.state === "Hibernated") checkHibernation(tier, at, ctx);
   tier.prewarmSchedule.forEach((s, i) => {
     if (s.minSize > tier.maxSize) {
       ctx.addIssue({
@@ -254,5 +273,40 @@ function checkTier(name: TierName, tier: TierConfig, cap: number, ctx: Ctx): voi
         input: value,
       });
     }
+  }
+}
+
+/** Least root volume beside the RAM a hibernated instance saves to it: the schema's minimum root size. */
+export const HIBERNATION_ROOT_HEADROOM_GIB = 30;
+
+/**
+ * A `Hibernated` warm pool needs instance types EC2 hibernates, and a root volume that holds their RAM
+ * besides the OS and images. The volume must also be encrypted: every node's root volume is (infra/fleet).
+ */
+function checkHibernation(
+  tier: TierConfig,
+  at: (...rest: (string | number)[]) => (string | number)[],
+  ctx: Ctx,
+) {
+  tier.instanceTypes.forEach((type, i) => {
+    if (!INSTANCE_TYPES.get(type)?.hibernation) {
+      const hibernating = [...INSTANCE_TYPES.values()].filter((t) => t.hibernation).map((t) => t.name);
+      ctx.addIssue({
+        code: "custom",
+        path: at("instanceTypes", i),
+        message: `cannot be hibernated, which warmPool.state Hibernated needs; use an instance type that hibernates (${hibernating.join(", ")}) or warmPool.state Stopped or Running`,
+        input: type,
+      });
+    }
+  });
+  const ram = Math.max(...tier.instanceTypes.map((t) => INSTANCE_TYPES.get(t)?.memoryGiB ?? 0));
+  const least = ram + HIBERNATION_ROOT_HEADROOM_GIB;
+  if (tier.rootVolumeGiB < least) {
+    ctx.addIssue({
+      code: "custom",
+      path: at("rootVolumeGiB"),
+      message: `must be at least ${least} with warmPool.state Hibernated: the instance's ${ram} GiB of RAM is saved to the root volume, beside ${HIBERNATION_ROOT_HEADROOM_GIB} GiB for the OS and images`,
+      input: tier.rootVolumeGiB,
+    });
   }
 }

@@ -18,6 +18,9 @@ import {
  */
 
 export const ENVIRONMENTS = ["dev", "staging", "prod"] as const;
+/** The states an Auto Scaling warm pool may hold its instances in. */
+export const WARM_POOL_STATES = ["Stopped", "Hibernated", "Running"] as const;
+export type WarmPoolState = (typeof WARM_POOL_STATES)[number];
 export type Environment = (typeof ENVIRONMENTS)[number];
 
 /** A whole number in a range; `why`, when given, follows the range in the message to say why the bounds. */
@@ -125,8 +128,19 @@ const tierSchema = z.strictObject({
     /** Share of capacity above the base that is on-demand. */
     onDemandPercentage: int(0, 100),
   }),
-  /** Stopped, pre-initialised instances for on-demand groups; never on spot groups. */
-  warmPool: z.strictObject({ minSize: int(0, 1000), maxPreparedCapacity: int(0, 1000) }).optional(),
+  /** Pre-initialised instances for on-demand groups; never on spot groups. */
+  warmPool: z
+    .strictObject({
+      minSize: int(0, 1000),
+      maxPreparedCapacity: int(0, 1000),
+      /**
+       * What the pool holds its instances as: `Stopped` (billed for the root volume only), `Hibernated`
+       * (the same, RAM saved to the volume: faster to resume; only instance types that hibernate) or
+       * `Running` (billed in full, takes jobs within seconds). Defaults to Stopped.
+       */
+      state: oneOf(WARM_POOL_STATES).default("Stopped"),
+    })
+    .optional(),
   /** Scheduled raises of minimum capacity, e.g. working hours. */
   prewarmSchedule: z.array(
     z.strictObject({
@@ -174,6 +188,10 @@ const fleetSchema = z.strictObject({
     coldBootSeconds: int(10, 900),
     /** Start of a stopped warm-pool instance to its agent taking jobs (≤ coldBootSeconds). Defaults to 60. */
     warmStartSeconds: int(5, 900),
+    /** Resume of a hibernated warm-pool instance to its agent taking jobs (≤ warmStartSeconds). Defaults to 30. */
+    hibernatedStartSeconds: int(1, 900),
+    /** A running warm-pool instance entering service to its agent taking jobs (≤ hibernatedStartSeconds). Defaults to 5. */
+    runningStartSeconds: int(1, 900),
   }),
   /** The timing of the scaling policies, as the scaling simulation models them. */
   scaling: z.strictObject({
@@ -184,8 +202,23 @@ const fleetSchema = z.strictObject({
      * alarm's datapoints. Defaults to 180, target tracking's 3 one-minute datapoints.
      */
     scaleOutDelaySeconds: int(0, 3600),
+    /**
+     * A job's submission to the fast path raising the desired capacity, where the stack declares it: the
+     * S3 event on spec.json, the scaler Lambda, SetDesiredCapacity. Defaults to 10.
+     */
+    fastScaleDelaySeconds: int(0, 600),
     /** How long spare capacity lasts before it is scaled in. Defaults to 900 (15 one-minute datapoints). */
     scaleInCooldownSeconds: int(0, 86400),
+  }),
+  /**
+   * The fast scale-out path (infra/fleet/fast-scale.ts): each submission wakes a function that raises its
+   * tier's group to the nodes the queues need, in seconds; target tracking stays the authoritative path.
+   */
+  fastScale: z.strictObject({
+    /** Declare it. Defaults to true in every environment. */
+    enabled: bool(),
+    /** Seconds before a second look when the first found nothing to raise. Defaults to 2. */
+    settleSeconds: int(0, 10, "the function runs one look at a time: a long settle delays every other event"),
   }),
   /**
    * Interruptions per spot instance-hour, a Poisson rate the scaling simulation draws from. Defaults to

@@ -10,7 +10,7 @@ import {
   type SchedulingPolicy,
   getTier,
 } from "@crucible/runtime/catalog";
-import type { CrucibleConfig, TierConfig } from "../config";
+import type { CrucibleConfig, TierConfig, WarmPoolState } from "../config";
 import { componentTags } from "../providers";
 import { NODE_ASSUME_ROLE_POLICY, nodePolicy } from "./node-role";
 import { jobsPerInstanceMetrics, waitingWithNoInstanceQueries } from "./scaling-metrics";
@@ -46,7 +46,11 @@ export const agentLogGroupName = (environment: string, tier: string) =>
 export interface TierCapacity {
   readonly minSize: number;
   readonly maxSize: number;
-  readonly warmPool: { readonly minSize: number; readonly maxPreparedCapacity: number } | null;
+  readonly warmPool: {
+    readonly minSize: number;
+    readonly maxPreparedCapacity: number;
+    readonly state: WarmPoolState;
+  } | null;
   readonly spot: { readonly onDemandBase: number; readonly onDemandPercentage: number } | null;
   readonly instanceTypes: readonly string[];
   readonly onDemandHourlyUsd: number;
@@ -242,6 +246,10 @@ export class TierFleet extends pulumi.ComponentResource {
           { deviceIndex: 0, associatePublicIpAddress: "false", securityGroups: [args.securityGroupId] },
         ],
         monitoring: { enabled: true },
+        // A hibernated warm pool resumes instances with their RAM (the root volume is encrypted, as
+        // hibernation requires); config checks the type hibernates and the volume holds its RAM.
+        ...(!settings.spot.enabled &&
+          settings.warmPool?.state === "Hibernated" && { hibernationOptions: { configured: true } }),
         userData: pulumi
           .all([
             args.agentImage,
@@ -323,11 +331,12 @@ export class TierFleet extends pulumi.ComponentResource {
               },
             }
           : { launchTemplate: { id: template.id, version: "$Latest" } }),
-        // Warm pools hold stopped on-demand instances only (config rejects one on a spot group).
+        // Warm pools hold on-demand instances only (config rejects one on a spot group), stopped,
+        // hibernated or running as the tier says; scale-in returns instances to the pool in that state.
         ...(!spot &&
           settings.warmPool && {
             warmPool: {
-              poolState: "Stopped",
+              poolState: settings.warmPool.state,
               minSize: settings.warmPool.minSize,
               maxGroupPreparedCapacity: settings.warmPool.maxPreparedCapacity,
               instanceReusePolicy: { reuseOnScaleIn: true },

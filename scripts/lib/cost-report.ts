@@ -205,6 +205,14 @@ export function buildReport(
         monthlyUsd: usd(t.minInstances * HOURS_PER_MONTH * t.nodeExpectedHourlyUsd),
       });
     }
+    if (t.warmPool && t.warmPool.idleInstances > 0) {
+      const w = t.warmPool;
+      lines.push({
+        item: `${t.tier} warm pool`,
+        detail: `${w.idleInstances} × ${w.state} ${t.nodeInstanceType} × ${HOURS_PER_MONTH} h × ${rate(w.idleHourlyUsdEach)} (${w.state === "Running" ? "on-demand" : "root volume"})`,
+        monthlyUsd: w.monthlyUsd,
+      });
+    }
     const h = gpuHours.get(t.tier);
     if (h !== undefined) {
       lines.push({

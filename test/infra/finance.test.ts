@@ -78,6 +78,9 @@ describe("prod tier prices", () => {
         minInstances: 1,
         nodeInstanceType: "g4dn.xlarge",
         nodeExpectedHourlyUsd: 0.526,
+        // max(warmPool.minSize 2, maxPreparedCapacity 6 − minSize 1) = 5 stopped instances, each its
+        // 200 GiB gp3 root volume: 200 × $0.08 = $16 a month, $0.0219 an hour.
+        warmPool: { state: "Stopped", idleInstances: 5, idleHourlyUsdEach: 0.0219, monthlyUsd: 80 },
       },
       "gpu-medium": {
         onDemandHourlyUsd: 0.752,

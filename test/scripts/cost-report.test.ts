@@ -55,11 +55,12 @@ describe("prod cost report at gpu-small=200, gpu-medium=100, gpu-large=50", () =
       ["fixed costs", fixed],
       ["cpu-small always-on", 56.06], // 730 h × m6i.xlarge 0.192 × 40 % (spot)
       ["gpu-small always-on", 383.98], // 730 h × g4dn.xlarge 0.526 (on-demand)
+      ["gpu-small warm pool", 80], // 5 stopped × 200 GiB × $0.08 per GiB-month
       ["gpu-small jobs", 105.2], // 200 h × 0.526
       ["gpu-medium jobs", 30.08], // 100 h × 0.3008
       ["gpu-large jobs", 40.24], // 50 h × 0.8048
     ]);
-    const total = Math.round((fixed + 56.06 + 383.98 + 105.2 + 30.08 + 40.24) * 100) / 100;
+    const total = Math.round((fixed + 56.06 + 383.98 + 80 + 105.2 + 30.08 + 40.24) * 100) / 100;
     expect(report.estimate.totalUsd).toBe(total);
     expect(report.estimate.percentOfBudget).toBe(Math.round((total / 25000) * 1000) / 10);
   });

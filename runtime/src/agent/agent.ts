@@ -32,7 +32,7 @@ import { createQuotaDir, releaseQuotaDirsUnder } from "../launch/quota-volume";
 import { ownerAlive, processStart } from "../launch/sandbox";
 import { invalidJobEnvelope } from "../launch/outcome";
 import type { TierName } from "../catalog/tiers";
-import { getTier } from "../catalog/tiers";
+import { getTier, jobsPerNode } from "../catalog/tiers";
 import { every, runAttempt } from "./attempt";
 import { DEFAULT_LOG_CAP_BYTES } from "../store/job-log";
 import type { Pricing } from "./pricing";
@@ -221,7 +221,7 @@ export class Agent extends EventEmitter<AgentEvents> {
     const tier = getTier(options.tier);
     this.settings = {
       node: hostname(),
-      concurrency: tier.gpu ? tier.gpu.count : Math.max(1, Math.floor(cpus().length / tier.vcpus)),
+      concurrency: jobsPerNode(tier, cpus().length),
       heartbeatSeconds: 30,
       visibilitySeconds: 120,
       checkpointSeconds: 30,
@@ -291,6 +291,8 @@ export class Agent extends EventEmitter<AgentEvents> {
       }
       let received: ReceivedJob[];
       try {
+        // The first of these after start is the agent's readiness (`npm run bench:start` times it).
+        logger.debug({ free, waitSeconds }, "receiving jobs");
         received = await queues.receive(free, waitSeconds, this.pollingStop.signal);
       } catch (error) {
         if (this.stopping) break;
@@ -305,6 +307,8 @@ export class Agent extends EventEmitter<AgentEvents> {
       }
       for (const message of received) this.take(message);
     }
+    // The polls still in flight are waited out, and what they bring goes straight back.
+    await queues.drain();
   }
 
   /** Stops taking jobs and stops the running ones with `reason`, giving each `graceSeconds` to checkpoint. */

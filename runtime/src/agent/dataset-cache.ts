@@ -26,7 +26,8 @@ import {
 } from "../catalog/datasets";
 import type { Logger } from "../logger";
 import type { DatasetStore, ResolvedDataset } from "../store/dataset-store";
-import { mapLimit, scanDatasetDirectory } from "../store/dataset-store";
+import { scanDatasetDirectory } from "../store/dataset-store";
+import { mapBounded } from "../store/map-bounded";
 
 /**
  * A node's cache of the datasets its jobs name, on the node's disk so it outlives the agent: one entry per
@@ -261,7 +262,7 @@ export class DatasetCache {
       // A content several paths share is fetched once and copied.
       const first = new Map<string, DatasetFile>();
       for (const file of manifest.files) if (!first.has(file.sha256)) first.set(file.sha256, file);
-      await mapLimit([...first.values()], DOWNLOAD_CONCURRENCY, async (file) =>
+      await mapBounded([...first.values()], DOWNLOAD_CONCURRENCY, async (file) =>
         writeVerified(await open(file), inside(partial, file.path), file, formatDatasetRef(manifest)),
       );
       for (const file of manifest.files) {

@@ -1,4 +1,5 @@
 import type Dockerode from "dockerode";
+import { LABELS, ownerLabels, thisProcess } from "../launch/sandbox";
 import { createWriteStream } from "node:fs";
 import { mkdir } from "node:fs/promises";
 import { dirname, join, posix, resolve } from "node:path";
@@ -48,7 +49,11 @@ export async function copyDirectoryFromImage(options: CopyFromImageOptions): Pro
     Entrypoint: ["/bin/true"],
     Cmd: [],
     NetworkDisabled: true,
-    Labels: { "crucible.managed": "true", "crucible.purpose": "copy-out" },
+    Labels: {
+      [LABELS.managed]: "true",
+      [LABELS.purpose]: "copy-out",
+      ...ownerLabels(thisProcess()),
+    },
   });
   try {
     logger.debug({ ...fields, containerId: container.id.slice(0, 12) }, "docker get archive");

@@ -179,6 +179,15 @@ export function getTier(name: string): Tier {
   return TIERS[name];
 }
 
+/**
+ * Jobs of a tier one agent runs at once on a node of `nodeVcpus` vCPUs: a GPU tier's GPU count, a CPU
+ * tier's share of the node's vCPUs (at least one). The agent sizes its slots by it, and the fleet's fast
+ * scale-out path (infra/fleet/fast-scale.ts) its nodes, so both count a node's capacity alike.
+ */
+export function jobsPerNode(tier: Pick<Tier, "gpu" | "vcpus">, nodeVcpus: number): number {
+  return tier.gpu ? tier.gpu.count : Math.max(1, Math.floor(nodeVcpus / tier.vcpus));
+}
+
 export function isGpuTier(tier: Tier): boolean {
   return tier.gpu !== undefined;
 }

@@ -2,6 +2,7 @@ import type Dockerode from "dockerode";
 import { randomInt } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { mkdir, readFile, rm, writeFile } from "node:fs/promises";
+import { hostname } from "node:os";
 import { join } from "node:path";
 import { CONTAINER_PATHS } from "../job/contract";
 import type { Tier, TierLimits, TierName } from "../catalog/tiers";
@@ -24,6 +25,8 @@ export const LABELS = {
   scratch: "crucible.scratch",
   /** The uid the job runs as (a lease of {@link JOB_UID_POOL} on a root runtime). */
   jobUid: "crucible.job-uid",
+  /** What a container that runs no job is for (`copy-out`: reading files out of an image). */
+  purpose: "crucible.purpose",
 } as const;
 
 /** Caps of the engine's own copy of a job's output (the runtime keeps its own bounded tails). */
@@ -260,6 +263,21 @@ export interface ProcessOwner {
   readonly start?: string;
 }
 
+/** This process, as the labels of what it creates name their owner. */
+export function thisProcess(): ProcessOwner {
+  const start = processStart(process.pid);
+  return { pid: process.pid, host: hostname(), ...(start !== undefined && { start }) };
+}
+
+/** The labels that let a later `crucible gc` tell whether a container's owner is still alive. */
+export function ownerLabels(owner: ProcessOwner): Record<string, string> {
+  return {
+    [LABELS.ownerPid]: String(owner.pid),
+    [LABELS.ownerHost]: owner.host,
+    ...(owner.start !== undefined && { [LABELS.ownerStart]: owner.start }),
+  };
+}
+
 /**
  * The one place a job's container is defined: no network, read-only root, capped `/tmp`, memory without
  * swap, CPU, pids and file limits, no capabilities (but the supervisor's three, when it runs apart from
@@ -282,9 +300,7 @@ export function containerSpec(input: SandboxInput): Dockerode.ContainerCreateOpt
       [LABELS.managed]: "true",
       [LABELS.jobId]: input.jobId,
       [LABELS.tier]: tier.name,
-      [LABELS.ownerPid]: String(input.owner.pid),
-      [LABELS.ownerHost]: input.owner.host,
-      ...(input.owner.start !== undefined && { [LABELS.ownerStart]: input.owner.start }),
+      ...ownerLabels(input.owner),
       [LABELS.scratch]: input.scratchDir,
       [LABELS.jobUid]: String(input.user.uid),
     },

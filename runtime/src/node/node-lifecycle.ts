@@ -105,7 +105,15 @@ export class NodeLifecycle {
    * (into the warm pool and out of it). Resolves with a departure instead when the node is already
    * leaving: a restarted agent must not take jobs on an instance about to go.
    */
-  async join(signal?: AbortSignal): Promise<Departure | undefined> {
+  async join(
+    signal?: AbortSignal,
+    /**
+     * Readies the node before the launch hook is completed into the warm pool (images are on the engine by
+     * then: the boot script pulls them before it starts the agent), so a warm node that cannot take work
+     * (a GPU failing its health check) is abandoned there instead of put in service. Called once.
+     */
+    warmUp?: () => Promise<boolean>,
+  ): Promise<Departure | undefined> {
     const { metadata, logger } = this.options;
     this.instanceId = await metadata.get("instance-id");
     if (!this.instanceId) throw new Error("instance metadata has no instance-id: not an EC2 instance?");
@@ -116,6 +124,15 @@ export class NodeLifecycle {
       if (departure) return departure;
       if (target !== completedFor && (target === "InService" || target?.startsWith("Warmed:"))) {
         completedFor = target;
+        if (target !== "InService" && warmUp && !(await warmUp())) {
+          await this.completeHook(this.options.group.launchHook, "ABANDON");
+          logger.error(
+            { instanceId: this.instanceId, target },
+            "the node is not fit to serve; launch abandoned",
+          );
+          return "scale-in";
+        }
+        warmUp = undefined;
         try {
           await this.completeHook(this.options.group.launchHook);
           logger.info({ instanceId: this.instanceId, target }, "launch hook completed");
@@ -230,13 +247,13 @@ export class NodeLifecycle {
     });
   }
 
-  private async completeHook(hook: string): Promise<void> {
+  private async completeHook(hook: string, result: "CONTINUE" | "ABANDON" = "CONTINUE"): Promise<void> {
     await this.options.autoscaling.send(
       new CompleteLifecycleActionCommand({
         AutoScalingGroupName: this.options.group.name,
         LifecycleHookName: hook,
         InstanceId: this.instanceId,
-        LifecycleActionResult: "CONTINUE",
+        LifecycleActionResult: result,
       }),
     );
   }

@@ -1,4 +1,5 @@
 import type { S3Client } from "@aws-sdk/client-s3";
+import { mapBounded } from "./map-bounded";
 import {
   DeleteObjectCommand,
   GetObjectCommand,
@@ -258,7 +259,7 @@ export class DatasetStore {
     const byHash = new Map<string, ScannedFile>();
     for (const file of files) if (!byHash.has(file.sha256)) byHash.set(file.sha256, file);
     const unique = [...byHash.values()];
-    const present = await mapLimit(unique, PUSH_CONCURRENCY, (f) => this.exists(blobKey(prefix, f.sha256)));
+    const present = await mapBounded(unique, PUSH_CONCURRENCY, (f) => this.exists(blobKey(prefix, f.sha256)));
     const missing = unique.filter((_, i) => !present[i]);
     const total = missing.reduce((sum, f) => sum + f.size, 0);
     this.logger.info(
@@ -266,7 +267,7 @@ export class DatasetStore {
       "dataset blobs to upload",
     );
     let sent = 0;
-    await mapLimit(missing, PUSH_CONCURRENCY, async (file) => {
+    await mapBounded(missing, PUSH_CONCURRENCY, async (file) => {
       await this.uploadBlob(prefix, file, (bytes) => {
         sent += bytes;
         options.onProgress?.(sent, total);
@@ -399,7 +400,7 @@ export class DatasetStore {
       if (rest.length > 0 || version === undefined || !datasetNameSchema.safeParse(name).success) return [];
       return [{ name: name!, version: Number(version) }];
     });
-    const manifests = await mapLimit(refs, PUSH_CONCURRENCY, (ref) =>
+    const manifests = await mapBounded(refs, PUSH_CONCURRENCY, (ref) =>
       this.readManifest(prefix, ref).catch((error: unknown) => {
         if (!(error instanceof DatasetManifestError)) throw error;
         this.logger.warn({ err: error }, "dataset manifest left out of the list");
@@ -491,7 +492,7 @@ export async function scanDatasetDirectory(
   };
   await walk("");
   if (found.length === 0) throw new DatasetInputError(`${dir} holds no files; a dataset needs at least one`);
-  return mapLimit(found, PUSH_CONCURRENCY, async ({ path, source }) => ({
+  return mapBounded(found, PUSH_CONCURRENCY, async ({ path, source }) => ({
     path,
     source,
     ...(await hashFile(source)),
@@ -550,22 +551,4 @@ function httpStatus(error: unknown): number | undefined {
 function isNotFound(error: unknown): boolean {
   const name = (error as { name?: string }).name;
   return name === "NoSuchKey" || name === "NotFound" || httpStatus(error) === 404;
-}
-
-/** `fn` over `items`, at most `limit` at once, answers in the items' order. */
-export async function mapLimit<T, R>(
-  items: readonly T[],
-  limit: number,
-  fn: (item: T) => Promise<R>,
-): Promise<R[]> {
-  const results = new Array<R>(items.length);
-  let next = 0;
-  const worker = async (): Promise<void> => {
-    while (next < items.length) {
-      const i = next++;
-      results[i] = await fn(items[i]!);
-    }
-  };
-  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
-  return results;
 }

@@ -2,6 +2,7 @@
 // small immutable entry per job under its owner's prefix, keyed so that S3's listing order is newest
 // first and the key itself carries what a listing shows of the entry; a listing then lists only as many
 // keys as it shows, and reads nothing but each shown job's mutable state.
+import { mapBounded } from "./map-bounded";
 import type { S3Client } from "@aws-sdk/client-s3";
 import { ListObjectsV2Command, PutObjectCommand } from "@aws-sdk/client-s3";
 import { basename } from "node:path";
@@ -371,22 +372,4 @@ async function* newestFirst(streams: readonly IndexStream[]): AsyncGenerator<Ind
     streams[best]!.take();
     yield heads[best]!;
   }
-}
-
-/** `f` over `items`, at most `limit` at a time, results in the items' order. */
-export async function mapBounded<T, R>(
-  items: readonly T[],
-  limit: number,
-  f: (item: T) => Promise<R>,
-): Promise<R[]> {
-  const results = new Array<R>(items.length);
-  let next = 0;
-  const worker = async (): Promise<void> => {
-    while (next < items.length) {
-      const i = next++;
-      results[i] = await f(items[i]!);
-    }
-  };
-  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
-  return results;
 }

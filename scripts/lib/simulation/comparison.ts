@@ -18,16 +18,19 @@ export interface Comparison {
   readonly checkpointSeconds: number;
   readonly arrivals: { readonly source: string; readonly count: number };
   readonly settings: Omit<SimulatedTier, "stack" | "tier">;
-  /** The group as the stack declares it. */
+  /** The group as the stack declares it: its warm pool, and the fast path where declared. */
   readonly declared: Omit<SimulationResult, "waits">;
-  /** The same group and arrivals with no warm pool; null when the tier declares none. */
-  readonly withoutWarmPool: Omit<SimulationResult, "waits"> | null;
+  /** The same group and arrivals without the fast path: target tracking alone scales out. */
+  readonly withoutFastPath: Omit<SimulationResult, "waits">;
+  /** The same group and arrivals with neither the warm pool nor the fast path. */
+  readonly withoutWarmPool: Omit<SimulationResult, "waits">;
 }
 
 /**
- * The tier as declared and, when it declares a warm pool, the same tier without one on the same
- * arrivals and seed, so the pool's effect on waits and cost shows. A tier with no warm pool (spot
- * groups cannot have one) is compared with nothing: a hypothetical pool would not be its design.
+ * The tier as declared, without the fast path, and without the warm pool and the fast path, on the same
+ * arrivals and seed, so what each adds to waits and cost shows. What the tier does not declare is not
+ * invented: a tier with no fast path or no warm pool (spot groups cannot have one) shows the same run in
+ * the columns that would take it away.
  */
 export function simulateComparison(
   tier: SimulatedTier,
@@ -50,6 +53,7 @@ export function simulateComparison(
     arrivals: { source: options.arrivalsSource, count: arrivals.length },
     settings,
     declared: run(tier),
-    withoutWarmPool: tier.warmPool ? run({ ...tier, warmPool: null }) : null,
+    withoutFastPath: run({ ...tier, fastScale: null }),
+    withoutWarmPool: run({ ...tier, warmPool: null, fastScale: null }),
   };
 }

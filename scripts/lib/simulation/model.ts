@@ -36,16 +36,21 @@ import type { SimulatedTier } from "./tier";
  * - Pre-warm schedules set the minimum at each firing of their cron recurrence (in their time zone,
  *   UTC when none; Unix cron, five fields) and raise the desired capacity to it; lowering the minimum
  *   leaves the desired capacity to the policy.
- * - Scale-out: each missing instance starts from the warm pool when a stopped one is there
- *   (`startup.warmStartSeconds` to in service), else launches cold (`startup.coldBootSeconds`). Warm-pool
- *   instances still initialising are not used.
+ * - Fast path (where the stack declares `fastScale`): `scaling.fastScaleDelaySeconds` after each arrival
+ *   (the S3 event on the job's spec.json, the scaler Lambda, SetDesiredCapacity) the desired capacity is
+ *   raised to ceil((waiting + running) / jobs per node), at most maxSize; it never lowers it. It counts as
+ *   a scale-out for the scale-in cooldown. Target tracking stays the authoritative path and scales in.
+ * - Scale-out: each missing instance starts from the warm pool when one is there, in the pool's state:
+ *   Stopped `startup.warmStartSeconds` to in service, Hibernated `startup.hibernatedStartSeconds`, Running
+ *   `startup.runningStartSeconds` (the agent completing its launch hook); else it launches cold
+ *   (`startup.coldBootSeconds`). Warm-pool instances still initialising are not used.
  * - Scale-in (desired below the group's size) removes instances still booting first, newest first,
  *   then idle in-service ones; busy instances are never removed (the agent holds scale-in protection
  *   while it runs jobs), so the group stays above desired until they finish. With a warm pool
- *   (`reuseOnScaleIn`, as `infra/fleet` sets it) removed instances return to the pool, stopped.
+ *   (`reuseOnScaleIn`, as `infra/fleet` sets it) removed instances return to the pool, in its state.
  * - Warm pool size: max(warmPool.minSize, maxPreparedCapacity − desired), where a maxPreparedCapacity
  *   of 0 means maxSize. Missing pool instances launch and initialise (`coldBootSeconds`, billed as
- *   running), then stop; surplus ones are terminated.
+ *   running), then enter the pool's state; surplus ones are terminated.
  * - Spot: on launch an instance is on-demand while the group holds fewer than onDemandBase plus
  *   ceil(onDemandPercentage % of the capacity above the base) on-demand instances, else spot. Each spot
  *   instance is interrupted after an exponential time at `spotInterruptionsPerHour`; its running jobs
@@ -56,8 +61,9 @@ import type { SimulatedTier } from "./tier";
  *   counts the time it has waited so far. Percentiles are nearest-rank.
  * - Cost: running instances (booting, starting, in service, a warm-pool instance initialising) at the
  *   preferred instance type's on-demand price (for GPU tiers the catalog's tier price), spot ones at
- *   that price less `budgets.spotDiscountPercent` (finance's figure); stopped warm-pool instances at
- *   their root volume's gp3 price only (`GP3_USD_PER_GIB_MONTH` in `tier.ts`). Running instances'
+ *   that price less `budgets.spotDiscountPercent` (finance's figure); idle warm-pool instances as finance
+ *   prices them (`warmPoolIdleHourlyUsd`): Stopped and Hibernated at their root volume's gp3 price only
+ *   (the volume holds a hibernated instance's RAM), Running at the full on-demand price. Running instances'
  *   volumes, data transfer and CloudWatch are not counted.
  *
  * How it runs: {@link ScalingGroupModel} owns the group's state and has one handler per kind of event
@@ -82,6 +88,7 @@ export interface SimulationOptions {
 
 export interface SimulationResult {
   readonly warmPool: boolean;
+  readonly fastScale: boolean;
   readonly jobs: {
     readonly arrived: number;
     readonly completed: number;
@@ -115,12 +122,16 @@ export interface SimulationResult {
     readonly starting: number;
     /** Warm-pool instances initialising before they stop (billed as running). */
     readonly warmPoolInitialising: number;
-    /** Stopped in the warm pool (billed for storage only). */
+    /** Stopped or hibernated in the warm pool (billed for storage only). */
     readonly warmPoolStopped: number;
+    /** Idle and running in a `Running` warm pool (billed in full). */
+    readonly warmPoolRunning: number;
   };
   readonly costUsd: {
     readonly compute: number;
     readonly warmPoolStorage: number;
+    /** Idle instances of a `Running` warm pool. */
+    readonly warmPoolRunning: number;
     readonly total: number;
   };
 }
@@ -179,6 +190,7 @@ type Event =
   | { kind: "arrival"; job: Job }
   | { kind: "metricSample" }
   | { kind: "policyEvaluation"; sample: MetricSample }
+  | { kind: "fastScale" }
   | { kind: "scheduledAction"; minSize: number }
   | { kind: "instanceReady"; instance: Instance; epoch: number }
   | { kind: "jobFinished"; job: Job; attempt: number }
@@ -193,11 +205,17 @@ class UsageMeter {
     poolInit: 0,
     poolStopped: 0,
   };
+  /** Of `poolStopped`, the seconds a `Running` pool's instances sat idle and running. */
+  poolRunningSeconds = 0;
   computeUsd = 0;
   storageUsd = 0;
+  poolRunningUsd = 0;
 
   constructor(
-    private readonly prices: Pick<SimulatedTier, "instanceHourlyUsd" | "spotHourlyUsd" | "stoppedHourlyUsd">,
+    private readonly tier: Pick<
+      SimulatedTier,
+      "instanceHourlyUsd" | "spotHourlyUsd" | "warmPoolIdleHourlyUsd" | "warmPool"
+    >,
   ) {}
 
   /** Bills the instance's time in its current state, from when it entered it up to `now`. */
@@ -205,9 +223,14 @@ class UsageMeter {
     if (inst.state === "gone") return;
     const s = now - inst.since;
     this.seconds[inst.state] += s;
-    if (inst.state === "poolStopped") this.storageUsd += (s / 3600) * this.prices.stoppedHourlyUsd;
-    else
-      this.computeUsd += (s / 3600) * (inst.spot ? this.prices.spotHourlyUsd : this.prices.instanceHourlyUsd);
+    if (inst.state === "poolStopped" && this.tier.warmPool?.state === "Running") {
+      this.poolRunningSeconds += s;
+      this.poolRunningUsd += (s / 3600) * this.tier.warmPoolIdleHourlyUsd;
+    } else if (inst.state === "poolStopped") {
+      this.storageUsd += (s / 3600) * this.tier.warmPoolIdleHourlyUsd;
+    } else {
+      this.computeUsd += (s / 3600) * (inst.spot ? this.tier.spotHourlyUsd : this.tier.instanceHourlyUsd);
+    }
   }
 }
 
@@ -299,6 +322,8 @@ class ScalingGroupModel {
         return this.onMetricSample(now);
       case "policyEvaluation":
         return this.onPolicyEvaluation(event.sample, now);
+      case "fastScale":
+        return this.onFastScale(now);
       case "scheduledAction":
         return this.onScheduledAction(event.minSize, now);
       case "instanceReady":
@@ -316,6 +341,16 @@ class ScalingGroupModel {
   private onArrival(job: Job, now: number): void {
     this.queue.push(job);
     this.startWaitingJobs(now);
+    if (this.tier.fastScale) {
+      this.agenda.push(now + this.tier.timing.fastScaleDelaySeconds, { kind: "fastScale" });
+    }
+  }
+
+  /** The fast path: desired up to what the queue needs now, within maxSize; never down. */
+  private onFastScale(now: number): void {
+    const need = Math.ceil((this.queue.length + this.running) / this.tier.fastScale!.jobsPerNode);
+    const capacity = this.clamp(need);
+    if (capacity > this.desired) this.setDesired(capacity, now);
   }
 
   private onMetricSample(now: number): void {
@@ -431,7 +466,7 @@ class ScalingGroupModel {
       const warm = this.instancesIn("poolStopped")[0];
       if (warm) {
         this.setState(warm, "warming", now);
-        const ready = now + this.tier.timing.warmStartSeconds;
+        const ready = now + this.warmStartSeconds();
         this.agenda.push(ready, { kind: "instanceReady", instance: warm, epoch: warm.epoch });
         this.counts.warmStarts += 1;
       } else {
@@ -479,6 +514,19 @@ class ScalingGroupModel {
     const surplus = [...this.instancesIn("poolInit").reverse(), ...this.instancesIn("poolStopped").reverse()];
     for (let n = this.instancesIn("poolInit", "poolStopped").length; n > target; n -= 1) {
       this.setState(surplus.shift()!, "gone", now);
+    }
+  }
+
+  /** From the warm pool to in service, by the state the pool holds its instances in. */
+  private warmStartSeconds(): number {
+    const t = this.tier.timing;
+    switch (this.tier.warmPool?.state) {
+      case "Running":
+        return t.runningStartSeconds;
+      case "Hibernated":
+        return t.hibernatedStartSeconds;
+      default:
+        return t.warmStartSeconds;
     }
   }
 
@@ -604,6 +652,7 @@ class ScalingGroupModel {
     const hours = (s: number) => round(s / 3600, 3);
     return {
       warmPool: this.tier.warmPool !== null,
+      fastScale: this.tier.fastScale !== null,
       jobs: {
         arrived: this.jobs.length,
         completed: counts.completed,
@@ -630,12 +679,14 @@ class ScalingGroupModel {
         inService: hours(usage.seconds.inService),
         starting: hours(usage.seconds.booting + usage.seconds.warming),
         warmPoolInitialising: hours(usage.seconds.poolInit),
-        warmPoolStopped: hours(usage.seconds.poolStopped),
+        warmPoolStopped: hours(usage.seconds.poolStopped - usage.poolRunningSeconds),
+        warmPoolRunning: hours(usage.poolRunningSeconds),
       },
       costUsd: {
         compute: round(usage.computeUsd, 2),
         warmPoolStorage: round(usage.storageUsd, 2),
-        total: round(usage.computeUsd + usage.storageUsd, 2),
+        warmPoolRunning: round(usage.poolRunningUsd, 2),
+        total: round(usage.computeUsd + usage.storageUsd + usage.poolRunningUsd, 2),
       },
     };
   }

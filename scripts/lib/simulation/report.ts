@@ -19,9 +19,9 @@ const ROWS: readonly (readonly [string, (r: Column) => string])[] = [
   ["instance-hours in service", (r) => r.instanceHours.inService.toFixed(2)],
   ["instance-hours starting", (r) => r.instanceHours.starting.toFixed(2)],
   [
-    "warm pool hours (initialising / stopped)",
+    "warm pool hours (initialising / stopped / running)",
     (r) =>
-      `${r.instanceHours.warmPoolInitialising.toFixed(2)} / ${r.instanceHours.warmPoolStopped.toFixed(2)}`,
+      `${r.instanceHours.warmPoolInitialising.toFixed(2)} / ${r.instanceHours.warmPoolStopped.toFixed(2)} / ${r.instanceHours.warmPoolRunning.toFixed(2)}`,
   ],
   ["starts (cold / warm)", (r) => `${r.scaling.coldStarts} / ${r.scaling.warmStarts}`],
   ["group size (min / peak)", (r) => `${r.scaling.minGroupSize} / ${r.scaling.peakGroupSize}`],
@@ -32,6 +32,7 @@ const ROWS: readonly (readonly [string, (r: Column) => string])[] = [
   ],
   ["cost: compute", (r) => usdText(r.costUsd.compute)],
   ["cost: warm pool storage", (r) => usdText(r.costUsd.warmPoolStorage)],
+  ["cost: warm pool running", (r) => usdText(r.costUsd.warmPoolRunning)],
   ["cost: total", (r) => usdText(r.costUsd.total)],
 ];
 
@@ -53,23 +54,27 @@ function settingsLines(c: Comparison): string[] {
     }`,
     `Warm pool  ${
       s.warmPool
-        ? `min ${s.warmPool.minSize}, max prepared ${s.warmPool.maxPreparedCapacity || s.maxSize}; stopped instances ${hourly(s.stoppedHourlyUsd)} each (root volume)`
-        : "none declared: nothing to compare"
+        ? `min ${s.warmPool.minSize}, max prepared ${s.warmPool.maxPreparedCapacity || s.maxSize}; ${s.warmPool.state}, idle instances ${hourly(s.warmPoolIdleHourlyUsd)} each (${s.warmPool.state === "Running" ? "on-demand" : "root volume"})`
+        : "none declared"
+    }`,
+    `Fast path  ${
+      s.fastScale
+        ? `declared: desired raised to ceil((waiting + running) / ${s.fastScale.jobsPerNode}) ${t.fastScaleDelaySeconds} s after each submission`
+        : "none declared"
     }`,
     `Schedules  ${s.prewarmSchedule.map((p) => `${p.name} "${p.recurrence}" ${p.timeZone ?? "UTC"} → min ${p.minSize}`).join("; ") || "none"}`,
-    `Timing     cold boot ${t.coldBootSeconds} s, warm start ${t.warmStartSeconds} s; metrics every ${t.metricPeriodSeconds} s, acted on ${t.scaleOutDelaySeconds} s later; scale-in after ${t.scaleInCooldownSeconds} s`,
+    `Timing     cold boot ${t.coldBootSeconds} s, warm start ${t.warmStartSeconds} s (hibernated ${t.hibernatedStartSeconds} s, running ${t.runningStartSeconds} s); metrics every ${t.metricPeriodSeconds} s, acted on ${t.scaleOutDelaySeconds} s later; scale-in after ${t.scaleInCooldownSeconds} s`,
     "",
   ];
 }
 
-/** One column per run (as declared, and without the warm pool when there is one), aligned. */
+/** The column heads of {@link resultTable}, in the order of its runs. */
+export const COLUMN_HEADS = ["as declared", "without fast path", "without warm pool or fast path"] as const;
+
+/** One column per run (as declared, without the fast path, without either), aligned. */
 function resultTable(c: Comparison): string[] {
-  const columns = [c.declared, ...(c.withoutWarmPool ? [c.withoutWarmPool] : [])];
-  const head = [
-    "",
-    c.withoutWarmPool ? "with warm pool" : "as declared",
-    ...(c.withoutWarmPool ? ["without warm pool"] : []),
-  ];
+  const columns = [c.declared, c.withoutFastPath, c.withoutWarmPool];
+  const head = ["", ...COLUMN_HEADS];
   const table = [head, ...ROWS.map(([label, cell]) => [label, ...columns.map(cell)])];
   const widths = head.map((_, i) => Math.max(...table.map((row) => row[i]!.length)));
   return table.map((row) =>

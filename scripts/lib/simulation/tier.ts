@@ -1,4 +1,5 @@
 import type { CrucibleConfig, TierConfig } from "../../../infra/config";
+import { warmPoolIdleHourlyUsd } from "../../../infra/finance";
 import type { TierCapacity } from "../../../infra/fleet";
 import {
   HOURS_PER_MONTH,
@@ -6,20 +7,28 @@ import {
   TIERS,
   getInstanceType,
   isTierName,
+  jobsPerNode,
   type TierName,
 } from "../../../runtime/src/catalog";
+import { GP3_USD_PER_GIB_MONTH } from "../../../infra/prices";
 import { STACKS, readStackConfig } from "../mock-engine";
 import { stackConfig } from "../policy-config";
 
-/** gp3 storage, USD per GiB-month (us-east-1 list price, https://aws.amazon.com/ebs/pricing/, 2026-11-24). */
-export const GP3_USD_PER_GIB_MONTH = 0.08;
+export { GP3_USD_PER_GIB_MONTH } from "../../../infra/prices";
 
 export interface SimulationTiming {
   readonly coldBootSeconds: number;
+  /** Start of a stopped warm-pool instance to its agent taking jobs. */
   readonly warmStartSeconds: number;
+  /** Resume of a hibernated one. */
+  readonly hibernatedStartSeconds: number;
+  /** A running one entering service: the agent completing its launch hook. */
+  readonly runningStartSeconds: number;
   readonly metricPeriodSeconds: number;
   readonly scaleOutDelaySeconds: number;
   readonly scaleInCooldownSeconds: number;
+  /** A job's arrival to the fast path's raise of the desired capacity. */
+  readonly fastScaleDelaySeconds: number;
 }
 
 /** A tier's capacity as the group declares it, plus what the simulation needs to run it. */
@@ -36,9 +45,29 @@ export interface SimulatedTier extends TierCapacity {
   readonly spotHourlyUsd: number;
   /** What a stopped warm-pool instance costs: its root volume, USD per hour. */
   readonly stoppedHourlyUsd: number;
+  /**
+   * What an idle warm-pool instance costs in the pool's declared state, USD per hour: the root volume when
+   * Stopped or Hibernated (the volume holds the RAM), the full on-demand price when Running.
+   */
+  readonly warmPoolIdleHourlyUsd: number;
+  /**
+   * The fast path (infra/fleet/fast-scale.ts): each submission raises the desired capacity to the queue's
+   * need `timing.fastScaleDelaySeconds` later. Null when the stack does not declare it for the tier.
+   */
+  readonly fastScale: { readonly jobsPerNode: number } | null;
   readonly maxRuntimeSeconds: number;
   readonly timing: SimulationTiming;
   readonly spotInterruptionsPerHour: number;
+}
+
+/**
+ * Jobs the fast path counts one node to take, as infra/fleet/fast-scale.ts `fastScaleJobsPerNode` does (not
+ * imported: that module loads the AWS provider): the most any of the group's types runs at once, or target
+ * tracking's jobs per instance if more.
+ */
+function fastScaleJobsPerNode(tier: TierName, settings: TierConfig): number {
+  const slots = settings.instanceTypes.map((t) => jobsPerNode(TIERS[tier], getInstanceType(t).vcpus));
+  return Math.max(...slots, settings.targetJobsPerInstance);
 }
 
 /** The simulated tier from a stack's validated config. */
@@ -76,6 +105,8 @@ export function simulatedTier(config: CrucibleConfig, tier: string): SimulatedTi
     instanceHourlyUsd,
     spotHourlyUsd: instanceHourlyUsd * (1 - config.budgets.spotDiscountPercent / 100),
     stoppedHourlyUsd: (settings.rootVolumeGiB * GP3_USD_PER_GIB_MONTH) / HOURS_PER_MONTH,
+    warmPoolIdleHourlyUsd: warmPoolIdleHourlyUsd(settings),
+    fastScale: config.fleet.fastScale.enabled ? { jobsPerNode: fastScaleJobsPerNode(tier, settings) } : null,
     maxRuntimeSeconds: settings.limits?.maxRuntimeSeconds ?? catalog.maxRuntimeSeconds,
     timing: { ...config.fleet.startup, ...config.fleet.scaling },
     spotInterruptionsPerHour: config.fleet.spotInterruptionsPerHour,

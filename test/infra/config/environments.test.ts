@@ -15,7 +15,11 @@ describe("stack config files", () => {
     expect(prod!.network.azCount).toBe(3);
     expect(prod!.fleet.maxInstancesPerTier).toBeGreaterThan(dev!.fleet.maxInstancesPerTier);
     expect(dev!.fleet.tiers["gpu-small"]?.warmPool).toBeUndefined();
-    expect(prod!.fleet.tiers["gpu-small"]?.warmPool).toEqual({ minSize: 2, maxPreparedCapacity: 6 });
+    expect(prod!.fleet.tiers["gpu-small"]?.warmPool).toEqual({
+      minSize: 2,
+      maxPreparedCapacity: 6,
+      state: "Stopped",
+    });
   });
 
   it("applies environment defaults for keys a stack file leaves out", () => {

@@ -35,7 +35,7 @@ describe("bad config is rejected with the key, the value and what is allowed", (
       "crucible:fleet": { tiers: { "gpu-small": { warmPool: { minSize: 1, maxPreparedCapacity: 1 } } } },
     });
     expect(problems).toEqual([
-      'crucible:fleet.tiers.gpu-small.warmPool cannot be used on a spot group (warm pools only hold on-demand instances); set spot.enabled to false or use prewarmSchedule, got {"minSize":1,"maxPreparedCapacity":1}',
+      'crucible:fleet.tiers.gpu-small.warmPool cannot be used on a spot group (warm pools only hold on-demand instances); set spot.enabled to false or use prewarmSchedule, got {"minSize":1,"maxPreparedCapacity":1,"state":"Stopped"}',
     ]);
   });
 

@@ -211,7 +211,10 @@ describe("DatasetCache", () => {
     expect(
       await docker.listContainers({
         all: true,
-        filters: JSON.stringify({ label: ["crucible.purpose=copy-out"] }),
+        // This process's only: other test files copy out of images at the same time.
+        filters: JSON.stringify({
+          label: ["crucible.purpose=copy-out", `crucible.owner-pid=${process.pid}`],
+        }),
       }),
     ).toEqual([]);
   });

@@ -29,7 +29,9 @@ const BOB_SECRET = "bob-s3cr3t-token-0123456789";
 
 // A received message stays hidden 15 s before the agent's first extension: on a loaded two-core machine
 // 5 s was seen to pass first, and Bob's job then ran twice.
-const local = useLocalPlatform(TIER, logger, { maxReceiveCount: 2, visibilityTimeoutSeconds: 15 });
+// Bob's job runs through every test, beside attacks that load the machine (and this process: the
+// 10,000-entry zip is built here): its message must never reappear while the agent holds it.
+const local = useLocalPlatform(TIER, logger, { maxReceiveCount: 2, visibilityTimeoutSeconds: 60 });
 let agent: Agent;
 let running: Promise<void>;
 let alice: PlatformClients & { readonly senderId: string };
@@ -135,7 +137,7 @@ beforeAll(async () => {
     scratchRoot: local.root,
     ...FAST_AGENT,
     // Room for a loaded machine: a job's message must not reappear while its workspace is being made.
-    visibilitySeconds: 15,
+    visibilitySeconds: 60,
   });
   running = agent.run();
   // Bob's job runs beside every attack: it keeps a checkpoint and an output, holds a secret, and ends

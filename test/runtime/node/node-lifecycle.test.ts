@@ -95,6 +95,35 @@ describe("joining the group", () => {
     expect(actions()).toEqual(["CompleteLifecycleAction", "CompleteLifecycleAction"]);
   });
 
+  it("readies a warm node before completing its hook into the warm pool, once, and not again in service", async () => {
+    node.metadata.set("autoscaling/target-lifecycle-state", "Warmed:Stopped");
+    const order: string[] = [];
+    const warmUp = (): Promise<boolean> => {
+      order.push(`warm-up, ${node.calls.length} hook calls`);
+      return Promise.resolve(true);
+    };
+    const joining = lifecycle().join(undefined, warmUp);
+    await node.nextCall("CompleteLifecycleAction");
+    node.metadata.set("autoscaling/target-lifecycle-state", "InService");
+    expect(await joining).toBeUndefined();
+    expect(order).toEqual(["warm-up, 0 hook calls"]);
+    expect(actions()).toEqual(["CompleteLifecycleAction", "CompleteLifecycleAction"]);
+  });
+
+  it("abandons the launch of a warm node that is not fit to serve, and takes nothing", async () => {
+    node.metadata.set("autoscaling/target-lifecycle-state", "Warmed:Stopped");
+    expect(await lifecycle().join(undefined, () => Promise.resolve(false))).toBe("scale-in");
+    expect(node.calls).toEqual([
+      {
+        action: "CompleteLifecycleAction",
+        params: expect.objectContaining({
+          ...hookCompletion(GROUP.launchHook),
+          LifecycleActionResult: "ABANDON",
+        }) as QueryCall["params"],
+      },
+    ]);
+  });
+
   it("still serves when no launch action is pending (an agent restarted on a node in service)", async () => {
     node.metadata.set("autoscaling/target-lifecycle-state", "InService");
     node.failing.set("CompleteLifecycleAction", "ValidationError");

@@ -26,6 +26,64 @@ function recordingQueues(
   return { queues: new PriorityQueues(byPriority, weights), calls };
 }
 
+/** Queues that are empty at a quick look and whose long polls end only when the test says. */
+function longPollingQueues(holdMs?: number): {
+  queues: PriorityQueues;
+  calls: [Priority, number][];
+  arrive: (priority: Priority, messageId?: string) => void;
+  fail: (priority: Priority, error: Error) => void;
+  released: string[];
+} {
+  const calls: [Priority, number][] = [];
+  const released: string[] = [];
+  const polls = new Map<Priority, { resolve: (m: ReceivedJob[]) => void; reject: (e: Error) => void }>();
+  const queuesBy = {} as Record<Priority, JobQueue>;
+  for (const priority of PRIORITIES) {
+    queuesBy[priority] = {
+      queueUrl: `https://sqs.example/${priority}`,
+      priority,
+      receive: (_max: number, wait: number) => {
+        calls.push([priority, wait]);
+        if (wait === 0) return Promise.resolve([]);
+        return new Promise<ReceivedJob[]>((resolve, reject) => polls.set(priority, { resolve, reject }));
+      },
+      release: (handle: string) => {
+        released.push(handle);
+        return Promise.resolve();
+      },
+    } as unknown as JobQueue;
+  }
+  const settle = (
+    priority: Priority,
+  ): { resolve: (m: ReceivedJob[]) => void; reject: (e: Error) => void } => {
+    const poll = polls.get(priority);
+    if (!poll) throw new Error(`no long poll of ${priority} in flight`);
+    polls.delete(priority);
+    return poll;
+  };
+  return {
+    queues: new PriorityQueues(queuesBy, undefined, holdMs),
+    calls,
+    released,
+    arrive: (priority, messageId) =>
+      settle(priority).resolve(
+        messageId === undefined
+          ? []
+          : [{ messageId, receiptHandle: messageId, queue: queuesBy[priority] } as unknown as ReceivedJob],
+      ),
+    fail: (priority, error) => settle(priority).reject(error),
+  };
+}
+
+/** Waits, turn by turn of the event loop, until `condition` holds (at most a second). */
+async function until(condition: () => boolean): Promise<void> {
+  const deadline = Date.now() + 1000;
+  while (!condition()) {
+    if (Date.now() > deadline) throw new Error("timed out waiting");
+    await new Promise((resolve) => setImmediate(resolve));
+  }
+}
+
 async function takeN(queues: PriorityQueues, n: number): Promise<string[]> {
   const taken: string[] = [];
   for (let i = 0; i < n; i++) taken.push(...(await queues.receive(1, 20)).map((m) => m.messageId));
@@ -57,31 +115,108 @@ describe("PriorityQueues", () => {
     expect(taken.filter((p) => p === "high")).toHaveLength(18);
   });
 
-  it("looks at every class without waiting first, then long-polls each with the wait shared out", async () => {
+  it("looks at every class without waiting first, then long-polls all of them at once with the whole wait", async () => {
     const { queues, calls } = recordingQueues([]);
     expect(await queues.receive(2, 20)).toEqual([]);
     expect(calls).toEqual([
       ["high", 0],
       ["normal", 0],
       ["low", 0],
-      ["high", 7],
-      ["normal", 7],
-      ["low", 7],
+      ["high", 20],
+      ["normal", 20],
+      ["low", 20],
     ]);
   });
 
-  it("once stopped, lets the receive in flight end but polls no further class", async () => {
+  it("once stopped, polls no further class and returns without waiting out the polls in flight", async () => {
     const stop = new AbortController();
-    const { queues, calls } = recordingQueues([], undefined, (priority, wait) => {
-      if (priority === "high" && wait > 0) stop.abort();
-    });
+    const { queues, calls, arrive } = longPollingQueues();
+    const receiving = queues.receive(2, 20, stop.signal);
+    await until(() => calls.length === 6);
+    stop.abort();
+    expect(await receiving).toEqual([]);
     expect(await queues.receive(2, 20, stop.signal)).toEqual([]);
-    expect(calls).toEqual([
-      ["high", 0],
+    expect(calls).toHaveLength(6);
+    for (const p of PRIORITIES) arrive(p);
+    await queues.drain();
+  });
+
+  it("takes a job on a lower class as it arrives, while the other classes' long polls still wait", async () => {
+    const { queues, calls, arrive } = longPollingQueues();
+    const receiving = queues.receive(1, 20);
+    await until(() => calls.length === 6);
+    arrive("low", "job");
+    expect((await receiving).map((m) => m.messageId)).toEqual(["job"]);
+  });
+
+  it("carries the polls in flight into the next receive, hands out what they bring first, and polls no class twice", async () => {
+    const { queues, calls, arrive, released } = longPollingQueues();
+    const first = queues.receive(1, 20);
+    await until(() => calls.length === 6);
+    arrive("normal", "n1");
+    expect((await first).map((m) => m.messageId)).toEqual(["n1"]);
+    const second = queues.receive(1, 20);
+    await until(() => calls.length === 8);
+    // Only normal is looked at and polled again: high and low still have their first polls in flight.
+    expect(calls.slice(6)).toEqual([
       ["normal", 0],
-      ["low", 0],
-      ["high", 7],
+      ["normal", 20],
     ]);
+    arrive("high", "h1");
+    expect((await second).map((m) => m.messageId)).toEqual(["h1"]);
+    expect(released).toEqual([]);
+    arrive("low", "l1");
+    arrive("normal", "n2");
+    await Promise.resolve();
+    // Both came while no receive asked: the next hands out the higher class and releases the other.
+    expect((await queues.receive(1, 20)).map((m) => m.messageId)).toEqual(["n2"]);
+    expect(released).toEqual(["l1"]);
+  });
+
+  it("releases what a carried poll brings when no receive asks for it in time (the agent is full)", async () => {
+    const { queues, calls, arrive, released } = longPollingQueues(10);
+    const first = queues.receive(1, 20);
+    await until(() => calls.length === 6);
+    arrive("high", "h1");
+    await first;
+    arrive("low", "l1");
+    await until(() => released.length === 1);
+    expect(released).toEqual(["l1"]);
+  });
+
+  it("drain waits out the polls in flight and releases what they bring", async () => {
+    const { queues, calls, arrive, released } = longPollingQueues();
+    const first = queues.receive(1, 20);
+    await until(() => calls.length === 6);
+    arrive("normal", "n1");
+    await first;
+    let drained = false;
+    const draining = queues.drain().then(() => (drained = true));
+    await Promise.resolve();
+    expect(drained).toBe(false);
+    arrive("high", "h1");
+    arrive("low");
+    await draining;
+    expect(released).toEqual(["h1"]);
+  });
+
+  it("fails a receive whose poll fails, and polls that class afresh on the next", async () => {
+    const { queues, calls, arrive, fail } = longPollingQueues();
+    const first = queues.receive(1, 20);
+    await until(() => calls.length === 6);
+    fail("normal", new Error("normal down"));
+    await expect(first).rejects.toThrow("normal down");
+    const second = queues.receive(1, 20);
+    await until(() => calls.length === 8);
+    expect(calls.slice(6)).toEqual([
+      ["normal", 0],
+      ["normal", 20],
+    ]);
+    arrive("normal", "n1");
+    expect((await second).map((m) => m.messageId)).toEqual(["n1"]);
+    arrive("high");
+    arrive("low");
+    await queues.drain();
   });
 
   it("with one queue for every class (a platform without priority queues), long-polls it alone", async () => {

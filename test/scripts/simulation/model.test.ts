@@ -31,10 +31,10 @@ describe("prod gpu-small, as the stack declares it", () => {
   it("has a lower p95 wait with its warm pool than without one, on the same arrivals", () => {
     const c = simulateComparison(tier, arrivals, { ...DAY, arrivalsSource: "poisson:6" });
     expect(c.withoutWarmPool).not.toBeNull();
-    expect(c.declared.waitSeconds.p95).toBeLessThan(c.withoutWarmPool!.waitSeconds.p95);
+    expect(c.declared.waitSeconds.p95).toBeLessThan(c.withoutWarmPool.waitSeconds.p95);
     expect(c.declared.scaling.warmStarts).toBeGreaterThan(0);
-    expect(c.withoutWarmPool!.scaling.warmStarts).toBe(0);
-    expect(c.declared.jobs.arrived).toBe(c.withoutWarmPool!.jobs.arrived);
+    expect(c.withoutWarmPool.scaling.warmStarts).toBe(0);
+    expect(c.declared.jobs.arrived).toBe(c.withoutWarmPool.jobs.arrived);
   });
 
   it("with no jobs, stays at minSize and costs minSize × price × hours (plus the stopped pool's volumes)", () => {
@@ -55,9 +55,11 @@ describe("prod gpu-small, as the stack declares it", () => {
       { offsetSeconds: 0, durationSeconds: 3600 },
       { offsetSeconds: 1, durationSeconds: 600 },
     ];
+    // Target tracking alone: the fast path (on by default) is pinned in fast-path.test.ts.
+    const slow = { ...tier, fastScale: null };
     const lag = detectionLag(tier, 1);
-    expect(simulate(tier, jobs, DAY).waits[1]! - lag).toBe(tier.timing.warmStartSeconds);
-    expect(simulate({ ...tier, warmPool: null }, jobs, DAY).waits[1]! - lag).toBe(
+    expect(simulate(slow, jobs, DAY).waits[1]! - lag).toBe(tier.timing.warmStartSeconds);
+    expect(simulate({ ...slow, warmPool: null }, jobs, DAY).waits[1]! - lag).toBe(
       tier.timing.coldBootSeconds,
     );
   });
@@ -73,7 +75,7 @@ describe("prod gpu-small, as the stack declares it", () => {
       { offsetSeconds: 0, durationSeconds: 3600 },
       { offsetSeconds: 1, durationSeconds: 600 },
     ];
-    expect(simulate(slow, jobs, DAY).waits[1]! - detectionLag(slow, 1)).toBe(150);
+    expect(simulate({ ...slow, fastScale: null }, jobs, DAY).waits[1]! - detectionLag(slow, 1)).toBe(150);
   });
 
   it("never grows past maxSize, however many jobs wait", () => {
@@ -91,7 +93,8 @@ describe("spot tiers", () => {
   const tier = { ...declared, spotInterruptionsPerHour: 0 };
 
   it("scale up from zero through the from-zero alarm, cold", () => {
-    const r = simulate(tier, [{ offsetSeconds: 601, durationSeconds: 300 }], { hours: 2, seed: 1 });
+    const slow = { ...tier, fastScale: null };
+    const r = simulate(slow, [{ offsetSeconds: 601, durationSeconds: 300 }], { hours: 2, seed: 1 });
     expect(r.scaling.minGroupSize).toBe(0);
     expect(r.scaling.fromZeroScaleOuts).toBe(1);
     expect(r.jobs.completed).toBe(1);

@@ -130,15 +130,6 @@ export function registerAgent(program: Command): void {
         };
         process.on("SIGTERM", onSignal);
         process.on("SIGINT", onSignal);
-        const early = await node?.lifecycle.join(signals.signal);
-        if (signals.signal.aborted) return;
-        if (early) {
-          // Restarted on a node already on its way out: take nothing, wait to be stopped.
-          logger.warn({ departure: early }, "node is leaving; not taking jobs");
-          await node?.lifecycle.leave(signals.signal);
-          await aborted(signals.signal);
-          return;
-        }
         const kind = launcherKind(flags.launcher, settings);
         const launcher = await launcherFor(kind, {
           logger,
@@ -161,6 +152,17 @@ export function registerAgent(program: Command): void {
               ...(node && { markUnhealthy: (reason: string) => node.lifecycle.markUnhealthy(reason) }),
             })
           : undefined;
+        // In the warm state the GPU is checked before the launch hook completes (the images are pulled by
+        // then), so a warm-pool node that cannot serve is abandoned there rather than put in service.
+        const early = await node?.lifecycle.join(signals.signal, health && (() => health.ready()));
+        if (signals.signal.aborted) return;
+        if (early) {
+          // Restarted on a node already on its way out: take nothing, wait to be stopped.
+          logger.warn({ departure: early }, "node is leaving; not taking jobs");
+          await node?.lifecycle.leave(signals.signal);
+          await aborted(signals.signal);
+          return;
+        }
         // Jobs mount datasets from this node's cache, which only the Docker engine here can bind-mount.
         const datasets =
           settings.datasetsBucket && kind === "docker"

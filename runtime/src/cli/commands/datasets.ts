@@ -1,5 +1,5 @@
-import { Presets, SingleBar } from "cli-progress";
 import type { Command } from "commander";
+import { byteProgressBar } from "../byte-progress";
 import { formatDatasetBytes, formatDatasetRef } from "../../catalog/datasets";
 import { defaultDatasetsDir, listDatasets } from "../../job/datasets";
 import { formatBytes } from "../../job/detect";
@@ -7,7 +7,7 @@ import { DatasetInputError, DatasetManifestError, DatasetNotFoundError } from ".
 import type { DatasetStore } from "../../store/dataset-store";
 import type { Owner } from "./platform-access";
 import { ownerOf, ownerOptions, platformFromEnv } from "./platform-access";
-import { cliLogger, printJson, UsageError } from "./shared";
+import { asUsage, cliLogger, printJson, UsageError } from "./shared";
 
 /** The caller's datasets through their own credentials. */
 function datasetStore(): DatasetStore {
@@ -21,19 +21,7 @@ function datasetStore(): DatasetStore {
 }
 
 /** What the caller named wrongly (the name, the directory, a file in it) is bad usage; the rest a failure. */
-async function asUsage<T>(work: Promise<T>): Promise<T> {
-  try {
-    return await work;
-  } catch (error) {
-    if (
-      error instanceof DatasetInputError ||
-      error instanceof DatasetNotFoundError ||
-      error instanceof DatasetManifestError
-    )
-      throw new UsageError(error.message);
-    throw error;
-  }
-}
+const DATASET_USAGE = [DatasetInputError, DatasetNotFoundError, DatasetManifestError];
 
 /** `crucible datasets push|ls|local`: versioned datasets in the platform's store, and the local directory. */
 export function registerDatasets(program: Command): void {
@@ -55,7 +43,7 @@ export function registerDatasets(program: Command): void {
       .option("--json", "print the version as JSON"),
   ).action(async (name: string, dir: string, flags: Owner & { json?: boolean }) => {
     const store = datasetStore();
-    const bar = process.stderr.isTTY && !flags.json ? progressBar() : undefined;
+    const bar = process.stderr.isTTY && !flags.json ? byteProgressBar() : undefined;
     let result;
     try {
       result = await asUsage(
@@ -66,6 +54,7 @@ export function registerDatasets(program: Command): void {
             bar.update(sent, { done: formatBytes(sent), size: formatBytes(total) });
           },
         }),
+        DATASET_USAGE,
       );
     } finally {
       bar?.stop();
@@ -90,7 +79,7 @@ export function registerDatasets(program: Command): void {
       .description("list your datasets' versions and the platform's pre-cached ones")
       .option("--json", "print them as JSON"),
   ).action(async (flags: Owner & { json?: boolean }) => {
-    const versions = await asUsage(datasetStore().list(ownerOf(flags)));
+    const versions = await asUsage(datasetStore().list(ownerOf(flags)), DATASET_USAGE);
     if (flags.json) {
       printJson(versions);
       return;
@@ -148,18 +137,3 @@ export function registerDatasets(program: Command): void {
 }
 
 const count = (files: number): string => `${files} file${files === 1 ? "" : "s"}`;
-
-/** A byte progress bar on stderr, for a terminal; its total is set once the push knows what to send. */
-function progressBar(): SingleBar {
-  const bar = new SingleBar(
-    {
-      format: " {bar} {percentage}% | {done}/{size} | {eta_formatted}",
-      hideCursor: true,
-      gracefulExit: false,
-      stream: process.stderr,
-    },
-    Presets.shades_classic,
-  );
-  bar.start(0, 0, { done: formatBytes(0), size: formatBytes(0) });
-  return bar;
-}

@@ -1,5 +1,5 @@
-import { Presets, SingleBar } from "cli-progress";
 import type { Command } from "commander";
+import { byteProgressBar } from "../byte-progress";
 import { formatBytes } from "../../job/detect";
 import type { JobFileKind, PullFile } from "../../store/job-files";
 import {
@@ -15,7 +15,7 @@ import {
 import type { JobAddress } from "../../store/job-store";
 import type { Owner } from "./platform-access";
 import { address, ownerOf, ownerOptions, platformFromEnv } from "./platform-access";
-import { cliLogger, EXIT, printJson, UsageError } from "./shared";
+import { asUsage, cliLogger, EXIT, printJson, UsageError } from "./shared";
 
 const UNIT_SECONDS = { s: 1, m: 60, h: 3600, d: 86_400 } as const;
 const EXPIRES_FORMS = "a whole number of s, m, h or d, such as 30m, 12h or 7d";
@@ -39,19 +39,7 @@ function reach(jobId: string, flags: Owner): { files: JobFiles; job: JobAddress 
 }
 
 /** What the caller named wrongly (the job, its owner, the directory) is bad usage; the rest a failure. */
-async function asUsage<T>(work: Promise<T>): Promise<T> {
-  try {
-    return await work;
-  } catch (error) {
-    if (
-      error instanceof JobNotFoundError ||
-      error instanceof JobAccessError ||
-      error instanceof PullDirectoryError
-    )
-      throw new UsageError(error.message);
-    throw error;
-  }
-}
+const FILES_USAGE = [JobNotFoundError, JobAccessError, PullDirectoryError];
 
 const isoSeconds = (date: Date): string => date.toISOString().replace(/\.\d{3}Z$/, "Z");
 
@@ -69,7 +57,7 @@ export function registerOutputs(program: Command): void {
       .option("--json", "print them as JSON (step null when none)"),
   ).action(async (jobId: string, flags: Owner & { json?: boolean }) => {
     const { files, job } = reach(jobId, flags);
-    const listed = (await asUsage(files.list(job, "checkpoints")))
+    const listed = (await asUsage(files.list(job, "checkpoints"), FILES_USAGE))
       .map((f) => ({ name: f.name, size: f.size, lastModified: f.lastModified, step: stepOf(f.name) }))
       .sort(
         (a, b) =>
@@ -133,7 +121,7 @@ export function registerOutputs(program: Command): void {
       const { files, job } = reach(jobId, flags);
       const into = dir ?? jobId;
       const kinds: JobFileKind[] = flags.checkpoints ? ["outputs", "checkpoints"] : ["outputs"];
-      const all = await asUsage(files.plan(job, kinds));
+      const all = await asUsage(files.plan(job, kinds), FILES_USAGE);
       const what = kinds.join(" or ");
       if (all.length === 0) {
         process.stdout.write(`nothing to pull: job ${jobId} has no ${what} yet\n`);
@@ -145,7 +133,7 @@ export function registerOutputs(program: Command): void {
           `--only "${only}" matches none of the job's ${all.length} files (paths such as ${printable(all[0]!.path)})`,
         );
       const total = chosen.reduce((sum, f) => sum + f.size, 0);
-      const bar = process.stderr.isTTY ? progressBar(total) : undefined;
+      const bar = process.stderr.isTTY ? byteProgressBar(total) : undefined;
       // Ctrl-C stops between two writes, so a part ends on a whole write and its sidecar stays true.
       const interrupt = new AbortController();
       const stop = (): void => interrupt.abort();
@@ -157,6 +145,7 @@ export function registerOutputs(program: Command): void {
             onProgress: (done) => bar?.update(done, { done: formatBytes(done) }),
             signal: interrupt.signal,
           }),
+          FILES_USAGE,
         );
       } catch (error) {
         if (!interrupt.signal.aborted) throw error;
@@ -188,7 +177,7 @@ export function registerOutputs(program: Command): void {
   ).action(async (jobId: string, flags: Owner & { expires: string }) => {
     const seconds = parseExpires(flags.expires);
     const { files, job } = reach(jobId, flags);
-    const { links, expiresAt, validUntil } = await asUsage(files.share(job, seconds));
+    const { links, expiresAt, validUntil } = await asUsage(files.share(job, seconds), FILES_USAGE);
     if (links.length === 0) {
       process.stderr.write(
         `job ${jobId} has no outputs yet (the agent uploads them when the job finishes)\n`,
@@ -205,18 +194,3 @@ export function registerOutputs(program: Command): void {
 }
 
 const count = (files: readonly PullFile[]): string => `${files.length} file${files.length === 1 ? "" : "s"}`;
-
-/** A byte progress bar on stderr, for a terminal. */
-function progressBar(total: number): SingleBar {
-  const bar = new SingleBar(
-    {
-      format: " {bar} {percentage}% | {done}/{size} | {eta_formatted}",
-      hideCursor: true,
-      gracefulExit: false,
-      stream: process.stderr,
-    },
-    Presets.shades_classic,
-  );
-  bar.start(total, 0, { done: formatBytes(0), size: formatBytes(total) });
-  return bar;
-}

@@ -8,6 +8,22 @@ export class UsageError extends Error {
   override readonly name = "UsageError";
 }
 
+/**
+ * `work`, with the errors of `kinds` (what the caller named wrongly: a job, a name, a directory) turned
+ * into a {@link UsageError} with the same message; anything else is a failure and passes as it is.
+ */
+export async function asUsage<T>(
+  work: Promise<T>,
+  kinds: readonly (abstract new (...args: never[]) => Error)[],
+): Promise<T> {
+  try {
+    return await work;
+  } catch (error) {
+    if (kinds.some((kind) => error instanceof kind)) throw new UsageError((error as Error).message);
+    throw error;
+  }
+}
+
 /** Exit codes of every command: 0 success, 1 the job or the operation failed, 2 bad usage. */
 export const EXIT = { ok: 0, failed: 1, usage: 2, interrupted: 130 } as const;
 

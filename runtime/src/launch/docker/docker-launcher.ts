@@ -29,7 +29,7 @@ import {
   releaseQuotaDir,
   releaseQuotaDirsUnder,
 } from "../quota-volume";
-import type { JobUserLease, ProcessOwner } from "../sandbox";
+import type { JobUserLease } from "../sandbox";
 import {
   callerUser,
   containerSpec,
@@ -37,7 +37,7 @@ import {
   leaseJobUser,
   ownerAlive,
   perJobUsers,
-  processStart,
+  thisProcess,
 } from "../sandbox";
 
 export interface DockerLauncherOptions extends LauncherOptions {
@@ -409,11 +409,6 @@ export async function readRunnerResult(outputDir: string): Promise<RunnerRead> {
   } finally {
     await handle.close();
   }
-}
-
-function thisProcess(): ProcessOwner {
-  const start = processStart(process.pid);
-  return { pid: process.pid, host: hostname(), ...(start !== undefined && { start }) };
 }
 
 /** Removes a scratch directory named on a container, but only one this runtime could have made. */
