@@ -1,10 +1,12 @@
 import type { S3Client } from "@aws-sdk/client-s3";
 import type Dockerode from "dockerode";
-import { mkdtemp, rm } from "node:fs/promises";
+import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { z } from "zod";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { DatasetRef } from "../catalog/datasets";
-import { formatDatasetRef } from "../catalog/datasets";
+import { formatDatasetRef, PRECACHED_DATASETS } from "../catalog/datasets";
+import { imageRef } from "../catalog/image-matrix";
 import { InvalidJobError } from "../job/job-spec";
 import type { DatasetOwner, ResolvedDataset } from "../store/dataset-store";
 import { DatasetManifestError, DatasetNotFoundError } from "../store/dataset-store";
@@ -65,21 +67,70 @@ export async function openNodeDatasets(options: NodeDatasetsOptions): Promise<No
   await cache.start();
   if (options.precached ?? true) {
     if (!options.docker) throw new Error("seeding the pre-cached datasets needs the Docker engine");
-    const workDir = await mkdtemp(join(tmpdir(), "crucible-precached-"));
-    try {
-      const seeds = await precachedSeeds({
-        docker: options.docker,
-        logger,
-        workDir,
-        ...(options.images && { images: options.images }),
-      });
-      const published = await cache.seedPrecached(seeds);
-      logger.info({ datasets: published.map(formatDatasetRef) }, "pre-cached datasets seeded");
-    } finally {
-      await rm(workDir, { recursive: true, force: true });
-    }
+    await seedPrecachedSets(cache, { ...options, docker: options.docker });
   }
   return { store, cache, capacityBytes, description };
+}
+
+/**
+ * Which image (by id) and directory each pre-cached set was copied out of, and the digest it was
+ * published with, kept beside the cache: an agent restarted on the same node (a warm pool's, after
+ * every start) finds the entry already there and skips copying it out of the image again.
+ */
+const SEEDED_RECORD = "seeded-from-images.json";
+const seededRecordSchema = z.record(z.string(), z.string());
+
+/** The record as it was left; none (every set copied again) when it is missing or damaged. */
+async function readSeededRecord(path: string): Promise<Record<string, string>> {
+  try {
+    return seededRecordSchema.parse(JSON.parse(await readFile(path, "utf8")));
+  } catch {
+    return {};
+  }
+}
+
+async function seedPrecachedSets(
+  cache: DatasetCache,
+  options: NodeDatasetsOptions & { readonly docker: Dockerode },
+): Promise<void> {
+  const { docker, logger } = options;
+  const record = await readSeededRecord(join(options.root, SEEDED_RECORD));
+  const held = new Set(cache.digests);
+  const sources = await Promise.all(
+    PRECACHED_DATASETS.map(async (dataset) => {
+      const { source } = dataset;
+      if (source.kind !== "image") return { dataset, key: undefined };
+      const image = options.images?.[source.family] ?? imageRef(source.family);
+      const { Id } = await docker.getImage(image).inspect();
+      return { dataset, key: `${Id} ${source.path}` };
+    }),
+  );
+  // Sets from the runtime package are read where they are, which is cheap: only image copies are skipped.
+  const due = sources.filter(({ key }) => key === undefined || !held.has(record[key] ?? ""));
+  const workDir = await mkdtemp(join(tmpdir(), "crucible-precached-"));
+  try {
+    const seeds = await precachedSeeds({
+      docker,
+      logger,
+      workDir,
+      datasets: due.map(({ dataset }) => dataset),
+      ...(options.images && { images: options.images }),
+    });
+    const published = await cache.seedPrecached(seeds);
+    due.forEach(({ key }, i) => {
+      if (key !== undefined) record[key] = published[i]!.digest;
+    });
+    await writeFile(join(options.root, SEEDED_RECORD), JSON.stringify(record));
+    logger.info(
+      {
+        seeded: published.map(formatDatasetRef),
+        kept: sources.filter((s) => !due.includes(s)).map(({ dataset }) => formatDatasetRef(dataset)),
+      },
+      "pre-cached datasets ready",
+    );
+  } finally {
+    await rm(workDir, { recursive: true, force: true });
+  }
 }
 
 /**

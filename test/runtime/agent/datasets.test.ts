@@ -1,8 +1,8 @@
 import Dockerode from "dockerode";
-import { mkdir, writeFile } from "node:fs/promises";
+import { mkdir, readdir, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import pino from "pino";
-import { beforeAll, describe, expect, it } from "vitest";
+import { beforeAll, describe, expect, it, vi } from "vitest";
 import type { Agent } from "../../../runtime/src/agent/agent";
 import type { NodeDatasets } from "../../../runtime/src/agent/job-datasets";
 import { openNodeDatasets } from "../../../runtime/src/agent/job-datasets";
@@ -130,5 +130,26 @@ describe("datasets on the local platform", () => {
       reason: "invalid_job",
       error: { message: "datasets: corpus@1 is 38 B, more than the 16 B dataset cache of a cpu-large node" },
     });
+  });
+
+  it("opened again on the same cache (an agent restarted), copies nothing out of the images", async () => {
+    const docker = new Dockerode();
+    const creates = vi.spyOn(docker, "createContainer");
+    const again = await openNodeDatasets({
+      s3: local.platform.s3,
+      bucket: local.platform.datasetsBucket,
+      tier: TIER,
+      root: join(local.root, "dataset-cache"),
+      logger,
+      docker,
+    });
+    expect(creates).not.toHaveBeenCalled();
+    const sklearn = await again.store.resolve(
+      { project: PROJECT, user: "ada" },
+      { name: "sklearn", version: 1 },
+    );
+    const lease = await again.cache.acquire(sklearn);
+    expect(await readdir(lease.dir)).toContain("iris.csv");
+    await lease.release();
   });
 });
