@@ -339,9 +339,15 @@ export class Agent extends EventEmitter<AgentEvents> {
       if (owner === undefined) continue;
       const [pid, start] = owner.trim().split(" ");
       if (ownerAlive(Number(pid), start || undefined)) continue;
-      await releaseQuotaDirsUnder(dir);
-      await rm(dir, { recursive: true, force: true });
-      reclaimed += 1;
+      try {
+        await releaseQuotaDirsUnder(dir);
+        await rm(dir, { recursive: true, force: true });
+        reclaimed += 1;
+      } catch (error) {
+        // Another agent of this machine may be reclaiming it at the same moment (a local platform starts
+        // one per tier): what is left is that one's, or the next start's. Never a reason to take no jobs.
+        logger.warn({ err: error, dir }, "could not remove a dead agent's job workspace; leaving it");
+      }
     }
     if (reclaimed > 0) logger.warn({ reclaimed }, "removed job workspaces that dead agents left behind");
   }

@@ -266,17 +266,22 @@ describe("the agent on the local platform", () => {
       await writeFile(join(dir, ".crucible-owner"), owner);
       return dir;
     };
-    const orphan = await scratch("orphan", `${dead} `);
+    const orphans = await Promise.all(["a", "b", "c"].map((n) => scratch(`orphan-${n}`, `${dead} `)));
     const live = await scratch("live", `${process.pid} ${processStart(process.pid) ?? ""}`);
-    const agent = newAgent({ scratchRoot: local.root });
-    const running = agent.run();
+    // Two agents start at once on one scratch root, as a local platform's do (one a tier): both go for
+    // the same dead agent's leftovers, and neither may fail for the other having been there first.
+    const agents = [newAgent({ scratchRoot: local.root }), newAgent({ scratchRoot: local.root })];
+    const runs = agents.map((agent) => agent.run());
     try {
-      await expect.poll(() => existsSync(orphan), { timeout: WAIT_MS }).toBe(false);
-      expect(await isQuotaDir(join(orphan, "workspace"))).toBe(false);
+      for (const orphan of orphans) {
+        await expect.poll(() => existsSync(orphan), { timeout: WAIT_MS }).toBe(false);
+        expect(await isQuotaDir(join(orphan, "workspace"))).toBe(false);
+      }
       expect(await isQuotaDir(join(live, "workspace"))).toBe(true);
     } finally {
-      agent.stop();
-      await running;
+      for (const agent of agents) agent.stop();
+      // Both ran and stopped: a failed reclaim would have rejected one of them.
+      await Promise.all(runs);
       await releaseQuotaDirsUnder(live);
     }
   });
