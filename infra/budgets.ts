@@ -1,8 +1,7 @@
-import { readFileSync } from "node:fs";
 import * as path from "node:path";
 import * as aws from "@pulumi/aws";
 import * as pulumi from "@pulumi/pulumi";
-import * as ts from "typescript";
+import { handlerCode } from "./lambda-code";
 import { SPEND_METRICS, type TierName, PAUSE_MARKER_PREFIX, pauseMarkerKey } from "@crucible/runtime/catalog";
 import { ENFORCED_BUDGETS_ENV, PAUSE_MARKERS_ENV, type EnforcedBudget } from "./budget-enforcer/handler";
 import type { CrucibleConfig } from "./config";
@@ -257,23 +256,9 @@ function spendLimitAlarms(
   });
 }
 
-/**
- * The handler module, transpiled on its own: it imports only the AWS SDK the Lambda runtime provides.
- * This runs at `pulumi up`, so `typescript` is a production dependency (package.json "dependencies"),
- * not a devDependency: Pulumi's own TypeScript runtime needs it to compile infra/ anyway, and a build
- * step with a committed bundle would be a second copy of the handler to keep in step for no gain.
- * test/infra/production-install.test.ts holds every package the program loads to that.
- */
+/** The budget enforcer's code ({@link handlerCode}). */
 export function enforcerCode(): string {
-  const source = readFileSync(path.join(__dirname, "budget-enforcer", "handler.ts"), "utf8");
-  return ts.transpileModule(source, {
-    fileName: "handler.ts",
-    compilerOptions: {
-      module: ts.ModuleKind.CommonJS,
-      target: ts.ScriptTarget.ES2022,
-      esModuleInterop: true,
-    },
-  }).outputText;
+  return handlerCode(path.join(__dirname, "budget-enforcer", "handler.ts"));
 }
 
 interface EnforcerArgs {

@@ -1,8 +1,7 @@
-import { readFileSync } from "node:fs";
 import * as path from "node:path";
 import * as aws from "@pulumi/aws";
 import * as pulumi from "@pulumi/pulumi";
-import * as ts from "typescript";
+import { handlerCode } from "../lambda-code";
 import {
   PRIORITIES,
   type Priority,
@@ -47,20 +46,9 @@ export function fastScaleJobsPerNode(
   return Math.max(slots, settings.targetJobsPerInstance);
 }
 
-/**
- * The handler module, transpiled on its own as infra/budgets.ts does the budget enforcer's: it imports
- * only the AWS SDK the Lambda runtime provides.
- */
+/** The scaler's code ({@link handlerCode}). */
 export function fastScalerCode(): string {
-  const source = readFileSync(path.join(__dirname, "..", "fast-scaler", "handler.ts"), "utf8");
-  return ts.transpileModule(source, {
-    fileName: "handler.ts",
-    compilerOptions: {
-      module: ts.ModuleKind.CommonJS,
-      target: ts.ScriptTarget.ES2022,
-      esModuleInterop: true,
-    },
-  }).outputText;
+  return handlerCode(path.join(__dirname, "..", "fast-scaler", "handler.ts"));
 }
 
 /** One enabled tier, as {@link FastScale} raises it. */

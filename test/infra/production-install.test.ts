@@ -106,11 +106,11 @@ describe("a production-only install deploys", () => {
   const imports = programImports(path.join(ROOT, "infra", "index.ts"));
 
   it("follows the program from infra/index.ts through the budget enforcer and the runtime it shares", () => {
-    // A sanity check on the walk itself: it saw the packages infra/budgets.ts and the catalog load.
+    // A sanity check on the walk itself: it saw the packages infra/lambda-code.ts and the catalog load.
     expect([...imports.keys()]).toEqual(
       expect.arrayContaining(["@pulumi/aws", "@pulumi/pulumi", "typescript"]),
     );
-    expect([...imports.get("typescript")!]).toContain(path.join("infra", "budgets.ts"));
+    expect([...imports.get("typescript")!]).toContain(path.join("infra", "lambda-code.ts"));
   });
 
   it("imports only production dependencies, declared by the package that imports them", () => {
