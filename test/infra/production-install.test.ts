@@ -10,7 +10,7 @@ import { ROOT } from "../../scripts/lib/mock-engine";
  * `pulumi up` must work from a production-only install (`npm ci --omit=dev`, even with
  * `--omit=optional`): Pulumi's nodejs runtime compiles and type-checks `infra/` with the project's
  * `typescript` and `ts-node` (without them it falls back to its vendored TypeScript 3.8, which cannot
- * parse this program), and `infra/budgets.ts` transpiles the budget enforcer with `typescript` at
+ * parse this program), and `infra/lambda-code.ts` transpiles the Lambda handlers with `typescript` at
  * `pulumi up`. So every package the program's import graph names, and the compiler that runs it, must
  * be a production dependency: in the lockfile without a dev, optional or peer flag, and declared in the
  * `dependencies` of the package that imports it.
