@@ -276,6 +276,7 @@ export class Agent extends EventEmitter<AgentEvents> {
     while (!this.stopping) {
       const free = concurrency - this.active.size - this.reserved;
       if (free <= 0) {
+        queues.full();
         await this.slotsChanged.wait();
         continue;
       }

@@ -12,7 +12,9 @@ import { DEFAULT_SCHEDULING, PRIORITIES } from "../catalog/scheduling";
  * as soon as it arrives (long-polling one class after another left a job waiting out the other classes'
  * polls). A long poll is never abandoned: one whose receive has already returned (another class had work)
  * is carried into the next receive, and what it brings is handed out first, or released if no receive
- * asks within `holdMs`. {@link drain} waits the polls out when the agent stops.
+ * asks within `holdMs`. Once the agent says it is {@link full}, what they bring is released at once
+ * instead: a full agent will not ask, and a held job is invisible to every other agent and to preemption.
+ * {@link drain} waits the polls out when the agent stops.
  */
 export class PriorityQueues {
   private readonly credit = new Map<Priority, number>();
@@ -27,6 +29,8 @@ export class PriorityQueues {
   private failure: Error | undefined;
   /** Wakes the receive waiting on the polls in flight. */
   private wake: (() => void) | undefined;
+  /** Between {@link full} and the next receive: nothing a poll brings is held. */
+  private noRoom = false;
 
   constructor(
     private readonly byPriority: Readonly<Record<Priority, JobQueue>>,
@@ -65,6 +69,7 @@ export class PriorityQueues {
    * dead-letter queue.
    */
   async receive(max: number, waitSeconds: number, stop?: AbortSignal): Promise<ReceivedJob[]> {
+    this.noRoom = false;
     if (this.held.length > 0) return this.handOut(max);
     const order = this.nextOrder();
     if (order.length === 1) return order[0]!.receive(max, waitSeconds);
@@ -90,6 +95,15 @@ export class PriorityQueues {
     return this.handOut(max);
   }
 
+  /**
+   * The agent has no free slot, so no receive comes until a job ends: what polls still in flight bring
+   * goes back to its queue at once, for another agent (or this one's preemption) to see.
+   */
+  full(): void {
+    this.noRoom = true;
+    this.releaseHeld();
+  }
+
   /** Waits out the polls in flight and releases what they and earlier ones brought (the agent is stopping). */
   async drain(): Promise<void> {
     while (this.inFlight.size > 0) await Promise.all(this.inFlight.values());
@@ -111,6 +125,7 @@ export class PriorityQueues {
         this.inFlight.delete(queue);
         if (this.held.length === 0 && this.inFlight.size > 0 && this.failure === undefined) return;
         if (this.wake) this.wake();
+        else if (this.noRoom) this.releaseHeld();
         else if (this.held.length > 0 && !this.holdTimer) {
           this.holdTimer = setTimeout(() => this.releaseHeld(), this.holdMs);
           this.holdTimer.unref();

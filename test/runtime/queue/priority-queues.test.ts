@@ -184,6 +184,28 @@ describe("PriorityQueues", () => {
     expect(released).toEqual(["l1"]);
   });
 
+  it("once told the agent is full, releases what it holds and what carried polls bring at once, until the next receive", async () => {
+    const { queues, calls, arrive, released } = longPollingQueues(60_000);
+    const first = queues.receive(1, 20);
+    await until(() => calls.length === 6);
+    arrive("low", "l1");
+    await first;
+    arrive("normal", "n1");
+    await Promise.resolve();
+    expect(released).toEqual([]);
+    queues.full();
+    expect(released).toEqual(["n1"]);
+    arrive("high", "h1");
+    await until(() => released.length === 2);
+    expect(released).toEqual(["n1", "h1"]);
+    // A receive means a free slot again: what its polls bring is handed out, not released.
+    const second = queues.receive(1, 20);
+    await until(() => calls.length === 12);
+    arrive("high", "h2");
+    expect((await second).map((m) => m.messageId)).toEqual(["h2"]);
+    expect(released).toEqual(["n1", "h1"]);
+  });
+
   it("drain waits out the polls in flight and releases what they bring", async () => {
     const { queues, calls, arrive, released } = longPollingQueues();
     const first = queues.receive(1, 20);
