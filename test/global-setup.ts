@@ -8,7 +8,7 @@ import { buildImages } from "../scripts/lib/images";
  */
 export default async function setup(): Promise<void> {
   const started = performance.now();
-  const built = await buildImages(["cpu", "ml-cpu", "agent"], {
+  const built = await buildImages(["cpu", "ml-cpu", "agent", "builder"], {
     logger: createLogger({ defaultLevel: "warn" }),
   });
   const summary = built.map((b) => `${b.ref} ${(b.sizeBytes / 1e6).toFixed(0)} MB`).join(", ");

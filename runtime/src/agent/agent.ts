@@ -14,6 +14,10 @@ import { resumePointOf, resumeRefusal } from "../job/resume-point";
 import type { ResolvedDataset } from "../store/dataset-store";
 import { DatasetCacheBusyError } from "./dataset-cache";
 import type { NodeDatasets } from "./job-datasets";
+import type { NodeEnvironments } from "./job-environment";
+import { readJobRequirements } from "./job-environment";
+import { detect } from "../job/detect";
+import { jobImageFamily } from "../catalog/image-matrix";
 import { acquireJobDatasets, resolveJobDatasets } from "./job-datasets";
 import type { JobAddress, JobState, RunningMarker } from "../store/job-store";
 import type { JobStore } from "../store/job-store";
@@ -55,6 +59,11 @@ export interface AgentOptions {
    * are refused as `invalid_job`.
    */
   readonly datasets?: NodeDatasets;
+  /**
+   * This node's job environments: jobs whose code carries requirements get them built (or cached) and
+   * mounted. Without it, requirements are only checked against the image, inside the job.
+   */
+  readonly environments?: NodeEnvironments;
   /** This node's name in job states and envelopes. Defaults to the host name. */
   readonly node?: string;
   /** Jobs run at once. Defaults to the tier's GPU count, or as many as the node's CPUs fit. */
@@ -212,9 +221,9 @@ export class Agent extends EventEmitter<AgentEvents> {
   /** Why the tier's budget is paused, while it is. */
   private pausedFor: string | undefined;
   private readonly settings: Required<
-    Omit<AgentOptions, "recordOutcome" | "recordSpend" | "ready" | "paused" | "datasets">
+    Omit<AgentOptions, "recordOutcome" | "recordSpend" | "ready" | "paused" | "datasets" | "environments">
   > &
-    Pick<AgentOptions, "recordOutcome" | "recordSpend" | "ready" | "paused" | "datasets">;
+    Pick<AgentOptions, "recordOutcome" | "recordSpend" | "ready" | "paused" | "datasets" | "environments">;
 
   constructor(options: AgentOptions) {
     super();
@@ -685,6 +694,31 @@ export class Agent extends EventEmitter<AgentEvents> {
     }
   }
 
+  /**
+   * The environment of a job whose code carries requirements, for the image family it will run in (the
+   * spec's, else what its code shows, as the launcher would pick): undefined when it carries none.
+   */
+  private async jobEnvironment(
+    claimed: ClaimedJob,
+    environments: NodeEnvironments,
+    build: { readonly signal: AbortSignal; readonly onOutput: (text: string) => void },
+  ) {
+    const requirements = await readJobRequirements(claimed.codeZip);
+    if (!requirements) return undefined;
+    const { job } = claimed;
+    const family =
+      job.spec.imageFamily ??
+      jobImageFamily(getTier(job.tier), { torch: (await detect(claimed.codeZip)).needs.torch });
+    const lease = await environments.acquire({
+      jobId: claimed.message.address.jobId,
+      requirements,
+      family,
+      signal: build.signal,
+      onOutput: build.onOutput,
+    });
+    return { ...lease, family };
+  }
+
   /** Runs one attempt at the job in its workspace ({@link runAttempt}), then finishes it or hands it back. */
   private async runInWorkspace(
     claimed: ClaimedJob,
@@ -710,6 +744,9 @@ export class Agent extends EventEmitter<AgentEvents> {
       workspace,
       datasetDirs,
       codeZip: claimed.codeZip,
+      ...(this.settings.environments && {
+        environment: (build) => this.jobEnvironment(claimed, this.settings.environments!, build),
+      }),
       logCapBytes: this.settings.logCapBytes,
       log,
       ...(budgeted && {

@@ -4,6 +4,10 @@ import { restoresFile } from "../job/resume-point";
 import { join } from "node:path";
 import type { Envelope, Launcher, ProgressEvent } from "../job/contract";
 import { StopRequest } from "../job/contract";
+import { InvalidJobError } from "../job/job-spec";
+import { invalidJobEnvelope } from "../launch/outcome";
+import type { EnvironmentLease } from "../environments/environment-cache";
+import type { JobImageFamily } from "../catalog/image-matrix";
 import type { AdmittedJob } from "../job/job-request";
 import { launchInput, redactSecrets, secretRedactor } from "../job/job-request";
 import type { ReceivedJob } from "../queue/job-queue";
@@ -46,6 +50,15 @@ export interface AttemptInput {
   /** Its datasets' directories in the node cache, by name: mounted read-only at /datasets/NAME. */
   readonly datasetDirs: Readonly<Record<string, string>>;
   readonly codeZip: string;
+  /**
+   * The job's environment (its requirements, built or cached), got once the attempt runs, so a build is
+   * charged, shown in the job's log as it goes, and stopped with the job. Undefined when the job needs
+   * none. Throws {@link InvalidJobError} for requirements that cannot be built.
+   */
+  readonly environment?: (build: {
+    readonly signal: AbortSignal;
+    readonly onOutput: (text: string) => void;
+  }) => Promise<(EnvironmentLease & { readonly family: JobImageFamily }) | undefined>;
   /** Log bytes the job may store over all its attempts. */
   readonly logCapBytes: number;
   readonly log: Logger;
@@ -116,15 +129,34 @@ export async function runAttempt(input: AttemptInput): Promise<AttemptResult> {
     ...backgroundWork(input, checkpoints, uploaded, startedAt),
     every(input.timing.logFlushSeconds, () => telemetry.flush(), log, "log shipment"),
   ];
-  let envelope: Envelope;
+  let envelope: Envelope | undefined;
+  let environment: Awaited<ReturnType<NonNullable<AttemptInput["environment"]>>>;
   try {
     await message.queue.extend(message.receiptHandle, input.timing.visibilitySeconds);
-    envelope = await input.launcher.run(
+    try {
+      environment = await input.environment?.({
+        signal: input.stop.signal,
+        onOutput: (text) => void telemetry.write("stderr", text),
+      });
+    } catch (error) {
+      // Stopped mid-build: the launcher below answers a stopped job as it does any other.
+      if (error instanceof InvalidJobError && !input.stop.signal.aborted)
+        envelope = invalidJobEnvelope({ jobId: address.jobId, tier: job.tier }, error, input.node, log);
+      else if (!input.stop.signal.aborted) throw error;
+    }
+    envelope ??= await input.launcher.run(
       launchInput(job, {
         jobId: address.jobId,
         codeZip: input.codeZip,
         workspaceDir: workspace,
         ...(Object.keys(input.datasetDirs).length > 0 && { datasetDirs: input.datasetDirs }),
+        ...(environment && {
+          environment: {
+            dir: environment.dir,
+            pythonPath: environment.pythonPath,
+            family: environment.family,
+          },
+        }),
       }),
       {
         signal: input.stop.signal,
@@ -136,6 +168,7 @@ export async function runAttempt(input: AttemptInput): Promise<AttemptResult> {
       },
     );
   } finally {
+    environment?.release();
     for (const timer of timers) clearInterval(timer);
     await telemetry.close();
   }

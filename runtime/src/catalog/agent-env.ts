@@ -100,6 +100,24 @@ export const agentEnvSchema = z.strictObject({
   workspacesPrefix: text.optional(),
   /** The datasets bucket (stack output storage.datasetsBucketName): what jobs' `datasets` resolve in. */
   datasetsBucket: text.optional(),
+  /**
+   * Where job environments' packages come from (`crucible:environments.index`): an index URL (PEP 503
+   * simple API), or `codeartifact://<domain>/<domain-owner>/<repository>` for the stack's CodeArtifact
+   * proxy, whose endpoint and token the agent asks for. Unset: jobs that carry requirements are refused.
+   */
+  packageIndex: z
+    .string()
+    .regex(
+      /^(https?:\/\/\S+|codeartifact:\/\/[a-z][a-z0-9-]{1,49}\/\d{12}\/[A-Za-z0-9][A-Za-z0-9._-]{1,99})$/,
+      {
+        error: "must be an index URL (http:// or https://) or codeartifact://<domain>/<account>/<repository>",
+      },
+    )
+    .optional(),
+  /** Package names the stack allows in environments (`crucible:environments.allow`); all when unset. */
+  packageAllow: json(z.array(z.string().min(1)), '["numpy", "transformers"]').optional(),
+  /** Package names the stack refuses in environments (`crucible:environments.deny`). */
+  packageDeny: json(z.array(z.string().min(1)), '["tensorflow"]').optional(),
   /** S3 and SQS endpoint (the local platform); AWS's own by default. */
   endpoint: url.optional(),
   /** The AWS region of the clients. Defaults to us-east-1. */
@@ -155,6 +173,9 @@ export const AGENT_ENV_NAMES: { readonly [K in keyof AgentEnv]-?: string } = {
   bucket: "CRUCIBLE_BUCKET",
   workspacesPrefix: "CRUCIBLE_WORKSPACES_PREFIX",
   datasetsBucket: "CRUCIBLE_DATASETS_BUCKET",
+  packageIndex: "CRUCIBLE_PACKAGE_INDEX",
+  packageAllow: "CRUCIBLE_PACKAGE_ALLOW",
+  packageDeny: "CRUCIBLE_PACKAGE_DENY",
   endpoint: "CRUCIBLE_ENDPOINT",
   region: "AWS_REGION",
   queues: "CRUCIBLE_QUEUES",
@@ -180,7 +201,14 @@ export const AGENT_ENV_NAMES: { readonly [K in keyof AgentEnv]-?: string } = {
 
 type Field = keyof AgentEnv;
 const FIELDS = Object.keys(AGENT_ENV_NAMES) as Field[];
-const JSON_FIELDS: ReadonlySet<Field> = new Set(["queues", "scheduling", "senders", "images"]);
+const JSON_FIELDS: ReadonlySet<Field> = new Set([
+  "queues",
+  "scheduling",
+  "senders",
+  "images",
+  "packageAllow",
+  "packageDeny",
+]);
 
 /** A variable the agent cannot use: the message names it, its value and what is allowed. */
 export class AgentEnvError extends Error {

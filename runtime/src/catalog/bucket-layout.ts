@@ -42,6 +42,13 @@ export const pauseMarkerKey = (tier: string): string => `${PAUSE_MARKER_PREFIX}$
 export const DATASETS_USERS_PREFIX = "users/";
 export const DATASETS_PRECACHED_PREFIX = "precached/";
 
+/**
+ * Built job environments, in the datasets bucket beside the datasets: `<key>/env.tar` (the installed
+ * packages), `<key>/manifest.json` and `<key>/build.log`, keyed by the hash of what they are built from
+ * (catalog/environments.ts). Only agents read and write them; a researcher reaches one only through a job.
+ */
+export const ENVIRONMENTS_PREFIX = "environments/";
+
 /** The prefix of one user's datasets in the datasets bucket. */
 export const userDatasetsPrefix = (project: string, user: string): string =>
   `${DATASETS_USERS_PREFIX}${project}/${user}/`;

@@ -4,9 +4,12 @@ import type { Tier } from "./tiers";
  * The image matrix: families of job images (and the agent's) built from shared bases, with the
  * version axes that name them. Infra builds and pushes exactly these; the runtime picks one per job.
  */
-export const IMAGE_FAMILIES = ["cpu", "ml-cpu", "ml-cuda", "agent"] as const;
+export const IMAGE_FAMILIES = ["cpu", "ml-cpu", "ml-cuda", "agent", "builder"] as const;
 export type ImageFamily = (typeof IMAGE_FAMILIES)[number];
-/** The families jobs run in (the agent image runs the agent, never a job). */
+/**
+ * The families jobs run in (the agent image runs the agent, never a job; the builder image holds the pip
+ * that job environments are built with, mounted into a job image's container, and is never run).
+ */
 export const JOB_IMAGE_FAMILIES = ["cpu", "ml-cpu", "ml-cuda"] as const satisfies readonly ImageFamily[];
 export type JobImageFamily = (typeof JOB_IMAGE_FAMILIES)[number];
 
@@ -15,6 +18,8 @@ export interface VersionAxes {
   readonly torch?: string;
   readonly cuda?: string;
   readonly node?: string;
+  /** The pip the builder ships (Debian trixie's). */
+  readonly pip?: string;
 }
 
 export interface ImageFamilySpec {
@@ -94,12 +99,24 @@ export const IMAGE_MATRIX: Readonly<Record<ImageFamily, ImageFamilySpec>> = {
     gpu: false,
     runsJobs: false,
   },
+  builder: {
+    family: "builder",
+    description: "pip, mounted into a job image's container to build a job environment",
+    dockerfile: "images/builder/Dockerfile",
+    inputs: ["images/builder"],
+    base: { image: DEBIAN_BASE },
+    axes: { pip: "25.1" },
+    buildsOffline: true,
+    gpu: false,
+    runsJobs: false,
+  },
 };
 
 /** The tag of a family, derived from its axes: e.g. `torch2.6-cu12.6-py3.12`. */
 export function imageTag(family: ImageFamily): string {
-  const { python, torch, cuda, node } = IMAGE_MATRIX[family].axes;
+  const { python, torch, cuda, node, pip } = IMAGE_MATRIX[family].axes;
   const parts = [
+    pip && `pip${pip}`,
     torch && `torch${torch}`,
     cuda && `cu${cuda}`,
     python && `py${python}`,
@@ -125,6 +142,7 @@ export function buildArgs(family: ImageFamily, repositoryPrefix = "crucible"): R
     torch: "TORCH_VERSION",
     cuda: "CUDA_VERSION",
     node: "NODE_VERSION",
+    pip: "PIP_VERSION",
   };
   for (const [axis, name] of Object.entries(names)) {
     const value = axes[axis as keyof VersionAxes];

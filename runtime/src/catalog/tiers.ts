@@ -48,9 +48,18 @@ export interface Tier extends TierLimits {
    * (infra/config/environments.ts) with the jobs' workspaces and the images.
    */
   readonly datasetCacheGiB: number;
+  /**
+   * The largest job environment (the packages a job's requirements install, catalog/environments.ts)
+   * a job of this tier may use; a larger build fails with both sizes named. Nodes keep up to
+   * {@link ENVIRONMENT_CACHE_FACTOR} times this in their environment cache.
+   */
+  readonly environmentGiB: number;
   /** Upper bounds for stack overrides of the limits. */
   readonly ceilings: Pick<TierLimits, "maxRuntimeSeconds" | "memoryMiB" | "vcpus">;
 }
+
+/** A node's environment cache holds this many of its tier's largest environments. */
+export const ENVIRONMENT_CACHE_FACTOR = 3;
 
 /**
  * Memory a node keeps for the OS, the Docker engine and the agent. The project's original brief gave
@@ -86,6 +95,7 @@ export const TIERS: Readonly<Record<TierName, Tier>> = {
     openFiles: 1024,
     workspaceMiB: 1024,
     datasetCacheGiB: 4,
+    environmentGiB: 2,
     instanceTypes: SHARED_CPU_NODES,
     allowedInstanceTypes: [...SHARED_CPU_NODES, ...LARGE_NODES, "c6i.large"],
     sharedNodes: true,
@@ -103,6 +113,7 @@ export const TIERS: Readonly<Record<TierName, Tier>> = {
     openFiles: 4096,
     workspaceMiB: 10 * 1024,
     datasetCacheGiB: 8,
+    environmentGiB: 5,
     instanceTypes: SHARED_CPU_NODES,
     allowedInstanceTypes: [...SHARED_CPU_NODES, ...LARGE_NODES],
     sharedNodes: true,
@@ -122,6 +133,7 @@ export const TIERS: Readonly<Record<TierName, Tier>> = {
     openFiles: 65536,
     workspaceMiB: 50 * 1024,
     datasetCacheGiB: 40,
+    environmentGiB: 8,
     instanceTypes: ["g4dn.xlarge"],
     allowedInstanceTypes: ["g4dn.xlarge", "g4dn.2xlarge", "g5.xlarge", "g6.xlarge"],
     sharedNodes: false,
@@ -141,6 +153,7 @@ export const TIERS: Readonly<Record<TierName, Tier>> = {
     openFiles: 65536,
     workspaceMiB: 80 * 1024,
     datasetCacheGiB: 40,
+    environmentGiB: 8,
     instanceTypes: ["g4dn.2xlarge"],
     allowedInstanceTypes: ["g4dn.2xlarge", "g4dn.4xlarge", "g5.2xlarge", "g6.2xlarge"],
     sharedNodes: false,
@@ -160,6 +173,7 @@ export const TIERS: Readonly<Record<TierName, Tier>> = {
     openFiles: 65536,
     workspaceMiB: 100 * 1024,
     datasetCacheGiB: 50,
+    environmentGiB: 10,
     instanceTypes: ["g5.2xlarge"],
     allowedInstanceTypes: ["g5.2xlarge", "g5.4xlarge", "g6.2xlarge", "g6.4xlarge"],
     sharedNodes: false,

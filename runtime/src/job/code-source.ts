@@ -250,6 +250,33 @@ export async function readSources(
 }
 
 /**
+ * The top-level files `names` of a job's code zip (as the agent stages it), each read only when at most
+ * `maxBytes`; a larger one is a {@link CodeError} naming it. Absent names are left out.
+ */
+export async function readZipTopLevel(
+  path: string,
+  names: readonly string[],
+  maxBytes: number,
+): Promise<Record<string, string>> {
+  const zip = await openZip(path);
+  try {
+    const wanted: yauzl.Entry[] = [];
+    for await (const entry of zip.eachEntry()) if (names.includes(entry.fileName)) wanted.push(entry);
+    const found: Record<string, string> = {};
+    for (const entry of wanted) {
+      if (entry.uncompressedSize > maxBytes)
+        throw new CodeError(
+          `code: ${entry.fileName} is ${entry.uncompressedSize} bytes; at most ${maxBytes} are read`,
+        );
+      found[entry.fileName] = (await readEntry(zip, entry, basename(path))).toString("utf8");
+    }
+    return found;
+  } finally {
+    zip.close();
+  }
+}
+
+/**
  * An entry's bytes, never more than its header declares: an entry that inflates past that is refused
  * as the zip bomb it is, after reading at most one chunk more.
  */

@@ -68,6 +68,11 @@ export const jobEnvSchema = z
     error: `may set at most ${MAX_ENV_VARIABLES} variables`,
   });
 
+/** A directory inside a job environment: relative, never leaving it. */
+export const environmentPathSchema = z.string().regex(/^(?!\/)(?!.*(^|\/)\.\.(\/|$))[A-Za-z0-9._/-]+$/, {
+  error: "must be a relative path inside the environment",
+});
+
 export const jobSpecSchema = z.strictObject({
   jobId: jobIdSchema,
   /** A directory holding main.py, a .py file, or a code.zip. */
@@ -91,6 +96,14 @@ export const jobSpecSchema = z.strictObject({
    * the agent's node cache (agent/dataset-cache.ts). Not with `datasetsDir`, which takes all of /datasets.
    */
   datasetDirs: z.record(datasetNameSchema, z.string().min(1)).optional(),
+  /**
+   * The job's environment: the packages its requirements installed, built outside the sandbox
+   * (environments/), mounted read-only at {@link CONTAINER_PATHS.environment}, with `pythonPath` (relative
+   * directories inside it) on the job's Python path.
+   */
+  environment: z
+    .strictObject({ dir: z.string().min(1), pythonPath: z.array(environmentPathSchema).min(1).max(8) })
+    .optional(),
   /** Which of the tier's queues the job waits in. Defaults to normal. */
   priority: z.enum(PRIORITIES, { error: `must be one of ${PRIORITIES.join(", ")}` }).optional(),
   /** `false`: never stopped for higher-priority work, at the scheduling policy's price factor. */
@@ -199,6 +212,8 @@ export const CONTAINER_PATHS = {
   workspace: "/workspace",
   checkpoints: "/workspace/checkpoints",
   datasets: "/datasets",
+  /** The job's environment (`environment`), read-only. */
+  environment: "/opt/crucible/env",
   tmp: "/tmp",
 } as const;
 

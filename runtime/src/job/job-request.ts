@@ -127,6 +127,12 @@ export function launchInput(
     readonly workspaceDir: string;
     /** Each dataset's directory in the node cache, by name. */
     readonly datasetDirs?: Readonly<Record<string, string>>;
+    /** The environment its requirements were built into, and the family it was built for. */
+    readonly environment?: {
+      readonly dir: string;
+      readonly pythonPath: readonly string[];
+      readonly family: JobImageFamily;
+    };
   },
 ): JobSpecInput {
   const { env, imageFamily } = job.spec;
@@ -139,6 +145,11 @@ export function launchInput(
     timeoutSeconds: job.timeoutSeconds,
     ...(imageFamily && { imageFamily: imageFamily satisfies JobImageFamily }),
     ...(staged.datasetDirs && { datasetDirs: { ...staged.datasetDirs } }),
+    // Built for one image: the job runs in that one, whatever detection would pick.
+    ...(staged.environment && {
+      imageFamily: staged.environment.family,
+      environment: { dir: staged.environment.dir, pythonPath: [...staged.environment.pythonPath] },
+    }),
   };
 }
 

@@ -121,6 +121,8 @@ export interface PreparedJob {
   readonly datasetsDir?: string;
   /** Dataset name → its host directory, resolved (contract.ts `datasetDirs`). */
   readonly datasetDirs?: Readonly<Record<string, string>>;
+  /** The job's environment, its directory resolved (contract.ts `environment`). */
+  readonly environment?: { readonly dir: string; readonly pythonPath: readonly string[] };
 }
 
 export interface PrepareOptions {
@@ -160,6 +162,10 @@ export async function prepareJob(input: JobSpecInput, options: PrepareOptions): 
   const image = spec.image ?? options.images?.[family] ?? imageRef(family);
   const datasetsDir = spec.datasetsDir && (await existingDirectory("datasetsDir", spec.datasetsDir));
   const datasetDirs = spec.datasetDirs && (await existingDirectories("datasetDirs", spec.datasetDirs));
+  const environment = spec.environment && {
+    dir: await existingDirectory("environment.dir", spec.environment.dir),
+    pythonPath: spec.environment.pythonPath,
+  };
   const workspace = spec.workspaceDir && resolve(spec.workspaceDir);
   if (workspace) await ensureWorkspace(workspace);
 
@@ -191,6 +197,7 @@ export async function prepareJob(input: JobSpecInput, options: PrepareOptions): 
       workspaceDir,
       ...(datasetsDir && { datasetsDir }),
       ...(datasetDirs && { datasetDirs }),
+      ...(environment && { environment }),
     };
   } catch (error) {
     await disposeJob({ scratchDir });

@@ -229,6 +229,8 @@ export interface SandboxInput {
     readonly datasets?: string;
     /** Name → directory, each mounted read-only at /datasets/<name> (contract.ts `datasetDirs`). */
     readonly namedDatasets?: Readonly<Record<string, string>>;
+    /** The job's environment, mounted read-only, its `pythonPath` first on the job's Python path. */
+    readonly environment?: { readonly dir: string; readonly pythonPath: readonly string[] };
   };
   readonly owner: ProcessOwner;
   readonly scratchDir: string;
@@ -289,7 +291,13 @@ export function containerSpec(input: SandboxInput): Dockerode.ContainerCreateOpt
   const memory = tier.memoryMiB * MiB;
   const fileSize = tier.maxFileSizeMiB * MiB;
   const gpuCount = tier.gpu?.count ?? 0;
-  const env = jobEnvironment(input.jobId, tier, input.env);
+  const environment = hostPaths.environment;
+  const env = {
+    ...jobEnvironment(input.jobId, tier, input.env),
+    ...(environment && {
+      PYTHONPATH: environment.pythonPath.map((p) => `${CONTAINER_PATHS.environment}/${p}`).join(":"),
+    }),
+  };
   return {
     Image: input.image,
     // Apart: the supervisor (images/runner/supervise.py) starts as root and drops the job to its uid.
@@ -336,6 +344,16 @@ export function containerSpec(input: SandboxInput): Dockerode.ContainerCreateOpt
           Target: `${CONTAINER_PATHS.datasets}/${name}`,
           ReadOnly: true,
         })),
+        ...(environment
+          ? [
+              {
+                Type: "bind" as const,
+                Source: environment.dir,
+                Target: CONTAINER_PATHS.environment,
+                ReadOnly: true,
+              },
+            ]
+          : []),
       ],
       Memory: memory,
       MemorySwap: memory,

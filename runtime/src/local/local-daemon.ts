@@ -9,8 +9,11 @@ import { Agent } from "../agent/agent";
 import type { SchedulingPolicy } from "../catalog/scheduling";
 import { PRIORITIES } from "../catalog/scheduling";
 import type { TierName } from "../catalog/tiers";
+import type { ImageFamily } from "../catalog/image-matrix";
 import { getTier } from "../catalog/tiers";
 import { openNodeDatasets } from "../agent/job-datasets";
+import { NodeEnvironments, urlIndex } from "../agent/job-environment";
+import { DockerEngine } from "../launch/docker/container-engine";
 import type { JobAddress, Launcher } from "../job/contract";
 import { processStart } from "../launch/sandbox";
 import type { Logger } from "../logger";
@@ -29,6 +32,13 @@ export interface LocalDaemonOptions {
   readonly policy: SchedulingPolicy;
   /** Agent settings a local platform takes from its caller (the CRUCIBLE_* agent variables). */
   readonly agent?: AgentTuning;
+  /**
+   * Where job environments' packages come from: a PEP 503 simple index URL (undefined: none, so a job's
+   * requirements can name only what its image holds), and the allow and deny lists of package names.
+   */
+  readonly packages?: { readonly index?: string; readonly allow?: string[]; readonly deny?: string[] };
+  /** The image of each family where it is not the local matrix tag. */
+  readonly images?: Partial<Record<ImageFamily, string>>;
 }
 
 /** A running local platform that other processes reach through its data directory. */
@@ -101,14 +111,28 @@ async function serve(
   const { tiers, logger, launcher, policy } = options;
   const running = new Map<TierName, number>();
   const failures = new Map<string, string>();
-  // One cache for every tier's agent: they share this machine's disk. Sized as the largest tier's.
+  // One cache of each for every tier's agent: they share this machine's disk. Sized as the largest tier's.
+  const docker = new Dockerode();
   const datasets = await openNodeDatasets({
     s3: platform.s3,
     bucket: platform.datasetsBucket,
     tier: [...tiers].sort((a, b) => getTier(b).datasetCacheGiB - getTier(a).datasetCacheGiB)[0]!,
     root: join(paths.dir, "dataset-cache"),
     logger,
-    docker: new Dockerode(),
+    docker,
+  });
+  const environments = await NodeEnvironments.open({
+    s3: platform.s3,
+    bucket: platform.datasetsBucket,
+    tier: [...tiers].sort((a, b) => getTier(b).environmentGiB - getTier(a).environmentGiB)[0]!,
+    docker,
+    engine: new DockerEngine(docker, logger),
+    root: join(paths.dir, "environment-cache"),
+    logger,
+    ...(options.images && { images: options.images }),
+    ...(options.packages?.index && { index: urlIndex(options.packages.index) }),
+    ...(options.packages?.allow && { allow: options.packages.allow }),
+    ...(options.packages?.deny && { deny: options.packages.deny }),
   });
   const agents = tiers.map((tier) => {
     const agent = new Agent({
@@ -117,6 +141,7 @@ async function serve(
       store: platform.store,
       senders: platform.senders,
       datasets,
+      environments,
       launcher,
       logger,
       policy,

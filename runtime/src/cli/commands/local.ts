@@ -2,6 +2,7 @@ import type { Command } from "commander";
 import { InvalidArgumentError } from "commander";
 import { readFileSync } from "node:fs";
 import { setTimeout as delay } from "node:timers/promises";
+import { AGENT_ENV_NAMES } from "../../catalog/agent-env";
 import type { TierName } from "../../catalog/tiers";
 import { isTierName, TIER_NAMES } from "../../catalog/tiers";
 import type { Envelope } from "../../job/contract";
@@ -69,7 +70,11 @@ function parseTiers(value: string): TierName[] {
 /** The platform's settings from this process's environment: the CRUCIBLE_* agent variables, as `crucible agent` takes them. */
 function daemonOptions(dataDir: string, tiers: readonly TierName[], logger: Logger): LocalDaemonOptions {
   const settings = agentEnvFromProcess();
-  const { images } = settings;
+  const { images, packageIndex, packageAllow, packageDeny } = settings;
+  if (packageIndex?.startsWith("codeartifact://"))
+    throw new UsageError(
+      `${AGENT_ENV_NAMES.packageIndex} is ${packageIndex}: the local platform reaches a package index by URL (http:// or https://), not through AWS`,
+    );
   return {
     dataDir,
     tiers,
@@ -77,6 +82,12 @@ function daemonOptions(dataDir: string, tiers: readonly TierName[], logger: Logg
     launcher: new DockerLauncher({ logger, ...(images && { images }) }),
     policy: schedulingOf(settings),
     agent: agentTuning(settings),
+    ...(images && { images }),
+    packages: {
+      ...(packageIndex && { index: packageIndex }),
+      ...(packageAllow && { allow: packageAllow }),
+      ...(packageDeny && { deny: packageDeny }),
+    },
   };
 }
 

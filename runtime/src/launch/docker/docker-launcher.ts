@@ -191,6 +191,7 @@ export class DockerLauncher implements Launcher {
               workspace: job.workspaceDir,
               ...(job.datasetsDir && { datasets: job.datasetsDir }),
               ...(job.datasetDirs && { namedDatasets: job.datasetDirs }),
+              ...(job.environment && { environment: job.environment }),
             },
             owner: this.owner,
             scratchDir: job.scratchDir,

@@ -380,6 +380,12 @@ export class KubernetesLauncher implements Launcher {
           "datasets are mounted from the agent's node cache, which a Kubernetes pod cannot see; run jobs that name datasets on a node fleet tier",
         );
       }
+      if (job.spec.environment) {
+        throw new InvalidJobError(
+          "environment",
+          "job environments are mounted from the agent's node cache, which a Kubernetes pod cannot see; run jobs that carry requirements on a node fleet tier",
+        );
+      }
       const { size } = await stat(job.codeZip);
       if (size > CONFIGMAP_MAX_BYTES) {
         throw new InvalidJobError(
