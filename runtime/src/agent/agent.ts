@@ -716,6 +716,11 @@ export class Agent extends EventEmitter<AgentEvents> {
       signal: build.signal,
       onOutput: build.onOutput,
     });
+    // The image had it all: nothing to mount, and the job's own check confirms it.
+    if (lease.pythonPath.length === 0) {
+      lease.release();
+      return undefined;
+    }
     return { ...lease, family };
   }
 

@@ -13,7 +13,7 @@ import type { EnvironmentLease } from "../environments/environment-cache";
 import { EnvironmentCache } from "../environments/environment-cache";
 import { packEnvironment } from "../environments/environment-files";
 import { EnvironmentStore } from "../environments/environment-store";
-import { destinationOf } from "../environments/index-proxy";
+import { resolvePackageIndex } from "../environments/package-index";
 import type { JobRequirements } from "../environments/requirements";
 import {
   MAX_REQUIREMENTS_BYTES,
@@ -25,6 +25,7 @@ import {
 import { CodeError, readZipTopLevel } from "../job/code-source";
 import { InvalidJobError } from "../job/job-spec";
 import type { ContainerEngine } from "../launch/docker/container-engine";
+import { releaseQuotaDirsUnder } from "../launch/quota-volume";
 import type { Logger } from "../logger";
 import { copyDirectoryFromImage } from "./image-files";
 
@@ -33,6 +34,9 @@ import { copyDirectoryFromImage } from "./image-files";
  * bind-mounted into jobs), beside the dataset cache.
  */
 export const ENVIRONMENT_CACHE_DIR = "crucible-environment-cache";
+
+/** Scratch of a fetch or build in progress, under the cache's root. */
+const WORK_PREFIX = "work-";
 
 /** A build's time limit: long enough for a large wheel set on a slow node, short of a stuck resolver. */
 const BUILD_SECONDS = 20 * 60;
@@ -79,11 +83,17 @@ export function indexIdentity(url: string): string {
   return parsed.toString();
 }
 
-/** An index given as a URL: itself, reaching only its own host. */
-export function urlIndex(url: string): NonNullable<NodeEnvironmentsOptions["index"]> {
+/**
+ * The stack's index as the agent's environment names it (agent-env.ts `packageIndex`): a URL, or its
+ * CodeArtifact repository, whose endpoint and a short-lived token are asked for at each build.
+ */
+export function stackPackageIndex(
+  value: string,
+  region: string,
+): NonNullable<NodeEnvironmentsOptions["index"]> {
   return {
-    identity: indexIdentity(url),
-    resolve: () => Promise.resolve({ url, hosts: [destinationOf(url)] }),
+    identity: value.startsWith("codeartifact://") ? value : indexIdentity(value),
+    resolve: () => resolvePackageIndex(value, { region }),
   };
 }
 
@@ -121,40 +131,62 @@ export async function readJobRequirements(codeZip: string): Promise<JobRequireme
  */
 export class NodeEnvironments {
   private readonly inFlight = new Map<string, Promise<EnvironmentLease>>();
+  /** The builder image's files, copied out once per builder image, when the first job needs them. */
+  private builder: Promise<{ readonly dir: string; readonly id: string }> | undefined;
 
   private constructor(
     private readonly options: NodeEnvironmentsOptions,
     private readonly store: EnvironmentStore,
     private readonly cache: EnvironmentCache,
-    /** The builder image's files, copied out once per builder image. */
-    private readonly builder: { readonly dir: string; readonly id: string },
   ) {}
 
+  /** Takes up what an earlier agent cached, and removes the work it left half done. */
   static async open(options: NodeEnvironmentsOptions): Promise<NodeEnvironments> {
-    const { root, tier, logger, docker } = options;
+    const { root, tier, logger } = options;
     const capacity =
       options.capacityBytes ?? getTier(tier).environmentGiB * ENVIRONMENT_CACHE_FACTOR * 2 ** 30;
+    await mkdir(root, { recursive: true });
+    for (const name of await readdir(root))
+      if (name.startsWith(WORK_PREFIX)) {
+        // A build's volume stays mounted when its agent dies mid-build.
+        await releaseQuotaDirsUnder(join(root, name));
+        await rm(join(root, name), { recursive: true, force: true });
+      }
     const cache = new EnvironmentCache(join(root, "entries"), capacity, logger);
     await cache.start();
-    const image = options.images?.builder ?? imageRef("builder");
-    const id = (await docker.getImage(image).inspect()).Id;
-    const builderDir = join(root, `builder-${id.replace(/^sha256:/, "").slice(0, 16)}`);
-    const existing = await readdir(builderDir).catch(() => undefined);
-    if (!existing?.includes("builder")) {
-      await rm(builderDir, { recursive: true, force: true });
-      await mkdir(builderDir, { recursive: true });
-      await copyDirectoryFromImage({
-        docker,
-        logger,
-        image,
-        path: "/opt/crucible/builder",
-        dest: join(builderDir, "builder"),
-      });
-    }
-    return new NodeEnvironments(options, new EnvironmentStore(options.s3, options.bucket), cache, {
-      dir: join(builderDir, "builder"),
-      id,
+    return new NodeEnvironments(options, new EnvironmentStore(options.s3, options.bucket), cache);
+  }
+
+  private builderFiles(): Promise<{ readonly dir: string; readonly id: string }> {
+    this.builder ??= this.copyBuilder().catch((error: unknown) => {
+      this.builder = undefined;
+      throw error;
     });
+    return this.builder;
+  }
+
+  private async copyBuilder(): Promise<{ readonly dir: string; readonly id: string }> {
+    const { docker, logger, root } = this.options;
+    const image = this.options.images?.builder ?? imageRef("builder");
+    const id = await docker
+      .getImage(image)
+      .inspect()
+      .then(
+        (info) => info.Id,
+        (error: unknown) => {
+          throw new Error(
+            `the environment builder image ${image} is not on this node (${(error as Error).message}); build it with \`npm run images -- build --family builder\``,
+          );
+        },
+      );
+    const dir = join(root, `builder-${id.replace(/^sha256:/, "").slice(0, 16)}`);
+    if (!(await readdir(dir).catch(() => [] as string[])).includes("builder")) {
+      await rm(dir, { recursive: true, force: true });
+      await mkdir(dir, { recursive: true });
+      const dest = join(dir, "builder");
+      await copyDirectoryFromImage({ docker, logger, image, path: "/opt/crucible/builder", dest });
+    }
+    return { dir: join(dir, "builder"), id };
   }
 
   /**
@@ -167,7 +199,7 @@ export class NodeEnvironments {
     if (refusal) throw new InvalidJobError("requirements", `requirements: ${refusal}`);
     const image = this.options.images?.[request.family] ?? imageRef(request.family);
     const imageId = (await this.options.docker.getImage(image).inspect()).Id;
-    const key = this.keyOf(imageId, request.requirements);
+    const key = this.keyOf(imageId, (await this.builderFiles()).id, request.requirements);
     const cached = this.cache.lookup(key);
     if (cached) {
       request.onOutput(`crucible: environment ${key.slice(0, 12)} is cached on this node; no build\n`);
@@ -183,11 +215,11 @@ export class NodeEnvironments {
     return this.cache.lookup(key) ?? this.acquire(request);
   }
 
-  private keyOf(imageId: string, requirements: JobRequirements): string {
+  private keyOf(imageId: string, builderId: string, requirements: JobRequirements): string {
     const identity = {
       v: 1,
       image: imageId,
-      builder: this.builder.id,
+      builder: builderId,
       index: this.options.index?.identity ?? "none",
       requirements: requirements.lines,
     };
@@ -200,7 +232,7 @@ export class NodeEnvironments {
     request: EnvironmentRequest,
   ): Promise<EnvironmentLease> {
     const { logger, root } = this.options;
-    const work = await mkdtemp(join(root, "work-"));
+    const work = await mkdtemp(join(root, WORK_PREFIX));
     try {
       const archive = join(work, "env.tar");
       const stored = await this.store.find(key);
@@ -220,7 +252,7 @@ export class NodeEnvironments {
       const built = await buildEnvironment({
         engine: this.options.engine,
         image,
-        builderDir: this.builder.dir,
+        builderDir: (await this.builderFiles()).dir,
         requirements: request.requirements,
         ...(this.options.index && { index: await this.options.index.resolve() }),
         workDir: await mkdtemp(join(work, "build-")),

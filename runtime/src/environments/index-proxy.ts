@@ -160,9 +160,3 @@ function withoutHopHeaders(headers: IncomingMessage["headers"]): Record<string, 
     if (value !== undefined && !HOP_HEADERS.has(name.toLowerCase())) kept[name] = value;
   return kept;
 }
-
-/** The `host:port` a URL's requests go to, as {@link IndexProxyOptions.allowed} lists it. */
-export function destinationOf(url: string): string {
-  const parsed = new URL(url);
-  return `${parsed.hostname.toLowerCase()}:${parsed.port || (parsed.protocol === "https:" ? "443" : "80")}`;
-}

@@ -12,7 +12,7 @@ import type { TierName } from "../catalog/tiers";
 import type { ImageFamily } from "../catalog/image-matrix";
 import { getTier } from "../catalog/tiers";
 import { openNodeDatasets } from "../agent/job-datasets";
-import { NodeEnvironments, urlIndex } from "../agent/job-environment";
+import { NodeEnvironments, stackPackageIndex } from "../agent/job-environment";
 import { DockerEngine } from "../launch/docker/container-engine";
 import type { JobAddress, Launcher } from "../job/contract";
 import { processStart } from "../launch/sandbox";
@@ -130,7 +130,7 @@ async function serve(
     root: join(paths.dir, "environment-cache"),
     logger,
     ...(options.images && { images: options.images }),
-    ...(options.packages?.index && { index: urlIndex(options.packages.index) }),
+    ...(options.packages?.index && { index: stackPackageIndex(options.packages.index, platform.region) }),
     ...(options.packages?.allow && { allow: options.packages.allow }),
     ...(options.packages?.deny && { deny: options.packages.deny }),
   });

@@ -8,7 +8,7 @@ import { join } from "node:path";
 import pino from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ZipFile } from "yazl";
-import { NodeEnvironments, urlIndex } from "../../../runtime/src/agent/job-environment";
+import { NodeEnvironments, stackPackageIndex } from "../../../runtime/src/agent/job-environment";
 import type { Agent } from "../../../runtime/src/agent/agent";
 import type { Envelope } from "../../../runtime/src/job/contract";
 import { submitJob } from "../../../runtime/src/job/submit";
@@ -135,7 +135,7 @@ beforeAll(async () => {
     engine: new DockerEngine(docker, logger),
     root: join(local.root, "environment-cache"),
     logger,
-    index: urlIndex(`${index.url}/simple/`),
+    index: stackPackageIndex(`${index.url}/simple/`, "us-east-1"),
     deny: ["crucible-forbidden"],
   });
   agent = localAgent(local.platform, TIER, launcher, logger, { environments });
@@ -238,6 +238,20 @@ describe("job environments on the local platform", () => {
       );
     },
     WAIT_MS * 2,
+  );
+
+  it(
+    "needs nothing from the index for requirements the image already satisfies",
+    async () => {
+      const { envelope, log } = await run(
+        "import numpy\n\ndef main():\n    return numpy.__name__\n",
+        "numpy\nscipy>=1\n",
+      );
+      expect(envelope).toMatchObject({ status: "success", result: "numpy" });
+      expect(log).toMatch(/installed: nothing \(the image has it all\)/);
+      expect(index.hits.filter((path) => /numpy|scipy/.test(path))).toEqual([]);
+    },
+    WAIT_MS,
   );
 
   it(

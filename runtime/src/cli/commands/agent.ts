@@ -7,6 +7,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Agent } from "../../agent/agent";
 import { DATASET_CACHE_DIR, openNodeDatasets } from "../../agent/job-datasets";
+import { ENVIRONMENT_CACHE_DIR, NodeEnvironments, stackPackageIndex } from "../../agent/job-environment";
+import { DockerEngine } from "../../launch/docker/container-engine";
 import type { AgentEnv, LauncherKind } from "../../catalog/agent-env";
 import { GpuHealth, HealthGate, LauncherGpuProbe, processRunner } from "../../node/gpu";
 import { JobQueue } from "../../queue/job-queue";
@@ -163,7 +165,9 @@ export function registerAgent(program: Command): void {
           await aborted(signals.signal);
           return;
         }
-        // Jobs mount datasets from this node's cache, which only the Docker engine here can bind-mount.
+        // Jobs mount datasets and environments from this node's caches, which only the Docker engine
+        // here can bind-mount. Environments are stored beside the datasets.
+        const docker = new Dockerode();
         const datasets =
           settings.datasetsBucket && kind === "docker"
             ? await openNodeDatasets({
@@ -172,8 +176,25 @@ export function registerAgent(program: Command): void {
                 tier,
                 root: join(tmpdir(), DATASET_CACHE_DIR),
                 logger,
-                docker: new Dockerode(),
+                docker,
                 ...(images && { images }),
+              })
+            : undefined;
+        const { packageIndex, packageAllow, packageDeny } = settings;
+        const environments =
+          settings.datasetsBucket && kind === "docker"
+            ? await NodeEnvironments.open({
+                s3: platform.s3,
+                bucket: settings.datasetsBucket,
+                tier,
+                docker,
+                engine: new DockerEngine(docker, logger),
+                root: join(tmpdir(), ENVIRONMENT_CACHE_DIR),
+                logger,
+                ...(images && { images }),
+                ...(packageIndex && { index: stackPackageIndex(packageIndex, regionOf(settings)) }),
+                ...(packageAllow && { allow: packageAllow }),
+                ...(packageDeny && { deny: packageDeny }),
               })
             : undefined;
         // Priced before the first job, so its start does not wait on EC2, and the price is in the log.
@@ -186,6 +207,7 @@ export function registerAgent(program: Command): void {
           logger,
           senders,
           ...(datasets && { datasets }),
+          ...(environments && { environments }),
           paused: pauseCheck(platform.s3, platform.bucket, tier),
           policy: schedulingOf(settings),
           ...agentTuning(settings),
