@@ -15,7 +15,7 @@ import type { ResolvedDataset } from "../store/dataset-store";
 import { DatasetCacheBusyError } from "./dataset-cache";
 import type { NodeDatasets } from "./job-datasets";
 import type { NodeEnvironments } from "./job-environment";
-import { readJobRequirements } from "./job-environment";
+import { readJobRequirements } from "../environments/requirements";
 import { detect } from "../job/detect";
 import { jobImageFamily } from "../catalog/image-matrix";
 import { acquireJobDatasets, resolveJobDatasets } from "./job-datasets";

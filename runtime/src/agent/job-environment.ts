@@ -15,14 +15,7 @@ import { packEnvironment } from "../environments/environment-files";
 import { EnvironmentStore } from "../environments/environment-store";
 import { resolvePackageIndex } from "../environments/package-index";
 import type { JobRequirements } from "../environments/requirements";
-import {
-  MAX_REQUIREMENTS_BYTES,
-  packageRefusal,
-  parsePyproject,
-  parseRequirementsText,
-  RequirementsError,
-} from "../environments/requirements";
-import { CodeError, readZipTopLevel } from "../job/code-source";
+import { packageRefusal } from "../environments/requirements";
 import { InvalidJobError } from "../job/job-spec";
 import type { ContainerEngine } from "../launch/docker/container-engine";
 import { releaseQuotaDirsUnder } from "../launch/quota-volume";
@@ -95,33 +88,6 @@ export function stackPackageIndex(
     identity: value.startsWith("codeartifact://") ? value : indexIdentity(value),
     resolve: () => resolvePackageIndex(value, { region }),
   };
-}
-
-/**
- * Reads a job's requirements from its staged code: `requirements.txt`, else `pyproject.toml`'s
- * `[project] dependencies`; undefined when it has neither. A bad one is an {@link InvalidJobError}.
- */
-export async function readJobRequirements(codeZip: string): Promise<JobRequirements | undefined> {
-  try {
-    const files = await readZipTopLevel(
-      codeZip,
-      ["requirements.txt", "pyproject.toml"],
-      MAX_REQUIREMENTS_BYTES,
-    );
-    if (files["requirements.txt"] !== undefined) {
-      const parsed = parseRequirementsText(files["requirements.txt"]);
-      return parsed.lines.length > 0 ? parsed : undefined;
-    }
-    if (files["pyproject.toml"] !== undefined) {
-      const parsed = await parsePyproject(files["pyproject.toml"]);
-      return parsed && parsed.lines.length > 0 ? parsed : undefined;
-    }
-    return undefined;
-  } catch (error) {
-    if (error instanceof RequirementsError || error instanceof CodeError)
-      throw new InvalidJobError("requirements", error.message);
-    throw error;
-  }
 }
 
 /**

@@ -1,3 +1,6 @@
+import { CodeError, readZipTopLevel } from "../job/code-source";
+import { InvalidJobError } from "../job/job-spec";
+
 /**
  * A job's requirements as its code states them (`requirements.txt`, else `pyproject.toml`'s
  * `[project] dependencies`), read as the hostile input they are: only requirements on names the stack's
@@ -204,4 +207,31 @@ function shown(text: string): string {
   // eslint-disable-next-line no-control-regex -- control characters are exactly what is replaced.
   const oneLine = text.replace(/[\u0000-\u001f\u007f]/g, "?");
   return oneLine.length > 80 ? `${oneLine.slice(0, 80)}...` : oneLine;
+}
+
+/**
+ * Reads a job's requirements from its staged code: `requirements.txt`, else `pyproject.toml`'s
+ * `[project] dependencies`; undefined when it has neither. A bad one is an {@link InvalidJobError}.
+ */
+export async function readJobRequirements(codeZip: string): Promise<JobRequirements | undefined> {
+  try {
+    const files = await readZipTopLevel(
+      codeZip,
+      ["requirements.txt", "pyproject.toml"],
+      MAX_REQUIREMENTS_BYTES,
+    );
+    if (files["requirements.txt"] !== undefined) {
+      const parsed = parseRequirementsText(files["requirements.txt"]);
+      return parsed.lines.length > 0 ? parsed : undefined;
+    }
+    if (files["pyproject.toml"] !== undefined) {
+      const parsed = await parsePyproject(files["pyproject.toml"]);
+      return parsed && parsed.lines.length > 0 ? parsed : undefined;
+    }
+    return undefined;
+  } catch (error) {
+    if (error instanceof RequirementsError || error instanceof CodeError)
+      throw new InvalidJobError("requirements", error.message);
+    throw error;
+  }
 }

@@ -9,6 +9,7 @@ import { InvalidJobError } from "./job-spec";
 import { resumePointOf, resumeRefusal } from "./resume-point";
 import type { JobAddress, JobStore } from "../store/job-store";
 import { jobAddressSchema } from "../store/job-store";
+import { packageRefusal, readJobRequirements } from "../environments/requirements";
 import { JobIndex, jobNameOf } from "../store/job-index";
 import type { TierName } from "../catalog/tiers";
 
@@ -19,6 +20,8 @@ export interface Submission {
   readonly spec: SubmittedSpecInput & { readonly tier: TierName };
   /** The project's quota in GiB; the submission is refused when its code would pass it. */
   readonly quotaGiB: number;
+  /** The stack's allow and deny lists of packages, when the submitter knows them (agent-env.ts). */
+  readonly packages?: { readonly allow?: readonly string[]; readonly deny?: readonly string[] };
 }
 
 export class SubmitError extends Error {
@@ -54,6 +57,13 @@ export async function submitJob(
   try {
     const zip = join(scratch, "code.zip");
     await packageCode(submission.path, await codeKind(submission.path), zip);
+    // Requirements an agent would refuse are refused here, before anything is stored or queued.
+    const requirements = await readJobRequirements(zip).catch((error: unknown) => {
+      throw error instanceof InvalidJobError ? new SubmitError(error.message) : error;
+    });
+    const refusal =
+      requirements && submission.packages && packageRefusal(requirements.names, submission.packages);
+    if (refusal) throw new SubmitError(`${requirements.source}: ${refusal}`);
     const { size } = await stat(zip);
     const used = await store.ownerBytes(address);
     const quota = submission.quotaGiB * 2 ** 30;

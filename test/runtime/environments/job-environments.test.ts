@@ -11,7 +11,8 @@ import { ZipFile } from "yazl";
 import { NodeEnvironments, stackPackageIndex } from "../../../runtime/src/agent/job-environment";
 import type { Agent } from "../../../runtime/src/agent/agent";
 import type { Envelope } from "../../../runtime/src/job/contract";
-import { submitJob } from "../../../runtime/src/job/submit";
+import { SubmitError, submitJob } from "../../../runtime/src/job/submit";
+import { packageCode } from "../../../runtime/src/job/code-source";
 import { DockerEngine } from "../../../runtime/src/launch/docker/container-engine";
 import { DockerLauncher } from "../../../runtime/src/launch/docker/docker-launcher";
 import type { JobAddress } from "../../../runtime/src/store/job-store";
@@ -24,7 +25,7 @@ import { localAgent, next, useLocalPlatform } from "../../support/local-agents";
  * sandbox, and jobs that import from it — while still having no network, no pip and a read-only root.
  */
 const logger = pino({ level: process.env.AGENT_TEST_LOG ?? "silent" });
-const TIER = "cpu-large";
+const TIER = "cpu-large" as const;
 const WAIT_MS = 240_000;
 const local = useLocalPlatform(TIER, logger, { visibilityTimeoutSeconds: 30 });
 const launcher = new DockerLauncher({ logger, graceSeconds: 5 });
@@ -149,27 +150,36 @@ afterAll(async () => {
   elsewhere?.server.close();
 });
 
-async function submit(main: string, requirements: string): Promise<JobAddress> {
+/**
+ * Submits as ada; `bypassingChecks` writes the job's objects and message as a hostile submitter could,
+ * without the submission's own checks, so what the agent refuses by itself shows.
+ */
+async function submit(main: string, requirements: string, bypassingChecks = false): Promise<JobAddress> {
   const jobId = `env-${process.pid}-${++counter}`;
   const dir = join(local.root, jobId);
   await mkdir(dir);
   await writeFile(join(dir, "main.py"), main);
   await writeFile(join(dir, "requirements.txt"), requirements);
   const submitter = local.platform.as("lab", "ada");
-  return submitJob(submitter.store, submitter.queue(TIER), {
-    path: dir,
-    address: { project: "lab", user: "ada", jobId },
-    spec: { jobId, tier: TIER, imageFamily: "cpu", env: {} },
-    quotaGiB: 1,
-  });
+  const address = { project: "lab", user: "ada", jobId };
+  const spec = { jobId, tier: TIER, imageFamily: "cpu" as const, env: {} };
+  if (!bypassingChecks)
+    return submitJob(submitter.store, submitter.queue(TIER), { path: dir, address, spec, quotaGiB: 1 });
+  const zip = join(local.root, `${jobId}.zip`);
+  await packageCode(dir, "directory", zip);
+  await submitter.store.putCode(address, zip);
+  await submitter.store.putSpec(address, { ...spec, priority: "normal" });
+  await submitter.queue(TIER).send(address);
+  return address;
 }
 
 async function run(
   main: string,
   requirements: string,
+  bypassingChecks = false,
 ): Promise<{ envelope: Envelope; log: string; ms: number }> {
   const started = performance.now();
-  const address = await submit(main, requirements);
+  const address = await submit(main, requirements, bypassingChecks);
   const [, envelope] = await next<[JobAddress, Envelope]>(agent, "finished", address.jobId, WAIT_MS);
   const ms = performance.now() - started;
   const logs = local.platform.store.logSeries(address);
@@ -293,15 +303,49 @@ describe("job environments on the local platform", () => {
     WAIT_MS,
   );
 
+  it("refuses at submission what an agent would refuse, storing and queueing nothing", async () => {
+    const submitter = local.platform.as("lab", "ada");
+    const attempt = async (requirements: string, packages?: { deny: string[] }) => {
+      const jobId = `env-${process.pid}-${++counter}`;
+      const dir = join(local.root, jobId);
+      await mkdir(dir);
+      await writeFile(join(dir, "main.py"), "def main():\n    return 1\n");
+      await writeFile(join(dir, "requirements.txt"), requirements);
+      const address = { project: "lab", user: "ada", jobId };
+      const refused = submitJob(submitter.store, submitter.queue(TIER), {
+        path: dir,
+        address,
+        spec: { jobId, tier: TIER, imageFamily: "cpu", env: {} },
+        quotaGiB: 1,
+        ...(packages && { packages }),
+      });
+      await expect(refused).rejects.toBeInstanceOf(SubmitError);
+      expect(await submitter.store.getState(address)).toBeUndefined();
+      return refused.catch((error: Error) => error.message);
+    };
+    expect(await attempt("-r other.txt\n")).toContain(
+      "requirements.txt line 1 (-r other.txt): options such as -r are not allowed",
+    );
+    expect(await attempt("Crucible_Forbidden\n", { deny: ["crucible-forbidden"] })).toBe(
+      "requirements.txt: crucible-forbidden is on this stack's deny list (crucible:environments.deny)",
+    );
+    expect(await local.platform.queue(TIER, "normal").waiting()).toBe(0);
+  });
+
   it(
-    "refuses options and direct references, and packages on the stack's deny list, before any build",
+    "refuses options and direct references that got past submission, and packages on the stack's deny list, before any build",
     async () => {
       const options = await run(
         "def main():\n    return 1\n",
         "--extra-index-url http://example.invalid/simple\n",
+        true,
       );
       expect(options.envelope.error?.message).toContain("requirements.txt line 1 (--extra-index-url");
-      const url = await run("def main():\n    return 1\n", `crucible-tinypkg @ ${elsewhere.url}/x.whl\n`);
+      const url = await run(
+        "def main():\n    return 1\n",
+        `crucible-tinypkg @ ${elsewhere.url}/x.whl\n`,
+        true,
+      );
       expect(url.envelope.error?.message).toContain("direct references (URLs and paths) are not allowed");
       const denied = await run("def main():\n    return 1\n", "Crucible_Forbidden==1\n");
       expect(denied.envelope.error?.message).toBe(

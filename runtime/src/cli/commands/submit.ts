@@ -115,6 +115,7 @@ async function submitAs(
   priority: Priority,
 ): Promise<JobAddress> {
   const { tier } = spec;
+  const { quotaGiB, packageAllow, packageDeny } = agentEnvFromProcess();
   await refuseOverBudget(platform.store, target, tier, spec.timeoutSeconds, flags.preempt === false);
   return submitJob(platform.store, platform.queues(tier).get(priority), {
     path,
@@ -130,7 +131,8 @@ async function submitAs(
       ...(flags.preempt === false && { preemptible: false }),
       ...(flags.dataset.length > 0 && { datasets: [...flags.dataset] }),
     },
-    quotaGiB: agentEnvFromProcess().quotaGiB ?? DEFAULT_QUOTA_GIB_PER_PROJECT,
+    quotaGiB: quotaGiB ?? DEFAULT_QUOTA_GIB_PER_PROJECT,
+    packages: { ...(packageAllow && { allow: packageAllow }), ...(packageDeny && { deny: packageDeny }) },
   });
 }
 
