@@ -6,6 +6,7 @@ import {
   SESSION_MANAGER_ACTIONS,
   isCiRoleName,
 } from "@crucible/runtime/catalog";
+import { packageDomainName } from "./environments";
 import type { PolicyDocument } from "./policy-document";
 import { componentTags } from "./providers";
 
@@ -21,8 +22,9 @@ export interface PermissionsBoundaryArgs {
 
 /**
  * The ceiling of every role the program creates (nodes, Kubernetes agents, the budget enforcer,
- * submitters): job data in this account's workspace buckets and queues, image pulls, the node's own
- * lifecycle, logs and metrics. Never IAM, STS, or anything that starts compute or changes the network,
+ * submitters): job data in this account's workspace buckets and queues, image pulls, reads of the
+ * environment's package index, the node's own lifecycle, logs and metrics. Never IAM, STS (but the
+ * CodeArtifact-only bearer token its index's token needs), or anything that starts compute or changes the network,
  * so a role written by a deploy (CI's deploy role may create roles only with this boundary) can never
  * hold more than this, whatever its own policy says. Its content depends on no config value, so it changes
  * only with this file; CI may not change it (an engineer applies it, as CI's own roles).
@@ -152,6 +154,30 @@ export function boundaryPolicy(s: Scope, environment: Environment): PolicyDocume
           arn("logs", `log-group:/crucible/${environment}/*`),
           arn("logs", `log-group:/aws/lambda/crucible-${environment}-*`),
         ],
+      },
+      {
+        // Job environments' packages: a token for the environment's own CodeArtifact domain (infra/environments/),
+        // and reads of its repositories; never a publish or a change.
+        Sid: "ReadPackageIndex",
+        Effect: "Allow",
+        Action: [
+          "codeartifact:GetAuthorizationToken",
+          "codeartifact:GetRepositoryEndpoint",
+          "codeartifact:ReadFromRepository",
+        ],
+        Resource: [
+          arn("codeartifact", `domain/${packageDomainName(environment)}`),
+          arn("codeartifact", `repository/${packageDomainName(environment)}/*`),
+        ],
+      },
+      {
+        // The bearer token CodeArtifact's GetAuthorizationToken asks STS for on its caller's behalf: for
+        // CodeArtifact only, so no other credential can be had through it.
+        Sid: "PackageIndexBearerToken",
+        Effect: "Allow",
+        Action: "sts:GetServiceBearerToken",
+        Resource: "*",
+        Condition: { StringEquals: { "sts:AWSServiceName": "codeartifact.amazonaws.com" } },
       },
       {
         Sid: "OwnParameters",

@@ -5,6 +5,7 @@ import type { PolicyDocument, PolicyStatement } from "./policy-document";
 import { webIdentityTrustPolicy } from "./policy-document";
 import { COST_TAGS, componentTags } from "./providers";
 import { permissionsBoundaryName } from "./boundary";
+import { packageDomainName } from "./environments";
 
 /** The issuer of GitHub Actions' OIDC tokens, without its scheme (how IAM names its condition keys). */
 export const GITHUB_OIDC_HOST = "token.actions.githubusercontent.com";
@@ -245,6 +246,9 @@ export function readStatements(s: AccountScope, environment: Environment): Polic
         "cloudwatch:Describe*",
         "cloudwatch:GetDashboard",
         "cloudwatch:ListTagsForResource",
+        "codeartifact:Describe*",
+        "codeartifact:Get*PermissionsPolicy",
+        "codeartifact:ListTagsForResource",
         "ec2:Describe*",
         "ec2:GetLaunchTemplateData",
         "ecr:DescribeRepositories",
@@ -478,6 +482,13 @@ export function deployPolicy(
           "budgets:*",
           "cloudwatch:PutDashboard",
           "cloudwatch:DeleteDashboards",
+          // The package index (infra/environments/): create, change and delete its domain and
+          // repositories, their upstream connection and tags; never their packages. Wildcards keep the
+          // policy within IAM's size limit.
+          "codeartifact:*Domain",
+          "codeartifact:*Repository",
+          "codeartifact:*ExternalConnection",
+          "codeartifact:*TagResource",
         ],
         Resource: [
           regional("ecr", `repository/crucible/${environment}/*`),
@@ -490,6 +501,8 @@ export function deployPolicy(
           global("budgets", `budget/crucible-${environment}`),
           global("budgets", `budget/crucible-${environment}-*`),
           global("cloudwatch", `dashboard/crucible-${stack}`),
+          regional("codeartifact", `domain/${packageDomainName(environment)}`),
+          regional("codeartifact", `repository/${packageDomainName(environment)}/*`),
         ],
       },
       {

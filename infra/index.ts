@@ -5,8 +5,9 @@ import { Budgets } from "./budgets";
 import { PermissionsBoundary, boundEveryRole } from "./boundary";
 import { CiAccess, SMOKE_PROJECT } from "./ci";
 import { loadConfig, schedulingPolicy, submitterProjects } from "./config";
+import { PackageIndex } from "./environments";
 import { fixedMonthlyCosts, tierHourlyCosts } from "./finance";
-import { TierFleet } from "./fleet";
+import { TierFleet, type AgentEnvironments } from "./fleet";
 import { FastScale, fastScaleJobsPerNode } from "./fleet/fast-scale";
 import { KubernetesTarget } from "./kubernetes";
 import { EndpointPolicies, Network } from "./network";
@@ -40,7 +41,16 @@ export const tiers = Object.fromEntries(
 );
 
 // Nodes live in private subnets; with nat "none", VPC endpoints carry all their AWS traffic.
-const net = new Network("network", { settings: config.network, region: config.region }, { provider: aws });
+const net = new Network(
+  "network",
+  {
+    settings: config.network,
+    region: config.region,
+    // Without NAT, nodes reach the stack's package proxy through CodeArtifact's endpoints.
+    codeArtifact: config.environments.index === "codeartifact",
+  },
+  { provider: aws },
+);
 export const network = {
   vpcId: net.vpcId,
   vpcCidr: net.vpcCidr,
@@ -130,6 +140,24 @@ const submitters = new Submitters(
 if (projects[SMOKE_PROJECT]) resolveCiSubmitterRoleArn(submitters.roleArns[SMOKE_PROJECT]!);
 export const access = { submitterRoleArns: submitters.roleArns };
 
+// Job environments' packages: the stack's CodeArtifact proxy of PyPI, an existing index, or none.
+const packageIndex = new PackageIndex(
+  "environments",
+  { environment: config.environment, settings: config.environments },
+  { provider: aws },
+);
+const agentEnvironments: AgentEnvironments | undefined = packageIndex.packageIndex && {
+  packageIndex: packageIndex.packageIndex,
+  ...(packageIndex.allow && { allow: packageIndex.allow }),
+  deny: packageIndex.deny,
+  ...(packageIndex.codeArtifact && {
+    codeArtifact: {
+      domainArn: packageIndex.codeArtifact.domainArn,
+      repositoryArn: packageIndex.codeArtifact.repositoryArn,
+    },
+  }),
+};
+// What the agent gets in CRUCIBLE_IMAGES: the job families and the environment builder (never the agent's own).
 const jobImages = Object.fromEntries(
   Object.entries(registry.imageRefs).filter(([family]) => family !== "agent"),
 );
@@ -162,6 +190,7 @@ const fleets = Object.fromEntries(
         agentImage: registry.imageRefs.agent!,
         jobImages,
         repositoryArns: Object.values(registry.repositoryArns),
+        ...(agentEnvironments && { environments: agentEnvironments }),
       },
       { provider: aws },
     );
@@ -241,6 +270,13 @@ const operations = new Operations(
 export const dashboardName = operations.dashboardName;
 
 export const notificationTopicArn = notifications.topicArn;
+// What agents build job environments from (CRUCIBLE_PACKAGE_INDEX, _ALLOW, _DENY), and the stack's proxy.
+export const environments = {
+  packageIndex: packageIndex.packageIndex ?? null,
+  allow: packageIndex.allow ?? null,
+  deny: packageIndex.deny,
+  codeArtifact: packageIndex.codeArtifact ?? null,
+};
 export const storage = {
   bucketName: workspaces.bucketName,
   bucketArn: workspaces.bucketArn,
@@ -306,6 +342,7 @@ const kubernetesTarget = kubernetesEnabled
         heartbeatSeconds: config.fleet.heartbeatSeconds,
         visibilityTimeoutSeconds: config.fleet.queue.visibilityTimeoutSeconds,
         scheduling,
+        ...(agentEnvironments && { environments: agentEnvironments }),
       },
       { provider: aws },
     )

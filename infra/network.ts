@@ -24,6 +24,13 @@ export const INTERFACE_ENDPOINT_SERVICES = [
   "autoscaling",
 ] as const;
 
+/**
+ * CodeArtifact's API (a domain's token, a repository's endpoint) and its repositories (the index itself),
+ * added to {@link INTERFACE_ENDPOINT_SERVICES} where nodes read the stack's package proxy. Python packages
+ * come through the repositories endpoint itself, not from S3.
+ */
+export const CODEARTIFACT_ENDPOINT_SERVICES = ["codeartifact.api", "codeartifact.repositories"] as const;
+
 const HTTPS = { protocol: "tcp", fromPort: 443, toPort: 443 } as const;
 
 /** Arguments of {@link Network}. */
@@ -32,6 +39,11 @@ export interface NetworkArgs {
   readonly settings: CrucibleConfig["network"];
   /** The stack's region: endpoint service names and the S3 prefix list are regional. */
   readonly region: string;
+  /**
+   * Nodes read the stack's CodeArtifact package proxy (infra/environments/): without NAT, the VPC gets
+   * {@link CODEARTIFACT_ENDPOINT_SERVICES} too. Defaults to false.
+   */
+  readonly codeArtifact?: boolean;
 }
 
 /** What the network costs every month whatever runs on it, as counts (finance applies the prices). */
@@ -87,7 +99,7 @@ export class Network extends pulumi.ComponentResource {
         subnetIds: pulumi.output([...settings.existing.privateSubnetIds]),
       };
     } else {
-      const built = buildVpc(name, settings, region, tags, this);
+      const built = buildVpc(name, settings, region, args.codeArtifact ?? false, tags, this);
       vpc = built;
       natGateways = built.natGateways;
       interfaceEndpoints = built.interfaceEndpoints;
@@ -137,6 +149,7 @@ function buildVpc(
   name: string,
   settings: CrucibleConfig["network"],
   region: string,
+  codeArtifact: boolean,
   tags: Record<string, string>,
   parent: pulumi.Resource,
 ) {
@@ -211,7 +224,10 @@ function buildVpc(
     },
     { parent },
   );
-  const services = nat === "none" ? INTERFACE_ENDPOINT_SERVICES : [];
+  const services =
+    nat === "none"
+      ? [...INTERFACE_ENDPOINT_SERVICES, ...(codeArtifact ? CODEARTIFACT_ENDPOINT_SERVICES : [])]
+      : [];
   let sqs: pulumi.Output<string> | undefined;
   if (services.length) {
     const endpointGroup = new aws.ec2.SecurityGroup(
@@ -226,7 +242,7 @@ function buildVpc(
       { parent },
     );
     for (const service of services) {
-      const id = `${name}-${service.replace(".", "-")}`;
+      const id = `${name}-${service.replace(/\./g, "-")}`;
       const endpoint = new aws.ec2.VpcEndpoint(
         id,
         {

@@ -128,7 +128,7 @@ function scopedByTag(s: Statement): boolean {
 }
 
 /** A role EC2 instances assume: its trust policy names the EC2 service. */
-function isNodeRole(role: PolicyResource): boolean {
+export function isNodeRole(role: PolicyResource): boolean {
   const trusted = known(() =>
     (statementsOf(role.props.assumeRolePolicy) ?? []).some((s) =>
       asList((s.Principal as { Service?: string | string[] } | undefined)?.Service).includes(

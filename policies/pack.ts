@@ -7,6 +7,7 @@ import {
   launchTemplatesRequireImdsv2,
   nodesHaveNoPublicIp,
 } from "./compute";
+import { codeartifactNodesReadOnly } from "./codeartifact";
 import { policyConfigMatchesStack } from "./config";
 import { costAllocationTags, gpuStacksHaveBudgets } from "./cost";
 import { ecrImmutableTags, ecrLifecyclePolicies, ecrScanOnPush } from "./ecr";
@@ -72,6 +73,7 @@ export function cruciblePolicies(): Policies {
     agentConfigSandboxed(),
     asgTiersHaveAgentConfig(),
     vpcEndpointsHavePolicies(),
+    codeartifactNodesReadOnly(),
     policyConfigMatchesStack(),
   ];
 }

@@ -1,5 +1,14 @@
-import { TIER_NAMES, type TierName, type Priority, type SchedulingPolicy } from "@crucible/runtime/catalog";
-import { DEFAULT_SUBMITTER_PRIORITIES, type CrucibleSettings } from "./schema";
+import {
+  ENVIRONMENT_CACHE_FACTOR,
+  TIER_NAMES,
+  TIERS,
+  getInstanceType,
+  jobsPerNode,
+  type TierName,
+  type Priority,
+  type SchedulingPolicy,
+} from "@crucible/runtime/catalog";
+import { DEFAULT_SUBMITTER_PRIORITIES, type CrucibleSettings, type TierConfig } from "./schema";
 
 /**
  * What components read off a validated config beyond its own keys: settings joined from two sections
@@ -39,4 +48,40 @@ export function submitterProjects(config: CrucibleSettings): Record<
       },
     ]),
   );
+}
+
+/** Root volume a node keeps for the OS, the Docker engine and the images it pulls (agent, job images, builder). */
+export const NODE_SYSTEM_GIB = 30;
+
+/** What a tier's node keeps on its root volume, in GiB, part by part: {@link nodeDiskGiB}. */
+export interface NodeDisk {
+  /** The OS, the Docker engine and the images ({@link NODE_SYSTEM_GIB}). */
+  readonly system: number;
+  /** One preallocated workspace volume per job the node runs at once (the tier's `workspaceMiB` each). */
+  readonly workspaces: number;
+  /** The dataset cache (the tier's `datasetCacheGiB`). */
+  readonly datasets: number;
+  /** The environment cache: `ENVIRONMENT_CACHE_FACTOR` × the tier's `environmentGiB`. */
+  readonly environments: number;
+  readonly total: number;
+}
+
+/**
+ * The root volume a tier's node needs with these instance types: the system, a workspace volume for each job
+ * it runs at once on the largest of them (as the agent counts its slots, `jobsPerNode`), the dataset cache
+ * and the environment cache (runtime/src/catalog/tiers.ts).
+ */
+export function nodeDiskGiB(name: TierName, tier: Pick<TierConfig, "instanceTypes">): NodeDisk {
+  const catalog = TIERS[name];
+  const jobs = Math.max(...tier.instanceTypes.map((t) => jobsPerNode(catalog, getInstanceType(t).vcpus)));
+  const workspaces = Math.ceil((jobs * catalog.workspaceMiB) / 1024);
+  const datasets = catalog.datasetCacheGiB;
+  const environments = ENVIRONMENT_CACHE_FACTOR * catalog.environmentGiB;
+  return {
+    system: NODE_SYSTEM_GIB,
+    workspaces,
+    datasets,
+    environments,
+    total: NODE_SYSTEM_GIB + workspaces + datasets + environments,
+  };
 }

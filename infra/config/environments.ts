@@ -5,6 +5,7 @@ import {
   KUBERNETES,
   DEFAULT_QUOTA_GIB_PER_PROJECT,
 } from "@crucible/runtime/catalog";
+import { nodeDiskGiB } from "./derived";
 import {
   DEFAULT_DEVICE_PLUGIN_IMAGE,
   type CrucibleSettings,
@@ -23,6 +24,17 @@ type DeepPartial<T> = T extends readonly (infer _U)[]
     ? { [K in keyof T]?: DeepPartial<T[K]> }
     : T;
 
+/**
+ * A tier's default root volume: 50 GiB for CPU nodes, 200 for GPU nodes, or what its default instance types'
+ * nodes keep there (`nodeDiskGiB`: the system, job workspaces, dataset and environment caches) rounded up
+ * to 10 GiB, whichever is larger.
+ */
+export const defaultRootVolumeGiB = (name: TierName): number =>
+  Math.max(
+    TIERS[name].gpu ? 200 : 50,
+    Math.ceil(nodeDiskGiB(name, { instanceTypes: [...TIERS[name].instanceTypes] }).total / 10) * 10,
+  );
+
 const tierDefaults = (name: TierName, over: DeepPartial<TierConfig>): TierConfig =>
   deepMerge(
     {
@@ -34,14 +46,14 @@ const tierDefaults = (name: TierName, over: DeepPartial<TierConfig>): TierConfig
       spot: { enabled: true, onDemandBase: 0, onDemandPercentage: 0 },
       prewarmSchedule: [],
       targetJobsPerInstance: TIERS[name].sharedNodes ? 4 : 1,
-      rootVolumeGiB: TIERS[name].gpu ? 200 : 50,
+      rootVolumeGiB: defaultRootVolumeGiB(name),
     },
     over,
   );
 
 const common: DeepPartial<CrucibleSettings> = {
   registry: {
-    families: ["cpu", "ml-cpu", "ml-cuda", "agent"],
+    families: ["cpu", "ml-cpu", "ml-cuda", "agent", "builder"],
     pullAccountIds: [],
     keepImages: 20,
     untaggedExpiryDays: 3,
@@ -103,6 +115,8 @@ const common: DeepPartial<CrucibleSettings> = {
   },
   // No one may submit until a stack names its projects and their users.
   access: {},
+  // Job environments from the stack's own CodeArtifact proxy of PyPI, every package allowed.
+  environments: { index: "codeartifact", deny: [] },
 };
 
 export const ENVIRONMENT_DEFAULTS: Record<Environment, DeepPartial<CrucibleSettings>> = {

@@ -41,17 +41,27 @@ function allowedKeysAt(root: z.ZodType, path: readonly PropertyKey[]): string[] 
   return schema instanceof z.ZodObject ? Object.keys(schema.shape) : [];
 }
 
-/** The schema inside optional, defaulted and piped wrappers (the runtime's policy defaults its sections). */
+/**
+ * The schema inside optional, defaulted and piped wrappers (the runtime's policy defaults its sections), and
+ * a union's object option where it has one (`crucible:environments.index` is a name or `{ url }`).
+ */
 function unwrapped(schema: z.ZodType): z.ZodType {
-  while (
-    schema instanceof z.ZodOptional ||
-    schema instanceof z.ZodDefault ||
-    schema instanceof z.ZodPrefault ||
-    schema instanceof z.ZodPipe
-  ) {
-    schema = schema instanceof z.ZodPipe ? (schema.in as z.ZodType) : (schema.unwrap() as z.ZodType);
+  for (;;) {
+    if (
+      schema instanceof z.ZodOptional ||
+      schema instanceof z.ZodDefault ||
+      schema instanceof z.ZodPrefault ||
+      schema instanceof z.ZodPipe
+    ) {
+      schema = schema instanceof z.ZodPipe ? (schema.in as z.ZodType) : (schema.unwrap() as z.ZodType);
+    } else if (schema instanceof z.ZodUnion) {
+      const object = (schema.options as z.ZodType[]).map(unwrapped).find((o) => o instanceof z.ZodObject);
+      if (!object) return schema;
+      schema = object;
+    } else {
+      return schema;
+    }
   }
-  return schema;
 }
 
 /** Settings whose values an error must never print. */

@@ -21,9 +21,12 @@ export {
   type AccessProject,
   type CrucibleSettings,
   type CrucibleConfig,
+  type EnvironmentsSettings,
+  PACKAGE_INDEX_CHOICES,
+  normalisePackageName,
 } from "./schema";
 export { crucibleConfigSchema } from "./rules";
-export { ENVIRONMENT_DEFAULTS, deepMerge } from "./environments";
+export { ENVIRONMENT_DEFAULTS, deepMerge, defaultRootVolumeGiB } from "./environments";
 export { ConfigError } from "./errors";
 export { parseCrucibleConfig, loadConfig } from "./load";
-export { schedulingPolicy, submitterProjects } from "./derived";
+export { schedulingPolicy, submitterProjects, nodeDiskGiB, NODE_SYSTEM_GIB, type NodeDisk } from "./derived";

@@ -11,6 +11,7 @@ import {
   KUBERNETES_LABEL_VALUE_RULE,
 } from "@crucible/runtime/catalog";
 import { PUBLIC_SUBNET_PREFIX, publicSubnetRoom, publicSubnetsFor } from "../cidr";
+import { nodeDiskGiB, type NodeDisk } from "./derived";
 import { ENVIRONMENTS, oidcIssuer, sectionsSchema, type CrucibleSettings, type TierConfig } from "./schema";
 
 /**
@@ -93,6 +94,7 @@ function checkCrossFieldRules(c: CrucibleSettings, ctx: Ctx): void {
   });
   checkNetwork(c.network, ctx);
   checkAccess(c, ctx);
+  checkEnvironments(c, ctx);
   if (c.kubernetes.enabled) checkKubernetes(c, ctx);
   const anyEnabled = TIER_NAMES.some((t) => c.fleet.tiers[t]?.enabled);
   if (anyEnabled && !c.registry.families.includes("agent") && !c.registry.promoteFrom) {
@@ -100,6 +102,32 @@ function checkCrossFieldRules(c: CrucibleSettings, ctx: Ctx): void {
       code: "custom",
       path: ["registry", "families"],
       message: 'must include "agent": every node runs the agent image',
+      input: c.registry.families,
+    });
+  }
+}
+
+/**
+ * A package is allowed or denied, never both; and nodes build environments with the builder image, so a
+ * stack with a package index runs it.
+ */
+function checkEnvironments(c: CrucibleSettings, ctx: Ctx): void {
+  const { allow, deny, index } = c.environments;
+  deny.forEach((name, i) => {
+    if (allow?.includes(name)) {
+      ctx.addIssue({
+        code: "custom",
+        path: ["environments", "deny", i],
+        message: `must not name a package crucible:environments.allow also names (${name} is at allow[${allow.indexOf(name)}]); remove it from one of the two`,
+        input: name,
+      });
+    }
+  });
+  if (index !== "none" && !c.registry.families.includes("builder")) {
+    ctx.addIssue({
+      code: "custom",
+      path: ["registry", "families"],
+      message: `must include "builder" while crucible:environments.index is not "none": nodes build job environments with it (or set crucible:environments.index to "none")`,
       input: c.registry.families,
     });
   }
@@ -251,7 +279,7 @@ function checkTier(name: TierName, tier: TierConfig, cap: number, ctx: Ctx): voi
       input: tier.warmPool.maxPreparedCapacity,
     });
   }
-  if (tier.warmPool?.state === "Hibernated") checkHibernation(tier, at, ctx);
+  checkRootVolume(name, tier, at, ctx);
   tier.prewarmSchedule.forEach((s, i) => {
     if (s.minSize > tier.maxSize) {
       ctx.addIssue({
@@ -276,15 +304,39 @@ function checkTier(name: TierName, tier: TierConfig, cap: number, ctx: Ctx): voi
   }
 }
 
-/** Least root volume beside the RAM a hibernated instance saves to it: the schema's minimum root size. */
-export const HIBERNATION_ROOT_HEADROOM_GIB = 30;
+/** The parts of a node's root volume, as a message lists them. */
+const diskParts = (d: NodeDisk) =>
+  `${d.system} GiB for the OS and images, ${d.workspaces} GiB of job workspaces, a ${d.datasets} GiB dataset cache and a ${d.environments} GiB environment cache`;
+
+/**
+ * A node's root volume holds the OS and images, a workspace volume per job it runs at once, the dataset
+ * cache and the environment cache ({@link nodeDiskGiB}); a hibernated one also the instance's RAM.
+ */
+function checkRootVolume(
+  name: TierName,
+  tier: TierConfig,
+  at: (...rest: (string | number)[]) => (string | number)[],
+  ctx: Ctx,
+) {
+  const disk = nodeDiskGiB(name, tier);
+  if (tier.warmPool?.state === "Hibernated") return checkHibernation(tier, disk, at, ctx);
+  if (tier.rootVolumeGiB < disk.total) {
+    ctx.addIssue({
+      code: "custom",
+      path: at("rootVolumeGiB"),
+      message: `must be at least ${disk.total} for ${name} on ${tier.instanceTypes.join(", ")}: ${diskParts(disk)}`,
+      input: tier.rootVolumeGiB,
+    });
+  }
+}
 
 /**
  * A `Hibernated` warm pool needs instance types EC2 hibernates, and a root volume that holds their RAM
- * besides the OS and images. The volume must also be encrypted: every node's root volume is (infra/fleet).
+ * besides everything else a node keeps there. The volume must also be encrypted: every node's root volume is (infra/fleet).
  */
 function checkHibernation(
   tier: TierConfig,
+  disk: NodeDisk,
   at: (...rest: (string | number)[]) => (string | number)[],
   ctx: Ctx,
 ) {
@@ -300,12 +352,12 @@ function checkHibernation(
     }
   });
   const ram = Math.max(...tier.instanceTypes.map((t) => INSTANCE_TYPES.get(t)?.memoryGiB ?? 0));
-  const least = ram + HIBERNATION_ROOT_HEADROOM_GIB;
+  const least = ram + disk.total;
   if (tier.rootVolumeGiB < least) {
     ctx.addIssue({
       code: "custom",
       path: at("rootVolumeGiB"),
-      message: `must be at least ${least} with warmPool.state Hibernated: the instance's ${ram} GiB of RAM is saved to the root volume, beside ${HIBERNATION_ROOT_HEADROOM_GIB} GiB for the OS and images`,
+      message: `must be at least ${least} with warmPool.state Hibernated: the instance's ${ram} GiB of RAM is saved to the root volume, beside ${diskParts(disk)}`,
       input: tier.rootVolumeGiB,
     });
   }

@@ -457,6 +457,51 @@ const kubernetesSchema = z.strictObject({
     .optional(),
 });
 
+/** What `crucible:environments.index` takes besides an existing index's `{ url }`. */
+export const PACKAGE_INDEX_CHOICES = ["codeartifact", "none"] as const;
+
+/** A package name as PEP 503 normalises it: lowercase, with runs of `-`, `_` and `.` as one `-`. */
+export const normalisePackageName = (name: string): string => name.toLowerCase().replace(/[-_.]+/g, "-");
+const PEP503_NAME = /^[a-z0-9]+(-[a-z0-9]+)*$/;
+const packageName = z
+  .string({ error: "must be a package name such as scikit-learn" })
+  .refine((v) => PEP503_NAME.test(v), {
+    error: (issue) => {
+      const given = typeof issue.input === "string" ? issue.input : "";
+      const normal = normalisePackageName(given);
+      return `must be a package name as PEP 503 normalises it (lowercase letters, digits and single dashes, such as scikit-learn)${
+        normal !== given && PEP503_NAME.test(normal) ? `: write it ${normal}` : ""
+      }`;
+    },
+  });
+
+/** An existing package index's simple API, never with credentials: the URL is written into nodes' user data. */
+const indexUrl = z
+  .string({ error: "must be the URL of a PEP 503 simple index, such as https://pypi.example.com/simple/" })
+  .regex(/^https?:\/\/[^\s/?#@]+(\/[^\s?#]*)?$/, {
+    error:
+      "must be the http(s) URL of a PEP 503 simple index without credentials, query or fragment, such as https://pypi.example.com/simple/",
+  });
+
+const environmentsSchema = z.strictObject({
+  /**
+   * Where job environments' packages come from: `codeartifact`, a CodeArtifact proxy of PyPI the stack
+   * declares (infra/environments/); `{ url }`, an existing PEP 503 index; or `none`, no job environments
+   * (jobs that carry requirements are refused). Defaults to codeartifact.
+   */
+  index: z.union([z.enum(PACKAGE_INDEX_CHOICES), z.strictObject({ url: indexUrl })], {
+    error:
+      'must be "codeartifact" (a CodeArtifact proxy of PyPI this stack declares), "none" (no job environments) or { url: "https://…/simple/" } (an existing PEP 503 index)',
+  }),
+  /** The only packages environments may install, PEP 503-normalised. Absent: every package but `deny`'s. */
+  allow: uniqueList(packageName, "package names")
+    .min(1, { error: "must name at least one package; leave allow out to allow every package" })
+    .optional(),
+  /** Packages environments never install, PEP 503-normalised. Defaults to none. */
+  deny: uniqueList(packageName, "package names"),
+});
+export type EnvironmentsSettings = z.infer<typeof environmentsSchema>;
+
 /**
  * Every section with its own checks. The rules between sections (rules.ts) make it
  * `crucibleConfigSchema`, the schema a stack is parsed with.
@@ -479,6 +524,8 @@ export const sectionsSchema = z.strictObject({
   kubernetes: kubernetesSchema,
   /** Who may submit jobs to which project, tier and priority (a submitter role per project). */
   access: accessSchema,
+  /** Job environments: the package index their packages come from, and which packages they may use. */
+  environments: environmentsSchema,
 });
 
 export type CrucibleSettings = z.infer<typeof sectionsSchema>;

@@ -12,7 +12,7 @@ import {
 } from "@crucible/runtime/catalog";
 import type { CrucibleConfig, TierConfig, WarmPoolState } from "../config";
 import { componentTags } from "../providers";
-import { NODE_ASSUME_ROLE_POLICY, nodePolicy } from "./node-role";
+import { NODE_ASSUME_ROLE_POLICY, nodePolicy, type EnvironmentsScope } from "./node-role";
 import { jobsPerInstanceMetrics, waitingWithNoInstanceQueries } from "./scaling-metrics";
 import { tierJobImages, userData } from "./user-data";
 
@@ -23,7 +23,13 @@ import { tierJobImages, userData } from "./user-data";
  */
 
 export { METRIC_IDS, JOBS_PER_INSTANCE, WAITING_WITH_NO_INSTANCE } from "./scaling-metrics";
-export { nodePolicy, agentDataStatements, JOB_METRICS_STATEMENT, type AgentDataScope } from "./node-role";
+export {
+  nodePolicy,
+  agentDataStatements,
+  JOB_METRICS_STATEMENT,
+  type AgentDataScope,
+  type EnvironmentsScope,
+} from "./node-role";
 export { tierJobImages, AGENT_SCRATCH_DIR, JOB_UID_LEASE_DIR, LOOP_DEVICES, userData } from "./user-data";
 
 /** ECS-optimized Amazon Linux 2023: Docker ready; the GPU variant adds the NVIDIA driver and toolkit. */
@@ -107,8 +113,24 @@ export interface TierFleetArgs {
   readonly jobImages: Readonly<Record<string, pulumi.Input<string>>>;
   /** Repositories nodes pull from. */
   readonly repositoryArns: readonly pulumi.Input<string>[];
+  /**
+   * Job environments (`crucible:environments`, infra/environments/): the index the agent builds them from
+   * and the packages it allows and denies, written into its environment, and the CodeArtifact proxy its
+   * role reads. Absent (`index: none`): the agent gets none of them, and the role no environment grant.
+   */
+  readonly environments?: AgentEnvironments;
   /** Days the agent's log group keeps its events. Defaults to {@link AGENT_LOG_RETENTION_DAYS}. */
   readonly logRetentionDays?: number;
+}
+
+/** A tier's agents' job environments: what {@link TierFleetArgs.environments} holds. */
+export interface AgentEnvironments extends EnvironmentsScope {
+  /** `CRUCIBLE_PACKAGE_INDEX`: an index URL or `codeartifact://<domain>/<owner>/<repository>`. */
+  readonly packageIndex: pulumi.Input<string>;
+  /** `CRUCIBLE_PACKAGE_ALLOW`; every package when absent. */
+  readonly allow?: readonly string[];
+  /** `CRUCIBLE_PACKAGE_DENY`. */
+  readonly deny: readonly string[];
 }
 
 /**
@@ -200,6 +222,7 @@ export class TierFleet extends pulumi.ComponentResource {
             groupArn,
             logGroupArn: agentLog.arn,
             spot: settings.spot.enabled,
+            ...(args.environments && { environments: args.environments }),
           }),
         ),
       },
@@ -259,16 +282,31 @@ export class TierFleet extends pulumi.ComponentResource {
             args.workspaces.quotaGiB,
             pulumi.output(args.jobImages),
             region.name,
-            pulumi.all([agentLog.name, agentSenders, args.workspaces.datasetsBucketName]),
+            pulumi.all([
+              agentLog.name,
+              agentSenders,
+              args.workspaces.datasetsBucketName,
+              args.environments?.packageIndex,
+            ]),
           ])
           .apply(
-            ([agentImage, urls, bucket, prefix, quota, images, regionName, [logGroup, senders, datasets]]) =>
+            ([
+              agentImage,
+              urls,
+              bucket,
+              prefix,
+              quota,
+              images,
+              regionName,
+              [logGroup, senders, datasets, packageIndex],
+            ]) =>
               Buffer.from(
                 userData({
                   tier,
                   gpu: catalog.gpu !== undefined,
                   agentImage,
                   jobImages: tierJobImages(catalog, images),
+                  ...(images.builder !== undefined && { builderImage: images.builder }),
                   regionName,
                   logGroup,
                   groupName,
@@ -292,6 +330,10 @@ export class TierFleet extends pulumi.ComponentResource {
                     graceSeconds: grace,
                     senders,
                     region: regionName,
+                    // Job environments: where their packages come from, and which they may use.
+                    ...(packageIndex !== undefined && { packageIndex }),
+                    ...(args.environments?.allow && { packageAllow: [...args.environments.allow] }),
+                    ...(args.environments && { packageDeny: [...args.environments.deny] }),
                   }),
                 }),
               ).toString("base64"),

@@ -1,6 +1,7 @@
 import * as pulumi from "@pulumi/pulumi";
 import {
   DATASETS_PRECACHED_PREFIX,
+  ENVIRONMENTS_PREFIX,
   JOB_METRICS,
   SESSION_MANAGER_ACTIONS,
   LEDGER_PREFIX,
@@ -85,6 +86,21 @@ export interface AgentDataScope {
   readonly kmsKeyArn?: pulumi.Input<string>;
   /** The stack's region: the key is usable only through this region's S3. */
   readonly regionName: pulumi.Input<string>;
+  /**
+   * Job environments, where the stack builds them (`crucible:environments.index` is not `none`): the agent
+   * builds, stores and caches them under `environments/` in the datasets bucket, and, with the stack's
+   * CodeArtifact proxy, reads packages from its nodes' repository. Absent: no environment grant.
+   */
+  readonly environments?: EnvironmentsScope;
+}
+
+/** What an agent's environment builds read: the stack's CodeArtifact proxy, where it declares one. */
+export interface EnvironmentsScope {
+  /** The CodeArtifact domain and the one repository nodes read (infra/environments/); absent for a URL index. */
+  readonly codeArtifact?: {
+    readonly domainArn: pulumi.Input<string>;
+    readonly repositoryArn: pulumi.Input<string>;
+  };
 }
 
 /**
@@ -176,6 +192,7 @@ export function agentDataStatements(scope: AgentDataScope): PolicyStatement[] {
       Action: "s3:PutObject",
       Resource: pulumi.interpolate`${scope.datasetsBucketArn}/${DATASETS_PRECACHED_PREFIX}*`,
     },
+    ...(scope.environments === undefined ? [] : environmentStatements(scope, scope.environments)),
     // SSE-KMS objects: reading needs Decrypt, writing GenerateDataKey. The key policy leaves its use
     // to IAM, so without this a node could neither fetch a job's code nor upload its result. Both buckets
     // share the key: this covers the datasets too.
@@ -192,6 +209,56 @@ export function agentDataStatements(scope: AgentDataScope): PolicyStatement[] {
             },
           },
         ]),
+  ];
+}
+
+/**
+ * Job environments (the builder, runtime/src/environments/): read and store built environments under
+ * `environments/` in the datasets bucket and list only there (never delete: an environment is immutable,
+ * keyed by what it is built from); with the stack's CodeArtifact proxy, a token for its domain and reads
+ * of the nodes' repository only, never a publish, a delete or the store repository behind it.
+ */
+function environmentStatements(scope: AgentDataScope, environments: EnvironmentsScope): PolicyStatement[] {
+  const statements: PolicyStatement[] = [
+    {
+      Sid: "BuildEnvironments",
+      Effect: "Allow",
+      Action: ["s3:GetObject", "s3:PutObject"],
+      Resource: pulumi.interpolate`${scope.datasetsBucketArn}/${ENVIRONMENTS_PREFIX}*`,
+    },
+    {
+      Sid: "ListEnvironments",
+      Effect: "Allow",
+      Action: "s3:ListBucket",
+      Resource: scope.datasetsBucketArn,
+      Condition: { StringLike: { "s3:prefix": [`${ENVIRONMENTS_PREFIX}*`] } },
+    },
+  ];
+  const index = environments.codeArtifact;
+  if (index === undefined) return statements;
+  return [
+    ...statements,
+    {
+      // A token is issued per domain; it reads only what the repository grants below allow.
+      Sid: "PackageIndexToken",
+      Effect: "Allow",
+      Action: "codeartifact:GetAuthorizationToken",
+      Resource: index.domainArn,
+    },
+    {
+      // GetAuthorizationToken asks STS for a bearer token on the caller's behalf: for CodeArtifact only.
+      Sid: "PackageIndexBearerToken",
+      Effect: "Allow",
+      Action: "sts:GetServiceBearerToken",
+      Resource: "*",
+      Condition: { StringEquals: { "sts:AWSServiceName": "codeartifact.amazonaws.com" } },
+    },
+    {
+      Sid: "ReadPackageIndex",
+      Effect: "Allow",
+      Action: ["codeartifact:GetRepositoryEndpoint", "codeartifact:ReadFromRepository"],
+      Resource: index.repositoryArn,
+    },
   ];
 }
 

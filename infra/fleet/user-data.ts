@@ -47,13 +47,22 @@ export function userData(input: {
   readonly agentImage: string;
   /** Job images to pull before the agent starts, by digest. */
   readonly jobImages: readonly string[];
+  /**
+   * The environment builder's image, by digest: pulled with the job images, never run (the agent copies
+   * pip out of it into a build container of the job's own image). Absent where the stack has none.
+   */
+  readonly builderImage?: string;
   readonly regionName: string;
   /** The CloudWatch log group the agent's output goes to. */
   readonly logGroup: string;
   readonly groupName: string;
   readonly env: Readonly<Record<string, string>>;
 }): string {
-  const images = [input.agentImage, ...input.jobImages];
+  const images = [
+    input.agentImage,
+    ...input.jobImages,
+    ...(input.builderImage === undefined ? [] : [input.builderImage]),
+  ];
   // An ECR token is valid only in the registry's own region: a promoted stack pulls from its upstream's.
   const registries = new Map(images.map((i) => ecrRegistry(i, input.regionName)).map((r) => [r.host, r]));
   const envFlags = Object.entries(input.env)

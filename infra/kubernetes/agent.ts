@@ -13,7 +13,7 @@ import {
   type SchedulingPolicy,
   type NodeLabel,
 } from "@crucible/runtime/catalog";
-import { JOB_METRICS_STATEMENT, agentDataStatements } from "../fleet";
+import { JOB_METRICS_STATEMENT, agentDataStatements, type AgentEnvironments } from "../fleet";
 import { webIdentityTrustPolicy } from "../policy-document";
 import { componentTags } from "../providers";
 import { AGENT_RESOURCES } from "./namespace";
@@ -76,6 +76,8 @@ export interface TierAgentArgs {
   readonly gpuNodeLabel?: NodeLabel;
   readonly region: string;
   readonly oidc?: ClusterOidc;
+  /** Job environments, as a node's agent has them (infra/fleet `AgentEnvironments`); absent with `index: none`. */
+  readonly environments?: AgentEnvironments;
 }
 
 /** One tier's agent: its account (with an AWS role through IRSA when the cluster has OIDC), RBAC, Deployment. */
@@ -178,6 +180,11 @@ function agentEnv(
     })),
     ...(args.gpuNodeLabel && { k8sGpuNodeLabel: args.gpuNodeLabel }),
     region: args.region,
+    ...(args.environments && {
+      packageIndex: args.environments.packageIndex,
+      ...(args.environments.allow && { packageAllow: [...args.environments.allow] }),
+      packageDeny: [...args.environments.deny],
+    }),
   };
   // The agent's environment (runtime/src/catalog/agent-env.ts): each variable written by toAgentEnv (which checks
   // it as the agent will read it) as soon as its own value is known, the others not waiting on it.
@@ -237,6 +244,7 @@ function agentRole(
             tier: args.tier,
             queueArns: args.queueArns,
             regionName: args.region,
+            ...(args.environments && { environments: args.environments }),
           }),
           JOB_METRICS_STATEMENT,
         ],

@@ -8,6 +8,7 @@ import {
   type SchedulingPolicy,
 } from "@crucible/runtime/catalog";
 import type { CrucibleConfig, Environment } from "../config";
+import type { AgentEnvironments } from "../fleet";
 import { tierAgent, type AgentWorkspaces } from "./agent";
 import { devicePlugin, priorityClasses } from "./cluster";
 import { jobNamespace, stackLabels, type JobLimits } from "./namespace";
@@ -57,6 +58,8 @@ export interface KubernetesTargetArgs {
   readonly visibilityTimeoutSeconds: number;
   /** The scheduling policy (`CRUCIBLE_SCHEDULING`). Defaults to none: the agent's own defaults. */
   readonly scheduling?: pulumi.Input<SchedulingPolicy>;
+  /** Job environments, as the fleet's agents have them; absent with `crucible:environments.index` none. */
+  readonly environments?: AgentEnvironments;
 }
 
 /**
@@ -128,6 +131,7 @@ export class KubernetesTarget extends pulumi.ComponentResource {
               ...(t.limits.gpu && { gpuNodeLabel: settings.gpuNodeLabel }),
               region: args.region,
               oidc: settings.oidc,
+              ...(args.environments && { environments: args.environments }),
             },
             child,
           ),

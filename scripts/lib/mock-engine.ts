@@ -3,6 +3,7 @@ import { readFileSync } from "node:fs";
 import * as path from "node:path";
 import * as pulumi from "@pulumi/pulumi";
 import { parse as parseYaml } from "yaml";
+import { IMAGE_FAMILIES } from "../../runtime/src/catalog/image-matrix";
 
 /**
  * Runs the real Pulumi program of a stack under Pulumi's mock engine: no CLI, no cloud. The program,
@@ -172,10 +173,9 @@ export const UPSTREAM_REGION = "us-east-1";
 
 /** What an upstream stack (the `promoteFrom` of a promoting stack) exports: its images by digest. */
 function upstreamOutputs(stackName: string): Record<string, unknown> {
-  const families = ["cpu", "ml-cpu", "ml-cuda", "agent"];
   return {
     imageRefs: Object.fromEntries(
-      families.map((f) => [
+      IMAGE_FAMILIES.map((f) => [
         f,
         `${UPSTREAM_ACCOUNT_ID}.dkr.ecr.${UPSTREAM_REGION}.amazonaws.com/crucible/${stackName.split("/").pop()}/${f}@sha256:${hex(`${stackName}/${f}`, 64)}`,
       ]),

@@ -180,6 +180,8 @@ describe.each(STACKS)("the %s stack's CI access", (stack) => {
       `arn:aws:budgets::${MOCK_ACCOUNT_ID}:budget/crucible-${stack}`,
       `arn:aws:budgets::${MOCK_ACCOUNT_ID}:budget/crucible-${stack}-*`,
       `arn:aws:cloudwatch::${MOCK_ACCOUNT_ID}:dashboard/crucible-${stack}`,
+      `arn:aws:codeartifact:${at}:domain/crucible-${stack}`,
+      `arn:aws:codeartifact:${at}:repository/crucible-${stack}/*`,
     ]);
     // What the stack declares really has those names.
     const names = plan.resources.map((r) => r.inputs.name).filter((n): n is string => typeof n === "string");
@@ -315,8 +317,18 @@ describe.each(STACKS)("the %s stack's CI access", (stack) => {
 
   it("gives every role but CI's own the boundary, and the boundary every action those roles' policies grant", () => {
     const boundary = statements(plan.get("aws:iam/policy:Policy", "permissions-boundary").inputs.policy);
+    // STS only for CodeArtifact's bearer token (what a job environment's index token needs), and only
+    // under the condition that it is for CodeArtifact: no credential of any other service comes of it.
+    const bearer = boundary.filter((s) => list(s.Action).includes("sts:GetServiceBearerToken"));
+    expect(bearer.map((s) => [list(s.Action), s.Condition])).toEqual([
+      [
+        ["sts:GetServiceBearerToken"],
+        { StringEquals: { "sts:AWSServiceName": "codeartifact.amazonaws.com" } },
+      ],
+    ]);
     const bounded = boundary.flatMap((s) => list(s.Action));
-    expect(bounded.filter((a) => /^(iam|sts|organizations|lambda|ec2:(Run|Create|Modify))/.test(a))).toEqual(
+    const others = boundary.filter((s) => !bearer.includes(s)).flatMap((s) => list(s.Action));
+    expect(others.filter((a) => /^(iam|sts|organizations|lambda|ec2:(Run|Create|Modify))/.test(a))).toEqual(
       [],
     );
     const roles = plan.ofType(ROLE).filter((r) => !/^ci-/.test(r.name));

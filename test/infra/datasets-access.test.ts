@@ -1,3 +1,4 @@
+import { EnvironmentStore } from "../../runtime/src/environments/environment-store";
 import { CreateBucketCommand, S3Client } from "@aws-sdk/client-s3";
 import { closeSync, openSync, writeSync } from "node:fs";
 import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
@@ -17,7 +18,8 @@ import { STACKS, readStackConfig, runStack, type DeclaredResource, type Plan } f
 /**
  * The datasets bucket's IAM against the dataset store's real calls (runtime/src/store/dataset-store.ts):
  * the store pushes, lists, resolves and reads as a researcher, and publishes the pre-cached sets and reads
- * a user's version as an agent, on an embedded S3 (fauxqs) while a middleware records every call. Each
+ * a user's version as an agent, and the environment store (runtime/src/environments/environment-store.ts)
+ * stores, finds and fetches a job environment as an agent, on an embedded S3 (fauxqs) while a middleware records every call. Each
  * call, mapped to each stack's names, must be allowed to the submitter role of every project (as each of
  * its users) and to the node role of every tier (inline policy, within the permissions boundary, past the
  * bucket's policy); every datasets grant of either role must be used by some call; and what neither may
@@ -124,6 +126,28 @@ beforeAll(async () => {
     // A job naming a version that is not there: the agent lists the name's versions for the message.
     await expect(agent.resolve(OWNER, { name: "corpus", version: 9 })).rejects.toThrow(/has versions 1, 2/);
     await agent.publishPrecached(PRECACHED, precached);
+    // Job environments, stored beside the datasets: an agent builds one, another finds and fetches it.
+    const environments = new EnvironmentStore(client(agentRecorder), LOCAL_BUCKET);
+    const key = "e".repeat(64);
+    expect(await environments.find(key)).toBeUndefined();
+    const archive = join(root, "env.tar");
+    await writeFile(archive, "an environment's archive");
+    const stored = await environments.put(
+      {
+        key,
+        bytes: 24,
+        pythonPath: ["prefix/lib/python3.13/site-packages"],
+        packages: [{ name: "tinypkg", version: "1.0" }],
+        image: "crucible/cpu:py3.13",
+        requirements: ["tinypkg==1.0"],
+        builtAt: new Date().toISOString(),
+        buildSeconds: 1,
+      },
+      archive,
+      "pip's output",
+    );
+    expect(await environments.find(key)).toEqual(stored);
+    await environments.download(stored, join(root, "fetched.tar"));
     calls.agent.push(...agentRecorder.calls);
     calls.submitter.push(...submitterRecorder.calls);
   } finally {
@@ -297,7 +321,7 @@ describe.each(STACKS)("the %s stack's datasets bucket", (stack) => {
     }
   });
 
-  it("refuses a submitter another user's or project's datasets, deleting a version, and writing precached/", () => {
+  it("refuses a submitter another user's or project's datasets, deleting a version, writing precached/ and any of environments/", () => {
     for (const { project, users } of projects) {
       const layers = roleLayers(plan, `submitters-${project}`);
       const user = users[0]!;
@@ -317,6 +341,12 @@ describe.each(STACKS)("the %s stack's datasets bucket", (stack) => {
         s3Call("DeleteObject", { Key: `${other}${BLOB}` }),
         s3Call("PutObject", { Key: `precached/${BLOB}` }),
         s3Call("PutObject", { Key: `precached/${PRECACHED.name}/v9.json` }),
+        // Job environments are the agents' alone: a researcher reaches one only through a job.
+        s3Call("GetObject", { Key: "environments/0123abcd/env.tar" }),
+        s3Call("PutObject", { Key: "environments/0123abcd/env.tar" }),
+        s3Call("PutObject", { Key: "environments/0123abcd/manifest.json" }),
+        s3Call("ListObjectsV2", { Prefix: "environments/" }),
+        s3Call("DeleteObject", { Key: "environments/0123abcd/build.log" }),
       ];
       for (const attempt of attempts)
         expect(

@@ -1,4 +1,5 @@
 import { beforeAll, describe, expect, it } from "vitest";
+import { MOCK_ACCOUNT_ID } from "../../scripts/lib/mock-engine";
 import {
   STACKS,
   configWith,
@@ -384,6 +385,8 @@ describe.each(STACKS)("%s stack with the Kubernetes target", (stack) => {
         "CRUCIBLE_SENDERS",
         ...(gpuTier ? ["CRUCIBLE_K8S_GPU_NODE_LABEL"] : []),
         "AWS_REGION",
+        "CRUCIBLE_PACKAGE_INDEX",
+        "CRUCIBLE_PACKAGE_DENY",
       ]);
       const { agent: _agent, ...jobImages } = images;
       expect({ ...env, CRUCIBLE_QUEUES: JSON.parse(env.CRUCIBLE_QUEUES!) as unknown }).toEqual({
@@ -404,6 +407,9 @@ describe.each(STACKS)("%s stack with the Kubernetes target", (stack) => {
         CRUCIBLE_SENDERS: env.CRUCIBLE_SENDERS,
         ...(gpuTier && { CRUCIBLE_K8S_GPU_NODE_LABEL: "nvidia.com/gpu.present=true" }),
         AWS_REGION: file["aws:region"],
+        // The same package index as the stack's nodes (test/infra/fleet/user-data.test.ts).
+        CRUCIBLE_PACKAGE_INDEX: `codeartifact://crucible-${file["crucible:environment"]}/${MOCK_ACCOUNT_ID}/pypi`,
+        CRUCIBLE_PACKAGE_DENY: env.CRUCIBLE_PACKAGE_DENY,
       });
       expect(JSON.parse(env.CRUCIBLE_SCHEDULING!)).toMatchObject({ weights: { high: 6, normal: 3, low: 1 } });
     });
@@ -444,6 +450,11 @@ describe.each(STACKS)("%s stack with the Kubernetes target", (stack) => {
         "ReadDatasets",
         "ListDatasets",
         "PublishPrecachedDatasets",
+        "BuildEnvironments",
+        "ListEnvironments",
+        "PackageIndexToken",
+        "PackageIndexBearerToken",
+        "ReadPackageIndex",
         ...(file["crucible:workspaces"]?.includes('"encryption":"s3"') ? [] : ["WorkspacesKey"]),
         "JobMetrics",
       ]);

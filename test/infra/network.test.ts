@@ -1,6 +1,6 @@
 import { beforeAll, describe, expect, it } from "vitest";
 import { subnetLayout } from "../../infra/cidr";
-import { INTERFACE_ENDPOINT_SERVICES } from "../../infra/network";
+import { CODEARTIFACT_ENDPOINT_SERVICES, INTERFACE_ENDPOINT_SERVICES } from "../../infra/network";
 import { configProblems, configWith, runStack, type DeclaredResource, type Plan } from "../support/harness";
 
 const T = {
@@ -171,9 +171,12 @@ describe.each(Object.entries(EXPECTED))("%s stack network", (stack, want) => {
         expect(interfaces).toEqual([]);
         return;
       }
+      // CodeArtifact's two: the stack's package proxy (crucible:environments.index codeartifact).
       expect(interfaces.map((e) => e.inputs.serviceName).sort()).toEqual(
         [
           "autoscaling",
+          "codeartifact.api",
+          "codeartifact.repositories",
           "ec2messages",
           "ecr.api",
           "ecr.dkr",
@@ -226,7 +229,8 @@ describe.each(Object.entries(EXPECTED))("%s stack network", (stack, want) => {
 
   it("exports the ids the fleet needs and the counts finance prices", () => {
     const network = plan.outputs.network as Record<string, unknown>;
-    const interfaceEndpoints = want.nat === "none" ? INTERFACE_ENDPOINT_SERVICES.length : 0;
+    const interfaceEndpoints =
+      want.nat === "none" ? INTERFACE_ENDPOINT_SERVICES.length + CODEARTIFACT_ENDPOINT_SERVICES.length : 0;
     expect(network).toEqual({
       vpcId: plan.ofType(T.vpc)[0]!.id,
       vpcCidr: want.cidr,

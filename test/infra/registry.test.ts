@@ -156,7 +156,9 @@ describe.each([
 describe("registry settings", () => {
   it("rejects a promotion source that is not a stack reference, naming the key", () => {
     expect(
-      configProblems("prod", { "crucible:registry": { families: ["cpu", "agent"], promoteFrom: "staging" } }),
+      configProblems("prod", {
+        "crucible:registry": { families: ["cpu", "agent", "builder"], promoteFrom: "staging" },
+      }),
     ).toEqual([
       'crucible:registry.promoteFrom must be a stack reference of the form org/project/stack, got "staging"',
     ]);
@@ -166,6 +168,17 @@ describe("registry settings", () => {
     const problems = configProblems("dev", { "crucible:registry": { families: ["cpu", "agent", "rocm"] } });
     expect(problems.join("\n")).toContain("crucible:registry.families");
     expect(problems.join("\n")).toContain("rocm");
+  });
+});
+
+describe("the builder image", () => {
+  it("is pushed and promoted like every family, and is no job family", () => {
+    expect(IMAGE_FAMILIES).toContain("builder");
+    expect(IMAGE_MATRIX.builder).toMatchObject({ runsJobs: false, gpu: false });
+    for (const stack of ["dev", "staging", "prod"])
+      expect(JSON.parse(readStackConfig(stack)["crucible:registry"]!)).toMatchObject({
+        families: expect.arrayContaining(["builder"]) as unknown,
+      });
   });
 });
 
@@ -199,6 +212,8 @@ describe("image references", () => {
       expect(after["ml-cpu"]).not.toBe(before["ml-cpu"]);
       expect(after["ml-cuda"]).not.toBe(before["ml-cuda"]);
       expect(after.agent).toBe(before.agent);
+      // The builder holds pip only: the runner is none of its inputs.
+      expect(after.builder).toBe(before.builder);
     });
   });
 });

@@ -50,8 +50,9 @@ interface TierWant {
 
 /**
  * What each stack file asks of its fleet, written out from `Pulumi.<stack>.yaml` over the environment
- * defaults it leaves alone (CPU tiers: the shared node types, 4 jobs per instance, a 50 GiB root; GPU
- * tiers: 1 job per instance, 200 GiB; every tier: min 0, desired 0, spot with no on-demand share).
+ * defaults it leaves alone (CPU tiers: the shared node types, 4 jobs per instance, a 50 GiB root, 80 for
+ * cpu-large's two 10 GiB workspaces; GPU tiers: 1 job per instance, 200 GiB, 210 for gpu-large's 100 GiB
+ * workspace; every tier: min 0, desired 0, spot with no on-demand share).
  */
 const cpu = (over: Partial<TierWant>): TierWant => ({
   instanceTypes: SHARED_CPU_NODES,
@@ -91,7 +92,7 @@ export const EXPECTED: Record<
     kms: false,
     tiers: {
       "cpu-small": cpu({ maxSize: 2 }),
-      "cpu-large": cpu({ maxSize: 2 }),
+      "cpu-large": cpu({ maxSize: 2, rootVolumeGiB: 80 }),
       "gpu-small": gpu({ instanceTypes: ["g4dn.xlarge", "g5.xlarge", "g6.xlarge"], maxSize: 1 }),
     },
   },
@@ -101,7 +102,7 @@ export const EXPECTED: Record<
     kms: true,
     tiers: {
       "cpu-small": cpu({ maxSize: 4 }),
-      "cpu-large": cpu({ maxSize: 4 }),
+      "cpu-large": cpu({ maxSize: 4, rootVolumeGiB: 80 }),
       "gpu-small": gpu({
         instanceTypes: ["g4dn.xlarge", "g5.xlarge", "g6.xlarge"],
         maxSize: 4,
@@ -122,7 +123,7 @@ export const EXPECTED: Record<
         maxSize: 20,
         schedules: [la("working-hours", "0 8 * * 1-5", 4), la("after-hours", "0 19 * * 1-5", 1)],
       }),
-      "cpu-large": cpu({ maxSize: 20, spot: { onDemandBase: 1, onDemandPercentage: 10 } }),
+      "cpu-large": cpu({ maxSize: 20, spot: { onDemandBase: 1, onDemandPercentage: 10 }, rootVolumeGiB: 80 }),
       "gpu-small": gpu({
         instanceTypes: ["g4dn.xlarge"],
         minSize: 1,
@@ -136,7 +137,7 @@ export const EXPECTED: Record<
         maxSize: 12,
         schedules: [la("working-hours", "0 8 * * 1-5", 2), la("after-hours", "0 20 * * 1-5", 0)],
       }),
-      "gpu-large": gpu({ instanceTypes: ["g5.2xlarge", "g6.2xlarge"], maxSize: 8 }),
+      "gpu-large": gpu({ instanceTypes: ["g5.2xlarge", "g6.2xlarge"], maxSize: 8, rootVolumeGiB: 210 }),
     },
   },
 };

@@ -84,6 +84,9 @@ export const agentImagesSchema = z.partialRecord(
 );
 
 const POSITIVE = "must be a whole number greater than 0";
+const packageNames = z.array(z.string().min(1), {
+  error: 'must be a JSON array of package names, such as ["tensorflow"]',
+});
 
 /**
  * Every variable the agent reads, by field; {@link AGENT_ENV_NAMES} names each. Each field decodes the
@@ -115,9 +118,9 @@ export const agentEnvSchema = z.strictObject({
     )
     .optional(),
   /** Package names the stack allows in environments (`crucible:environments.allow`); all when unset. */
-  packageAllow: json(z.array(z.string().min(1)), '["numpy", "transformers"]').optional(),
+  packageAllow: json(packageNames, '["numpy", "transformers"]').optional(),
   /** Package names the stack refuses in environments (`crucible:environments.deny`). */
-  packageDeny: json(z.array(z.string().min(1)), '["tensorflow"]').optional(),
+  packageDeny: json(packageNames, '["tensorflow"]').optional(),
   /** S3 and SQS endpoint (the local platform); AWS's own by default. */
   endpoint: url.optional(),
   /** The AWS region of the clients. Defaults to us-east-1. */

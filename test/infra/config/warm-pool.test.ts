@@ -52,15 +52,15 @@ describe("warm pool state", () => {
     ]);
   });
 
-  it("needs a root volume that holds the RAM besides the OS and images when Hibernated", () => {
+  it("needs a root volume that holds the RAM besides the OS, images, workspaces and caches when Hibernated", () => {
     const tier = { instanceTypes: ["m6i.xlarge"], spot: onDemand, warmPool: pool("Hibernated") };
     expect(
       problemsFor("dev", { "crucible:fleet": { tiers: { "cpu-small": { ...tier, rootVolumeGiB: 40 } } } }),
     ).toEqual([
-      "crucible:fleet.tiers.cpu-small.rootVolumeGiB must be at least 46 with warmPool.state Hibernated: the instance's 16 GiB of RAM is saved to the root volume, beside 30 GiB for the OS and images, got 40",
+      "crucible:fleet.tiers.cpu-small.rootVolumeGiB must be at least 64 with warmPool.state Hibernated: the instance's 16 GiB of RAM is saved to the root volume, beside 30 GiB for the OS and images, 8 GiB of job workspaces, a 4 GiB dataset cache and a 6 GiB environment cache, got 40",
     ]);
     expect(
-      problemsFor("dev", { "crucible:fleet": { tiers: { "cpu-small": { ...tier, rootVolumeGiB: 46 } } } }),
+      problemsFor("dev", { "crucible:fleet": { tiers: { "cpu-small": { ...tier, rootVolumeGiB: 64 } } } }),
     ).toEqual([]);
   });
 

@@ -65,11 +65,15 @@ describe.each(STACKS)("%s stack fleet", (stack) => {
       }
     });
 
-    it('uses Resource "*" only for the registry token, job metrics in their namespace, Session Manager and spot prices', () => {
+    it('uses Resource "*" only for CodeArtifact\'s bearer token, the registry token, job metrics in their namespace, Session Manager and spot prices', () => {
       for (const tier of tiers) {
         const starred = statements(tier).filter((s) => list(s.Resource).includes("*"));
         for (const s of starred) expect(list(s.Resource)).toEqual(["*"]);
         expect(starred.map((s) => ({ Sid: s.Sid, Condition: s.Condition }))).toEqual([
+          {
+            Sid: "PackageIndexBearerToken",
+            Condition: { StringEquals: { "sts:AWSServiceName": "codeartifact.amazonaws.com" } },
+          },
           { Sid: "RegistryToken", Condition: undefined },
           {
             Sid: "JobMetrics",
@@ -188,6 +192,11 @@ describe.each(STACKS)("%s stack fleet", (stack) => {
           "ReadDatasets",
           "ListDatasets",
           "PublishPrecachedDatasets",
+          "BuildEnvironments",
+          "ListEnvironments",
+          "PackageIndexToken",
+          "PackageIndexBearerToken",
+          "ReadPackageIndex",
           ...(want.kms ? ["WorkspacesKey"] : []),
           "RegistryToken",
           "PullImages",
@@ -215,6 +224,19 @@ describe.each(STACKS)("%s stack fleet", (stack) => {
             Action: "s3:PutObject",
             Resource: `${datasetsArn}/precached/*`,
           },
+          {
+            Sid: "BuildEnvironments",
+            Effect: "Allow",
+            Action: ["s3:GetObject", "s3:PutObject"],
+            Resource: `${datasetsArn}/environments/*`,
+          },
+          {
+            Sid: "ListEnvironments",
+            Effect: "Allow",
+            Action: "s3:ListBucket",
+            Resource: datasetsArn,
+            Condition: { StringLike: { "s3:prefix": ["environments/*"] } },
+          },
         ]);
       }
     });
@@ -236,6 +258,8 @@ describe.each(STACKS)("%s stack fleet", (stack) => {
             `${datasetsArn}/*`,
             datasetsArn,
             `${datasetsArn}/precached/*`,
+            `${datasetsArn}/environments/*`,
+            datasetsArn,
           ].sort(),
         );
       }
@@ -269,6 +293,39 @@ describe.each(STACKS)("%s stack fleet", (stack) => {
         }
       },
     );
+
+    it("reads the stack's package proxy: a token for its domain, the nodes' repository only, never a write", () => {
+      const domain = plan.get("aws:codeartifact/domain:Domain", "environments-domain");
+      const repository = plan.get("aws:codeartifact/repository:Repository", "environments-pypi");
+      for (const tier of tiers) {
+        const codeartifact = statements(tier).filter((s) =>
+          list(s.Action).some((a) => a.startsWith("codeartifact:") || a.startsWith("sts:")),
+        );
+        expect(codeartifact).toEqual([
+          {
+            Sid: "PackageIndexToken",
+            Effect: "Allow",
+            Action: "codeartifact:GetAuthorizationToken",
+            Resource: domain.state.arn,
+          },
+          {
+            Sid: "PackageIndexBearerToken",
+            Effect: "Allow",
+            Action: "sts:GetServiceBearerToken",
+            Resource: "*",
+            Condition: { StringEquals: { "sts:AWSServiceName": "codeartifact.amazonaws.com" } },
+          },
+          {
+            Sid: "ReadPackageIndex",
+            Effect: "Allow",
+            Action: ["codeartifact:GetRepositoryEndpoint", "codeartifact:ReadFromRepository"],
+            Resource: repository.state.arn,
+          },
+        ]);
+        const store = plan.get("aws:codeartifact/repository:Repository", "environments-pypi-store");
+        expect(JSON.stringify(statements(tier))).not.toContain(store.state.arn as string);
+      }
+    });
 
     it("completes lifecycle actions, sets protection and marks itself unhealthy only in its own group", () => {
       for (const tier of tiers) {

@@ -116,17 +116,31 @@ describe.each(STACKS)("%s stack fleet", (stack) => {
         }
         const { agent: _agent, ...jobImages } = imageRefs();
         expect(JSON.parse(env.CRUCIBLE_IMAGES!)).toEqual(jobImages);
+        expect(Object.keys(jobImages)).toContain("builder");
       }
     });
 
-    it("pre-pulls by digest exactly the job images the tier's jobs can run in (the launcher never pulls)", () => {
+    it("hands the agent the stack's package index and its allowed and denied packages", () => {
+      const domain = plan.get("aws:codeartifact/domain:Domain", "environments-domain");
+      const index = `codeartifact://crucible-${environment}/${MOCK_ACCOUNT_ID}/pypi`;
+      expect(domain.inputs.domain).toBe(`crucible-${environment}`);
+      expect(plan.outputs.environments).toMatchObject({ packageIndex: index });
+      for (const tier of tiers) {
+        const { env } = bootScript(template(tier));
+        expect(env.CRUCIBLE_PACKAGE_INDEX).toBe(index);
+        expect(env.CRUCIBLE_PACKAGE_ALLOW).toBeUndefined();
+        expect(JSON.parse(env.CRUCIBLE_PACKAGE_DENY!)).toEqual(stack === "dev" ? ["tensorflow"] : []);
+      }
+    });
+
+    it("pre-pulls by digest exactly the job images the tier's jobs can run in and the builder (the launcher never pulls)", () => {
       const refs = imageRefs();
       for (const tier of tiers) {
         const pulls = bootScript(template(tier))
           .lines.filter((l) => l.startsWith("docker pull "))
           .map((l) => l.slice("docker pull ".length));
         const families = GPU_TIERS.has(tier) ? ["ml-cuda"] : ["cpu", "ml-cpu"];
-        expect(pulls).toEqual([refs.agent, ...families.map((f) => refs[f])]);
+        expect(pulls).toEqual([refs.agent, ...families.map((f) => refs[f]), refs.builder]);
         for (const ref of pulls) expect(ref).toMatch(/@sha256:[0-9a-f]{64}$/);
       }
     });

@@ -21,6 +21,8 @@ describe("warm pool states under mocks", () => {
             "cpu-small": {
               ...devFleet.tiers["cpu-small"],
               instanceTypes: ["m6i.xlarge"],
+              // Its 16 GiB of RAM beside the node's 48 (crucible:fleet.tiers.*.rootVolumeGiB's rule).
+              rootVolumeGiB: 64,
               spot: onDemand,
               warmPool: { minSize: 1, maxPreparedCapacity: 2, state: "Hibernated" },
             },
@@ -53,7 +55,7 @@ describe("warm pool states under mocks", () => {
   it("enables hibernation on the launch template of a Hibernated pool only, with its encrypted root", () => {
     const hibernated = plan.get(T.template, "fleet-cpu-small-node").inputs;
     expect(hibernated.hibernationOptions).toEqual({ configured: true });
-    expect(hibernated.blockDeviceMappings).toMatchObject([{ ebs: { encrypted: "true", volumeSize: 50 } }]);
+    expect(hibernated.blockDeviceMappings).toMatchObject([{ ebs: { encrypted: "true", volumeSize: 64 } }]);
     expect(plan.get(T.template, "fleet-gpu-small-node").inputs.hibernationOptions).toBeUndefined();
     expect(plan.get(T.template, "fleet-cpu-large-node").inputs.hibernationOptions).toBeUndefined();
   });

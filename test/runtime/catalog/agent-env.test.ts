@@ -14,6 +14,9 @@ const EVERY: AgentEnvValues = {
   bucket: "crucible-dev-workspaces",
   workspacesPrefix: "workspaces/",
   datasetsBucket: "crucible-dev-datasets",
+  packageIndex: "codeartifact://crucible-dev/123456789012/pypi",
+  packageAllow: ["numpy", "torch"],
+  packageDeny: ["tensorflow"],
   endpoint: "http://127.0.0.1:4566",
   region: "eu-west-1",
   queues: { "cpu-small": { high: `${QUEUE}-high`, normal: `${QUEUE}-normal`, low: `${QUEUE}-low` } },
@@ -104,14 +107,24 @@ describe("the agent's environment", () => {
     [
       "CRUCIBLE_IMAGES",
       '["cpu"]',
-      "CRUCIBLE_IMAGES must be an object keyed by image families (cpu, ml-cpu, ml-cuda, agent)",
+      "CRUCIBLE_IMAGES must be an object keyed by image families (cpu, ml-cpu, ml-cuda, agent, builder)",
     ],
     [
       "CRUCIBLE_IMAGES",
       '{"gpu": "x"}',
-      "CRUCIBLE_IMAGES may name only image families: cpu, ml-cpu, ml-cuda, agent",
+      "CRUCIBLE_IMAGES may name only image families: cpu, ml-cpu, ml-cuda, agent, builder",
     ],
     ["CRUCIBLE_IMAGES", '{"cpu": 1}', "CRUCIBLE_IMAGES.cpu must be an image reference"],
+    [
+      "CRUCIBLE_PACKAGE_INDEX",
+      "ftp://mirror.example/simple",
+      "CRUCIBLE_PACKAGE_INDEX must be an index URL (http:// or https://) or codeartifact://<domain>/<account>/<repository>",
+    ],
+    [
+      "CRUCIBLE_PACKAGE_DENY",
+      '"tensorflow"',
+      'CRUCIBLE_PACKAGE_DENY must be a JSON array of package names, such as ["tensorflow"], got ""tensorflow""',
+    ],
     ["CRUCIBLE_CONCURRENCY", "1.5", 'CRUCIBLE_CONCURRENCY must be a whole number greater than 0, got "1.5"'],
     [
       "CRUCIBLE_HEARTBEAT_SECONDS",
@@ -164,7 +177,7 @@ describe("the agent's environment", () => {
       "CRUCIBLE_HEARTBEAT_SECONDS must be a whole number greater than 0",
     );
     expect(() => toAgentEnv({ images: { gpu: "x" } as AgentEnvValues["images"] })).toThrow(
-      "CRUCIBLE_IMAGES may name only image families: cpu, ml-cpu, ml-cuda, agent",
+      "CRUCIBLE_IMAGES may name only image families: cpu, ml-cpu, ml-cuda, agent, builder",
     );
   });
 });

@@ -75,6 +75,22 @@ const NOT_EXERCISED_HERE: Readonly<Record<string, string>> = {
   "ListDatasets s3:ListBucket":
     "the dataset store: an agent lists a name's versions when a job names a missing one",
   "PublishPrecachedDatasets s3:PutObject": "the dataset store: an agent publishes the pre-cached sets",
+  // The environment store's calls (runtime/src/environments/environment-store.ts), judged the same way
+  // there; test/runtime/environments/job-environments.test.ts runs them in an agent on the local platform.
+  "BuildEnvironments s3:GetObject": "the environment store: an agent fetches a job environment built before",
+  "BuildEnvironments s3:PutObject": "the environment store: an agent stores a job environment it built",
+  "ListEnvironments s3:ListBucket": "the environment store: an agent asks whether an environment is stored",
+  // The stack's package proxy (infra/environments/): resolvePackageIndex (runtime/src/environments/package-index.ts)
+  // asks CodeArtifact for a token and the endpoint before each build, and pip reads the repository through
+  // the agent's index proxy; the local platform has no CodeArtifact (test/runtime/environments/package-index.test.ts).
+  "PackageIndexToken codeartifact:GetAuthorizationToken":
+    "resolvePackageIndex: a 15-minute token for the stack's CodeArtifact domain before each environment build",
+  "PackageIndexBearerToken sts:GetServiceBearerToken":
+    "CodeArtifact's GetAuthorizationToken, which asks STS for it on the agent's behalf (codeartifact.amazonaws.com only)",
+  "ReadPackageIndex codeartifact:GetRepositoryEndpoint":
+    "resolvePackageIndex: the nodes' repository's pypi endpoint before each environment build",
+  "ReadPackageIndex codeartifact:ReadFromRepository":
+    "pip in the builder container, through the agent's index proxy, reading the nodes' repository",
   "SpotPrices ec2:DescribeSpotPriceHistory":
     "SpotPriceLookup (runtime/src/node/node-price.ts) on spot nodes, through its own EC2 client; test/runtime/node/node-price.test.ts",
   ...Object.fromEntries(
