@@ -1,4 +1,5 @@
 import Dockerode from "dockerode";
+import { readFileSync } from "node:fs";
 import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -10,6 +11,7 @@ import { DockerLauncher } from "../../runtime/src/launch/docker/docker-launcher"
 import type { ImageFamily } from "../../runtime/src/catalog/image-matrix";
 import { IMAGE_MATRIX, imageRef } from "../../runtime/src/catalog/image-matrix";
 import { LABELS } from "../../runtime/src/launch/sandbox";
+import { PROVIDED_MODULES, STANDARD_LIBRARY } from "../../runtime/src/job/detect";
 import { makeZip, runRunner } from "./runner-harness";
 
 const docker = new Dockerode();
@@ -306,8 +308,123 @@ describe.each(["cpu", "ml-cpu", "agent"] as const)("the %s image", (family) => {
         expect(config.Config.Env).toContain(variable);
       }
     }
+    // Budgets in MB, checked after every addition (npm run images -- build prints each size).
     const budget = { cpu: 450, "ml-cpu": 1300, agent: 450 }[family];
-    expect(config.Size / MB).toBeLessThan(budget);
+    expect(config.Size / MB, `${family} is ${(config.Size / MB).toFixed(1)} MB`).toBeLessThan(budget);
+  });
+});
+
+describe("what the cpu and ml-cpu images install", () => {
+  /** Each family's importable top-level modules outside the standard library, and the standard library. */
+  async function modules(family: ImageFamily): Promise<{ installed: string[]; stdlib: string[] }> {
+    const { code, output } = await inImage(
+      family,
+      "python3 -c \"import json, pkgutil, sys; print(json.dumps({'installed': sorted({m.name for m in pkgutil.iter_modules()} - set(sys.stdlib_module_names)), 'stdlib': sorted(sys.stdlib_module_names)}))\"",
+    );
+    expect(code, output).toBe(0);
+    return JSON.parse(output) as { installed: string[]; stdlib: string[] };
+  }
+
+  /**
+   * Installed but not in detect's table: Python's own test modules, and what Debian's PyTorch brings that
+   * PyPI's does not (so ml-cuda may lack it, and detect suggests it as a requirement).
+   */
+  const INCIDENTAL: Record<"cpu" | "ml-cpu", string[]> = {
+    cpu: ["sitecustomize", "test", "xxlimited", "xxlimited_35", "xxsubtype"],
+    "ml-cpu": [
+      "autocommand",
+      "chardet",
+      "expecttest",
+      "hypothesis",
+      "inflect",
+      "more_itertools",
+      "pkg_resources",
+      "psutil",
+      "sortedcontainers",
+      "torchgen",
+      "torio",
+      "typeguard",
+      "yaml",
+    ],
+  };
+
+  it.each(["cpu", "ml-cpu"] as const)(
+    "%s: detect's table of what the images install is what this one installs",
+    async (family) => {
+      const { installed, stdlib } = await modules(family);
+      expect([...STANDARD_LIBRARY].sort()).toEqual(stdlib.filter((m) => !m.startsWith("_")));
+      const listed = [...PROVIDED_MODULES]
+        .filter(([, p]) => family === "ml-cpu" || !p.ml)
+        .map(([name]) => name);
+      const incidental = family === "cpu" ? INCIDENTAL.cpu : [...INCIDENTAL.cpu, ...INCIDENTAL["ml-cpu"]];
+      const present = installed.filter((m) => !m.startsWith("_") && !incidental.includes(m));
+      // Namespace packages, which pkgutil does not list.
+      const namespaces = ["mpl_toolkits", "tiktoken_ext"];
+      expect(present.sort()).toEqual(listed.filter((m) => !namespaces.includes(m)).sort());
+    },
+  );
+
+  it("cpu: plots with seaborn and shows progress with tqdm", async () => {
+    const { code, output } = await inImage(
+      "cpu",
+      'python3 -c "import seaborn, tqdm; from tqdm import tqdm as bar; print(seaborn.__version__, sum(bar(range(3), disable=True)))"',
+    );
+    expect(code, output).toBe(0);
+    expect(output).toMatch(/^0\.13\.\d+ 3\n$/);
+  });
+
+  it("ml-cpu: torchvision, torchaudio, safetensors, tiktoken and sentencepiece work offline", async () => {
+    const script = [
+      "import io, torch, torchvision, torchaudio, tiktoken, sentencepiece",
+      "from torchvision.transforms import v2",
+      "from torchvision.io import decode_png, encode_png",
+      "from safetensors.torch import load, save",
+      "x = torch.arange(12, dtype=torch.float32).reshape(1, 3, 4)",
+      "assert v2.Resize((8, 8), antialias=True)(x).shape == (1, 8, 8)",
+      "img = torch.randint(0, 255, (3, 8, 8), dtype=torch.uint8)",
+      "assert torch.equal(decode_png(encode_png(img)), img)",
+      "assert torchaudio.transforms.Spectrogram(n_fft=64)(torch.randn(1, 800)).shape[0] == 1",
+      "assert torch.equal(load(save({'x': x}))['x'], x)",
+      "enc = tiktoken.Encoding('t', pat_str=r'\\S+|\\s+', mergeable_ranks={bytes([i]): i for i in range(256)}, special_tokens={})",
+      "assert enc.decode(enc.encode('offline')) == 'offline'",
+      "from torchvision.io import _video_opt",
+      "print(torchvision.__version__, torchaudio.__version__, sentencepiece.__version__, _video_opt._HAS_VIDEO_OPT)",
+    ].join("\n");
+    const { code, output } = await inImage("ml-cpu", `python3 - <<'EOF'\n${script}\nEOF`);
+    expect(code, output).toBe(0);
+    // torchvision comes without FFmpeg (images/ml-cpu/Dockerfile): everything but its video reader.
+    expect(output).toMatch(/^0\.21\.\d+ 2\.6\.\d+ 0\.2\.\d+ False\n$/);
+  });
+});
+
+describe("ml-cuda's requirements", () => {
+  const lines = (path: string): string[] =>
+    readFileSync(join(__dirname, "../..", path), "utf8")
+      .split("\n")
+      .map((line) => line.trim())
+      .filter((line) => line && !line.startsWith("#"));
+
+  it("install what the cpu and ml-cpu images install, so the families stay alike", () => {
+    const requirements = lines("images/ml-cuda/requirements.txt").map((r) => /^[\w.-]+/.exec(r)![0]);
+    const debian = { "python3-sklearn": "scikit-learn" } as Record<string, string>;
+    const wanted = [
+      ...lines("images/cpu/packages.txt"),
+      ...lines("images/ml-cpu/packages.txt"),
+      "python3-torchvision",
+    ]
+      .filter((p) => p.startsWith("python3-") && p !== "python3-torch")
+      .map((p) => debian[p] ?? p.slice("python3-".length));
+    expect(requirements.sort()).toEqual(wanted.sort());
+  });
+
+  it("pins torchvision and torchaudio to the releases built for the matrix's torch", () => {
+    const torch = IMAGE_MATRIX["ml-cuda"].axes.torch!;
+    const minor = Number(torch.split(".")[1]);
+    const requirements = lines("images/ml-cuda/requirements.txt");
+    // torchvision 0.N pairs with torch 2.(N-15): 0.21 with 2.6.
+    expect(requirements).toContain(`torchvision==0.${minor + 15}.*`);
+    expect(requirements).toContain(`torchaudio==${torch}.*`);
+    expect(IMAGE_MATRIX["ml-cpu"].axes.torch).toBe(torch);
   });
 });
 

@@ -48,7 +48,7 @@ export const CUDA_BASE = "nvidia/cuda:12.6.3-base-ubuntu24.04";
 export const IMAGE_MATRIX: Readonly<Record<ImageFamily, ImageFamilySpec>> = {
   cpu: {
     family: "cpu",
-    description: "Python with numpy, scipy, pandas, scikit-learn and matplotlib",
+    description: "Python with numpy, scipy, pandas, scikit-learn, matplotlib, seaborn and tqdm",
     dockerfile: "images/cpu/Dockerfile",
     inputs: ["images/cpu", "images/lib", "images/runner"],
     base: { image: DEBIAN_BASE },
@@ -59,7 +59,8 @@ export const IMAGE_MATRIX: Readonly<Record<ImageFamily, ImageFamilySpec>> = {
   },
   "ml-cpu": {
     family: "ml-cpu",
-    description: "the cpu image plus PyTorch for CPU",
+    description:
+      "the cpu image plus PyTorch for CPU, torchvision, torchaudio, safetensors, tiktoken and sentencepiece",
     dockerfile: "images/ml-cpu/Dockerfile",
     inputs: ["images/ml-cpu", "images/lib", "images/runner"],
     base: { family: "cpu" },
@@ -71,7 +72,7 @@ export const IMAGE_MATRIX: Readonly<Record<ImageFamily, ImageFamilySpec>> = {
   },
   "ml-cuda": {
     family: "ml-cuda",
-    description: "CUDA runtime with PyTorch for CUDA and the scientific Python stack",
+    description: "CUDA runtime with PyTorch for CUDA, what ml-cpu adds to it and the scientific Python stack",
     dockerfile: "images/ml-cuda/Dockerfile",
     inputs: ["images/ml-cuda", "images/lib", "images/runner"],
     base: { image: CUDA_BASE },

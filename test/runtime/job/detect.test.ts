@@ -43,6 +43,123 @@ describe("detectSources", () => {
       "main.py:2 imports transformers, which no image of the matrix installs",
       "main.py:1 imports tensorflow, which no image of the matrix installs (they provide PyTorch)",
       "main.py:3 imports jax, which no image of the matrix installs (they provide PyTorch)",
+      "add to requirements.txt (one a line): tensorflow, transformers, jax; the platform builds them into the job's environment before it runs, as jobs have no network",
+    ]);
+    expect(found.requirements).toEqual(["tensorflow", "transformers", "jax"]);
+  });
+
+  it("puts PyTorch's libraries in the ML image, on a tier with room for PyTorch", () => {
+    for (const line of [
+      "import torchvision.transforms as T",
+      "from torchaudio import transforms",
+      "from safetensors.torch import load_file",
+    ]) {
+      const found = detectSources(main(`import json\n${line}\n`));
+      expect(found, line).toMatchObject({ tier: "cpu-large", family: "ml-cpu", needs: { torch: true } });
+      expect(found.reasons[0], line).toMatch(/^main\.py:2 imports [\w.]+: needs an image with PyTorch$/);
+    }
+  });
+
+  it("puts tokenizers without PyTorch in the ML image on the smallest tier", () => {
+    const found = detectSources(main("import tiktoken\nimport sentencepiece as spm\n"));
+    expect(found).toMatchObject({ tier: "cpu-small", family: "ml-cpu", needs: { torch: false, gpu: false } });
+    expect(found.reasons).toEqual([
+      "main.py:1 imports tiktoken: needs an ML image (ml-cpu or ml-cuda)",
+      "main.py:2 imports sentencepiece: needs an ML image (ml-cpu or ml-cuda)",
+    ]);
+    expect(found.packages).toEqual(["sentencepiece", "tiktoken"]);
+    const onGpu = detectSources(main("import tiktoken\nimport torch\nx = torch.zeros(2).cuda()\n"));
+    expect(onGpu.family).toBe("ml-cuda");
+  });
+
+  it("keeps plots and progress bars in the cpu image", () => {
+    const found = detectSources(
+      main("import seaborn as sns\nfrom tqdm import tqdm\nimport sklearn.datasets\nfrom PIL import Image\n"),
+    );
+    expect(found).toMatchObject({ tier: "cpu-small", family: "cpu", warnings: [], requirements: [] });
+    expect(found.packages).toEqual(["pillow", "scikit-learn", "seaborn", "tqdm"]);
+  });
+
+  it("suggests the requirements.txt lines for packages no image installs, by their index names", () => {
+    const found = detectSources(
+      main(
+        [
+          "import os, wandb",
+          "from datasets import load_dataset",
+          "import accelerate",
+          "import yaml",
+          "import cv2",
+          "import datasets.utils",
+        ].join("\n"),
+      ),
+    );
+    expect(found.requirements).toEqual([
+      "wandb",
+      "datasets",
+      "accelerate",
+      "pyyaml",
+      "opencv-python-headless",
+    ]);
+    expect(found.warnings).toEqual([
+      "main.py:1 imports wandb, which no image of the matrix installs",
+      "main.py:2 imports datasets, which no image of the matrix installs",
+      "main.py:3 imports accelerate, which no image of the matrix installs",
+      "main.py:4 imports yaml, which no image of the matrix installs",
+      "main.py:5 imports cv2, which no image of the matrix installs",
+      "add to requirements.txt (one a line): wandb, datasets, accelerate, pyyaml, opencv-python-headless; the platform builds them into the job's environment before it runs, as jobs have no network",
+    ]);
+    // accelerate is built on PyTorch: the environment goes on the ML image.
+    expect(found).toMatchObject({ family: "ml-cpu", needs: { torch: true } });
+    expect(found.reasons).toContain(
+      "main.py:3 imports accelerate (built on PyTorch): needs an image with PyTorch",
+    );
+  });
+
+  it("suggests nothing requirements.txt lists, nor the job's own modules, optional imports or the standard library", () => {
+    const found = detectSources([
+      ...main(
+        [
+          "from __future__ import annotations",
+          "import json, collections.abc",
+          "import model",
+          "from utils.io import read",
+          "from . import sibling",
+          "import wandb",
+          "import transformers",
+          "try:",
+          "    import mlflow",
+          "except ImportError:",
+          "    mlflow = None",
+          "def main():",
+          "    import einops",
+          '    """',
+          "    from the start: import nothing",
+          "    import this and that, please.",
+          '    """',
+        ].join("\n"),
+      ),
+      { name: "model.py", text: "import numpy\n" },
+      { name: "utils/io.py", text: "def read(): pass\n" },
+      { name: "requirements.txt", text: "# tracking\nWandB>=0.19  # the dashboard\ntransformers==4.51.*\n" },
+    ]);
+    expect(found.requirements).toEqual(["einops"]);
+    expect(found.packages).toEqual(["einops", "numpy", "transformers", "wandb"]);
+    expect(found.warnings).toEqual([
+      "main.py:7 imports transformers, which no image of the matrix installs",
+      "main.py:13 imports einops, which no image of the matrix installs",
+      "add to requirements.txt (one a line): einops; the platform builds them into the job's environment before it runs, as jobs have no network",
+    ]);
+  });
+
+  it("reads requirements.txt naming the ML images' packages", () => {
+    const found = detectSources([
+      ...main("def main(): pass\n"),
+      { name: "requirements.txt", text: "tiktoken>=0.9\ntorchvision\n" },
+    ]);
+    expect(found).toMatchObject({ family: "ml-cpu", needs: { torch: true } });
+    expect(found.reasons.slice(0, 2)).toEqual([
+      "requirements.txt:2 requires torchvision: needs an image with PyTorch",
+      "requirements.txt:1 requires tiktoken: needs an ML image (ml-cpu or ml-cuda)",
     ]);
   });
 

@@ -64,7 +64,7 @@ describe("parseJobSpec", () => {
     [
       { ...ok, gpus: 2 },
       "gpus",
-      "job spec has unknown field(s) gpus; known: jobId, code, tier, image, imageFamily, timeoutSeconds, env, workspaceDir, datasetsDir, datasetDirs, priority, preemptible",
+      "job spec has unknown field(s) gpus; known: jobId, code, tier, image, imageFamily, timeoutSeconds, env, workspaceDir, datasetsDir, datasetDirs, environment, priority, preemptible",
     ],
   ])("names the bad field of %j", (spec, field, message) => {
     const error = fieldError(() => parseJobSpec(spec));

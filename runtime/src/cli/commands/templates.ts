@@ -1,5 +1,5 @@
 import type { Command } from "commander";
-import { initTemplate, listTemplates, TemplateError } from "../../job/templates";
+import { describeNeeds, initTemplate, listTemplates, TemplateError } from "../../job/templates";
 import { printJson, UsageError } from "./shared";
 
 /** `crucible templates` lists the job templates; `crucible init TEMPLATE DIR` starts a job from one. */
@@ -11,11 +11,14 @@ export function registerTemplates(program: Command): void {
     .action(async (opts: { json?: boolean }) => {
       const templates = await listTemplates();
       if (opts.json) {
-        printJson(templates.map(({ name, summary }) => ({ name, summary })));
+        printJson(templates.map(({ name, summary, needs }) => ({ name, summary, needs })));
         return;
       }
       const width = Math.max(...templates.map((t) => t.name.length));
-      for (const t of templates) process.stdout.write(`${t.name.padEnd(width)}  ${t.summary}\n`);
+      for (const t of templates) {
+        process.stdout.write(`${t.name.padEnd(width)}  ${t.summary}\n`);
+        process.stdout.write(`${" ".repeat(width)}  needs ${describeNeeds(t.needs)}\n`);
+      }
     });
   program
     .command("init")
