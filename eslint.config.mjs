@@ -12,6 +12,8 @@ const RULES = {
     "policies may not import infra: the pack judges the program, so it shares only the runtime's catalog (see docs/architecture.md, dependency rules)",
   policiesRuntime:
     "policies may import only the runtime's catalog (@crucible/runtime/catalog) from the runtime: see docs/architecture.md, dependency rules",
+  consolePage:
+    "the console's page (runtime/src/console/ui/) runs in a browser: it may import only its own modules, preact, echarts and the API's contract (runtime/src/console/api-contract.ts): see docs/architecture.md, dependency rules",
   infraRuntime:
     "infra may import only the runtime's catalog (@crucible/runtime/catalog) and job contract (runtime/src/job/contract) from the runtime: see docs/architecture.md, dependency rules",
 };
@@ -51,6 +53,25 @@ export default tseslint.config(
       ],
     },
   },
+  // The console's page runs in a browser: a runtime module imported there would bundle Node code into it.
+  // Its only way out of ui/ is the API's contract, which the server implements.
+  ...[
+    { files: ["runtime/src/console/ui/*.{ts,tsx}"], up: "\\.\\./" },
+    { files: ["runtime/src/console/ui/*/*.{ts,tsx}"], up: "\\.\\./\\.\\./" },
+  ].map(({ files, up }) => ({
+    files,
+    rules: {
+      "no-restricted-imports": [
+        "error",
+        {
+          patterns: [
+            { regex: `^${up}(?!api-contract\\.js$)`, message: RULES.consolePage },
+            { regex: "^(?!\\.|preact(/|$)|echarts/)", message: RULES.consolePage },
+          ],
+        },
+      ],
+    },
+  })),
   {
     files: ["policies/**/*.ts"],
     rules: {

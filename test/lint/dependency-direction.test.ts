@@ -57,6 +57,21 @@ describe("dependency direction", () => {
       'import { KUBERNETES as x } from "../../runtime/src/catalog/kubernetes-names";',
       "infra may import only the runtime's catalog (@crucible/runtime/catalog) and job contract",
     ],
+    [
+      "runtime/src/console/ui/pages/bad.ts",
+      'import { JobStore as x } from "../../../store/job-store";',
+      "the console's page (runtime/src/console/ui/) runs in a browser",
+    ],
+    [
+      "runtime/src/console/ui/bad.ts",
+      'import { ConsoleApi as x } from "../api.js";',
+      "the console's page (runtime/src/console/ui/) runs in a browser",
+    ],
+    [
+      "runtime/src/console/ui/bad.ts",
+      'import { readFile as x } from "node:fs/promises";',
+      "the console's page (runtime/src/console/ui/) runs in a browser",
+    ],
   ])("refuses %s: %s", async (filePath, code, message) => {
     const messages = await restrictedImports(filePath, code);
     expect(messages).toHaveLength(1);
@@ -71,6 +86,11 @@ describe("dependency direction", () => {
     ["policies/good.ts", 'import { COST_TAGS as x } from "@crucible/runtime/catalog";'],
     ["runtime/src/good.ts", 'import { TIERS as x } from "./catalog";'],
     ["runtime/src/good.ts", 'import * as x from "@aws-sdk/client-s3";'],
+    ["runtime/src/console/ui/good.ts", 'import { CSRF_HEADER as x } from "../api-contract.js";'],
+    ["runtime/src/console/ui/pages/good.ts", 'import type { JobRow as x } from "../../api-contract.js";'],
+    ["runtime/src/console/ui/pages/good.ts", 'import { getJson as x } from "../api.js";'],
+    ["runtime/src/console/ui/good.ts", 'import { useState as x } from "preact/hooks";'],
+    ["runtime/src/console/ui/good.ts", 'import { init as x } from "echarts/core";'],
   ])("allows %s: %s", async (filePath, code) => {
     expect(await restrictedImports(filePath, code)).toEqual([]);
   });

@@ -165,6 +165,7 @@ export async function runAttempt(input: AttemptInput): Promise<AttemptResult> {
           telemetry.progress(event);
           input.onProgress(event);
         },
+        onResources: (sample) => telemetry.resources(sample),
       },
     );
   } finally {

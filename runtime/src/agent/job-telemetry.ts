@@ -1,10 +1,11 @@
-import type { ProgressEvent } from "../job/contract";
+import type { ProgressEvent, ResourceSample } from "../job/contract";
 import { PROGRESS_PREFIX } from "../job/contract";
 import type { Logger } from "../logger";
 import type { OutputHold } from "../job/contract";
 import type { ChunkSeries } from "../store/chunk-series";
 import type { LogRecord } from "../store/job-log";
 import type { MetricRecord } from "../store/job-metrics";
+import { RESOURCE_METRICS } from "../store/job-metrics";
 import type { JobState } from "../store/job-store";
 import { describeBytes } from "../job/code-source";
 
@@ -182,9 +183,7 @@ export class JobTelemetry {
       m: { ...event.metrics },
       src: event.source,
     };
-    const line = JSON.stringify(record);
-    if (this.metricLines.length < MAX_METRICS_PER_FLUSH) this.metricLines.push(line);
-    else this.metricLines[MAX_METRICS_PER_FLUSH - 1] = line;
+    this.keepMetric(record);
     const step = event.step ?? this.latest?.step;
     const total = event.total ?? this.latest?.total;
     this.latest = {
@@ -193,6 +192,16 @@ export class JobTelemetry {
       metrics: { ...this.latest?.metrics, ...event.metrics },
       at: new Date(at).toISOString(),
     };
+  }
+
+  /** A sample of what the job uses, kept in the metric history beside what the job reports. */
+  resources(sample: ResourceSample): void {
+    if (this.closed) return;
+    const m: Record<string, number> = { [RESOURCE_METRICS.memoryMiB]: sample.memoryMiB };
+    if (sample.cpuCores !== undefined) m[RESOURCE_METRICS.cpuCores] = sample.cpuCores;
+    if (sample.gpuUtilPercent !== undefined) m[RESOURCE_METRICS.gpuUtilPercent] = sample.gpuUtilPercent;
+    if (sample.gpuMemoryMiB !== undefined) m[RESOURCE_METRICS.gpuMemoryMiB] = sample.gpuMemoryMiB;
+    this.keepMetric({ t: Date.now(), a: this.options.attempt, m, src: "resources" });
   }
 
   /** Ships what is waiting; flushes run one after another, never side by side. */
@@ -215,6 +224,12 @@ export class JobTelemetry {
       );
     this.closed = true;
     await this.flush();
+  }
+
+  private keepMetric(record: MetricRecord): void {
+    const line = JSON.stringify(record);
+    if (this.metricLines.length < MAX_METRICS_PER_FLUSH) this.metricLines.push(line);
+    else this.metricLines[MAX_METRICS_PER_FLUSH - 1] = line;
   }
 
   private line(stream: Stream, text: string, partial: boolean): void {

@@ -32,6 +32,7 @@ const MODULES: readonly { readonly commands: readonly string[]; readonly load: (
   { commands: ["agent"], load: async () => (await import("./commands/agent.js")).registerAgent },
   { commands: ["local"], load: async () => (await import("./commands/local.js")).registerLocal },
   { commands: ["usage"], load: async () => (await import("./commands/usage.js")).registerUsage },
+  { commands: ["console"], load: async () => (await import("./commands/console.js")).registerConsole },
   {
     commands: ["checkpoints", "pull", "share"],
     load: async () => (await import("./commands/outputs.js")).registerOutputs,

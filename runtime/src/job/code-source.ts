@@ -143,7 +143,12 @@ function checkDeclaredSize(name: string, bytes: number): void {
   }
 }
 
-async function checkZip(path: string): Promise<void> {
+/**
+ * Refuses a code.zip that could not run as a job's code: over the size or entry limits, declaring more
+ * than {@link MAX_CODE_BYTES}, with an entry named to land outside the code directory (as the runner's
+ * crucible_archive.py refuses it), or without main.py at its root. Reads no entry's data.
+ */
+export async function checkZip(path: string): Promise<void> {
   const names = await zipEntryNames(path);
   if (!names.includes("main.py")) {
     throw new CodeError(
@@ -157,7 +162,7 @@ async function zipEntryNames(path: string): Promise<string[]> {
   try {
     const names: string[] = [];
     let declared = 0;
-    for await (const entry of zip.eachEntry()) {
+    for await (const entry of entriesOf(zip, basename(path))) {
       names.push(entry.fileName);
       declared += entry.uncompressedSize;
     }
@@ -169,14 +174,55 @@ async function zipEntryNames(path: string): Promise<string[]> {
 }
 
 /**
+ * Refuses an entry name that would not stay inside the code directory once extracted: the rules of the
+ * runner's `_safe_parts` (images/runner/crucible_archive.py), told at submit rather than when it runs.
+ */
+function checkEntryName(zipName: string, name: string): void {
+  const refuse = (why: string): never => {
+    throw new CodeError(`code: ${zipName} entry ${JSON.stringify(name)} ${why}`);
+  };
+  if (name.includes("\\") || name.includes("\0")) refuse("has a backslash or NUL in its name");
+  if (name.startsWith("/") || /^[A-Za-z]:/.test(name))
+    refuse("is an absolute path; entries must be relative to the archive's root");
+  const parts = name.split("/").filter((part) => part !== "" && part !== ".");
+  if (parts.includes("..")) refuse('climbs out of the archive with ".."; entries must stay inside it');
+  if (parts.length === 0) refuse("has an empty name");
+}
+
+/** yauzl's own refusals of an entry's name (validateFileName), which name the entry after the colon. */
+const YAUZL_NAME_REFUSAL = /^(?:invalid characters in fileName|absolute path|invalid relative path): (.*)$/s;
+
+/**
+ * A zip's entries, each name checked by {@link checkEntryName}; what yauzl refuses while reading the
+ * directory (a name, a corrupt record) is a {@link CodeError} naming the archive.
+ */
+async function* entriesOf(zip: yauzl.ZipFile, zipName: string): AsyncGenerator<yauzl.Entry> {
+  try {
+    for await (const entry of zip.eachEntry()) {
+      checkEntryName(zipName, entry.fileName);
+      yield entry;
+    }
+  } catch (error) {
+    if (error instanceof CodeError) throw error;
+    const message = (error as Error).message;
+    const named = YAUZL_NAME_REFUSAL.exec(message)?.[1];
+    if (named !== undefined) checkEntryName(zipName, named);
+    throw new CodeError(`code: ${zipName} is not a readable zip (${message})`);
+  }
+}
+
+/**
  * Opens a zip whose size and entry count are within the limits; reads nothing else yet. Entries are
  * read only when asked for (`autoClose: false`: the caller closes it).
  */
 async function openZip(path: string): Promise<yauzl.ZipFile> {
   checkArchiveSize(basename(path), (await stat(path)).size);
-  const zip = await yauzl.openPromise(path, { autoClose: false }).catch((error: Error) => {
-    throw new CodeError(`code: ${path} is not a readable zip (${error.message})`);
-  });
+  // strictFileNames: a backslash stays one, to be refused as the runner refuses it, not read as a "/".
+  const zip = await yauzl
+    .openPromise(path, { autoClose: false, strictFileNames: true })
+    .catch((error: Error) => {
+      throw new CodeError(`code: ${path} is not a readable zip (${error.message})`);
+    });
   if (zip.entryCount > MAX_CODE_FILES) {
     zip.close();
     throw new CodeError(`code: ${path} holds ${zip.entryCount} entries, more than ${MAX_CODE_FILES}`);
@@ -232,7 +278,7 @@ export async function readSources(
   try {
     const wanted: yauzl.Entry[] = [];
     let declared = 0;
-    for await (const entry of zip.eachEntry()) {
+    for await (const entry of entriesOf(zip, basename(path))) {
       declared += entry.uncompressedSize;
       if (isSource(entry.fileName)) wanted.push(entry);
     }
@@ -261,7 +307,8 @@ export async function readZipTopLevel(
   const zip = await openZip(path);
   try {
     const wanted: yauzl.Entry[] = [];
-    for await (const entry of zip.eachEntry()) if (names.includes(entry.fileName)) wanted.push(entry);
+    for await (const entry of entriesOf(zip, basename(path)))
+      if (names.includes(entry.fileName)) wanted.push(entry);
     const found: Record<string, string> = {};
     for (const entry of wanted) {
       if (entry.uncompressedSize > maxBytes)

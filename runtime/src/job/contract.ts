@@ -151,6 +151,21 @@ export interface ProgressEvent {
   readonly source: "protocol" | "log";
 }
 
+/**
+ * What a running job uses, sampled by its launcher: memory and CPU of its sandbox, and the node's GPUs
+ * where measured (a GPU tier's node runs one job, so they are the job's).
+ */
+export interface ResourceSample {
+  /** Memory the job's processes hold, page cache it could drop left out (as `docker stats` counts it). */
+  readonly memoryMiB: number;
+  /** CPU time used per second since the previous sample, in cores; absent on the first sample. */
+  readonly cpuCores?: number;
+  /** Mean utilisation of the GPUs, 0–100. */
+  readonly gpuUtilPercent?: number;
+  /** GPU memory in use, summed over the GPUs. */
+  readonly gpuMemoryMiB?: number;
+}
+
 /** Passed as an AbortSignal's reason to stop a running job: SIGTERM, `graceSeconds`, then SIGKILL. */
 export class StopRequest {
   constructor(
@@ -169,6 +184,8 @@ export interface LaunchOptions {
    * full pipe instead of the runtime buffering (or dropping) what it prints.
    */
   readonly onLog?: (stream: "stdout" | "stderr", text: string) => OutputHold | undefined | void;
+  /** A sample of what the job uses, every few seconds while it runs, where the launcher can measure it. */
+  readonly onResources?: (sample: ResourceSample) => void;
 }
 
 /** A consumer of a job's output asking the launcher to pause reading until `released` settles. */

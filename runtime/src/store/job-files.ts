@@ -117,6 +117,28 @@ export class JobFiles {
   }
 
   /**
+   * One of the job's files by its name as {@link list} gives it, with its bytes as a stream: only a name
+   * the listing holds is fetched, so no name a caller makes up reaches outside the job's `<kind>/`.
+   * Undefined when the job has no such file.
+   */
+  async open(
+    address: JobAddress,
+    kind: JobFileKind,
+    name: string,
+  ): Promise<{ file: JobFile; body: Readable } | undefined> {
+    const file = (await this.list(address, kind)).find((f) => f.name === name);
+    if (!file) return undefined;
+    const out = await this.s3
+      .send(new GetObjectCommand({ Bucket: this.store.bucket, Key: file.key }))
+      .catch((error: unknown) => {
+        // Deleted since it was listed (a job rewriting its checkpoints): as if it had never been there.
+        if (isMissing(error)) return undefined;
+        throw isDenied(error) ? this.denied(address) : error;
+      });
+    return out && { file, body: out.Body as Readable };
+  }
+
+  /**
    * The files a pull of `kinds` would write, each with its path below the directory (`<kind>/<name>`),
    * for {@link pull} (or a {@link matcher} to choose from). Every listed key is checked before anything
    * is written: a name that is absolute, has an empty, `.` or `..` segment, a backslash or a NUL, or that

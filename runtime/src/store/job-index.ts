@@ -53,6 +53,8 @@ export type IndexEntry = z.infer<typeof indexEntrySchema>;
 
 /** A listed job: where it is, what its index key says of it, and its state as read for the listing. */
 export interface IndexedJob {
+  /** Its key below the owner's `index/`: where a listing that goes on after it starts ({@link ListOptions.after}). */
+  readonly cursor: string;
   readonly address: JobAddress;
   readonly priority: Priority;
   readonly name?: string;
@@ -69,7 +71,14 @@ export interface ListOptions {
   readonly statuses?: ReadonlySet<JobState["status"]>;
   /** Only jobs submitted at or after this time. */
   readonly since?: Date;
+  /** Only jobs whose id or name holds this text, ignoring case: told from the keys, before any state is read. */
+  readonly text?: string;
+  /** Only jobs listed after this one's {@link IndexedJob.cursor}: the next page of an earlier listing. */
+  readonly after?: string;
 }
+
+/** Whether `cursor` is the form of an index key's name ({@link IndexedJob.cursor}). */
+export const isIndexCursor = (cursor: string): boolean => INDEX_NAME.test(cursor);
 
 /** The key-order stamp of a time: the milliseconds left to {@link STAMP_MAX}, fixed width, so later sorts first. */
 export function indexStamp(ms: number): string {
@@ -90,6 +99,8 @@ export function jobNameOf(codePath: string): string | undefined {
 
 /** One index key, as listed: its stamp orders it, and it names the job, its priority and its name. */
 export interface IndexKey {
+  /** The key below the owner's `index/`. */
+  readonly cursor: string;
   readonly stamp: string;
   readonly address: JobAddress;
   readonly priority: Priority;
@@ -169,12 +180,13 @@ export class JobIndex {
    * match; with `since`, never past the first older key. Several users' listings are merged by key.
    */
   async list(options: ListOptions): Promise<IndexedJob[]> {
-    const { project, limit, statuses, since } = options;
+    const { project, limit, statuses, since, after } = options;
     const users = options.users === "all" ? await this.users(project) : [options.users.user];
-    const batch = statuses ? Math.max(limit, FILTERED_BATCH) : limit;
+    const text = options.text?.toLowerCase();
+    const batch = statuses || text ? Math.max(limit, FILTERED_BATCH) : limit;
     const pageSize = Math.min(MAX_PAGE, batch);
     const until = since === undefined ? undefined : indexStamp(Math.max(0, since.getTime()));
-    const streams = users.map((user) => new IndexStream(this, project, user, pageSize, until));
+    const streams = users.map((user) => new IndexStream(this, project, user, pageSize, until, after));
     const keys = newestFirst(streams);
     const found: IndexedJob[] = [];
     while (found.length < limit) {
@@ -185,7 +197,8 @@ export class JobIndex {
         next.push(key.value);
       }
       if (next.length === 0) break;
-      const read = await mapBounded(next, CONCURRENCY, (k) => this.read(k));
+      const named = text === undefined ? next : next.filter((k) => mentions(k, text));
+      const read = await mapBounded(named, CONCURRENCY, (k) => this.read(k));
       for (const job of read) {
         if (!job || (statuses && !statuses.has(job.state.status))) continue;
         found.push(job);
@@ -194,6 +207,27 @@ export class JobIndex {
       if (next.length < batch) break;
     }
     return found;
+  }
+
+  /**
+   * One job's entry, found by the time it was submitted at (its key's stamp) with a listing of one key;
+   * undefined when it has none (submitted before the index existed, or its state's time was rewritten).
+   */
+  async find(address: JobAddress, submittedAt: string): Promise<IndexKey | undefined> {
+    const ms = Date.parse(submittedAt);
+    if (!Number.isSafeInteger(ms) || ms < 0 || ms > STAMP_MAX) return undefined;
+    const prefix = this.indexPrefix(address);
+    const page = await this.s3.send(
+      new ListObjectsV2Command({
+        Bucket: this.store.bucket,
+        Prefix: `${prefix}${indexStamp(ms)}-${address.jobId}.`,
+        MaxKeys: 1,
+      }),
+    );
+    const cursor = page.Contents?.[0]?.Key?.slice(prefix.length) ?? "";
+    const [, stamp, , priority, name] = INDEX_NAME.exec(cursor) ?? [];
+    if (!stamp || !priority) return undefined;
+    return { cursor, stamp, address, priority: priority as Priority, ...(name !== undefined && { name }) };
   }
 
   /** Whether an owner has any job files at all: a listing that finds none indexed can say why. */
@@ -250,12 +284,16 @@ export class JobIndex {
     return added.filter(Boolean).length;
   }
 
-  /** One page of an owner's index keys, in S3's order (newest first), after `token`. */
+  /**
+   * One page of an owner's index keys, in S3's order (newest first), after `token`, or on the first page
+   * after the key named `after` (a cursor).
+   */
   async page(
     project: string,
     user: string,
     maxKeys: number,
     token: string | undefined,
+    after?: string,
   ): Promise<{ keys: IndexKey[]; token: string | undefined }> {
     const prefix = this.indexPrefix({ project, user });
     const page = await this.s3.send(
@@ -264,13 +302,16 @@ export class JobIndex {
         Prefix: prefix,
         MaxKeys: maxKeys,
         ContinuationToken: token,
+        ...(after !== undefined && token === undefined && { StartAfter: prefix + after }),
       }),
     );
     const keys: IndexKey[] = [];
     for (const object of page.Contents ?? []) {
-      const [, stamp, jobId, priority, name] = INDEX_NAME.exec(object.Key?.slice(prefix.length) ?? "") ?? [];
+      const cursor = object.Key?.slice(prefix.length) ?? "";
+      const [, stamp, jobId, priority, name] = INDEX_NAME.exec(cursor) ?? [];
       if (stamp && jobId && priority)
         keys.push({
+          cursor,
           stamp,
           address: { project, user, jobId },
           priority: priority as Priority,
@@ -286,8 +327,8 @@ export class JobIndex {
     const state = await this.stateOf(key.address);
     // Gone while its entry lingers (removed by hand, or the lifecycle took it first): nothing to show.
     if (!state) return undefined;
-    const { address, priority, name } = key;
-    return { address, priority, ...(name !== undefined && { name }), state };
+    const { cursor, address, priority, name } = key;
+    return { cursor, address, priority, ...(name !== undefined && { name }), state };
   }
 
   private async stateOf(address: JobAddress): Promise<JobState | undefined> {
@@ -338,12 +379,20 @@ class IndexStream {
     private readonly pageSize: number,
     /** The stamp of the oldest time wanted: keys past it end the stream, unlisted. */
     private readonly until: string | undefined,
+    /** The cursor the stream starts after. */
+    private readonly after: string | undefined,
   ) {}
 
   /** The next key without taking it; undefined at the end. */
   async peek(): Promise<IndexKey | undefined> {
     while (this.buffer.length === 0 && !this.ended) {
-      const { keys, token } = await this.index.page(this.project, this.user, this.pageSize, this.token);
+      const { keys, token } = await this.index.page(
+        this.project,
+        this.user,
+        this.pageSize,
+        this.token,
+        this.after,
+      );
       const older = this.until === undefined ? -1 : keys.findIndex((k) => k.stamp > this.until!);
       this.buffer = older < 0 ? keys : keys.slice(0, older);
       this.token = token;
@@ -356,6 +405,10 @@ class IndexStream {
     this.buffer.shift();
   }
 }
+
+/** Whether a key's job id or name holds `text` (lower case). */
+const mentions = (key: IndexKey, text: string): boolean =>
+  key.address.jobId.includes(text) || (key.name?.toLowerCase().includes(text) ?? false);
 
 /**
  * The streams' keys merged newest first. Stamps alone order them: within one millisecond the order is

@@ -14,16 +14,40 @@ export const metricRecordSchema = z.object({
   step: z.number().nonnegative().optional(),
   total: z.number().nonnegative().optional(),
   m: z.record(z.string(), z.number()),
-  /** `protocol` (crucible.progress) or `log` (a recognised training log line). */
-  src: z.enum(["protocol", "log"]),
+  /**
+   * `protocol` (crucible.progress) or `log` (a recognised training log line): what the job reported;
+   * `resources`: what its launcher measured it using ({@link RESOURCE_METRICS}).
+   */
+  src: z.enum(["protocol", "log", "resources"]),
 });
 export type MetricRecord = z.infer<typeof metricRecordSchema>;
+
+/** The names of a `resources` record's numbers: apart from what the job reports, so none can pose as them. */
+export const RESOURCE_METRICS = {
+  memoryMiB: "memory_mib",
+  cpuCores: "cpu_cores",
+  gpuUtilPercent: "gpu_util_percent",
+  gpuMemoryMiB: "gpu_memory_mib",
+} as const;
+
+/** Whether a record holds what the job reported, not a sample of its resources. */
+export const reportedByJob = (record: MetricRecord): boolean => record.src !== "resources";
 
 /** Every record of a job's metric history, in the order it was recorded, over all its attempts. */
 export async function readMetricHistory(series: ChunkSeries): Promise<MetricRecord[]> {
   const records: MetricRecord[] = [];
   for (const chunk of await series.list()) records.push(...(await series.read(chunk, metricRecordSchema)));
   return records;
+}
+
+/**
+ * The records of `attempt`'s first and last chunks: enough for {@link progressRate}, which looks at the
+ * attempt's first and last steps, without reading a long run's whole history.
+ */
+export async function readAttemptEnds(series: ChunkSeries, attempt: number): Promise<MetricRecord[]> {
+  const chunks = (await series.list()).filter((c) => c.attempt === attempt);
+  const ends = chunks.length > 1 ? [chunks[0]!, chunks.at(-1)!] : chunks;
+  return (await Promise.all(ends.map((c) => series.read(c, metricRecordSchema)))).flat();
 }
 
 /** How fast a running job moves through its steps, and when it should be done. */

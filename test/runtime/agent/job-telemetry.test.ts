@@ -11,7 +11,7 @@ import { startLocalPlatform } from "../../../runtime/src/local/local-platform";
 import type { ChunkSeries } from "../../../runtime/src/store/chunk-series";
 import type { LogRecord } from "../../../runtime/src/store/job-log";
 import { logText, readLogRecords } from "../../../runtime/src/store/job-log";
-import { readMetricHistory } from "../../../runtime/src/store/job-metrics";
+import { readMetricHistory, reportedByJob } from "../../../runtime/src/store/job-metrics";
 import type { JobState } from "../../../runtime/src/store/job-store";
 
 const logger = pino({ level: "silent" });
@@ -152,6 +152,29 @@ describe("a running job's telemetry", () => {
     ]);
     expect(shown).toHaveLength(1);
     expect(shown[0]).toMatchObject({ step: 12, total: 100, metrics: { loss: 2.5, lr: 0.001 } });
+  });
+
+  it("keeps resource samples in the metric history as such, apart from the job's progress", async () => {
+    const { address, metrics, sink, shown } = telemetry({ attempt: 2 });
+    sink.resources({ memoryMiB: 512.5 });
+    sink.progress({ jobId: address.jobId, step: 1, metrics: { loss: 3 }, source: "protocol" });
+    sink.resources({ memoryMiB: 600, cpuCores: 1.25, gpuUtilPercent: 91, gpuMemoryMiB: 8000 });
+    await sink.close();
+    const history = await readMetricHistory(metrics);
+    expect(history.map(({ a, step, m, src }) => ({ a, step, m, src }))).toEqual([
+      { a: 2, step: undefined, m: { memory_mib: 512.5 }, src: "resources" },
+      { a: 2, step: 1, m: { loss: 3 }, src: "protocol" },
+      {
+        a: 2,
+        step: undefined,
+        m: { memory_mib: 600, cpu_cores: 1.25, gpu_util_percent: 91, gpu_memory_mib: 8000 },
+        src: "resources",
+      },
+    ]);
+    expect(history.filter(reportedByJob).map((r) => r.m)).toEqual([{ loss: 3 }]);
+    // The job's progress shows what the job reported only.
+    expect(shown.at(-1)).toMatchObject({ step: 1, metrics: { loss: 3 } });
+    expect(shown.at(-1)?.metrics).toEqual({ loss: 3 });
   });
 });
 

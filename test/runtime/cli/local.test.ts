@@ -48,6 +48,10 @@ describe.sequential("crucible local run", { timeout: 300_000 }, () => {
     expect(done.code, done.stderr).toBe(0);
     expect(done.stdout).toBe('{\n  "answer": 42\n}\n');
     first = jobIdOf(done.stderr);
+    // It ends by saying how to see the job in the console, on the platform it stopped.
+    expect(done.stderr.trimEnd().split("\n").pop()).toBe(
+      `see it in the console: \`crucible local up\`, then \`crucible console --local\` and open http://127.0.0.1:8321/#/jobs/${first}`,
+    );
     // The platform ran in the command's own process, which is gone, and took its files with it.
     expect(nothingRuns(local.dir, run.child.pid!)).toEqual(NOTHING_RUNS);
     expect(await containersOf(first)).toEqual([]);

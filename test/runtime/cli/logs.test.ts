@@ -159,6 +159,19 @@ describe("crucible logs, status and metrics on the local platform", () => {
     expect(secondSteps.at(-1)).toBe(30);
     expect(points.at(-1)![4]).toBe(String(Number((10 / 30).toPrecision(4))));
 
+    // What the job used is sampled from each attempt's start, and kept apart from what it reported.
+    const used = await crucible(
+      ["metrics", address.jobId, "--resources", "--format", "csv"],
+      undefined,
+      as(),
+    );
+    expect(used.code).toBe(0);
+    const [header, ...samples] = used.stdout.trimEnd().split("\n");
+    expect(header).toMatch(/^time,attempt,step,total,memory_mib(,cpu_cores)?$/);
+    const sampled = samples.map((row) => row.split(","));
+    expect(new Set(sampled.map((p) => Number(p[1])))).toEqual(new Set([1, 2]));
+    expect(sampled.every((p) => p[2] === "" && Number(p[4]) > 0)).toBe(true);
+
     const status = await crucible(["status", address.jobId, "--json"], undefined, as());
     expect(JSON.parse(status.stdout)).toMatchObject({
       jobId: address.jobId,
@@ -203,5 +216,13 @@ describe("crucible logs, status and metrics on the local platform", () => {
     );
     const plot = await crucible(["metrics", address.jobId, "--plot", "loss.png"], undefined, as());
     expect(plot.stderr).toBe('crucible: --plot must name an .svg file, got "loss.png"\n');
+    const resources = await crucible(
+      ["metrics", address.jobId, "--resources", "--plot", "used.svg"],
+      undefined,
+      as(),
+    );
+    expect(resources.stderr).toBe(
+      "crucible: --plot draws what the job reported against step; --resources samples have no step\n",
+    );
   });
 });

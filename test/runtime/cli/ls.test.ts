@@ -91,7 +91,7 @@ describe("ls flags", () => {
 });
 
 describe("a listed job's row", () => {
-  const job = (state: Partial<JobState> & Pick<JobState, "status">): IndexedJob => ({
+  const job = (state: Partial<JobState> & Pick<JobState, "status">): Omit<IndexedJob, "cursor"> => ({
     address: { project: "lab", user: "ada", jobId: "job-1" },
     priority: "normal",
     state: {

@@ -78,6 +78,35 @@ describe("packageCode", () => {
   });
 });
 
+describe("packageCode on entry names", () => {
+  it("refuses an entry that would land outside the code directory, as the runner would, naming it", async () => {
+    for (const [name, why] of [
+      ["../x.py", 'climbs out of the archive with ".."'],
+      ["lib/../../x.py", 'climbs out of the archive with ".."'],
+      ["/etc/x.py", "is an absolute path"],
+      ["C:/x.py", "is an absolute path"],
+      ["lib\\x.py", "has a backslash or NUL"],
+    ]) {
+      const zip = join(dir, "names.zip");
+      await writeRepeatedZip(zip, mainPy, { count: 1, name: () => name!, data: Buffer.from("x = 1\n") });
+      const refused = packageCode(zip, "zip", join(dir, "out-names.zip"));
+      await expect(refused, name).rejects.toBeInstanceOf(CodeError);
+      await expect(refused, name).rejects.toThrow(`code: names.zip entry ${JSON.stringify(name)} ${why}`);
+    }
+  });
+
+  it("accepts entries inside it, ./ and empty segments included", async () => {
+    const zip = join(dir, "inside.zip");
+    await writeRepeatedZip(zip, mainPy, {
+      count: 1,
+      name: () => "./lib//x.py",
+      data: Buffer.from("x = 1\n"),
+    });
+    await packageCode(zip, "zip", join(dir, "out-inside.zip"));
+    expect(existsSync(join(dir, "out-inside.zip"))).toBe(true);
+  });
+});
+
 describe("readSources on hostile zips", () => {
   it("refuses a 10,000-entry bomb declaring 10 GiB without inflating a byte", async () => {
     const zip = join(dir, "bomb.zip");

@@ -16,7 +16,7 @@ import type { LocalPlatform } from "../../../runtime/src/local/local-platform";
 import { startLocalPlatform } from "../../../runtime/src/local/local-platform";
 import { JobQueue } from "../../../runtime/src/queue/job-queue";
 import type { IndexEntry } from "../../../runtime/src/store/job-index";
-import { indexStamp, JobIndex, jobNameOf } from "../../../runtime/src/store/job-index";
+import { indexStamp, isIndexCursor, JobIndex, jobNameOf } from "../../../runtime/src/store/job-index";
 import type { JobAddress, JobState } from "../../../runtime/src/store/job-store";
 import { JobStore } from "../../../runtime/src/store/job-store";
 import { USER_SESSION_TAG } from "../../../infra/access";
@@ -267,6 +267,41 @@ describe("listing one user's jobs", () => {
       since: new Date(at(247)),
     });
     expect(ids(recent)).toEqual(["job-249", "job-248", "job-247"]);
+  });
+
+  it("goes on after a listed job's cursor, one page listed from there", async () => {
+    const clients = platform.as("one", "ada");
+    const index = JobIndex.of(clients.store);
+    const first = await index.list({ project: "one", users: { user: "ada" }, limit: 3 });
+    expect(isIndexCursor(first[2]!.cursor)).toBe(true);
+    const { result, made } = await calls(clients, () =>
+      index.list({ project: "one", users: { user: "ada" }, limit: 3, after: first[2]!.cursor }),
+    );
+    expect(ids(result)).toEqual(["job-246", "job-245", "job-244"]);
+    expect(made.filter((c) => c.startsWith("ListObjectsV2"))).toEqual([
+      "ListObjectsV2 workspaces/one/ada/index/* max 3",
+    ]);
+    expect(isIndexCursor("../../bob/index/x.json")).toBe(false);
+  });
+
+  it("filtered by text, matches ids and names in the keys and reads only the matching jobs' states", async () => {
+    const clients = platform.as("one", "ada");
+    const { result, made } = await calls(clients, () =>
+      JobIndex.of(clients.store).list({ project: "one", users: { user: "ada" }, limit: 5, text: "JOB-24" }),
+    );
+    expect(ids(result)).toEqual(["job-249", "job-248", "job-247", "job-246", "job-245"]);
+    // The first batch of 100 keys holds job-240 to job-249: their states only are read.
+    expect(made.filter((c) => c.startsWith("GetObject"))).toHaveLength(10);
+  });
+
+  it("finds one job's entry by its submission time with a listing of one key", async () => {
+    const clients = platform.as("one", "ada");
+    const { result, made } = await calls(clients, () =>
+      JobIndex.of(clients.store).find(ada(job(100)), at(100)),
+    );
+    expect(result).toMatchObject({ address: ada(job(100)), priority: "normal" });
+    expect(made).toHaveLength(1);
+    expect(await JobIndex.of(clients.store).find(ada(job(100)), at(101))).toBeUndefined();
   });
 });
 

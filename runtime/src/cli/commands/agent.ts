@@ -10,7 +10,7 @@ import { DATASET_CACHE_DIR, openNodeDatasets } from "../../agent/job-datasets";
 import { ENVIRONMENT_CACHE_DIR, NodeEnvironments, stackPackageIndex } from "../../agent/job-environment";
 import { DockerEngine } from "../../launch/docker/container-engine";
 import type { AgentEnv, LauncherKind } from "../../catalog/agent-env";
-import { GpuHealth, HealthGate, LauncherGpuProbe, processRunner } from "../../node/gpu";
+import { GpuHealth, HealthGate, LauncherGpuProbe, nvidiaSmiUsage, processRunner } from "../../node/gpu";
 import { JobQueue } from "../../queue/job-queue";
 import type { Logger } from "../../logger";
 import type { Departure } from "../../node/node-lifecycle";
@@ -137,6 +137,7 @@ export function registerAgent(program: Command): void {
           logger,
           env: settings,
           ...(images && { images }),
+          ...(getTier(tier).gpu && { gpuUsage: nvidiaSmiUsage(processRunner(logger)) }),
         });
         // A predecessor killed mid-job left its containers running; their messages return to the queue.
         const orphans = await launcher.gc();

@@ -1,7 +1,7 @@
 import type { Command } from "commander";
 import type { JobAddress, JobState, JobStore } from "../../store/job-store";
 import type { MetricRecord } from "../../store/job-metrics";
-import { progressRate, readMetricHistory } from "../../store/job-metrics";
+import { progressRate, readMetricHistory, reportedByJob } from "../../store/job-metrics";
 import { cliLogger, printJson, UsageError } from "./shared";
 import type { Owner } from "./platform-access";
 import { address, ownerOf, ownerOptions, platformFromEnv } from "./platform-access";
@@ -48,7 +48,8 @@ export function registerJobs(program: Command): void {
     .option("--json", "print the state and progress as JSON")
     .action(async (jobId: string, flags: Owner & { json?: boolean }) => {
       const { store, target, state } = await findJob(jobId, flags);
-      const history = state.attempts > 0 ? await readMetricHistory(store.metricSeries(target)) : [];
+      const history =
+        state.attempts > 0 ? (await readMetricHistory(store.metricSeries(target))).filter(reportedByJob) : [];
       const view = statusView(jobId, state, history);
       if (flags.json) printJson(view);
       else process.stdout.write(formatStatus(view));

@@ -6,6 +6,7 @@ import type { ImageFamily } from "../../catalog/image-matrix";
 import { connectKubernetes } from "../../launch/kubernetes/kubernetes-api";
 import { KubernetesLauncher } from "../../launch/kubernetes/kubernetes-launcher";
 import type { Logger } from "../../logger";
+import type { GpuUsage } from "../../node/gpu/gpu-usage";
 import { InvalidArgumentError } from "commander";
 import { UsageError } from "./shared";
 
@@ -16,6 +17,8 @@ export interface LauncherSettings {
   readonly images?: Partial<Record<ImageFamily, string>>;
   /** The agent's environment (agent-env.ts), read by the caller: the launcher's settings (CRUCIBLE_K8S_*). */
   readonly env: AgentEnv;
+  /** Reads the node's GPUs, sampled while a job runs (Docker on a GPU node). */
+  readonly gpuUsage?: () => Promise<GpuUsage | undefined>;
 }
 
 /** A commander parser for `--launcher`: refused at parse time, before anything is set up. */
@@ -38,8 +41,9 @@ export function launcherKind(flag: LauncherKind | undefined, env: AgentEnv): Lau
  * CRUCIBLE_K8S_GPU_NODE_LABEL (`key=value`, the label GPU pods select nodes by).
  */
 export async function launcherFor(kind: LauncherKind, settings: LauncherSettings): Promise<Launcher> {
-  const { logger, images } = settings;
-  if (kind === "docker") return new DockerLauncher({ logger, ...(images && { images }) });
+  const { logger, images, gpuUsage } = settings;
+  if (kind === "docker")
+    return new DockerLauncher({ logger, ...(images && { images }), ...(gpuUsage && { gpuUsage }) });
   const {
     k8sNamespace: namespace,
     k8sPendingTimeoutSeconds: pendingTimeoutSeconds,

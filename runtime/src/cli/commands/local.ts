@@ -30,6 +30,7 @@ import { cliLogger, EXIT, positiveSeconds, printJson, UsageError } from "./share
 import { agentEnvFromProcess, agentTuning, localPlatform, ownerOf, schedulingOf } from "./platform-access";
 import type { SubmitFlags } from "./submit";
 import { submitFrom, submitOptions, summarize } from "./submit";
+import { consoleHint } from "./console";
 
 /**
  * What `crucible local up` serves by default: the CPU tiers. `local run` runs a job on the tier detected
@@ -365,6 +366,13 @@ async function runLocally(path: string, flags: SubmitFlags & DirFlags): Promise<
     );
     if (envelope) {
       summarize(envelope, flags.json);
+      if (!flags.json)
+        process.stderr.write(
+          consoleHint(queued.jobId, {
+            ...(flags.dataDir !== undefined && { dataDir: flags.dataDir }),
+            platformStopped: owned !== undefined,
+          }),
+        );
       if (cancel.signal.aborted) process.exitCode = EXIT.interrupted;
       return;
     }

@@ -119,7 +119,7 @@ export function parseLsFlags(flags: LsFlags, now: Date): LsRequest {
 }
 
 /** A listed job's row at `now`: how long it has run, what it has cost, its latest metric. */
-export function jobRow({ address, priority, name, state }: IndexedJob, now: Date): JobRow {
+export function jobRow({ address, priority, name, state }: Omit<IndexedJob, "cursor">, now: Date): JobRow {
   const started = timeOf(state.startedAt);
   const ended = state.finishedAt === undefined ? now.getTime() : timeOf(state.finishedAt);
   const running =

@@ -3,7 +3,7 @@ import { Option } from "commander";
 import { writeFile } from "node:fs/promises";
 import { extname } from "node:path";
 import type { MetricRecord } from "../../store/job-metrics";
-import { readMetricHistory } from "../../store/job-metrics";
+import { readMetricHistory, reportedByJob } from "../../store/job-metrics";
 import { metricChartSvg } from "../metric-chart";
 import type { Owner } from "./platform-access";
 import { ownerOptions } from "./platform-access";
@@ -16,6 +16,7 @@ interface MetricsFlags extends Owner {
   readonly format: (typeof FORMATS)[number];
   readonly metric?: string[];
   readonly plot?: string;
+  readonly resources?: boolean;
 }
 
 /** `metrics`: a job's progress and metric history over all its attempts, printed or plotted. */
@@ -29,11 +30,18 @@ export function registerMetrics(program: Command): void {
     .addOption(new Option("--format <format>", "how to print it").choices(FORMATS).default("table"))
     .option("--metric <name...>", "only these metrics (default: all; the plot: loss, else the first)")
     .option("--plot <file.svg>", "write a chart of the metrics against step (SVG)")
+    .option("--resources", "what the job used instead (memory, CPU, GPU), sampled every few seconds")
     .action(async (jobId: string, flags: MetricsFlags) => {
       if (flags.plot !== undefined && extname(flags.plot).toLowerCase() !== ".svg")
         throw new UsageError(`--plot must name an .svg file, got "${flags.plot}"`);
+      if (flags.plot !== undefined && flags.resources)
+        throw new UsageError(
+          "--plot draws what the job reported against step; --resources samples have no step",
+        );
       const { store, target } = await findJob(jobId, flags);
-      const records = await readMetricHistory(store.metricSeries(target));
+      const records = (await readMetricHistory(store.metricSeries(target))).filter(
+        (r) => reportedByJob(r) !== (flags.resources === true),
+      );
       const known = metricNames(records);
       const unknown = (flags.metric ?? []).filter((m) => !known.includes(m));
       if (unknown.length > 0)

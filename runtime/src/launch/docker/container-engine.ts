@@ -16,6 +16,14 @@ export interface AttachedOutput {
   readonly ended: Promise<void>;
 }
 
+/** A running container's use of memory and CPU at one moment. */
+export interface ContainerUsage {
+  /** Memory in use less the page cache the kernel could reclaim (inactive file pages). */
+  readonly memoryBytes: number;
+  /** CPU time used since the container started, in nanoseconds: cumulative, so rates come from two. */
+  readonly cpuNanos: number;
+}
+
 /**
  * The few container operations the runtime needs. Docker implements it below; tests and other launchers
  * use the same shape. Stopping and removing are idempotent: a container that is gone or already stopped
@@ -37,6 +45,8 @@ export interface ContainerEngine {
   /** Removes the container, stopping it first if needed; resolves false when it was already gone. */
   remove(id: string, ctx: CallContext): Promise<boolean>;
   inspect(id: string, ctx: CallContext): Promise<Dockerode.ContainerInspectInfo>;
+  /** What a running container uses now; undefined once it is not running (or gone). */
+  usage(id: string, ctx: CallContext): Promise<ContainerUsage | undefined>;
   /** Containers, running or not, carrying every one of the labels. */
   listByLabel(
     labels: Readonly<Record<string, string>>,
@@ -181,6 +191,27 @@ export class DockerEngine implements ContainerEngine {
 
   async inspect(id: string, ctx: CallContext): Promise<Dockerode.ContainerInspectInfo> {
     return this.call("inspect", ctx, id, () => this.docker.getContainer(id).inspect());
+  }
+
+  async usage(id: string, ctx: CallContext): Promise<ContainerUsage | undefined> {
+    // One-shot: the engine answers from the cgroup at once instead of waiting a second to fill precpu_stats.
+    const stats = await this.call("stats", ctx, id, () =>
+      this.docker
+        .getContainer(id)
+        .stats({ stream: false, "one-shot": true })
+        .catch((error: unknown) => {
+          if (isNoSuchContainer(error)) return undefined;
+          throw error;
+        }),
+    );
+    const memory = stats?.memory_stats;
+    // A stopped container answers with empty memory stats.
+    if (!stats || memory?.usage === undefined) return undefined;
+    const cache = memory.stats?.inactive_file ?? memory.stats?.total_inactive_file ?? 0;
+    return {
+      memoryBytes: Math.max(0, memory.usage - cache),
+      cpuNanos: stats.cpu_stats.cpu_usage.total_usage,
+    };
   }
 
   async listByLabel(

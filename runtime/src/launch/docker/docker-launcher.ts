@@ -30,6 +30,8 @@ import {
   releaseQuotaDirsUnder,
 } from "../quota-volume";
 import type { JobUserLease } from "../sandbox";
+import { sampleResources } from "../resource-sampler";
+import type { GpuUsage } from "../../node/gpu/gpu-usage";
 import {
   callerUser,
   containerSpec,
@@ -52,10 +54,15 @@ export interface DockerLauncherOptions extends LauncherOptions {
    * Defaults to "on" on a root runtime, "off" otherwise.
    */
   readonly diskQuota?: "on" | "off";
+  /** Seconds between samples of a running job's memory and CPU (and GPUs). Defaults to 5. */
+  readonly resourceSampleSeconds?: number;
+  /** Reads the node's GPUs for jobs of GPU tiers (nvidiaSmiUsage on a GPU node). Defaults to none. */
+  readonly gpuUsage?: () => Promise<GpuUsage | undefined>;
 }
 
 /** Largest runner.json read back; a bigger result is reported as an error instead of read into memory. */
 export const MAX_RUNNER_RESULT_BYTES = 16 * 1024 * 1024;
+const DEFAULT_RESOURCE_SAMPLE_SECONDS = 5;
 /** How long after exit the output streams may take to drain before the envelope is written without them. */
 const DRAIN_TIMEOUT_MS = 5_000;
 
@@ -227,12 +234,23 @@ export class DockerLauncher implements Launcher {
         () => stopper.request({ reason: "timeout", graceSeconds: this.graceSeconds }),
         job.timeoutSeconds * 1000,
       );
+      const started = id;
+      const sampler =
+        options.onResources &&
+        sampleResources({
+          everyMs: (this.options.resourceSampleSeconds ?? DEFAULT_RESOURCE_SAMPLE_SECONDS) * 1000,
+          sandbox: () => this.engine.usage(started, ctx),
+          ...(tier.gpu && this.options.gpuUsage && { gpu: this.options.gpuUsage }),
+          onSample: options.onResources,
+          log,
+        });
       let waited: number;
       try {
         waited = await this.engine.wait(id, ctx);
       } finally {
         clearTimeout(deadline);
         stopper.finished();
+        await sampler?.stop();
       }
       // The container has exited, and its mounts with it: the workspace volume is measured (is it full?)
       // and released while the rest of the run is read and the container removed.

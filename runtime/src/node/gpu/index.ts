@@ -1,7 +1,8 @@
-/** A GPU node's health: the checks, the gate the agent takes work through, and what they run. */
+/** A GPU node: its health (the checks, the gate the agent takes work through, what they run) and its usage. */
 export * from "./run-process";
 export * from "./driver";
 export * from "./nvidia-smi";
 export * from "./probe";
 export * from "./health-check";
 export * from "./health-gate";
+export * from "./gpu-usage";

@@ -16,6 +16,10 @@ export interface GpuStatus {
   readonly remappingFailed?: boolean;
   /** Clocks cut by half or more by the hardware (power brake, overheating, an external signal). */
   readonly hwSlowdown?: boolean;
+  /** Percent of the last sample period a kernel ran (asked only by {@link GPU_USAGE_FIELDS}). */
+  readonly utilizationPercent?: number;
+  /** Memory in use (asked only by {@link GPU_USAGE_FIELDS}). */
+  readonly memoryUsedMiB?: number;
 }
 
 /** The fields asked of `nvidia-smi --query-gpu`, in {@link GpuStatus}' order. */
@@ -32,6 +36,8 @@ export const GPU_QUERY_FIELDS = [
   "remapped_rows.failure",
   "clocks_throttle_reasons.hw_slowdown",
 ] as const;
+/** The fields a running job's GPU usage is sampled with: few, so the query is cheap every few seconds. */
+export const GPU_USAGE_FIELDS = ["index", "name", "utilization.gpu", "memory.used"] as const;
 /** Without these the answer means nothing; any other field a driver does not know is dropped and skipped. */
 export const REQUIRED_FIELDS: readonly string[] = ["index", "name", "driver_version"];
 
@@ -100,6 +106,8 @@ export function parseGpuQuery(
       ...optional("remappedRowsPending", flag("remapped_rows.pending")),
       ...optional("remappingFailed", flag("remapped_rows.failure")),
       ...optional("hwSlowdown", flag("clocks_throttle_reasons.hw_slowdown")),
+      ...optional("utilizationPercent", num("utilization.gpu")),
+      ...optional("memoryUsedMiB", num("memory.used")),
     });
   }
   return { gpus, unreadable };

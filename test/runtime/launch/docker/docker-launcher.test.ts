@@ -6,7 +6,12 @@ import { hostname, tmpdir } from "node:os";
 import { join } from "node:path";
 import pino from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import type { Envelope, JobSpecInput, LaunchOptions } from "../../../../runtime/src/job/contract";
+import type {
+  Envelope,
+  JobSpecInput,
+  LaunchOptions,
+  ResourceSample,
+} from "../../../../runtime/src/job/contract";
 import { envelopeSchema, StopRequest } from "../../../../runtime/src/job/contract";
 import { DockerEngine } from "../../../../runtime/src/launch/docker/container-engine";
 import { DockerLauncher, readRunnerResult } from "../../../../runtime/src/launch/docker/docker-launcher";
@@ -342,6 +347,38 @@ describe.concurrent("the sandbox holds against a job that tries to break it", ()
     );
     expect(envelope.result).toMatchObject({ sockets: [], unix: "FileNotFoundError" });
     expect((envelope.result as { tcp: string }).tcp).not.toBe("connected");
+  });
+});
+
+describe("resources", () => {
+  it("samples the job's memory and CPU while it runs, and stops sampling when it ends", async () => {
+    const sampling = new DockerLauncher({ docker, logger, graceSeconds: 1, resourceSampleSeconds: 0.5 });
+    const samples: ResourceSample[] = [];
+    const envelope = await runJob(
+      [
+        "import time",
+        "def main():",
+        "    held = bytearray(96 * 1024 * 1024)",
+        "    for i in range(0, len(held), 4096):",
+        "        held[i] = 1",
+        "    end = time.monotonic() + 3",
+        "    while time.monotonic() < end:",
+        "        pass",
+        "    return len(held)",
+      ].join("\n"),
+      { tier: "cpu-large" },
+      { onResources: (sample) => samples.push(sample) },
+      sampling,
+    );
+    expect(envelope.status).toBe("success");
+    const after = samples.length;
+    expect(after).toBeGreaterThanOrEqual(3);
+    // The job touched every page of 96 MiB and spun a core: both show while it ran.
+    expect(Math.max(...samples.map((s) => s.memoryMiB))).toBeGreaterThanOrEqual(96);
+    expect(samples[0]!.cpuCores).toBeUndefined();
+    expect(Math.max(...samples.slice(1).map((s) => s.cpuCores ?? 0))).toBeGreaterThan(0.5);
+    expect(samples.every((s) => s.gpuUtilPercent === undefined)).toBe(true);
+    expect(samples.length).toBe(after);
   });
 });
 
