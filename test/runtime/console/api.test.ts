@@ -1,14 +1,11 @@
 import { request } from "node:http";
 import type { IncomingHttpHeaders } from "node:http";
-import { mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from "node:fs/promises";
+import { mkdtemp, readdir, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import pino from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import yazl from "yazl";
 import type { Agent } from "../../../runtime/src/agent/agent";
-import { DEFAULT_SCHEDULING, PRIORITIES } from "../../../runtime/src/catalog/scheduling";
-import type { Priority } from "../../../runtime/src/catalog/scheduling";
 import type { ConsoleBackend } from "../../../runtime/src/console/api";
 import type {
   JobDetail,
@@ -24,11 +21,9 @@ import type {
 } from "../../../runtime/src/console/api-contract";
 import type { RunningConsole } from "../../../runtime/src/console/server";
 import { startConsole } from "../../../runtime/src/console/server";
-import { submitJob } from "../../../runtime/src/job/submit";
 import { DockerLauncher } from "../../../runtime/src/launch/docker/docker-launcher";
-import type { JobQueue } from "../../../runtime/src/queue/job-queue";
-import { PriorityQueues } from "../../../runtime/src/queue/priority-queues";
 import { localAgent, useLocalPlatform } from "../../support/local-agents";
+import { consoleBackend, submitMain, zipOf } from "./console-fixture";
 import { writeRepeatedZip } from "../../support/zip-bomb";
 
 /**
@@ -116,40 +111,16 @@ def main():
 const OVERSIZED = 300 * 2 ** 20;
 const LIMIT = "the 288 MiB (301989888 bytes) allowed for a job's code archive";
 
-/** Submits `main` as `user` of project lab, as `crucible submit` does. */
-async function submit(user: string, name: string, main: string): Promise<string> {
-  const jobId = `api-${process.pid}-${++counter}`;
-  const dir = join(local.root, `${user}-${name}`);
-  await mkdir(dir, { recursive: true });
-  await writeFile(join(dir, "main.py"), main);
-  const submitter = local.platform.as(ADA.project, user);
-  await submitJob(submitter.store, submitter.queue(TIER), {
-    path: dir,
-    address: { project: ADA.project, user, jobId },
-    spec: { jobId, tier: TIER, imageFamily: "cpu", env: {} },
-    quotaGiB: 1,
+/** Submits `main` as `user` of ada's project, straight to the queue (as `crucible submit` does). */
+const submit = (user: string, name: string, main: string): Promise<string> =>
+  submitMain(local, { project: ADA.project, user }, TIER, {
+    jobId: `api-${process.pid}-${++counter}`,
+    name,
+    main,
   });
-  return jobId;
-}
 
 /** The console's backend for ada: the local platform through her own credentials. */
-function backendOf(): ConsoleBackend {
-  const ada = local.platform.as(ADA.project, ADA.user);
-  return {
-    platform: {
-      s3: ada.s3,
-      store: ada.store,
-      queues: (tier) =>
-        new PriorityQueues(
-          Object.fromEntries(PRIORITIES.map((p) => [p, ada.queue(tier, p)])) as Record<Priority, JobQueue>,
-        ),
-    },
-    owner: ADA,
-    name: "local",
-    policy: DEFAULT_SCHEDULING,
-    costWarningUsd: 5,
-  };
-}
+const backendOf = (): ConsoleBackend => consoleBackend(local, ADA);
 
 interface Answer {
   readonly status: number;
@@ -221,19 +192,6 @@ function post(
 }
 
 const errorOf = (answer: Answer): string => (JSON.parse(answer.text) as { error: string }).error;
-
-/** A zip of `files`, as a researcher's zip tool would write it. */
-function zipOf(files: Readonly<Record<string, string>>): Promise<Buffer> {
-  const zip = new yazl.ZipFile();
-  for (const [name, text] of Object.entries(files)) zip.addBuffer(Buffer.from(text), name);
-  zip.end();
-  return new Promise((resolve, reject) => {
-    const chunks: Buffer[] = [];
-    zip.outputStream.on("data", (chunk: Buffer) => chunks.push(chunk));
-    zip.outputStream.on("end", () => resolve(Buffer.concat(chunks)));
-    zip.outputStream.on("error", reject);
-  });
-}
 
 /** An upload as ada's page sends it: the file's bytes, its type, the CSRF token, from the console's origin. */
 function upload(
@@ -355,10 +313,13 @@ async function until<T>(what: string, probe: () => Promise<T | undefined>, waitM
   }
 }
 
+/** A job's detail once it has finished: its envelope stored and then (the agent's next write) its final state. */
 const finished = (jobId: string): Promise<JobDetail> =>
   until(`job ${jobId} to finish`, async () => {
     const detail = await get<JobDetail>(`/api/jobs/${jobId}`);
-    return detail.envelope ? detail : undefined;
+    return detail.envelope && ["succeeded", "failed", "cancelled"].includes(detail.job.status)
+      ? detail
+      : undefined;
   });
 
 beforeAll(async () => {

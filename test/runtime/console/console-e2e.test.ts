@@ -1,6 +1,6 @@
 import { execFile } from "node:child_process";
 import { existsSync } from "node:fs";
-import { mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, readFile, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { promisify } from "node:util";
@@ -8,18 +8,13 @@ import pino from "pino";
 import type { Browser, BrowserContext, Page } from "playwright-core";
 import { chromium } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import yazl from "yazl";
 import type { Agent } from "../../../runtime/src/agent/agent";
-import { DEFAULT_SCHEDULING, PRIORITIES } from "../../../runtime/src/catalog/scheduling";
-import type { Priority } from "../../../runtime/src/catalog/scheduling";
 import type { ConsoleBackend } from "../../../runtime/src/console/api";
 import type { RunningConsole } from "../../../runtime/src/console/server";
 import { startConsole } from "../../../runtime/src/console/server";
-import { submitJob } from "../../../runtime/src/job/submit";
 import { DockerLauncher } from "../../../runtime/src/launch/docker/docker-launcher";
-import type { JobQueue } from "../../../runtime/src/queue/job-queue";
-import { PriorityQueues } from "../../../runtime/src/queue/priority-queues";
 import { localAgent, useLocalPlatform } from "../../support/local-agents";
+import { consoleBackend, submitMain, zipOf } from "./console-fixture";
 
 /**
  * The web console in a real browser: Debian's Chromium (scripts/setup.sh installs it), driven by
@@ -99,50 +94,18 @@ def main():
     return {"payloads": PAYLOADS}
 `;
 
-/** A zip of `files`, as a researcher's zip tool would write it. */
-function zipOf(files: Readonly<Record<string, string>>): Promise<Buffer> {
-  const zip = new yazl.ZipFile();
-  for (const [name, text] of Object.entries(files)) zip.addBuffer(Buffer.from(text), name);
-  zip.end();
-  return new Promise((resolve, reject) => {
-    const chunks: Buffer[] = [];
-    zip.outputStream.on("data", (chunk: Buffer) => chunks.push(chunk));
-    zip.outputStream.on("end", () => resolve(Buffer.concat(chunks)));
-    zip.outputStream.on("error", reject);
-  });
-}
-
 /** Submits `main` as ada, straight to the queue (as `crucible submit` does); the console lists it. */
-async function submit(name: string, main: string): Promise<string> {
-  const jobId = `console-${process.pid}-${++counter}`;
-  const dir = join(local.root, name);
-  await mkdir(dir, { recursive: true });
-  await writeFile(join(dir, "main.py"), main);
-  const submitter = local.platform.as(OWNER.project, OWNER.user);
-  const address = { ...OWNER, jobId };
-  const spec = { jobId, tier: TIER, imageFamily: "cpu" as const, env: {} };
-  await submitJob(submitter.store, submitter.queue(TIER), { path: dir, address, spec, quotaGiB: 1 });
-  return jobId;
-}
+const submit = (name: string, main: string): Promise<string> =>
+  submitMain(local, OWNER, TIER, { jobId: `console-${process.pid}-${++counter}`, name, main });
 
-/** The console's backend for ada: the local platform through ada's own credentials. */
-function backendOf(): ConsoleBackend {
-  const ada = local.platform.as(OWNER.project, OWNER.user);
-  return {
-    platform: {
-      s3: ada.s3,
-      store: ada.store,
-      queues: (tier) =>
-        new PriorityQueues(
-          Object.fromEntries(PRIORITIES.map((p) => [p, ada.queue(tier, p)])) as Record<Priority, JobQueue>,
-        ),
-    },
-    owner: OWNER,
-    name: "local",
-    policy: DEFAULT_SCHEDULING,
-    costWarningUsd: 5,
-  };
-}
+const backendOf = (): ConsoleBackend => consoleBackend(local, OWNER);
+
+/** The shown job's result, or nothing while it has none. */
+const resultText = (): Promise<string> =>
+  page
+    .locator("pre.result")
+    .innerText()
+    .catch(() => "");
 
 async function open(hash: string): Promise<void> {
   await page.goto(`${server.url}${hash}`);
@@ -211,16 +174,7 @@ describe("the web console in a browser", () => {
       await page.getByRole("button", { name: "Submit job" }).click();
       await page.waitForURL(/#\/jobs\/[a-z0-9-]+$/);
       const jobId = decodeURIComponent(page.url().split("#/jobs/")[1]!);
-      await expect
-        .poll(
-          () =>
-            page
-              .locator("pre.result")
-              .innerText()
-              .catch(() => ""),
-          { timeout: JOB_MS },
-        )
-        .toContain("hello from Crucible");
+      await expect.poll(resultText, { timeout: JOB_MS }).toContain("hello from Crucible");
       expect(await statusOf()).toBe("succeeded");
 
       await open("#/jobs");
@@ -364,16 +318,7 @@ describe("the web console in a browser", () => {
     async () => {
       const jobId = await submit("hostile", HOSTILE);
       await open(`#/jobs/${jobId}`);
-      await expect
-        .poll(
-          () =>
-            page
-              .locator("pre.result")
-              .innerText()
-              .catch(() => ""),
-          { timeout: JOB_MS },
-        )
-        .toContain(XSS[0]);
+      await expect.poll(resultText, { timeout: JOB_MS }).toContain(XSS[0]);
       expect(await page.locator("pre.result").innerText()).toContain(XSS[1]!.replace(/"/g, '\\"'));
       await expect
         .poll(() => page.locator(".log-line .log-text").allInnerTexts())
