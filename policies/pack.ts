@@ -17,7 +17,7 @@ import { iamNoIfExistsConditions } from "./iam-conditions";
 import { iamNoWildcardTrust } from "./iam-trust";
 import { jobQueuesHaveDlq, snsTopicsEncrypted, sqsQueuesEncrypted } from "./messaging";
 import { vpcEndpointsHavePolicies } from "./network";
-import { agentConfigSandboxed, asgTiersHaveAgentConfig } from "./sandbox";
+import { agentConfigSandboxed, asgTiersHaveAgentConfig, kubernetesAgentsSandboxed } from "./sandbox";
 import {
   s3BucketPolicyRequiresTls,
   s3BucketsEncrypted,
@@ -71,6 +71,7 @@ export function cruciblePolicies(): Policies {
     costAllocationTags(),
     gpuStacksHaveBudgets(),
     agentConfigSandboxed(),
+    kubernetesAgentsSandboxed(),
     asgTiersHaveAgentConfig(),
     vpcEndpointsHavePolicies(),
     codeartifactNodesReadOnly(),

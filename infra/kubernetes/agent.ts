@@ -12,30 +12,47 @@ import {
   type Senders,
   type SchedulingPolicy,
   type NodeLabel,
+  kubernetesSandboxFacts,
 } from "@crucible/runtime/catalog";
 import { JOB_METRICS_STATEMENT, agentDataStatements, type AgentEnvironments } from "../fleet";
 import { webIdentityTrustPolicy } from "../policy-document";
 import { componentTags } from "../providers";
-import { AGENT_RESOURCES } from "./namespace";
+import { AGENT_RESOURCES, type JobLimits } from "./namespace";
 
 /** The audience EKS's pod identity webhook requests service account tokens for. */
 export const IRSA_AUDIENCE = "sts.amazonaws.com";
 /** The annotation EKS's pod identity webhook reads to hand a pod its role's credentials. */
 export const IRSA_ANNOTATION = "eks.amazonaws.com/role-arn";
-/** The agent's writable scratch space: its root file system is read-only. */
-export const AGENT_TMP_SIZE = "1Gi";
+/** The agent's own scratch (code, logs, its npm cache), besides what its jobs and datasets need. */
+const AGENT_OWN_SCRATCH_GIB = 1;
+
+/**
+ * The agent's writable scratch space (its root file system is read-only), a cap rather than a reservation:
+ * the tier's dataset cache, and for each job it may run its workspace's copy (the checkpoints and outputs
+ * it collects from the job's pod), as a fleet node's root volume holds them.
+ */
+export function agentScratchSize(
+  limits: Pick<JobLimits, "workspaceMiB" | "datasetCacheGiB">,
+  maxJobs: number,
+): string {
+  return `${limits.datasetCacheGiB + Math.ceil((maxJobs * limits.workspaceMiB) / 1024) + AGENT_OWN_SCRATCH_GIB}Gi`;
+}
 /** The agent image's own user (images/agent/Dockerfile), stated so the kubelet can check non-root. */
 const AGENT_UID = 1000;
 
 /**
  * What the agent may do in its namespace and nothing more: run jobs as batch Jobs, watch their pods and
- * read their logs, and ship each job's code.zip in a ConfigMap. The launcher (runtime/src/launch/kubernetes/kubernetes-api.ts)
- * also lists ConfigMaps to collect an agent's leftovers and patches one to make its Job the owner.
+ * read their logs, ship each job's code.zip in a ConfigMap, and exec into its job pods (their keeper moves
+ * the job's files; the job's container gets its stop signals). The launcher (runtime/src/launch/kubernetes/kubernetes-api.ts)
+ * also lists ConfigMaps to collect an agent's leftovers and patches one to make its Job the owner. Exec
+ * goes over WebSocket, a GET the API server authorizes as `get` on `pods/exec` and, from Kubernetes 1.35
+ * (AuthorizePodWebsocketUpgradeCreatePermission), as `create` too: both, and no other verb.
  */
 export const AGENT_RULES: k8s.types.input.rbac.v1.PolicyRule[] = [
   { apiGroups: ["batch"], resources: ["jobs"], verbs: ["create", "get", "list", "watch", "delete"] },
   { apiGroups: [""], resources: ["pods"], verbs: ["get", "list", "watch"] },
   { apiGroups: [""], resources: ["pods/log"], verbs: ["get"] },
+  { apiGroups: [""], resources: ["pods/exec"], verbs: ["create", "get"] },
   { apiGroups: [""], resources: ["configmaps"], verbs: ["create", "get", "list", "patch", "delete"] },
 ];
 
@@ -62,6 +79,10 @@ export interface TierAgentArgs {
   readonly namespace: pulumi.Input<string>;
   readonly labels: Readonly<Record<string, string>>;
   readonly replicas: number;
+  /** The tier's limits in this stack: its agent's scratch holds its dataset cache and its jobs' workspaces. */
+  readonly limits: Pick<JobLimits, "workspaceMiB" | "datasetCacheGiB">;
+  /** Jobs of the tier that may run at once (`maxJobsPerTier`). */
+  readonly maxJobs: number;
   readonly image: pulumi.Input<string>;
   readonly queueUrls: pulumi.Input<Record<Priority, string>>;
   readonly queueArns: readonly pulumi.Input<string>[];
@@ -112,7 +133,13 @@ export function tierAgent(
   const deployment = new k8s.apps.v1.Deployment(
     name,
     {
-      metadata,
+      metadata: {
+        ...metadata,
+        // What its job pods' sandbox guarantees, for the policy pack (kubernetes-agents-sandboxed).
+        annotations: {
+          [KUBERNETES.sandboxFactsAnnotation]: JSON.stringify(kubernetesSandboxFacts(args.tier)),
+        },
+      },
       spec: {
         replicas: args.replicas,
         selector: {
@@ -148,7 +175,7 @@ export function tierAgent(
                 volumeMounts: [{ name: "tmp", mountPath: "/tmp" }],
               },
             ],
-            volumes: [{ name: "tmp", emptyDir: { sizeLimit: AGENT_TMP_SIZE } }],
+            volumes: [{ name: "tmp", emptyDir: { sizeLimit: agentScratchSize(args.limits, args.maxJobs) } }],
           },
         },
       },

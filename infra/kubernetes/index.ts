@@ -119,6 +119,8 @@ export class KubernetesTarget extends pulumi.ComponentResource {
               namespace: ns.metadata.name,
               labels,
               replicas: settings.agentReplicas,
+              limits: t.limits,
+              maxJobs: settings.maxJobsPerTier,
               image: args.agentImage,
               queueUrls: t.queueUrls,
               queueArns: t.queueArns,

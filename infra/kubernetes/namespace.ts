@@ -17,8 +17,11 @@ export const AGENT_RESOURCES = {
 const AGENT_MILLICPU = { requests: 100, limits: 500 };
 const AGENT_MEMORY_MIB = { requests: 256, limits: 512 };
 
-/** A job's limits as the namespace sizes them: jobs run with requests equal to limits, as in Docker. */
-export type JobLimits = Pick<Tier, "memoryMiB" | "vcpus" | "gpu">;
+/**
+ * A job's limits as the namespace and its agent size them: jobs run with requests equal to limits, as in
+ * Docker; the agent keeps each job's workspace and the tier's dataset cache.
+ */
+export type JobLimits = Pick<Tier, "memoryMiB" | "vcpus" | "gpu" | "workspaceMiB" | "datasetCacheGiB">;
 
 const millicpu = (vcpus: number) => Math.round(vcpus * 1000);
 const cpuQuantity = (milli: number) => `${milli}m`;
@@ -49,8 +52,9 @@ export function podSecurityLabels(): Record<string, string> {
 }
 
 /**
- * The namespace's hard quota: every enabled tier running `maxJobsPerTier` jobs at its limits, plus every
- * agent replica. Past it the API server refuses new job pods, and the launcher leaves the job queued.
+ * The namespace's hard quota: every enabled tier running `maxJobsPerTier` jobs at its limits, each with
+ * its pod's keeper (the container through which the agent moves the job's files), plus every agent
+ * replica. Past it the API server refuses new job pods, and the launcher leaves the job queued.
  */
 export function quotaHard(
   tiers: readonly JobLimits[],
@@ -59,8 +63,9 @@ export function quotaHard(
 ): Record<string, string> {
   const agents = tiers.length * agentReplicas;
   const sum = (f: (t: JobLimits) => number) => tiers.reduce((n, t) => n + f(t) * maxJobsPerTier, 0);
-  const cpu = sum((t) => millicpu(t.vcpus));
-  const memory = sum((t) => t.memoryMiB);
+  const keeper = KUBERNETES.keeperResources;
+  const cpu = sum((t) => millicpu(t.vcpus) + keeper.millicpu);
+  const memory = sum((t) => t.memoryMiB + keeper.memoryMiB);
   const gpu = sum(gpus);
   return {
     pods: String(tiers.length * maxJobsPerTier + agents),

@@ -1,5 +1,6 @@
 import { beforeAll, describe, expect, it } from "vitest";
 import { MOCK_ACCOUNT_ID } from "../../scripts/lib/mock-engine";
+import { sandboxFacts } from "../../runtime/src/launch/sandbox";
 import {
   STACKS,
   configWith,
@@ -50,49 +51,57 @@ const OIDC = {
   providerArn: `arn:aws:iam::123456789012:oidc-provider/${ISSUER}`,
 };
 const PRIORITIES = ["high", "normal", "low"] as const;
+/** Each agent's scratch: datasetCacheGiB + 4 × workspaceMiB + 1 GiB, from the tier catalog. */
+const AGENT_SCRATCH: Record<string, string> = {
+  "cpu-small": `${4 + 4 * 1 + 1}Gi`,
+  "cpu-large": `${8 + 4 * 10 + 1}Gi`,
+  "gpu-small": `${40 + 4 * 50 + 1}Gi`,
+  "gpu-medium": `${40 + 4 * 80 + 1}Gi`,
+  "gpu-large": `${50 + 4 * 100 + 1}Gi`,
+};
 
 /**
  * Per stack, written out by hand from the tier catalog (runtime/src/catalog/tiers.ts) for the tiers each stack
  * file enables, at the defaults of 4 jobs per tier and 1 agent per tier (agent: requests 100m/256Mi,
  * limits 500m/512Mi). Per job: cpu-small 500m/512Mi, cpu-large 2000m/4096Mi, gpu-small 4000m/14336Mi/1,
- * gpu-medium and gpu-large 8000m/30720Mi/1.
+ * gpu-medium and gpu-large 8000m/30720Mi/1, each with its pod's keeper (200m/128Mi).
  */
 const EXPECTED = {
   dev: {
     tiers: ["cpu-small", "cpu-large", "gpu-small"],
-    // jobs (500+2000+4000)m×4 = 26000m, (512+4096+14336)Mi×4 = 75776Mi; agents ×3.
+    // jobs (500+2000+4000)m×4 = 26000m, (512+4096+14336)Mi×4 = 75776Mi; keepers 12 × 200m/128Mi; agents ×3.
     quota: {
       pods: "15",
-      "requests.cpu": "26300m",
-      "limits.cpu": "27500m",
-      "requests.memory": "76544Mi",
-      "limits.memory": "77312Mi",
+      "requests.cpu": "28700m",
+      "limits.cpu": "29900m",
+      "requests.memory": "78080Mi",
+      "limits.memory": "78848Mi",
       "requests.nvidia.com/gpu": "4",
     },
     max: { cpu: "4000m", memory: "14336Mi", "nvidia.com/gpu": "1" },
   },
   staging: {
     tiers: ["cpu-small", "cpu-large", "gpu-small", "gpu-medium"],
-    // jobs 14500m×4 = 58000m, 49664Mi×4 = 198656Mi; agents ×4.
+    // jobs 14500m×4 = 58000m, 49664Mi×4 = 198656Mi; keepers 16 × 200m/128Mi; agents ×4.
     quota: {
       pods: "20",
-      "requests.cpu": "58400m",
-      "limits.cpu": "60000m",
-      "requests.memory": "199680Mi",
-      "limits.memory": "200704Mi",
+      "requests.cpu": "61600m",
+      "limits.cpu": "63200m",
+      "requests.memory": "201728Mi",
+      "limits.memory": "202752Mi",
       "requests.nvidia.com/gpu": "8",
     },
     max: { cpu: "8000m", memory: "30720Mi", "nvidia.com/gpu": "1" },
   },
   prod: {
     tiers: ["cpu-small", "cpu-large", "gpu-small", "gpu-medium", "gpu-large"],
-    // jobs 22500m×4 = 90000m, 80384Mi×4 = 321536Mi; agents ×5.
+    // jobs 22500m×4 = 90000m, 80384Mi×4 = 321536Mi; keepers 20 × 200m/128Mi; agents ×5.
     quota: {
       pods: "25",
-      "requests.cpu": "90500m",
-      "limits.cpu": "92500m",
-      "requests.memory": "322816Mi",
-      "limits.memory": "324096Mi",
+      "requests.cpu": "94500m",
+      "limits.cpu": "96500m",
+      "requests.memory": "325376Mi",
+      "limits.memory": "326656Mi",
       "requests.nvidia.com/gpu": "12",
     },
     max: { cpu: "8000m", memory: "30720Mi", "nvidia.com/gpu": "1" },
@@ -304,15 +313,21 @@ describe.each(STACKS)("%s stack with the Kubernetes target", (stack) => {
       expect(account.inputs.automountServiceAccountToken).toBe(true);
     });
 
-    it("may manage jobs, watch pods, read their logs and ship code in ConfigMaps, in its namespace only", () => {
+    it("may manage jobs, watch pods, read their logs, exec into them and ship code in ConfigMaps, in its namespace only", () => {
       const role = plan.get(T.role, name);
       expect(metadataOf(role)).toEqual({ name: agentName, namespace, labels: agentLabels() });
       expect(role.inputs.rules).toEqual([
         { apiGroups: ["batch"], resources: ["jobs"], verbs: ["create", "get", "list", "watch", "delete"] },
         { apiGroups: [""], resources: ["pods"], verbs: ["get", "list", "watch"] },
         { apiGroups: [""], resources: ["pods/log"], verbs: ["get"] },
+        // The keeper's files and the job's stop signals, over WebSocket: `get` authorizes its upgrade,
+        // and Kubernetes 1.35 asks for `create` as well. No attach, port-forward, or exec elsewhere.
+        { apiGroups: [""], resources: ["pods/exec"], verbs: ["create", "get"] },
         { apiGroups: [""], resources: ["configmaps"], verbs: ["create", "get", "list", "patch", "delete"] },
       ]);
+      // A Role, never a ClusterRole: the rules hold in the jobs' namespace only.
+      expect(plan.ofType("kubernetes:rbac.authorization.k8s.io/v1:ClusterRole")).toEqual([]);
+      expect(plan.ofType("kubernetes:rbac.authorization.k8s.io/v1:ClusterRoleBinding")).toEqual([]);
       const binding = plan.get(T.roleBinding, name);
       expect(metadataOf(binding)).toEqual({ name: agentName, namespace, labels: agentLabels() });
       expect(binding.inputs.roleRef).toEqual({
@@ -325,7 +340,12 @@ describe.each(STACKS)("%s stack with the Kubernetes target", (stack) => {
 
     it("runs the stack's agent image, locked down, with the tier's queues and the workspaces", () => {
       const deployment = plan.get(T.deployment, name);
-      expect(metadataOf(deployment)).toEqual({ name: agentName, namespace, labels: agentLabels() });
+      expect(metadataOf(deployment)).toEqual({
+        name: agentName,
+        namespace,
+        labels: agentLabels(),
+        annotations: { "crucible.dev/sandbox-facts": expect.any(String) as unknown },
+      });
       const spec = specOf(deployment) as {
         replicas: number;
         selector: unknown;
@@ -345,7 +365,8 @@ describe.each(STACKS)("%s stack with the Kubernetes target", (stack) => {
         fsGroup: 1000,
         seccompProfile: { type: "RuntimeDefault" },
       });
-      expect(pod.volumes).toEqual([{ name: "tmp", emptyDir: { sizeLimit: "1Gi" } }]);
+      // The tier's dataset cache, 4 jobs' workspaces and a GiB of its own.
+      expect(pod.volumes).toEqual([{ name: "tmp", emptyDir: { sizeLimit: AGENT_SCRATCH[tier] } }]);
       const [container, ...others] = pod.containers;
       expect(others).toEqual([]);
       const images = plan.outputs.imageRefs as Record<string, string>;
@@ -412,6 +433,16 @@ describe.each(STACKS)("%s stack with the Kubernetes target", (stack) => {
         CRUCIBLE_PACKAGE_DENY: env.CRUCIBLE_PACKAGE_DENY,
       });
       expect(JSON.parse(env.CRUCIBLE_SCHEDULING!)).toMatchObject({ weights: { high: 6, normal: 3, low: 1 } });
+    });
+
+    it("publishes its job pods' sandbox facts: the fleet's, but where the README says Kubernetes differs", () => {
+      const annotations = metadataOf(plan.get(T.deployment, name)).annotations as Record<string, string>;
+      expect(JSON.parse(annotations["crucible.dev/sandbox-facts"]!)).toEqual({
+        ...sandboxFacts(tier),
+        capAdd: [],
+        perJobUser: false,
+        pidsLimit: 0,
+      });
     });
 
     it("has an AWS role only its own service account's tokens assume, scoped to its tier's queues", () => {
@@ -529,14 +560,15 @@ describe("the Kubernetes target in variants of the staging stack", () => {
 
   it("sizes the quota from maxJobsPerTier and agentReplicas, and runs that many agents", async () => {
     const plan = await runStack("staging", enabled("staging", { maxJobsPerTier: 2, agentReplicas: 3 }));
-    // jobs 14500m×2 = 29000m, 49664Mi×2 = 99328Mi, 2 GPU tiers × 2 = 4 GPUs; agents 4 tiers × 3 = 12.
+    // jobs 14500m×2 = 29000m, 49664Mi×2 = 99328Mi, 2 GPU tiers × 2 = 4 GPUs; keepers 8 × 200m/128Mi;
+    // agents 4 tiers × 3 = 12.
     expect(specOf(plan.get(T.quota, "kubernetes-quota"))).toEqual({
       hard: {
         pods: "20",
-        "requests.cpu": "30200m",
-        "limits.cpu": "35000m",
-        "requests.memory": "102400Mi",
-        "limits.memory": "105472Mi",
+        "requests.cpu": "31800m",
+        "limits.cpu": "36600m",
+        "requests.memory": "103424Mi",
+        "limits.memory": "106496Mi",
         "requests.nvidia.com/gpu": "4",
       },
     });
@@ -556,10 +588,10 @@ describe("the Kubernetes target in variants of the staging stack", () => {
     expect(specOf(plan.get(T.quota, "kubernetes-quota"))).toEqual({
       hard: {
         pods: "10",
-        "requests.cpu": "10200m",
-        "limits.cpu": "11000m",
-        "requests.memory": "18944Mi",
-        "limits.memory": "19456Mi",
+        "requests.cpu": "11800m",
+        "limits.cpu": "12600m",
+        "requests.memory": "19968Mi",
+        "limits.memory": "20480Mi",
       },
     });
     expect(

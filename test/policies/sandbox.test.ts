@@ -1,6 +1,11 @@
 import { specialSecretSig, specialSigKey } from "@pulumi/pulumi/runtime/rpc";
 import { describe, expect, it } from "vitest";
-import { agentConfigSandboxed, asgTiersHaveAgentConfig } from "../../policies/sandbox";
+import { kubernetesSandboxFacts } from "../../runtime/src/launch/kubernetes/kubernetes-job";
+import {
+  agentConfigSandboxed,
+  asgTiersHaveAgentConfig,
+  kubernetesAgentsSandboxed,
+} from "../../policies/sandbox";
 import {
   UNKNOWN_VALUE,
   messages,
@@ -110,6 +115,60 @@ describe("agent-config-sandboxed", () => {
     });
     expect(pending.violations).toEqual([]);
     expect(pending.unknown).toBe("string value at .value can't be known during preview");
+  });
+});
+
+describe("kubernetes-agents-sandboxed", () => {
+  const policy = kubernetesAgentsSandboxed();
+  const deployment = (annotations: Record<string, string> | undefined, role = "agent"): TestResource => ({
+    type: "kubernetes:apps/v1:Deployment",
+    name: "kubernetes-agent-gpu-small",
+    props: {
+      metadata: {
+        name: "crucible-agent-gpu-small",
+        labels: { "crucible.dev/role": role, "crucible.dev/tier": "gpu-small" },
+        ...(annotations && { annotations }),
+      },
+    },
+  });
+  const published = (sandbox: object) => ({ "crucible.dev/sandbox-facts": JSON.stringify(sandbox) });
+
+  it("passes the facts the launcher's pods have", async () => {
+    const o = await validateResource(policy, deployment(published(kubernetesSandboxFacts("gpu-small"))));
+    expect(o.violations).toEqual([]);
+  });
+
+  it("fails a network, privileges, any capability kept (even the supervisor's) and privilege gain", async () => {
+    const o = await validateResource(
+      policy,
+      deployment(
+        published({
+          ...kubernetesSandboxFacts("gpu-small"),
+          networkMode: "default",
+          privileged: true,
+          capAdd: ["KILL"],
+          noNewPrivileges: false,
+        }),
+      ),
+    );
+    expect(messages(o)).toEqual([
+      'kubernetes-agent-gpu-small: jobs must get no network; sandbox.networkMode is "default", must be "none".',
+      "kubernetes-agent-gpu-small: jobs must not run privileged; sandbox.privileged must be false.",
+      'kubernetes-agent-gpu-small: jobs may keep no capability (their runner runs as the job\'s own uid); remove ["KILL"] from sandbox.capAdd.',
+      "kubernetes-agent-gpu-small: jobs must not gain privileges; sandbox.noNewPrivileges must be true.",
+    ]);
+  });
+
+  it("fails an agent that publishes no facts, naming the annotation", async () => {
+    expect(messages(await validateResource(policy, deployment(undefined)))).toEqual([
+      "kubernetes-agent-gpu-small: an agent Deployment must publish its job pods' sandbox facts as JSON in the crucible.dev/sandbox-facts annotation (kubernetesSandboxFacts(tier) from runtime/src/launch/kubernetes/kubernetes-job.ts).",
+    ]);
+  });
+
+  it("does not apply to other Deployments", async () => {
+    expect((await validateResource(policy, deployment(undefined, "device-plugin"))).notApplicable).toBe(
+      "not a Crucible agent Deployment",
+    );
   });
 });
 

@@ -1,7 +1,16 @@
+import { spawn } from "node:child_process";
 import { EventEmitter } from "node:events";
+import { mkdirSync } from "node:fs";
+import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import type { IncomingMessage, ServerResponse } from "node:http";
 import { createServer } from "node:http";
 import type { AddressInfo } from "node:net";
+import { tmpdir } from "node:os";
+import { join, posix } from "node:path";
+import type { Duplex, Readable } from "node:stream";
+import { PassThrough, Writable } from "node:stream";
+import type { ServerWebSocket } from "./websocket-server";
+import { acceptWebSocket } from "./websocket-server";
 
 /** One API request as the client sent it. */
 export interface ApiCall {
@@ -37,13 +46,49 @@ interface PodLog {
   readonly readers: Set<ServerResponse>;
 }
 
+/** One `pods/exec` as the client asked for it. */
+export interface ExecCall {
+  readonly pod: string;
+  readonly container: string;
+  readonly command: readonly string[];
+  /** The channel protocol agreed: v5.channel.k8s.io or v4.channel.k8s.io. */
+  readonly protocol: string;
+}
+
+/** The streams of an exec, as the command in the container would see them. */
+export interface ExecIo {
+  readonly stdin: Readable;
+  readonly stdout: Writable;
+  readonly stderr: Writable;
+}
+
+/** A finished exec and its exit code (a string: the failure the API server reported instead). */
+export interface ExecRecord extends ExecCall {
+  readonly exitCode: number | string;
+}
+
+/** A container's view of one path: where it lies on this machine, and whether its mount is read-only. */
+export interface ContainerFile {
+  readonly path: string;
+  readonly readOnly: boolean;
+}
+
+/** The exec channels (kubernetes remotecommand): stdin, stdout, stderr, the error/status channel, v5's close. */
+const CHANNEL = { stdin: 0, stdout: 1, stderr: 2, status: 3, close: 255 } as const;
+/** What the fake offers, in its order of preference: the client's list has v5 first. */
+export const EXEC_PROTOCOLS = ["v5.channel.k8s.io", "v4.channel.k8s.io"] as const;
+
 /**
  * The few Kubernetes API endpoints the launcher uses, on loopback, for the real @kubernetes/client-node:
- * ConfigMaps and Jobs (create, patch, list, delete), pods (read), watches streamed as JSON lines, and
- * followed pod logs. There is no controller: a test plays the kubelet and the Job controller through
- * `onJobCreated`, `putPod`, `putJob`, `log` and `endLog`. Every call is recorded.
+ * ConfigMaps and Jobs (create, patch, list, delete), pods (read), watches streamed as JSON lines,
+ * followed pod logs, and `pods/exec` over WebSocket with the channel protocol (v5, or v4 when
+ * `execProtocols` says so). There is no controller: a test plays the kubelet and the Job controller through
+ * `onJobCreated`, `putPod`, `putJob`, `log` and `endLog`, and what runs in a container through `onExec`.
+ * An exec it does not answer runs on this machine when it is the keeper's, its container paths mapped onto
+ * a directory per pod and volume that stands for the pod's emptyDirs (`containerFile`). Every call is
+ * recorded.
  */
-export class FakeCluster extends EventEmitter<{ call: [ApiCall] }> {
+export class FakeCluster extends EventEmitter<{ call: [ApiCall]; exec: [ExecRecord] }> {
   readonly calls: ApiCall[] = [];
   readonly configMaps = new Map<string, KObject>();
   readonly jobs = new Map<string, KObject>();
@@ -55,12 +100,22 @@ export class FakeCluster extends EventEmitter<{ call: [ApiCall] }> {
   /** Plays the deletion of a Job (and, for Foreground, its pod first); by default it is simply gone. */
   onJobDeleted: (job: KObject, query: Readonly<Record<string, string>>) => void = (job) =>
     this.removeJob(job.metadata.name);
+  /** Plays what runs in a container: resolves with its exit code. Undefined: the default (see the class). */
+  onExec: (call: ExecCall, io: ExecIo) => Promise<number> | undefined = () => undefined;
+  /** The exec protocols offered, in order of preference. */
+  execProtocols: readonly string[] = EXEC_PROTOCOLS;
+  readonly execs: ExecRecord[] = [];
+  private volumesRoot = "";
   private version = 1000;
   private readonly watchers = new Set<Watcher>();
   private readonly logs = new Map<string, PodLog>();
   private readonly server = createServer((req, res) => void this.answer(req, res));
 
   async start(): Promise<string> {
+    this.volumesRoot = await mkdtemp(join(tmpdir(), "crucible-fake-pods-"));
+    this.server.on("upgrade", (req: IncomingMessage, socket: Duplex, head: Buffer) =>
+      this.upgrade(req, socket, head),
+    );
     await new Promise<void>((resolve) => this.server.listen(0, "127.0.0.1", resolve));
     return `http://127.0.0.1:${(this.server.address() as AddressInfo).port}`;
   }
@@ -68,6 +123,50 @@ export class FakeCluster extends EventEmitter<{ call: [ApiCall] }> {
   async stop(): Promise<void> {
     this.server.closeAllConnections();
     await new Promise((resolve) => this.server.close(resolve));
+    if (this.volumesRoot) await rm(this.volumesRoot, { recursive: true, force: true });
+  }
+
+  /**
+   * Where a path of a container of a pod lies on this machine: in the directory standing for the volume
+   * mounted there (made on first use), or undefined when no volume holds it.
+   */
+  containerFile(pod: string, container: string, path: string): ContainerFile | undefined {
+    const spec = this.pods.get(pod)?.spec as
+      | {
+          containers?: {
+            name: string;
+            volumeMounts?: { name: string; mountPath: string; readOnly?: boolean }[];
+          }[];
+        }
+      | undefined;
+    const mounts = spec?.containers?.find((c) => c.name === container)?.volumeMounts ?? [];
+    const mount = mounts
+      .filter((m) => path === m.mountPath || path.startsWith(`${m.mountPath}/`))
+      .sort((a, b) => b.mountPath.length - a.mountPath.length)[0];
+    if (!mount) return undefined;
+    const volume = join(this.volumesRoot, pod, mount.name);
+    mkdirSync(volume, { recursive: true });
+    const rest = posix.relative(mount.mountPath, path);
+    return { path: rest ? join(volume, ...rest.split("/")) : volume, readOnly: mount.readOnly === true };
+  }
+
+  /** Resolves with the next finished exec matching (already finished ones included), or fails after `ms`. */
+  nextExec(match: (exec: ExecRecord) => boolean, ms = 20_000): Promise<ExecRecord> {
+    const seen = this.execs.find(match);
+    if (seen) return Promise.resolve(seen);
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.off("exec", listener);
+        reject(new Error(`no such exec within ${ms} ms`));
+      }, ms);
+      const listener = (exec: ExecRecord): void => {
+        if (!match(exec)) return;
+        clearTimeout(timer);
+        this.off("exec", listener);
+        resolve(exec);
+      };
+      this.on("exec", listener);
+    });
   }
 
   /** Forgets every object, call and scenario: each test starts from an empty namespace. */
@@ -77,6 +176,9 @@ export class FakeCluster extends EventEmitter<{ call: [ApiCall] }> {
     this.otherPods.clear();
     this.onJobCreated = () => undefined;
     this.onJobDeleted = (job) => this.removeJob(job.metadata.name);
+    this.onExec = () => undefined;
+    this.execProtocols = EXEC_PROTOCOLS;
+    this.execs.length = 0;
   }
 
   /** Resolves with the next call matching (already made ones included), or fails after `ms`. */
@@ -252,6 +354,100 @@ export class FakeCluster extends EventEmitter<{ call: [ApiCall] }> {
     }
   }
 
+  /** `GET .../pods/NAME/exec?command=...&container=...`, upgraded to a WebSocket. */
+  private upgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
+    const url = new URL(req.url ?? "/", "http://cluster");
+    const call: ApiCall = {
+      method: req.method ?? "",
+      path: url.pathname,
+      query: Object.fromEntries(url.searchParams),
+      body: undefined,
+    };
+    this.calls.push(call);
+    this.emit("call", call);
+    const route = /^\/api\/v1\/namespaces\/[^/]+\/pods\/([^/]+)\/exec$/.exec(url.pathname);
+    const pod = route?.[1];
+    if (!pod || !this.pods.has(pod)) {
+      socket.end("HTTP/1.1 404 Not Found\r\nConnection: close\r\n\r\n");
+      return;
+    }
+    const ws = acceptWebSocket(req, socket, head, this.execProtocols);
+    if (!ws) return;
+    const exec: ExecCall = {
+      pod,
+      container: url.searchParams.get("container") ?? "",
+      command: url.searchParams.getAll("command"),
+      protocol: ws.protocol,
+    };
+    void this.answerExec(ws, exec);
+  }
+
+  /** Runs an exec to its end: stdin from channel 0 (ended by v5's close or the socket's), output on 1 and 2, status on 3. */
+  private async answerExec(ws: ServerWebSocket, call: ExecCall): Promise<void> {
+    const stdin = new PassThrough();
+    ws.on("message", (message) => {
+      if (message[0] === CHANNEL.stdin) stdin.write(message.subarray(1));
+      else if (message[0] === CHANNEL.close && message[1] === CHANNEL.stdin) stdin.end();
+    });
+    ws.on("close", () => stdin.end());
+    const channel = (number: number) =>
+      new Writable({
+        write(chunk: Buffer, _encoding, callback) {
+          ws.send(Buffer.concat([Buffer.from([number]), chunk]));
+          callback();
+        },
+      });
+    const io = { stdin, stdout: channel(CHANNEL.stdout), stderr: channel(CHANNEL.stderr) };
+    let exitCode: number | string;
+    try {
+      const answered = this.onExec(call, io);
+      exitCode = await (answered ?? this.runLocally(call, io));
+    } catch (error) {
+      exitCode = (error as Error).message;
+    }
+    const status =
+      exitCode === 0
+        ? { metadata: {}, status: "Success" }
+        : typeof exitCode === "number"
+          ? {
+              metadata: {},
+              status: "Failure",
+              message: `command terminated with non-zero exit code: error executing command [${call.command.join(" ")}], exit code ${exitCode}`,
+              reason: "NonZeroExitCode",
+              details: { causes: [{ reason: "ExitCode", message: String(exitCode) }] },
+            }
+          : { metadata: {}, status: "Failure", message: exitCode, reason: "InternalError" };
+    ws.send(Buffer.concat([Buffer.from([CHANNEL.status]), Buffer.from(JSON.stringify(status))]));
+    ws.close();
+    const record: ExecRecord = { ...call, exitCode };
+    this.execs.push(record);
+    this.emit("exec", record);
+  }
+
+  /**
+   * The keeper's commands, run here: each argument that is a path in one of its mounts becomes the
+   * directory standing for that volume. Any other container's must be played by the test (`onExec`).
+   */
+  private runLocally(call: ExecCall, io: ExecIo): Promise<number> {
+    if (call.container !== "keeper")
+      return Promise.reject(
+        new Error(`container "${call.container}" runs nothing in this fake: answer it with onExec`),
+      );
+    const [program, ...args] = call.command;
+    const mapped = args.map((a) =>
+      a.startsWith("/") ? (this.containerFile(call.pod, call.container, a)?.path ?? a) : a,
+    );
+    return new Promise((resolve, reject) => {
+      const child = spawn(program!, mapped, { stdio: ["pipe", "pipe", "pipe"] });
+      child.once("error", reject);
+      child.stdin.on("error", () => undefined);
+      io.stdin.pipe(child.stdin);
+      child.stdout.pipe(io.stdout, { end: false });
+      child.stderr.pipe(io.stderr, { end: false });
+      child.once("close", (code) => resolve(code ?? 128));
+    });
+  }
+
   private followLog(pod: string, res: ServerResponse): void {
     if (!this.pods.has(pod)) return json(res, 404, status(404, `pods "${pod}" not found`));
     const log = this.podLog(pod);
@@ -288,4 +484,21 @@ function status(code: number, message: string): Record<string, unknown> {
 function json(res: ServerResponse, code: number, body: unknown): void {
   res.writeHead(code, { "content-type": "application/json" });
   res.end(JSON.stringify(body));
+}
+
+/** A kubeconfig for the fake at `server`, written into `dir`: what `connectKubernetes` reads. */
+export async function fakeKubeconfig(dir: string, server: string): Promise<string> {
+  const path = join(dir, "kubeconfig");
+  await writeFile(
+    path,
+    [
+      "apiVersion: v1",
+      "kind: Config",
+      `clusters: [{ name: fake, cluster: { server: ${JSON.stringify(server)}, insecure-skip-tls-verify: true } }]`,
+      "users: [{ name: fake, user: {} }]",
+      "contexts: [{ name: fake, context: { cluster: fake, user: fake } }]",
+      "current-context: fake",
+    ].join("\n"),
+  );
+  return path;
 }

@@ -770,7 +770,8 @@ export class Agent extends EventEmitter<AgentEvents> {
       onProgress: (event) => this.emit("progress", address, event),
     });
     const reason = envelope.reason;
-    if (reason === "preempted" || (this.stopping && reason === "interrupted")) {
+    // Interrupted: stopped with this node, or (on Kubernetes) its pod was evicted or lost with its node.
+    if (reason === "preempted" || reason === "interrupted") {
       await this.recordAttempt(
         address,
         priority,
@@ -822,9 +823,10 @@ export class Agent extends EventEmitter<AgentEvents> {
       // A fresh message in its own class: preemptions must not count towards the dead-letter queue.
       await queues.get(priority).requeue(message);
     } else {
-      // Released only once this agent's last long poll is over: released sooner, that poll could take
-      // the message again, and every receive counts towards the dead-letter queue's maxReceiveCount.
-      await this.polling;
+      // A stopping agent releases it only once its last long poll is over: released sooner, that poll
+      // could take the message again, and every receive counts towards the dead-letter queue's
+      // maxReceiveCount. A job whose pod was lost goes back at once, for any agent (this one too).
+      if (this.stopping) await this.polling;
       await message.queue.release(message.receiptHandle);
     }
     await this.settings.recordOutcome?.({

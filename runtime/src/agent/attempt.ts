@@ -2,7 +2,7 @@ import { mkdir } from "node:fs/promises";
 import type { ResumePoint } from "../job/resume-point";
 import { restoresFile } from "../job/resume-point";
 import { join } from "node:path";
-import type { Envelope, Launcher, ProgressEvent } from "../job/contract";
+import type { Envelope, Launcher, ProgressEvent, WorkspaceSync } from "../job/contract";
 import { StopRequest } from "../job/contract";
 import { InvalidJobError } from "../job/job-spec";
 import { invalidJobEnvelope } from "../launch/outcome";
@@ -125,8 +125,10 @@ export async function runAttempt(input: AttemptInput): Promise<AttemptResult> {
     },
   });
   const uploaded = new Map<string, string>();
+  // Where the job does not write `workspace` itself (a Kubernetes pod), its launcher says how to bring it here.
+  let workspaceSync: WorkspaceSync | undefined;
   const timers = [
-    ...backgroundWork(input, checkpoints, uploaded, startedAt),
+    ...backgroundWork(input, checkpoints, uploaded, startedAt, () => workspaceSync),
     every(input.timing.logFlushSeconds, () => telemetry.flush(), log, "log shipment"),
   ];
   let envelope: Envelope | undefined;
@@ -166,6 +168,7 @@ export async function runAttempt(input: AttemptInput): Promise<AttemptResult> {
           input.onProgress(event);
         },
         onResources: (sample) => telemetry.resources(sample),
+        onWorkspace: (sync) => (workspaceSync = sync),
       },
     );
   } finally {
@@ -185,6 +188,7 @@ function backgroundWork(
   checkpoints: string,
   uploaded: Map<string, string>,
   startedAt: Date,
+  workspaceSync: () => WorkspaceSync | undefined,
 ): NodeJS.Timeout[] {
   const { store, message, timing, stop, log, pricing, overBudget } = input;
   const { address } = message;
@@ -200,7 +204,10 @@ function backgroundWork(
     ),
     every(
       timing.checkpointSeconds,
-      () => store.uploadDir(address, "checkpoints", checkpoints, uploaded),
+      async () => {
+        await workspaceSync()?.pull(["checkpoints"]);
+        await store.uploadDir(address, "checkpoints", checkpoints, uploaded);
+      },
       log,
       "checkpoint upload",
     ),

@@ -148,7 +148,7 @@ export async function resolveJobDatasets(
   if (!node)
     throw new InvalidJobError(
       "datasets",
-      `datasets ${refs.map(formatDatasetRef).join(", ")}: this agent has no dataset cache (that needs CRUCIBLE_DATASETS_BUCKET and the docker launcher), so it runs no job that names datasets`,
+      `datasets ${refs.map(formatDatasetRef).join(", ")}: this agent has no dataset cache (that needs CRUCIBLE_DATASETS_BUCKET), so it runs no job that names datasets`,
     );
   const resolved: ResolvedDataset[] = [];
   for (const ref of refs) {

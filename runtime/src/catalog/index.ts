@@ -19,5 +19,7 @@ export {
   jobAddressSchema,
   type JobAddress,
 } from "../job/contract";
-// The sandbox facts the program publishes (and the policy pack checks), and the uid leases' directory.
+// The sandbox facts the program publishes for each target (and the policy pack checks), and the uid
+// leases' directory.
 export { JOB_UID_LEASES, sandboxFacts, type SandboxFacts } from "../launch/sandbox";
+export { kubernetesSandboxFacts } from "../launch/kubernetes/kubernetes-job";

@@ -23,6 +23,16 @@ export const KUBERNETES = {
   defaultGpuNodeLabel: { key: "nvidia.com/gpu.present", value: "true" },
   /** Interactive jobs (high priority) may evict batch ones when the cluster is full. */
   priorityClasses: { interactive: "crucible-interactive", batch: "crucible-batch" },
+  /**
+   * Each job pod's keeper (the container through which the agent moves the job's files, beside the job):
+   * its requests and limits, which the namespace's quota counts with every job.
+   */
+  keeperResources: { millicpu: 200, memoryMiB: 128 },
+  /**
+   * The annotation on each tier's agent Deployment holding the sandbox facts of the pods it launches
+   * (kubernetesSandboxFacts), which the policy pack checks as it checks a fleet tier's agent config.
+   */
+  sandboxFactsAnnotation: "crucible.dev/sandbox-facts",
 } as const;
 
 /** A label value: up to 63 characters, alphanumeric at both ends (the API server's own rule). */

@@ -186,6 +186,27 @@ export interface LaunchOptions {
   readonly onLog?: (stream: "stdout" | "stderr", text: string) => OutputHold | undefined | void;
   /** A sample of what the job uses, every few seconds while it runs, where the launcher can measure it. */
   readonly onResources?: (sample: ResourceSample) => void;
+  /**
+   * Called once the job's workspace can be brought into `workspaceDir` on demand, by a launcher whose job
+   * does not write that directory itself (Kubernetes: the pod's own volume). The agent's checkpoint sync
+   * pulls through it before each upload, so checkpoints reach the store at the same cadence as from a
+   * Docker job's bind-mounted workspace, which needs no such call and gets none.
+   */
+  readonly onWorkspace?: (sync: WorkspaceSync) => void;
+}
+
+/** The parts of a job's `/workspace` the agent stores: checkpoints while it runs, outputs once it ends. */
+export const WORKSPACE_PARTS = ["checkpoints", "outputs"] as const;
+export type WorkspacePart = (typeof WORKSPACE_PARTS)[number];
+
+/** A running job's workspace as its launcher mirrors it into `workspaceDir` ({@link LaunchOptions.onWorkspace}). */
+export interface WorkspaceSync {
+  /**
+   * Makes each part under `workspaceDir` what it is in the job's `/workspace` now. Resolves without
+   * copying once the job's files have been collected for the last time. Never rejects: a failed pull is
+   * logged, and the next one catches up.
+   */
+  pull(parts: readonly WorkspacePart[]): Promise<void>;
 }
 
 /** A consumer of a job's output asking the launcher to pause reading until `released` settles. */

@@ -258,6 +258,24 @@ export function jobEnvironment(
   };
 }
 
+/**
+ * A job's whole environment as its container gets it, on either launcher: {@link jobEnvironment}, and
+ * its job environment's directories first on the Python path when it has one.
+ */
+export function sandboxEnvironment(
+  jobId: string,
+  tier: Tier,
+  own: Readonly<Record<string, string>>,
+  environment: { readonly pythonPath: readonly string[] } | undefined,
+): Record<string, string> {
+  return {
+    ...jobEnvironment(jobId, tier, own),
+    ...(environment && {
+      PYTHONPATH: environment.pythonPath.map((p) => `${CONTAINER_PATHS.environment}/${p}`).join(":"),
+    }),
+  };
+}
+
 /** The process a container belongs to: alive only while a process with that pid and start time runs. */
 export interface ProcessOwner {
   readonly pid: number;
@@ -292,12 +310,7 @@ export function containerSpec(input: SandboxInput): Dockerode.ContainerCreateOpt
   const fileSize = tier.maxFileSizeMiB * MiB;
   const gpuCount = tier.gpu?.count ?? 0;
   const environment = hostPaths.environment;
-  const env = {
-    ...jobEnvironment(input.jobId, tier, input.env),
-    ...(environment && {
-      PYTHONPATH: environment.pythonPath.map((p) => `${CONTAINER_PATHS.environment}/${p}`).join(":"),
-    }),
-  };
+  const env = sandboxEnvironment(input.jobId, tier, input.env, environment);
   return {
     Image: input.image,
     // Apart: the supervisor (images/runner/supervise.py) starts as root and drops the job to its uid.

@@ -166,21 +166,22 @@ export function registerAgent(program: Command): void {
           await aborted(signals.signal);
           return;
         }
-        // Jobs mount datasets and environments from this node's caches, which only the Docker engine
-        // here can bind-mount. Environments are stored beside the datasets.
+        // Jobs get datasets and environments from this node's caches: the Docker engine here bind-mounts
+        // them, the Kubernetes launcher copies them into the job's pod. Only a Docker engine builds
+        // environments (stored beside the datasets), and copies the pre-cached sets out of the node's images;
+        // a Kubernetes agent fetches those as the fleet's nodes published them, like any other set.
         const docker = new Dockerode();
-        const datasets =
-          settings.datasetsBucket && kind === "docker"
-            ? await openNodeDatasets({
-                s3: platform.s3,
-                bucket: settings.datasetsBucket,
-                tier,
-                root: join(tmpdir(), DATASET_CACHE_DIR),
-                logger,
-                docker,
-                ...(images && { images }),
-              })
-            : undefined;
+        const datasets = settings.datasetsBucket
+          ? await openNodeDatasets({
+              s3: platform.s3,
+              bucket: settings.datasetsBucket,
+              tier,
+              root: join(tmpdir(), DATASET_CACHE_DIR),
+              logger,
+              ...(kind === "docker" ? { docker } : { precached: false }),
+              ...(images && { images }),
+            })
+          : undefined;
         const { packageIndex, packageAllow, packageDeny } = settings;
         const environments =
           settings.datasetsBucket && kind === "docker"

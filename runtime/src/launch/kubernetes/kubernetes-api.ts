@@ -1,7 +1,8 @@
-import type { V1ConfigMap, V1Job, V1OwnerReference, V1Pod } from "@kubernetes/client-node" with {
+import type { V1ConfigMap, V1Job, V1OwnerReference, V1Pod, V1Status } from "@kubernetes/client-node" with {
   "resolution-mode": "import",
 };
-import type { Writable } from "node:stream";
+import { Readable, Writable } from "node:stream";
+import { finished } from "node:stream/promises";
 import type { Logger } from "../../logger";
 
 /** One event of a watch, as the API server streams it. */
@@ -53,6 +54,74 @@ export interface KubernetesApi {
   ): Promise<Stream>;
   /** Follows a container's log from its start into `sink` (stdout and stderr merged, as the API gives them). */
   followLog(namespace: string, pod: string, container: string, sink: Writable): Promise<Stream>;
+  /**
+   * Runs `command` in a running container (`pods/exec`, the WebSocket channel protocol) and resolves with
+   * its exit code once it has ended and its stdout has been written out; rejects when the exec cannot be
+   * made or ends without an exit status (the pod or its node gone).
+   */
+  exec(
+    namespace: string,
+    pod: string,
+    container: string,
+    command: readonly string[],
+    io?: ExecIo,
+  ): Promise<ExecResult>;
+}
+
+/** What an exec reads and writes. */
+export interface ExecIo {
+  /** The command's stdin, sent chunk by chunk as the socket takes each. Never ended: see {@link ExecResult}. */
+  readonly stdin?: AsyncIterable<Buffer>;
+  /** Receives the command's stdout, ended with it; while it is full the socket stops reading. */
+  readonly stdout?: Writable;
+}
+
+/** How an exec'd command ended. */
+export interface ExecResult {
+  readonly exitCode: number;
+  /** The end of what it wrote to stderr. */
+  readonly stderr: string;
+}
+
+/** Bytes of an exec's stderr kept for its error messages. */
+const EXEC_STDERR_BYTES = 4096;
+
+/**
+ * The part of the client's WebSocket (the \`ws\` package's, which the client does not type) an exec uses,
+ * checked when the client hands it over.
+ */
+interface ExecSocket {
+  send(data: Buffer, callback: (error?: Error) => void): void;
+  pause(): void;
+  resume(): void;
+  close(): void;
+  once(event: "close", listener: () => void): unknown;
+  readonly readyState: number;
+}
+
+const WEBSOCKET_OPEN = 1;
+
+function isExecSocket(value: unknown): value is ExecSocket {
+  const socket = value as Partial<Record<keyof ExecSocket, unknown>> | null;
+  return (
+    typeof socket === "object" &&
+    socket !== null &&
+    ["send", "pause", "resume", "close", "once"].every(
+      (m) => typeof socket[m as keyof ExecSocket] === "function",
+    )
+  );
+}
+
+/**
+ * An exec's exit code from the status the API server sends on the error channel when the command has
+ * ended: `Success`, or `NonZeroExitCode` with the code as the cause; any other failure (no such container,
+ * the kubelet unreachable) is no exit, and throws.
+ */
+export function execExitCode(status: V1Status): number {
+  if (status.status === "Success") return 0;
+  const code = status.details?.causes?.find((c) => c.reason === "ExitCode")?.message;
+  if (status.reason === "NonZeroExitCode" && code !== undefined && /^\d+$/.test(code)) return Number(code);
+  throw new Error(`exec failed: ${status.message ?? status.reason ?? "no reason given"}`);
 }
 
 /** Not found: a delete of something already gone, or a pod that no longer exists. */
@@ -79,6 +148,7 @@ export async function connectKubernetes(
   const batch = config.makeApiClient(k8s.BatchV1Api);
   const watcher = new k8s.Watch(config);
   const logs = new k8s.Log(config);
+  const execs = new k8s.Exec(config);
 
   /** Logs around every call, and turns "not found" into false where the caller allows it. */
   const call = async <T>(what: string, ctx: object, action: () => Promise<T>): Promise<T> => {
@@ -170,5 +240,95 @@ export async function connectKubernetes(
       );
       return { done, abort: () => controller.abort() };
     },
+    exec: (namespace, pod, container, command, io = {}) =>
+      call("exec", { namespace, pod, container, command: command[0] }, () =>
+        endingOutput(io, async () => {
+          let stderr = "";
+          const errors = new Writable({
+            write(chunk: Buffer, _encoding, callback) {
+              stderr = (stderr + chunk.toString()).slice(-EXEC_STDERR_BYTES);
+              callback();
+            },
+          });
+          let status: V1Status | undefined;
+          // Known once the client hands it over, which is before the first message can arrive.
+          const socket: { current?: ExecSocket } = {};
+          let paused = false;
+          const { stdout: sink } = io;
+          // The client writes each chunk and ignores the answer: the socket stops reading while `sink` is full.
+          const stdout =
+            sink &&
+            new Writable({
+              write(chunk: Buffer, _encoding, callback) {
+                if (!sink.write(chunk) && !paused) {
+                  paused = true;
+                  socket.current?.pause();
+                  sink.once("drain", () => {
+                    paused = false;
+                    socket.current?.resume();
+                  });
+                }
+                callback();
+              },
+              final(callback) {
+                sink.end(callback);
+              },
+            });
+          // Asks the server for stdin; the bytes go out below, each after the socket took the last. Never
+          // ended: on the v4 protocol the client would close the whole socket, losing the exit status.
+          const stdin = io.stdin ? new Readable({ read: () => undefined }) : null;
+          const raw: unknown = await execs.exec(
+            namespace,
+            pod,
+            container,
+            [...command],
+            stdout ?? null,
+            errors,
+            stdin,
+            false,
+            (ended) => (status = ended),
+          );
+          if (!isExecSocket(raw)) throw new Error("the Kubernetes client's exec gave no WebSocket");
+          socket.current = raw;
+          const closed = new Promise<void>((resolve) => raw.once("close", resolve));
+          // A reader that gave up (a refused archive) reads no more: the exec is abandoned, not left paused.
+          sink?.once("close", () => {
+            if (!status) raw.close();
+          });
+          try {
+            if (io.stdin) {
+              for await (const chunk of io.stdin) {
+                // Ended early (the command exited or failed): what is left is not wanted.
+                if (raw.readyState !== WEBSOCKET_OPEN) break;
+                const message = Buffer.concat([Buffer.from([0]), chunk]);
+                await new Promise<void>((resolve, reject) =>
+                  raw.send(message, (error) => (error ? reject(error) : resolve())),
+                );
+              }
+            }
+            await closed;
+          } catch (error) {
+            raw.close();
+            throw error;
+          } finally {
+            stdin?.destroy();
+          }
+          if (!status)
+            throw new Error(`exec of ${command[0]} in ${pod}/${container} ended without an exit status`);
+          // The client ends stdout when the status arrives; its last bytes are written out before it resolves.
+          if (sink) await finished(sink, { readable: false });
+          return { exitCode: execExitCode(status), stderr };
+        }),
+      ),
   };
+}
+
+/** Runs an exec; when it fails, whoever reads its stdout is told so: no more is coming. */
+async function endingOutput<T>(io: ExecIo, run: () => Promise<T>): Promise<T> {
+  try {
+    return await run();
+  } catch (error) {
+    io.stdout?.destroy(error instanceof Error ? error : new Error(String(error)));
+    throw error;
+  }
 }

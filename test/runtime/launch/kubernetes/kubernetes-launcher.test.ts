@@ -12,7 +12,8 @@ import { connectKubernetes } from "../../../../runtime/src/launch/kubernetes/kub
 import { KubernetesLauncher } from "../../../../runtime/src/launch/kubernetes/kubernetes-launcher";
 import { crucible } from "../../../support/cli";
 import type { KObject } from "../../../support/kubernetes-cluster";
-import { FakeCluster } from "../../../support/kubernetes-cluster";
+import { FakeCluster, fakeKubeconfig } from "../../../support/kubernetes-cluster";
+import { FakeKubelet, podNameOf } from "../../../support/kubernetes-kubelet";
 
 const logger = pino({ level: "silent" });
 const NAMESPACE = "crucible-test";
@@ -32,22 +33,7 @@ let code: string;
 beforeAll(async () => {
   root = await mkdtemp(join(tmpdir(), "crucible-k8s-test-"));
   cluster = new FakeCluster();
-  const server = await cluster.start();
-  const kubeconfig = join(root, "kubeconfig");
-  await writeFile(
-    kubeconfig,
-    [
-      "apiVersion: v1",
-      "kind: Config",
-      "clusters: [{ name: fake, cluster: { server: " +
-        JSON.stringify(server) +
-        ", insecure-skip-tls-verify: true } }]",
-      "users: [{ name: fake, user: {} }]",
-      "contexts: [{ name: fake, context: { cluster: fake, user: fake } }]",
-      "current-context: fake",
-    ].join("\n"),
-  );
-  api = await connectKubernetes(logger, kubeconfig);
+  api = await connectKubernetes(logger, await fakeKubeconfig(root, await cluster.start()));
   code = join(root, "job");
   await mkdir(code);
   await writeFile(join(code, "main.py"), "def main():\n    return 42\n");
@@ -188,20 +174,12 @@ describe("KubernetesLauncher.run against a loopback API server, with the real cl
     );
   });
 
-  it("a stop deletes the Job in the foreground with the stop's grace: reason cancelled", async () => {
-    cluster.onJobCreated = (job) => {
-      const pod = podOf(job, running);
-      cluster.putPod(pod);
-      cluster.log(pod.metadata.name, "step 1/100 loss=2.0\n");
-    };
-    cluster.onJobDeleted = (job, query) => {
-      if (query.propagationPolicy !== "Foreground") return cluster.removeJob(job.metadata.name);
-      const pod = podOf(job, ended(143));
-      cluster.endLog(pod.metadata.name);
-      cluster.putPod(pod);
-      cluster.removePod(pod.metadata.name);
-      cluster.removeJob(job.metadata.name);
-    };
+  it("a stop reaches the job's container alone, SIGTERM first: reason cancelled, the exit it caused", async () => {
+    new FakeKubelet(cluster, async (job) => {
+      job.print("step 1/100 loss=2.0");
+      await new Promise((resolve) => job.signal.addEventListener("abort", resolve));
+      return { exitCode: 143 };
+    }).install();
     const stop = new AbortController();
     const envelope: Envelope = await launcher().run(spec("k8s-stop"), {
       signal: stop.signal,
@@ -217,9 +195,38 @@ describe("KubernetesLauncher.run against a loopback API server, with the real cl
       },
       logs: { stdout: "step 1/100 loss=2.0\n" },
     });
-    const deletion = await cluster.nextCall("DELETE", "/jobs/");
-    expect(deletion.query).toMatchObject({ propagationPolicy: "Foreground", gracePeriodSeconds: "3" });
+    const name = (cluster.calls.find((c) => c.method === "POST" && c.path.endsWith("/jobs"))!.body as KObject)
+      .metadata.name;
+    // SIGTERM to the runner, the job's container's first process, and nothing to the keeper's.
+    expect(cluster.execs.map((e) => [e.container, e.command.slice(-2)])).toEqual([
+      ["job", ["1", "SIGTERM"]],
+      ["keeper", ["touch", "/crucible/control/collected"]],
+    ]);
+    expect(cluster.execs[0]!.pod).toBe(podNameOf(name));
+    expect((await cluster.nextCall("DELETE", `/jobs/${name}`)).query).toMatchObject({
+      propagationPolicy: "Background",
+    });
     expect(cluster.jobs.size + cluster.configMaps.size).toBe(0);
+  });
+
+  it("a stop before the pod started deletes the Job in the foreground with the stop's grace", async () => {
+    cluster.onJobCreated = (job) =>
+      cluster.putPod(podOf(job, { waiting: { reason: "ContainerCreating", message: "" } }));
+    const stop = new AbortController();
+    const running = launcher().run(spec("k8s-stop-early"), { signal: stop.signal });
+    // Made, with its pod waiting: the launcher sets the ConfigMap's owner once the Job exists.
+    await cluster.nextCall("PATCH", "/configmaps/");
+    stop.abort(new StopRequest("budget", 4));
+    expect(await running).toMatchObject({
+      status: "error",
+      reason: "budget",
+      exitCode: null,
+      executionTime: 0,
+      error: { type: "Stopped", message: "the job was stopped (budget) before it started" },
+    });
+    const deletion = await cluster.nextCall("DELETE", "/jobs/");
+    expect(deletion.query).toMatchObject({ propagationPolicy: "Foreground", gracePeriodSeconds: "4" });
+    expect(cluster.execs).toEqual([]);
   });
 
   it("an aborted signal starts nothing", async () => {
@@ -358,25 +365,4 @@ describe("the CLI", () => {
       'crucible: CRUCIBLE_K8S_GPU_NODE_LABEL must be a node label as key=value, such as nvidia.com/gpu.present=true, got "nvidia.com/gpu.present"',
     );
   });
-});
-
-const REAL = process.env.CRUCIBLE_K8S_TEST_KUBECONFIG;
-describe("on a real cluster", () => {
-  it.skipIf(!REAL)(
-    REAL
-      ? "runs a job to success in the sandbox (CRUCIBLE_K8S_TEST_KUBECONFIG)"
-      : "skipped: set CRUCIBLE_K8S_TEST_KUBECONFIG to a cluster's kubeconfig (none can run on this machine: no kubelet or API server package)",
-    async () => {
-      const real = new KubernetesLauncher({
-        api: await connectKubernetes(logger, REAL),
-        namespace: process.env.CRUCIBLE_K8S_TEST_NAMESPACE ?? "crucible-dev",
-        logger,
-        node: "crucible-test-runner",
-        ...(process.env.CRUCIBLE_K8S_TEST_IMAGE && { images: { cpu: process.env.CRUCIBLE_K8S_TEST_IMAGE } }),
-      });
-      const envelope = await real.run({ jobId: `k8s-real-${process.pid}`, code, tier: "cpu-small" });
-      expect(envelope).toMatchObject({ status: "success", result: 42, exitCode: 0 });
-    },
-    300_000,
-  );
 });

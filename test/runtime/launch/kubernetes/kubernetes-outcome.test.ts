@@ -95,7 +95,7 @@ describe("envelope fields from recorded pod states", () => {
       error: {
         type: "Timeout",
         message:
-          "the job did not start within its 30 s limit (tier cpu-small); on Kubernetes the limit counts from the Job's creation, waiting for a node and the image included",
+          "the job did not start before its Job's deadline (tier cpu-small, a 30 s limit): its pod waited for a node, its image or its files until the cluster gave it up",
       },
       exitCode: null,
       executionTime: 0,

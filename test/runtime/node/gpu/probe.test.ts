@@ -27,16 +27,17 @@ describe("the probe script", () => {
     }
   });
 
-  it("ships in the built package: the build copies it into dist, and the agent image's compile stage runs that build", () => {
+  it("ships in the built package: the code build copies it into dist, the package's build runs that, and so does the agent image's compile stage", () => {
     const copy = "cp src/node/gpu/probe.py dist/node/gpu/";
     const pkg = JSON.parse(readFileSync(join(RUNTIME, "package.json"), "utf8")) as {
       scripts: Record<string, string>;
       files: string[];
     };
-    expect(pkg.scripts.build).toContain(copy);
+    expect(pkg.scripts["build:code"]).toContain(copy);
+    expect(pkg.scripts.build).toContain("npm run -s build:code");
     expect(pkg.files).toContain("dist");
     const dockerfile = readFileSync(join(RUNTIME, "../images/agent/Dockerfile"), "utf8");
-    expect(dockerfile).toContain("RUN npm run build --workspace runtime");
+    expect(dockerfile).toContain("RUN npm run build:code --workspace runtime");
     expect(dockerfile).toContain("COPY --from=compile /build/runtime/dist /opt/crucible/runtime/dist");
   });
 });
