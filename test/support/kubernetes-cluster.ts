@@ -1,7 +1,7 @@
 import { spawn } from "node:child_process";
 import { EventEmitter } from "node:events";
 import { mkdirSync } from "node:fs";
-import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import type { IncomingMessage, ServerResponse } from "node:http";
 import { createServer } from "node:http";
 import type { AddressInfo } from "node:net";
@@ -9,6 +9,10 @@ import { tmpdir } from "node:os";
 import { join, posix } from "node:path";
 import type { Duplex, Readable } from "node:stream";
 import { PassThrough, Writable } from "node:stream";
+import type { Logger } from "pino";
+import { afterAll, beforeAll, beforeEach } from "vitest";
+import type { KubernetesApi } from "../../runtime/src/launch/kubernetes/kubernetes-api";
+import { connectKubernetes } from "../../runtime/src/launch/kubernetes/kubernetes-api";
 import type { ServerWebSocket } from "./websocket-server";
 import { acceptWebSocket } from "./websocket-server";
 
@@ -501,4 +505,49 @@ export async function fakeKubeconfig(dir: string, server: string): Promise<strin
     ].join("\n"),
   );
   return path;
+}
+
+/**
+ * The fake cluster for one test file, with a client of it and a job's code (`main.py` returning 42) in a
+ * scratch directory: started before its tests, reset before each, stopped and removed after them. Read
+ * them inside tests, once started.
+ */
+export function useFakeCluster(
+  logger: Logger,
+  name: string,
+): {
+  readonly cluster: FakeCluster;
+  readonly api: KubernetesApi;
+  readonly root: string;
+  readonly code: string;
+} {
+  const started: { cluster?: FakeCluster; api?: KubernetesApi; root?: string; code?: string } = {};
+  beforeAll(async () => {
+    const root = await mkdtemp(join(tmpdir(), `crucible-${name}-`));
+    started.root = root;
+    started.cluster = new FakeCluster();
+    started.api = await connectKubernetes(logger, await fakeKubeconfig(root, await started.cluster.start()));
+    started.code = join(root, "job");
+    await mkdir(started.code);
+    await writeFile(join(started.code, "main.py"), "def main():\n    return 42\n");
+  });
+  afterAll(async () => {
+    await started.cluster?.stop();
+    if (started.root) await rm(started.root, { recursive: true, force: true });
+  });
+  beforeEach(() => started.cluster?.reset());
+  return {
+    get cluster() {
+      return started.cluster!;
+    },
+    get api() {
+      return started.api!;
+    },
+    get root() {
+      return started.root!;
+    },
+    get code() {
+      return started.code!;
+    },
+  };
 }

@@ -1,17 +1,14 @@
 import { randomBytes } from "node:crypto";
-import { mkdir, mkdtemp, readFile, readdir, rm, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { mkdir, readFile, readdir, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import pino from "pino";
-import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
+import { beforeEach, describe, expect, it } from "vitest";
 import type { JobSpecInput, WorkspaceSync } from "../../../../runtime/src/job/contract";
 import { StopRequest } from "../../../../runtime/src/job/contract";
-import type { KubernetesApi } from "../../../../runtime/src/launch/kubernetes/kubernetes-api";
-import { connectKubernetes } from "../../../../runtime/src/launch/kubernetes/kubernetes-api";
 import { KubernetesLauncher } from "../../../../runtime/src/launch/kubernetes/kubernetes-launcher";
 import { UNPACK_FRAMES } from "../../../../runtime/src/launch/kubernetes/workspace-archive";
 import type { KObject } from "../../../support/kubernetes-cluster";
-import { EXEC_PROTOCOLS, FakeCluster, fakeKubeconfig } from "../../../support/kubernetes-cluster";
+import { EXEC_PROTOCOLS, useFakeCluster } from "../../../support/kubernetes-cluster";
 import type { JobProgram, PodJob } from "../../../support/kubernetes-kubelet";
 import { FakeKubelet, podNameOf } from "../../../support/kubernetes-kubelet";
 
@@ -26,31 +23,12 @@ const logger = pino({ level: "silent" });
 const NAMESPACE = "crucible-test";
 const SUCCESS = (result: unknown) => ({ status: "success", result, python: "3.13.5", resources: {} });
 
-let cluster: FakeCluster;
-let api: KubernetesApi;
-let root: string;
-let code: string;
+const k8s = useFakeCluster(logger, "k8s-files");
 let counter = 0;
-
-beforeAll(async () => {
-  root = await mkdtemp(join(tmpdir(), "crucible-k8s-files-"));
-  cluster = new FakeCluster();
-  api = await connectKubernetes(logger, await fakeKubeconfig(root, await cluster.start()));
-  code = join(root, "job");
-  await mkdir(code);
-  await writeFile(join(code, "main.py"), "def main():\n    return 42\n");
-});
-
-afterAll(async () => {
-  await cluster.stop();
-  await rm(root, { recursive: true, force: true });
-});
-
-beforeEach(() => cluster.reset());
 
 const launcher = (graceSeconds = 5) =>
   new KubernetesLauncher({
-    api,
+    api: k8s.api,
     namespace: NAMESPACE,
     logger,
     node: "crucible-agent-cpu-small-abc12",
@@ -60,7 +38,7 @@ const launcher = (graceSeconds = 5) =>
 
 /** A fresh workspace directory of the agent's, with `files` in it. */
 async function workspace(files: Record<string, string | Buffer> = {}): Promise<string> {
-  const dir = join(root, `workspace-${++counter}`);
+  const dir = join(k8s.root, `workspace-${++counter}`);
   for (const [path, data] of Object.entries(files)) {
     await mkdir(join(dir, path, ".."), { recursive: true });
     await writeFile(join(dir, path), data);
@@ -71,7 +49,7 @@ async function workspace(files: Record<string, string | Buffer> = {}): Promise<s
 
 const spec = (extra: Partial<JobSpecInput> = {}): JobSpecInput => ({
   jobId: `k8s-files-${++counter}`,
-  code,
+  code: k8s.code,
   tier: "cpu-small",
   image: "crucible/cpu:py3.13",
   ...extra,
@@ -79,7 +57,7 @@ const spec = (extra: Partial<JobSpecInput> = {}): JobSpecInput => ({
 
 /** The Job the launcher created, as the API server got it. */
 function createdJob(): KObject {
-  return cluster.calls.find((c) => c.method === "POST" && c.path.endsWith("/jobs"))!.body as KObject;
+  return k8s.cluster.calls.find((c) => c.method === "POST" && c.path.endsWith("/jobs"))!.body as KObject;
 }
 
 /** A job that waits for its stop and, in its grace, checkpoints where it got to. */
@@ -95,14 +73,14 @@ const checkpointsWhenStopped =
 
 describe.each(EXEC_PROTOCOLS)("the workspace over %s", (protocol) => {
   beforeEach(() => {
-    cluster.execProtocols = [protocol];
+    k8s.cluster.execProtocols = [protocol];
   });
 
   it("goes into the pod before the job starts, and its checkpoints and outputs come back byte for byte", async () => {
     const model = randomBytes(1_500_000);
     const dir = await workspace({ "checkpoints/step": "3", "checkpoints/optimizer.bin": "adam" });
     let seen: { step: string; optimizer: string } | undefined;
-    new FakeKubelet(cluster, async (job) => {
+    new FakeKubelet(k8s.cluster, async (job) => {
       seen = {
         step: (await job.read("/workspace/checkpoints/step")).toString(),
         optimizer: (await job.read("/workspace/checkpoints/optimizer.bin")).toString(),
@@ -123,10 +101,10 @@ describe.each(EXEC_PROTOCOLS)("the workspace over %s", (protocol) => {
     expect((await readdir(dir)).sort()).toEqual(["checkpoints", "outputs"]);
     const pod = podNameOf(createdJob().metadata.name);
     // Into the keeper, then the marker the runner waits for; after the job, its files, then the keeper's leave.
-    expect(cluster.execs.map((e) => [e.pod, e.container, e.protocol, e.exitCode])).toEqual(
+    expect(k8s.cluster.execs.map((e) => [e.pod, e.container, e.protocol, e.exitCode])).toEqual(
       Array.from({ length: 4 }, () => [pod, "keeper", protocol, 0]),
     );
-    expect(cluster.execs.map((e) => e.command)).toEqual([
+    expect(k8s.cluster.execs.map((e) => e.command)).toEqual([
       ["python3", "-I", "-c", UNPACK_FRAMES, "/workspace"],
       ["touch", "/crucible/control/ready"],
       [
@@ -153,7 +131,7 @@ describe("the workspace while the job runs", () => {
     let pulled!: () => void;
     const firstPull = new Promise<void>((resolve) => (pulled = resolve));
     let sync: WorkspaceSync | undefined;
-    new FakeKubelet(cluster, async (job) => {
+    new FakeKubelet(k8s.cluster, async (job) => {
       await job.write("/workspace/checkpoints/step", "1");
       job.print("wrote step 1");
       await firstPull;
@@ -176,12 +154,12 @@ describe("the workspace while the job runs", () => {
 
     expect(envelope).toMatchObject({ status: "success", result: 2 });
     expect(await readFile(join(dir, "checkpoints", "step"), "utf8")).toBe("2");
-    const pulls = cluster.execs.filter((e) => e.command[0] === "tar");
+    const pulls = k8s.cluster.execs.filter((e) => e.command[0] === "tar");
     expect(pulls.map((e) => e.command.slice(9))).toEqual([["checkpoints"], ["checkpoints", "outputs"]]);
     // Nothing to restore: no wait for the agent, so no ready marker.
-    expect(cluster.execs.some((e) => e.command.at(-1) === "/crucible/control/ready")).toBe(false);
+    expect(k8s.cluster.execs.some((e) => e.command.at(-1) === "/crucible/control/ready")).toBe(false);
     await sync!.pull(["checkpoints"]);
-    expect(cluster.execs.filter((e) => e.command[0] === "tar")).toHaveLength(2);
+    expect(k8s.cluster.execs.filter((e) => e.command[0] === "tar")).toHaveLength(2);
   });
 });
 
@@ -190,7 +168,7 @@ describe("datasets and the job's environment", () => {
     const corpus = await workspace({ "train.txt": "to be or not to be\n", "labels/classes.csv": "id\n1\n" });
     const env = await workspace({ "site-packages/tinylib.py": "VERSION = '1.0'\n" });
     let read: Record<string, string> | undefined;
-    new FakeKubelet(cluster, async (job: PodJob) => {
+    new FakeKubelet(k8s.cluster, async (job: PodJob) => {
       const write = await job.write("/datasets/corpus/planted.txt", "x").then(
         () => "written",
         (error: NodeJS.ErrnoException) => error.code ?? "?",
@@ -221,7 +199,7 @@ describe("datasets and the job's environment", () => {
       name: "PYTHONPATH",
       value: "/opt/crucible/env/site-packages",
     });
-    expect(cluster.execs.map((e) => e.command.at(-1))).toEqual([
+    expect(k8s.cluster.execs.map((e) => e.command.at(-1))).toEqual([
       "/datasets/corpus",
       "/opt/crucible/env",
       "/crucible/control/ready",
@@ -233,7 +211,7 @@ describe("datasets and the job's environment", () => {
 describe("stops, the timeout and the pod taken away", () => {
   it("a stop's SIGTERM reaches the job alone, and what it checkpoints in its grace comes back", async () => {
     const dir = await workspace();
-    new FakeKubelet(cluster, checkpointsWhenStopped("7")).install();
+    new FakeKubelet(k8s.cluster, checkpointsWhenStopped("7")).install();
     const stop = new AbortController();
     const envelope = await launcher().run(spec({ workspaceDir: dir }), {
       signal: stop.signal,
@@ -246,13 +224,13 @@ describe("stops, the timeout and the pod taken away", () => {
       error: { type: "Stopped" },
     });
     expect(await readFile(join(dir, "checkpoints", "step"), "utf8")).toBe("7");
-    expect(cluster.execs.filter((e) => e.container === "job").map((e) => e.command.at(-1))).toEqual([
+    expect(k8s.cluster.execs.filter((e) => e.container === "job").map((e) => e.command.at(-1))).toEqual([
       "SIGTERM",
     ]);
   });
 
   it("a job that ignores SIGTERM gets SIGKILL once its grace is over", async () => {
-    new FakeKubelet(cluster, async (job) => {
+    new FakeKubelet(k8s.cluster, async (job) => {
       job.print("ignoring every stop");
       return new Promise(() => undefined);
     }).install();
@@ -262,7 +240,7 @@ describe("stops, the timeout and the pod taken away", () => {
       onLog: () => stop.abort(new StopRequest("cancelled", 1)),
     });
     expect(envelope).toMatchObject({ status: "error", reason: "cancelled", exitCode: 137 });
-    expect(cluster.execs.filter((e) => e.container === "job").map((e) => e.command.slice(-2))).toEqual([
+    expect(k8s.cluster.execs.filter((e) => e.container === "job").map((e) => e.command.slice(-2))).toEqual([
       ["1", "SIGTERM"],
       ["-1", "SIGKILL"],
     ]);
@@ -270,7 +248,7 @@ describe("stops, the timeout and the pod taken away", () => {
 
   it("the job's timeout counts from its start and stops it as Docker's does; the Job's deadline is a backstop", async () => {
     const dir = await workspace({ "checkpoints/step": "2" });
-    new FakeKubelet(cluster, checkpointsWhenStopped("3")).install();
+    new FakeKubelet(k8s.cluster, checkpointsWhenStopped("3")).install();
     const envelope = await launcher(2).run(spec({ workspaceDir: dir, timeoutSeconds: 1 }));
     expect(envelope).toMatchObject({
       status: "error",
@@ -291,10 +269,10 @@ describe("stops, the timeout and the pod taken away", () => {
     [false, "7"],
     [true, "1"],
   ])(
-    "a pod the cluster takes away (node gone: %s) is interrupted, with what could still be collected",
+    "a pod the k8s.cluster takes away (node gone: %s) is interrupted, with what could still be collected",
     async (lost, step) => {
       const dir = await workspace();
-      const kubelet = new FakeKubelet(cluster, checkpointsWhenStopped("7")).install();
+      const kubelet = new FakeKubelet(k8s.cluster, checkpointsWhenStopped("7")).install();
       let sync: WorkspaceSync | undefined;
       const envelope = await launcher().run(spec({ workspaceDir: dir }), {
         onWorkspace: (offered) => (sync = offered),
@@ -321,7 +299,7 @@ describe("stops, the timeout and the pod taken away", () => {
   );
 
   it("a pod evicted for filling its workspace fails as DiskQuotaExceeded, and is not resumed", async () => {
-    const kubelet = new FakeKubelet(cluster, async (job) => {
+    const kubelet = new FakeKubelet(k8s.cluster, async (job) => {
       await job.write("/workspace/big.bin", randomBytes(1024));
       job.print("filling the workspace");
       // Killed by the eviction.

@@ -1,18 +1,15 @@
-import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
+import { mkdir, writeFile } from "node:fs/promises";
 import { randomBytes } from "node:crypto";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
 import pino from "pino";
-import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import type { V1Job } from "@kubernetes/client-node" with { "resolution-mode": "import" };
 import type { Envelope, JobSpecInput, ProgressEvent } from "../../../../runtime/src/job/contract";
 import { envelopeSchema, StopRequest } from "../../../../runtime/src/job/contract";
-import type { KubernetesApi } from "../../../../runtime/src/launch/kubernetes/kubernetes-api";
-import { connectKubernetes } from "../../../../runtime/src/launch/kubernetes/kubernetes-api";
 import { KubernetesLauncher } from "../../../../runtime/src/launch/kubernetes/kubernetes-launcher";
 import { crucible } from "../../../support/cli";
 import type { KObject } from "../../../support/kubernetes-cluster";
-import { FakeCluster, fakeKubeconfig } from "../../../support/kubernetes-cluster";
+import { useFakeCluster } from "../../../support/kubernetes-cluster";
 import { FakeKubelet, podNameOf } from "../../../support/kubernetes-kubelet";
 
 const logger = pino({ level: "silent" });
@@ -25,32 +22,20 @@ const RUNNER = {
   resources: { cpuSeconds: 0.5 },
 };
 
-let cluster: FakeCluster;
-let api: KubernetesApi;
-let root: string;
-let code: string;
-
-beforeAll(async () => {
-  root = await mkdtemp(join(tmpdir(), "crucible-k8s-test-"));
-  cluster = new FakeCluster();
-  api = await connectKubernetes(logger, await fakeKubeconfig(root, await cluster.start()));
-  code = join(root, "job");
-  await mkdir(code);
-  await writeFile(join(code, "main.py"), "def main():\n    return 42\n");
-});
-
-afterAll(async () => {
-  await cluster.stop();
-  await rm(root, { recursive: true, force: true });
-});
-
-beforeEach(() => cluster.reset());
+const k8s = useFakeCluster(logger, "k8s-test");
 
 const launcher = (graceSeconds = 10) =>
-  new KubernetesLauncher({ api, namespace: NAMESPACE, logger, node: NODE, graceSeconds, tailBytes: 1024 });
+  new KubernetesLauncher({
+    api: k8s.api,
+    namespace: NAMESPACE,
+    logger,
+    node: NODE,
+    graceSeconds,
+    tailBytes: 1024,
+  });
 const spec = (jobId: string, extra: Partial<JobSpecInput> = {}): JobSpecInput => ({
   jobId,
-  code,
+  code: k8s.code,
   tier: "cpu-small",
   image: "crucible/cpu:py3.13",
   ...extra,
@@ -102,16 +87,16 @@ const complete = (job: KObject): KObject => ({
 
 describe("KubernetesLauncher.run against a loopback API server, with the real client", () => {
   it("creates the ConfigMap and Job, follows the log, and maps the end to an envelope", async () => {
-    cluster.onJobCreated = (job) => {
+    k8s.cluster.onJobCreated = (job) => {
       const pod = podOf(job, running);
-      cluster.putPod(pod);
-      cluster.log(
+      k8s.cluster.putPod(pod);
+      k8s.cluster.log(
         pod.metadata.name,
         'step 1/2 loss=0.5\n##crucible:progress {"step": 2, "total": 2, "loss": 0.25}\nbye\n',
       );
-      cluster.endLog(pod.metadata.name);
-      cluster.putPod(podOf(job, ended(0, JSON.stringify(RUNNER))));
-      cluster.putJob(complete(job));
+      k8s.cluster.endLog(pod.metadata.name);
+      k8s.cluster.putPod(podOf(job, ended(0, JSON.stringify(RUNNER))));
+      k8s.cluster.putJob(complete(job));
     };
     const progress: ProgressEvent[] = [];
     const envelope = await launcher().run(spec("k8s-ok"), { onProgress: (e) => progress.push(e) });
@@ -143,27 +128,27 @@ describe("KubernetesLauncher.run against a loopback API server, with the real cl
       { jobId: "k8s-ok", step: 1, total: 2, metrics: { loss: 0.5 }, source: "log" },
       { jobId: "k8s-ok", step: 2, total: 2, metrics: { loss: 0.25 }, source: "protocol" },
     ]);
-    const createdMap = await cluster.nextCall("POST", "/configmaps");
-    const createdJob = await cluster.nextCall("POST", "/jobs");
+    const createdMap = await k8s.cluster.nextCall("POST", "/configmaps");
+    const createdJob = await k8s.cluster.nextCall("POST", "/jobs");
     const name = (createdJob.body as { metadata: { name: string } }).metadata.name;
     expect(name).toMatch(/^crucible-k8s-ok-[0-9a-f]{5}$/);
-    expect(cluster.calls.indexOf(createdMap)).toBeLessThan(cluster.calls.indexOf(createdJob));
+    expect(k8s.cluster.calls.indexOf(createdMap)).toBeLessThan(k8s.cluster.calls.indexOf(createdJob));
     expect((createdMap.body as { binaryData: Record<string, string> }).binaryData["code.zip"]).toMatch(
       /^UEsDB/,
     );
-    expect((await cluster.nextCall("PATCH", `/configmaps/${name}`)).body).toEqual([
+    expect((await k8s.cluster.nextCall("PATCH", `/configmaps/${name}`)).body).toEqual([
       {
         op: "add",
         path: "/metadata/ownerReferences",
         value: [{ apiVersion: "batch/v1", kind: "Job", name, uid: `uid-${name}`, blockOwnerDeletion: false }],
       },
     ]);
-    expect((await cluster.nextCall("DELETE", `/jobs/${name}`)).query).toMatchObject({
+    expect((await k8s.cluster.nextCall("DELETE", `/jobs/${name}`)).query).toMatchObject({
       propagationPolicy: "Background",
     });
-    await cluster.nextCall("DELETE", `/configmaps/${name}`);
-    expect(cluster.configMaps.has(name)).toBe(false);
-    const watches = cluster.calls
+    await k8s.cluster.nextCall("DELETE", `/configmaps/${name}`);
+    expect(k8s.cluster.configMaps.has(name)).toBe(false);
+    const watches = k8s.cluster.calls
       .filter((c) => c.query.watch === "true")
       .map((c) => [c.path, c.query.labelSelector ?? c.query.fieldSelector]);
     expect(watches).toEqual(
@@ -175,7 +160,7 @@ describe("KubernetesLauncher.run against a loopback API server, with the real cl
   });
 
   it("a stop reaches the job's container alone, SIGTERM first: reason cancelled, the exit it caused", async () => {
-    new FakeKubelet(cluster, async (job) => {
+    new FakeKubelet(k8s.cluster, async (job) => {
       job.print("step 1/100 loss=2.0");
       await new Promise((resolve) => job.signal.addEventListener("abort", resolve));
       return { exitCode: 143 };
@@ -195,27 +180,28 @@ describe("KubernetesLauncher.run against a loopback API server, with the real cl
       },
       logs: { stdout: "step 1/100 loss=2.0\n" },
     });
-    const name = (cluster.calls.find((c) => c.method === "POST" && c.path.endsWith("/jobs"))!.body as KObject)
-      .metadata.name;
+    const name = (
+      k8s.cluster.calls.find((c) => c.method === "POST" && c.path.endsWith("/jobs"))!.body as KObject
+    ).metadata.name;
     // SIGTERM to the runner, the job's container's first process, and nothing to the keeper's.
-    expect(cluster.execs.map((e) => [e.container, e.command.slice(-2)])).toEqual([
+    expect(k8s.cluster.execs.map((e) => [e.container, e.command.slice(-2)])).toEqual([
       ["job", ["1", "SIGTERM"]],
       ["keeper", ["touch", "/crucible/control/collected"]],
     ]);
-    expect(cluster.execs[0]!.pod).toBe(podNameOf(name));
-    expect((await cluster.nextCall("DELETE", `/jobs/${name}`)).query).toMatchObject({
+    expect(k8s.cluster.execs[0]!.pod).toBe(podNameOf(name));
+    expect((await k8s.cluster.nextCall("DELETE", `/jobs/${name}`)).query).toMatchObject({
       propagationPolicy: "Background",
     });
-    expect(cluster.jobs.size + cluster.configMaps.size).toBe(0);
+    expect(k8s.cluster.jobs.size + k8s.cluster.configMaps.size).toBe(0);
   });
 
   it("a stop before the pod started deletes the Job in the foreground with the stop's grace", async () => {
-    cluster.onJobCreated = (job) =>
-      cluster.putPod(podOf(job, { waiting: { reason: "ContainerCreating", message: "" } }));
+    k8s.cluster.onJobCreated = (job) =>
+      k8s.cluster.putPod(podOf(job, { waiting: { reason: "ContainerCreating", message: "" } }));
     const stop = new AbortController();
     const running = launcher().run(spec("k8s-stop-early"), { signal: stop.signal });
     // Made, with its pod waiting: the launcher sets the ConfigMap's owner once the Job exists.
-    await cluster.nextCall("PATCH", "/configmaps/");
+    await k8s.cluster.nextCall("PATCH", "/configmaps/");
     stop.abort(new StopRequest("budget", 4));
     expect(await running).toMatchObject({
       status: "error",
@@ -224,9 +210,9 @@ describe("KubernetesLauncher.run against a loopback API server, with the real cl
       executionTime: 0,
       error: { type: "Stopped", message: "the job was stopped (budget) before it started" },
     });
-    const deletion = await cluster.nextCall("DELETE", "/jobs/");
+    const deletion = await k8s.cluster.nextCall("DELETE", "/jobs/");
     expect(deletion.query).toMatchObject({ propagationPolicy: "Foreground", gracePeriodSeconds: "4" });
-    expect(cluster.execs).toEqual([]);
+    expect(k8s.cluster.execs).toEqual([]);
   });
 
   it("an aborted signal starts nothing", async () => {
@@ -234,12 +220,12 @@ describe("KubernetesLauncher.run against a loopback API server, with the real cl
       signal: AbortSignal.abort(new StopRequest("budget", 0)),
     });
     expect(envelope).toMatchObject({ status: "error", reason: "budget", exitCode: null, executionTime: 0 });
-    expect(cluster.calls).toEqual([]);
+    expect(k8s.cluster.calls).toEqual([]);
   });
 
   it("a bad image of the job's choosing that cannot be created is invalid_job, at once", async () => {
-    cluster.onJobCreated = (job) =>
-      cluster.putPod(
+    k8s.cluster.onJobCreated = (job) =>
+      k8s.cluster.putPod(
         podOf(job, {
           waiting: {
             reason: "InvalidImageName",
@@ -257,11 +243,11 @@ describe("KubernetesLauncher.run against a loopback API server, with the real cl
         message: `the job's pod could not start (InvalidImageName): Failed to apply default image tag "Bad:Image": invalid reference format`,
       },
     });
-    expect(cluster.jobs.size + cluster.configMaps.size).toBe(0);
+    expect(k8s.cluster.jobs.size + k8s.cluster.configMaps.size).toBe(0);
   });
 
   it("refuses code over the ConfigMap limit before calling the API, naming the size", async () => {
-    const big = join(root, "big");
+    const big = join(k8s.root, "big");
     await mkdir(big);
     await writeFile(join(big, "main.py"), "def main():\n    return 1\n");
     await writeFile(join(big, "weights.bin"), randomBytes(1100 * 1024));
@@ -276,7 +262,7 @@ describe("KubernetesLauncher.run against a loopback API server, with the real cl
     expect(envelope.error?.message).toBe(
       `code.zip is ${size} bytes, more than the 1048576 bytes (1 MiB) a Kubernetes ConfigMap holds; keep data out of the code and read it from a dataset (crucible datasets)`,
     );
-    expect(cluster.calls).toEqual([]);
+    expect(k8s.cluster.calls).toEqual([]);
   });
 });
 
@@ -293,20 +279,20 @@ describe("KubernetesLauncher.gc", () => {
       },
     });
     const gc = launcher();
-    cluster.otherPods.add("agent-alive");
-    cluster.onJobDeleted = (job) => cluster.jobs.delete(job.metadata.name);
+    k8s.cluster.otherPods.add("agent-alive");
+    k8s.cluster.onJobDeleted = (job) => k8s.cluster.jobs.delete(job.metadata.name);
     for (const [name, owner, start] of [
       ["j-dead", "agent-dead", "1"],
       ["j-alive", "agent-alive", "1"],
       ["j-restarted", NODE, "0"],
     ]) {
-      cluster.jobs.set(name!, object(name!, owner!, start!));
-      cluster.configMaps.set(name!, object(name!, owner!, start!));
+      k8s.cluster.jobs.set(name!, object(name!, owner!, start!));
+      k8s.cluster.configMaps.set(name!, object(name!, owner!, start!));
     }
-    cluster.jobs.set("unmanaged", { metadata: { name: "unmanaged", labels: {} } });
+    k8s.cluster.jobs.set("unmanaged", { metadata: { name: "unmanaged", labels: {} } });
     expect(await gc.gc()).toBe(4);
-    expect([...cluster.jobs.keys()].sort()).toEqual(["j-alive", "unmanaged"]);
-    expect([...cluster.configMaps.keys()]).toEqual(["j-alive"]);
+    expect([...k8s.cluster.jobs.keys()].sort()).toEqual(["j-alive", "unmanaged"]);
+    expect([...k8s.cluster.configMaps.keys()]).toEqual(["j-alive"]);
     expect(await gc.gc()).toBe(0);
   });
 });
