@@ -4,6 +4,7 @@ import { writeFile } from "node:fs/promises";
 import { extname } from "node:path";
 import type { MetricRecord } from "../../store/job-metrics";
 import { readMetricHistory, reportedByJob } from "../../store/job-metrics";
+import { toCsv } from "../../cost/usage";
 import { metricChartSvg } from "../metric-chart";
 import type { Owner } from "./platform-access";
 import { ownerOptions } from "./platform-access";
@@ -61,7 +62,7 @@ export function registerMetrics(program: Command): void {
         return;
       }
       if (flags.format === "json") printJson(records);
-      else if (flags.format === "csv") process.stdout.write(toCsv(records, chosen));
+      else if (flags.format === "csv") process.stdout.write(metricsCsv(records, chosen));
       else process.stdout.write(toTable(records, chosen));
     });
 }
@@ -84,15 +85,9 @@ function rows(records: readonly MetricRecord[], metrics: readonly string[]): str
   ]);
 }
 
-/** RFC 4180: a field with a comma, a quote or a line break is quoted (metric names come from the job). */
-const csvField = (field: string): string =>
-  /[",\r\n]/.test(field) ? `"${field.replace(/"/g, '""')}"` : field;
-
-export function toCsv(records: readonly MetricRecord[], metrics: readonly string[]): string {
-  const lines = [[...COLUMNS, ...metrics], ...rows(records, metrics)].map((row) =>
-    row.map(csvField).join(","),
-  );
-  return `${lines.join("\n")}\n`;
+/** Metric names come from the job: the shared CSV writer quotes them per RFC 4180. */
+export function metricsCsv(records: readonly MetricRecord[], metrics: readonly string[]): string {
+  return toCsv([[...COLUMNS, ...metrics], ...rows(records, metrics)]);
 }
 
 export function toTable(records: readonly MetricRecord[], metrics: readonly string[]): string {
